@@ -1,0 +1,235 @@
+"""``autolr``: a thin shell over the Python API. Parse, one call, print, exit code.
+
+Exit codes: 0 success; 1 the study ran but could not go on (e.g. every trial failing); 2 bad input
+(one line naming the file, the key and the expected form); 130 interrupted (everything finished so far
+is saved; re-run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from typing import Sequence
+
+from autolr.errors import StudyFileError, TrackingUnavailableError
+
+__all__ = ["main"]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autolr", description="Tune the learning rate and its schedule.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def study_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("study", help="study file (YAML)")
+        p.add_argument("--storage", help="Optuna storage URL (default: sqlite beside the study file)")
+        p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow tracking URI (default {DEFAULT_TRACKING_URI})")
+        return p
+
+    tune = study_command("tune", "run or resume a study")
+    tune.add_argument("--trials", type=_positive_int, help="total target of finished trials (overrides the file)")
+    tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tune.add_argument("--jobs", type=_positive_int, default=1, help="worker processes")
+    tune.add_argument("--seed", type=int, help="overrides the file's seed")
+    tune.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+    find = study_command("find-lr", "LR range test on the study's task")
+    find.add_argument("--optimizer", help="only this optimizer of the study")
+    find.add_argument("--steps", type=_positive_int, help="steps of the range test")
+    find.add_argument("--json", action="store_true", help="print one JSON object")
+
+    export = study_command("export", "write the best configuration")
+    export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    export.add_argument("-o", "--output", help="file to write (default: stdout)")
+
+    show = study_command("show", "top trials, states, prune reasons")
+    show.add_argument("--top", type=_positive_int, default=10)
+
+    ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
+    ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    ui.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return _COMMANDS[args.command](args)
+    except (StudyFileError, TrackingUnavailableError) as exc:
+        print(f"autolr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autolr: interrupted; finished trials are saved, re-run the same command to resume", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"autolr: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _quiet_libraries() -> None:
+    """Our progress bar and table say what matters; the libraries' INFO lines and notices would drown them."""
+    import warnings
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("optuna", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*(experimental|ExperimentalWarning).*")
+    warnings.filterwarnings("ignore", module=r"optuna\..*", category=FutureWarning)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _tune(args) -> int:
+    import autolr
+    from autolr.study import trial_row
+
+    config = autolr.load_study(args.study)
+    target = args.trials or config.trials
+    bar = _progress(target)
+
+    def on_trial(trial) -> None:
+        row = trial_row(trial)
+        bar.set_postfix_str(f"#{row['trial']} {row['state']} {_fmt(row['value'])}", refresh=False)
+        bar.update(1 if row["state"] in ("COMPLETE", "PRUNED") else 0)
+
+    try:
+        result = autolr.tune(
+            config,
+            trials=args.trials,
+            timeout_s=args.timeout,
+            jobs=args.jobs,
+            storage=args.storage,
+            tracking_uri=None if args.no_tracking else args.tracking_uri,
+            seed=args.seed,
+            on_trial=on_trial,
+        )
+    finally:
+        bar.close()
+    print(_summary(result))
+    return 0
+
+
+def _progress(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+
+def _summary(result, top: int = 5) -> str:
+    from optuna.trial import TrialState
+
+    from autolr.study import trial_row
+
+    lines = [
+        f"study {result.study_name}: {result.count(TrialState.COMPLETE)} complete, "
+        f"{result.count(TrialState.PRUNED)} pruned, {result.count(TrialState.FAIL)} failed "
+        f"(storage {result.storage})"
+    ]
+    rows = _ranked([trial_row(t) for t in result.trials], result.direction)[:top]
+    lines.append(_table(rows, result.metric))
+    if result.best is not None:
+        lines.append(f"best: trial {result.best.number}, {result.metric} = {_fmt(result.best.value)}")
+    return "\n".join(lines)
+
+
+def _ranked(rows: list[dict], direction: str) -> list[dict]:
+    order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3, "WAITING": 4}
+    sign = 1 if direction == "minimize" else -1
+
+    def key(row):
+        value = row["value"]
+        return (order.get(row["state"], 5), sign * value if value is not None else math.inf, row["trial"])
+
+    return sorted(rows, key=key)
+
+
+def _table(rows: list[dict], metric: str) -> str:
+    headers = ["trial", "state", metric, "optimizer", "lr", "schedule", "warmup", "steps", "prune reason"]
+    body = [
+        [str(r["trial"]), r["state"], _fmt(r["value"]), str(r["optimizer"]), _fmt(r["lr"]), str(r["schedule"]),
+         _fmt(r["warmup"]), str(r["steps"] if r["steps"] is not None else "-"), r["reason"] or ""]
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(b) for b in body)])
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _export(args) -> int:
+    import autolr
+
+    text = autolr.export_best(args.study, storage=args.storage, path=args.output, fmt=args.format)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _show(args) -> int:
+    import autolr
+    from autolr.study import trial_row
+
+    result = autolr.study_results(args.study, storage=args.storage)
+    print(_summary(result, top=args.top))
+    return 0
+
+
+def _find_lr(args) -> int:
+    import autolr
+
+    report = autolr.find_lr(args.study, optimizer=args.optimizer, steps=args.steps, storage=args.storage, tracking_uri=args.tracking_uri)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.describe())
+    return 0
+
+
+def _ui(args) -> int:
+    import subprocess
+
+    from autolr.tracking import artifact_root_for
+
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    root = artifact_root_for(args.tracking_uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} over {args.tracking_uri} (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
+_COMMANDS = {"tune": _tune, "find-lr": _find_lr, "export": _export, "show": _show, "ui": _ui}
+
+if __name__ == "__main__":
+    sys.exit(main())

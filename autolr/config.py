@@ -1,0 +1,392 @@
+"""Study files: read safely, validated once, turned into typed objects.
+
+Every mistake a user can make in a study file raises :class:`autolr.errors.StudyFileError` with one
+line that names the file, the key, what was expected and what was given. Nothing downstream ever sees
+a raw dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from autolr.errors import StudyFileError
+from autolr.params import Choice, Fixed, ParamSpec, Range, Setting
+
+__all__ = [
+    "FinderConfig",
+    "LrSearch",
+    "PruningConfig",
+    "SearchSpace",
+    "StudyConfig",
+    "TrainConfig",
+    "load_study",
+    "parse_study",
+    "safe_name",
+]
+
+SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes")
+CURVE_PRUNERS = ("none", "median", "hyperband")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    device: str = "auto"
+    grad_clip: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LrSearch:
+    """Log-uniform range of the peak learning rate, or ``auto`` (bounds from the LR range test)."""
+
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def auto(self) -> bool:
+        return self.low is None
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    lr: LrSearch
+    optimizers: Mapping[str, Mapping[str, Setting]]
+    schedules: Mapping[str, Mapping[str, Setting]]
+    warmup: Setting = Fixed(0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningConfig:
+    divergence: bool = True
+    curve: str = "median"
+    loss_factor: float = 10.0  # a loss above this multiple of the first step's loss has diverged
+    startup_trials: int = 5  # curve pruning starts after this many finished trials
+    warmup_epochs: int = 1  # and never before this many epochs of a trial
+
+
+@dataclasses.dataclass(frozen=True)
+class FinderConfig:
+    steps: int = 200
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackingConfig:
+    layer_stats_every: int = 50  # per-layer gradient/weight stats every N steps; 0 turns them off
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    path: str
+    name: str
+    task: str
+    task_args: Mapping[str, Any]
+    train: TrainConfig
+    metric: str
+    direction: str
+    trials: int
+    seed: int
+    sampler: str
+    search: SearchSpace
+    pruning: PruningConfig
+    finder: FinderConfig = FinderConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def file_stem(self) -> str:
+        """The study name made safe as a file name."""
+        return safe_name(self.name)
+
+
+# --- YAML ------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML (no ``!!python`` tags) where ``1e-3`` is a float, not a string as in YAML 1.1."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StudyFileError(path, "(file)", "a readable YAML study file", f"<{exc.strerror or exc}>") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        raise StudyFileError(path, "(yaml)", "valid YAML with plain values only", f"<{_yaml_problem(exc)}>") from None
+    return parse_study(raw, path=str(path))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{problem}{where}".replace("\n", " ")
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+_TOP_KEYS = {
+    "name", "task", "task_args", "train", "objective", "trials", "seed", "sampler", "search", "pruning",
+    "finder", "tracking",
+}  # fmt: skip
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\- ]+$")
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a file name: anything but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
+    return cleaned or "study"
+
+
+class _Checker:
+    """Validates one study file, remembering its path for every error."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, key: str, expected: str, given: object) -> StudyFileError:
+        return StudyFileError(self.path, key, expected, given)
+
+    def mapping(self, value: object, key: str, allowed: set[str] | None = None) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, "a mapping", value)
+        for k in value:
+            if not isinstance(k, str):
+                raise self.fail(key, "string keys", k)
+            if allowed is not None and k not in allowed:
+                where = f"{key}.{k}" if key else k
+                raise self.fail(where, f"one of the keys {sorted(allowed)}", f"<unknown key {k!r}>")
+        return value
+
+    def integer(self, value: object, key: str, *, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(key, f"an integer >= {minimum}", value)
+        return value
+
+    def number(self, value: object, key: str, *, low: float | None = None, high: float | None = None) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(key, "a finite number", value)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.fail(key, f"a number in [{low}, {high}]", value)
+        return float(value)
+
+    def choice(self, value: object, key: str, options: tuple[str, ...]) -> str:
+        if value not in options:
+            raise self.fail(key, f"one of {list(options)}", value)
+        return value
+
+    def string(self, value: object, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "a non-empty string", value)
+        return value
+
+
+def parse_study(raw: object, *, path: str = "<study>") -> StudyConfig:
+    """Validate a study already read from YAML (a dict) into a :class:`StudyConfig`."""
+    c = _Checker(path)
+    doc = c.mapping(raw, "(top level)", _TOP_KEYS)
+    name = _parse_name(c, doc.get("name", Path(path).stem))
+    task = _parse_task(c, doc.get("task"), c.mapping(doc.get("task_args"), "task_args"))
+    objective = c.mapping(doc.get("objective"), "objective", {"metric", "direction"})
+    return StudyConfig(
+        path=path,
+        name=name,
+        task=task,
+        task_args=dict(c.mapping(doc.get("task_args"), "task_args")),
+        train=_parse_train(c, c.mapping(doc.get("train"), "train", {f.name for f in dataclasses.fields(TrainConfig)})),
+        metric=c.string(objective.get("metric", "val_loss"), "objective.metric"),
+        direction=c.choice(objective.get("direction", "minimize"), "objective.direction", ("minimize", "maximize")),
+        trials=c.integer(doc.get("trials", 20), "trials", minimum=1),
+        seed=c.integer(doc.get("seed", 0), "seed", minimum=0),
+        sampler=c.choice(doc.get("sampler", "tpe"), "sampler", SAMPLERS),
+        search=_parse_search(c, c.mapping(doc.get("search"), "search", {"lr", "optimizer", "schedule", "warmup"})),
+        pruning=_parse_pruning(c, doc.get("pruning")),
+        finder=_parse_finder(c, doc.get("finder")),
+        tracking=_parse_tracking(c, doc.get("tracking")),
+    )
+
+
+def _parse_name(c: _Checker, name: object) -> str:
+    name = c.string(name, "name")
+    if "/" in name or "\\" in name or ".." in name or not _NAME_RE.match(name):
+        raise c.fail("name", "letters, digits, spaces, '.', '_' or '-' (no path separators, no '..')", name)
+    return name
+
+
+def _parse_task(c: _Checker, task: object, task_args: Mapping[str, Any]) -> str:
+    from autolr.tasks import check_task_args, resolve_factory
+
+    task = c.string(task, "task")
+    try:
+        factory = resolve_factory(task)
+    except ValueError as exc:
+        raise c.fail("task", str(exc), task) from None
+    except Exception as exc:  # noqa: BLE001 - any import-time failure of the user's module
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        raise c.fail("task", "an importable 'package.module:factory' (is it on PYTHONPATH?)", f"<{task}: {reason}>") from None
+    problem = check_task_args(factory, task_args)
+    if problem:
+        raise c.fail("task_args", f"arguments accepted by {task}", f"<{problem}>")
+    return task
+
+
+def _parse_train(c: _Checker, train: dict) -> TrainConfig:
+    clip = train.get("grad_clip")
+    return TrainConfig(
+        epochs=c.integer(train.get("epochs", TrainConfig.epochs), "train.epochs", minimum=1),
+        batch_size=c.integer(train.get("batch_size", TrainConfig.batch_size), "train.batch_size", minimum=1),
+        device=c.choice(train.get("device", "auto"), "train.device", DEVICES),
+        grad_clip=None if clip is None else c.number(clip, "train.grad_clip", low=1e-12),
+    )
+
+
+def _parse_search(c: _Checker, search: dict) -> SearchSpace:
+    from autolr.optimizers import OPTIMIZERS
+    from autolr.schedules import SCHEDULES
+
+    if "lr" not in search:
+        raise c.fail("search.lr", "{low: L, high: H} (a log range, 0 < L < H) or 'auto'", "<missing>")
+    optimizers = _parse_entries(c, search.get("optimizer", {"adam": {}}), "search.optimizer",
+                                {k: v.params for k, v in OPTIMIZERS.items()}, search_defaults=False)  # fmt: skip
+    schedules = _parse_entries(c, search.get("schedule", {"constant": {}}), "search.schedule",
+                               {k: v.params for k, v in SCHEDULES.items()}, search_defaults=True)  # fmt: skip
+    return SearchSpace(
+        lr=_parse_lr(c, search["lr"]),
+        optimizers=optimizers,
+        schedules=schedules,
+        warmup=_parse_warmup(c, search.get("warmup")),
+    )
+
+
+def _parse_lr(c: _Checker, lr: object) -> LrSearch:
+    if lr == "auto":
+        return LrSearch()
+    if not isinstance(lr, dict):
+        raise c.fail("search.lr", "{low: L, high: H} (a log range, 0 < L < H) or 'auto'", lr)
+    c.mapping(lr, "search.lr", {"low", "high"})
+    if "low" not in lr or "high" not in lr:
+        raise c.fail("search.lr", "both low and high", lr)
+    low, high = c.number(lr["low"], "search.lr.low"), c.number(lr["high"], "search.lr.high")
+    if low <= 0:
+        raise c.fail("search.lr.low", "a number > 0 (the range is log-uniform)", lr["low"])
+    if low >= high:
+        raise c.fail("search.lr", "low < high", lr)
+    return LrSearch(low, high)
+
+
+def _parse_warmup(c: _Checker, warmup: object) -> Setting:
+    if warmup is None:
+        return Fixed(0.0)
+    if isinstance(warmup, dict):
+        c.mapping(warmup, "search.warmup", {"low", "high"})
+        low = c.number(warmup.get("low", 0.0), "search.warmup.low", low=0.0, high=0.9)
+        high = c.number(warmup.get("high"), "search.warmup.high", low=0.0, high=0.9)
+        if low >= high:
+            raise c.fail("search.warmup", "low < high (fractions of the total steps, below 0.9)", warmup)
+        return Range(low, high)
+    return Fixed(c.number(warmup, "search.warmup", low=0.0, high=0.9))
+
+
+def _parse_entries(
+    c: _Checker, entries: object, key: str, registry: Mapping[str, tuple[ParamSpec, ...]], *, search_defaults: bool
+) -> dict[str, dict[str, Setting]]:
+    if isinstance(entries, list):  # a plain list of names: each with its defaults
+        entries = {name: {} for name in entries}
+    entries = c.mapping(entries, key)
+    if not entries:
+        raise c.fail(key, f"at least one of {sorted(registry)}", entries)
+    parsed = {}
+    for name, settings in entries.items():
+        if name not in registry:
+            raise c.fail(f"{key}.{name}", f"one of {sorted(registry)}", f"<unknown name {name!r}>")
+        specs = {p.name: p for p in registry[name]}
+        settings = c.mapping(settings, f"{key}.{name}", set(specs))
+        parsed[name] = {
+            spec.name: _parse_setting(c, settings[spec.name], f"{key}.{name}.{spec.name}", spec)
+            if spec.name in settings
+            else (spec.search if search_defaults and spec.search else Fixed(spec.default))
+            for spec in specs.values()
+        }
+    return parsed
+
+
+def _parse_setting(c: _Checker, value: object, key: str, spec: ParamSpec) -> Setting:
+    if isinstance(value, list):
+        if not value:
+            raise c.fail(key, "a non-empty list of choices", value)
+        return Choice(tuple(_parse_fixed(c, v, key, spec) for v in value))
+    if isinstance(value, dict):
+        c.mapping(value, key, {"low", "high", "log"})
+        if spec.kind is bool:
+            raise c.fail(key, "true, false or a list of them", value)
+        low, high = _parse_fixed(c, value.get("low"), f"{key}.low", spec), _parse_fixed(c, value.get("high"), f"{key}.high", spec)
+        log = value.get("log", False)
+        if not isinstance(log, bool):
+            raise c.fail(f"{key}.log", "true or false", log)
+        if low >= high:
+            raise c.fail(key, "low < high", value)
+        if log and low <= 0:
+            raise c.fail(f"{key}.low", "a number > 0 for a log range", low)
+        return Range(low, high, log=log, integer=spec.kind is int)
+    return Fixed(_parse_fixed(c, value, key, spec))
+
+
+def _parse_fixed(c: _Checker, value: object, key: str, spec: ParamSpec) -> Any:
+    if spec.kind is bool:
+        if not isinstance(value, bool):
+            raise c.fail(key, "true or false", value)
+        return value
+    if spec.kind is int:
+        return c.integer(value, key, minimum=int(spec.low if spec.low is not None else -(2**31)))
+    return c.number(value, key, low=spec.low, high=spec.high)
+
+
+def _parse_pruning(c: _Checker, pruning: object) -> PruningConfig:
+    p = c.mapping(pruning, "pruning", {f.name for f in dataclasses.fields(PruningConfig)})
+    divergence = p.get("divergence", True)
+    if not isinstance(divergence, bool):
+        raise c.fail("pruning.divergence", "true or false", divergence)
+    return PruningConfig(
+        divergence=divergence,
+        curve=c.choice(p.get("curve", "median"), "pruning.curve", CURVE_PRUNERS),
+        loss_factor=c.number(p.get("loss_factor", PruningConfig.loss_factor), "pruning.loss_factor", low=1.0001),
+        startup_trials=c.integer(p.get("startup_trials", PruningConfig.startup_trials), "pruning.startup_trials", minimum=0),
+        warmup_epochs=c.integer(p.get("warmup_epochs", PruningConfig.warmup_epochs), "pruning.warmup_epochs", minimum=0),
+    )
+
+
+def _parse_finder(c: _Checker, finder: object) -> FinderConfig:
+    f = c.mapping(finder, "finder", {x.name for x in dataclasses.fields(FinderConfig)})
+    start = c.number(f.get("start_lr", FinderConfig.start_lr), "finder.start_lr", low=1e-12)
+    end = c.number(f.get("end_lr", FinderConfig.end_lr), "finder.end_lr", low=1e-12)
+    if start >= end:
+        raise c.fail("finder", "start_lr < end_lr", f)
+    return FinderConfig(steps=c.integer(f.get("steps", FinderConfig.steps), "finder.steps", minimum=10), start_lr=start, end_lr=end)
+
+
+def _parse_tracking(c: _Checker, tracking: object) -> TrackingConfig:
+    t = c.mapping(tracking, "tracking", {x.name for x in dataclasses.fields(TrackingConfig)})
+    every = c.integer(t.get("layer_stats_every", TrackingConfig.layer_stats_every), "tracking.layer_stats_every", minimum=0)
+    return TrackingConfig(layer_stats_every=every)

@@ -1,0 +1,24 @@
+"""Errors a user can cause. Each one says where, what was expected, what was given."""
+
+from __future__ import annotations
+
+__all__ = ["StudyFileError", "TrackingUnavailableError"]
+
+
+class StudyFileError(ValueError):
+    """A study file (or a flag that overrides one of its keys) is not valid.
+
+    The message is one line: ``FILE: KEY: expected EXPECTED, got GIVEN``.
+    """
+
+    def __init__(self, path: str, key: str, expected: str, given: object) -> None:
+        self.path = str(path)
+        self.key = key
+        self.expected = expected
+        self.given = given
+        given_text = given if isinstance(given, str) and given.startswith("<") else repr(given)
+        super().__init__(f"{self.path}: {key}: expected {expected}, got {given_text}")
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking server named by the user cannot be reached."""

@@ -1,0 +1,113 @@
+"""Exporting the best configuration, and reading it back in a user's own training script.
+
+An export is a flat YAML or JSON object: ``study``, ``metric``, ``direction``, ``value``, ``trial``,
+``params`` (``optimizer``, ``lr``, ``schedule``, ``warmup`` and every optimizer/schedule parameter,
+defaults included), the training budget (``epochs``, ``batch_size``, ``total_steps``) and the task.
+
+    best = autolr.load_best("best.yaml")
+    optimizer = best.build_optimizer(model.parameters())
+    scheduler = best.build_scheduler(optimizer, total_steps=best.total_steps)
+    # per step: optimizer.step(); scheduler.step()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import yaml
+
+from autolr.hparams import RunConfig
+from autolr.scheduler import StepScheduler
+
+__all__ = ["BestConfig", "best_export", "load_best", "to_yaml", "write_export"]
+
+_REQUIRED = ("study", "metric", "direction", "value", "trial", "params", "epochs", "batch_size")
+
+
+def best_export(config, study) -> dict[str, Any] | None:
+    """The export object for the best COMPLETE trial of ``study`` (None when there is none yet)."""
+    from autolr.objective import PARAMS_ATTR, STEPS_ATTR
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    best = (min if config.direction == "minimize" else max)(complete, key=lambda t: t.value)
+    return {
+        "study": config.name,
+        "metric": config.metric,
+        "direction": config.direction,
+        "value": float(best.value),
+        "trial": best.number,
+        "params": dict(best.user_attrs[PARAMS_ATTR]),
+        "epochs": config.train.epochs,
+        "batch_size": config.train.batch_size,
+        "total_steps": best.user_attrs.get(STEPS_ATTR),
+        "task": config.task,
+        "task_args": dict(config.task_args),
+        "seed": config.seed,
+    }
+
+
+def to_yaml(export: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(export), sort_keys=False)
+
+
+def write_export(export: Mapping[str, Any], path: str | Path | None, fmt: str = "yaml") -> str:
+    """Serialise ``export`` as ``yaml`` or ``json``; write it to ``path`` when given. Returns the text."""
+    if fmt not in ("yaml", "json"):
+        raise ValueError(f"format: expected yaml or json, got {fmt!r}")
+    text = to_yaml(export) if fmt == "yaml" else json.dumps(dict(export), indent=2) + "\n"
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class BestConfig:
+    """An exported configuration, ready to rebuild its optimizer and scheduler."""
+
+    study: str
+    metric: str
+    direction: str
+    value: float
+    trial: int
+    params: Mapping[str, Any]
+    epochs: int
+    batch_size: int
+    total_steps: int | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def run_config(self) -> RunConfig:
+        return RunConfig.from_flat(self.params)
+
+    def build_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The tuned optimizer over ``params`` (e.g. ``model.parameters()``), at the tuned peak lr."""
+        return self.run_config.build_optimizer(params)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int | None = None) -> StepScheduler:
+        """The tuned per-step schedule; ``total_steps`` defaults to the tuned run's (epochs x batches)."""
+        total = total_steps if total_steps is not None else self.total_steps
+        if total is None:
+            raise ValueError("total_steps: expected the number of optimisation steps of your run, got None")
+        mode = "min" if self.direction == "minimize" else "max"
+        return self.run_config.build_scheduler(optimizer, total, mode=mode)
+
+
+def load_best(path: str | Path) -> BestConfig:
+    """Read an export written by ``autolr export`` (YAML or JSON)."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an autolr export (a mapping), got {type(data).__name__}")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"{path}: expected the keys {list(_REQUIRED)} of an autolr export; missing {missing}")
+    RunConfig.from_flat(data["params"])  # validate now, not at the first build
+    known = {f.name for f in dataclasses.fields(BestConfig)} - {"extra"}
+    return BestConfig(**{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known})

@@ -1,0 +1,146 @@
+"""The Optuna objective: one trial = suggest a run, build the task, train, report, record.
+
+Outcomes, each recorded the same way in Optuna (state, user attrs) and MLflow (tags, run status):
+- COMPLETE: the objective metric after the last epoch is the trial's value;
+- PRUNED, diverged: the divergence guard fired; ``autolr.prune_reason`` and ``autolr.divergence_step``;
+- PRUNED, curve: the pruner judged the validation curve hopeless at some epoch;
+- FAIL: anything raised (the study goes on); KILLED in MLflow when interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Mapping, Sequence
+
+import optuna
+
+from autolr.config import StudyConfig
+from autolr.hparams import RunConfig
+from autolr.sampler import DIVERGED_ATTR
+from autolr.space import LrBounds, suggest_run
+from autolr.tasks import build_task
+from autolr.tracking import Tracker, TrialRun
+from autolr.trainer import Diverged, DivergenceGuard, Trainer, TrainerCallback, pick_device
+
+__all__ = ["Objective", "resolve_metric"]
+
+logger = logging.getLogger(__name__)
+
+PARAMS_ATTR = "autolr.params"
+REASON_ATTR = "autolr.prune_reason"
+STEP_ATTR = "autolr.divergence_step"
+STEPS_ATTR = "autolr.steps"
+
+
+def resolve_metric(metric: str, available: Sequence[str]) -> str:
+    """The logged name of the objective metric: ``accuracy`` and ``val_accuracy`` both work."""
+    if metric in available:
+        return metric
+    if f"val_{metric}" in available:
+        return f"val_{metric}"
+    raise KeyError(metric)
+
+
+class _Report(TrainerCallback):
+    """Trainer -> Optuna (curve pruning) and MLflow (batched points)."""
+
+    def __init__(self, trial: optuna.Trial, run: TrialRun | None, metric: str, curve_pruning: bool) -> None:
+        self.trial = trial
+        self.run = run
+        self.metric = metric
+        self.curve_pruning = curve_pruning
+
+    def on_steps(self, first_step: int, values: Mapping[str, Sequence[float]]) -> None:
+        if self.run is not None:
+            self.run.log_steps(first_step, values)
+
+    def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
+        if self.run is not None:
+            self.run.log_metrics(step, stats)
+
+    def on_epoch_end(self, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+        if self.run is not None:
+            self.run.log_metrics(epoch, metrics)
+            self.run.flush()
+        value = metrics[self.metric]
+        self.trial.report(value, epoch)
+        if self.curve_pruning and self.trial.should_prune():
+            raise optuna.TrialPruned(f"curve: {self.metric} {value:.4g} at epoch {epoch} fell behind earlier trials")
+
+
+class Objective:
+    """Callable objective for ``study.optimize``; picklable, so worker processes can rebuild it."""
+
+    def __init__(self, config: StudyConfig, lr_bounds: LrBounds, *, tracker: Tracker | None, parent_run_id: str | None) -> None:
+        self.config = config
+        self.lr_bounds = dict(lr_bounds)
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = self.config
+        run_config = suggest_run(trial, cfg.search, self.lr_bounds, grid=cfg.sampler == "grid")
+        flat = run_config.flat()
+        trial.set_user_attr(PARAMS_ATTR, flat)
+        run = self.tracker.trial_run(self.parent_run_id, trial.number, flat) if self.tracker else None
+        if run is None:
+            return self._train(trial, run_config, None)
+        with run:
+            return self._train(trial, run_config, run)
+
+    def _train(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> float:
+        cfg = self.config
+        task = build_task(cfg.task, cfg.task_args, seed=cfg.seed)
+        metric = self._metric_name(task)
+        trainer = Trainer(
+            epochs=cfg.train.epochs,
+            batch_size=cfg.train.batch_size,
+            device=pick_device(cfg.train.device),
+            guard=DivergenceGuard(cfg.pruning.loss_factor) if cfg.pruning.divergence else None,
+            callbacks=[_Report(trial, run, metric, cfg.pruning.curve != "none")],
+            layer_stats_every=cfg.tracking.layer_stats_every if run is not None else 0,
+            grad_clip=cfg.train.grad_clip,
+            monitor=metric,
+            seed=cfg.seed,
+        )
+        total_steps = cfg.train.epochs * trainer.steps_per_epoch(task)
+        optimizer = run_config.build_optimizer(task.model.parameters())
+        mode = "min" if cfg.direction == "minimize" else "max"
+        scheduler = run_config.build_scheduler(optimizer, total_steps, mode=mode)
+        try:
+            result = trainer.fit(task, optimizer, scheduler)
+        except Diverged as exc:
+            self._record_prune(trial, run, exc.reason, divergence_step=exc.step, diverged=True)
+            raise optuna.TrialPruned(exc.reason) from None
+        except optuna.TrialPruned as exc:
+            self._record_prune(trial, run, str(exc), divergence_step=None, diverged=False)
+            raise
+        trial.set_user_attr(STEPS_ATTR, result.steps)
+        value = result.final[metric]
+        if not math.isfinite(value):
+            raise ValueError(f"objective metric {metric} is {value} after the last epoch")
+        if run is not None:
+            run.end("COMPLETE", {"autolr.value": value})
+        return value
+
+    def _metric_name(self, task) -> str:
+        available = ["val_loss", *(f"val_{m}" for m in task.metrics)]
+        try:
+            return resolve_metric(self.config.metric, available)
+        except KeyError:
+            raise ValueError(
+                f"{self.config.path}: objective.metric: expected one of {available}, got {self.config.metric!r}"
+            ) from None
+
+    def _record_prune(self, trial, run, reason: str, *, divergence_step: int | None, diverged: bool) -> None:
+        trial.set_user_attr(REASON_ATTR, reason)
+        trial.set_user_attr(DIVERGED_ATTR, diverged)
+        if divergence_step is not None:
+            trial.set_user_attr(STEP_ATTR, divergence_step)
+            trial.set_user_attr(STEPS_ATTR, divergence_step + 1)
+        if run is not None:
+            tags = {"autolr.prune_reason": reason}
+            if divergence_step is not None:
+                tags["autolr.divergence_step"] = divergence_step
+            run.end("PRUNED", tags)

@@ -1,0 +1,78 @@
+"""The per-step scheduler that drives a torch optimizer along one of :mod:`autolr.schedules`.
+
+It is a ``torch.optim.lr_scheduler.LRScheduler``: call ``step()`` after every ``optimizer.step()``,
+and, for the ``plateau`` schedule, ``report(metric)`` once per epoch. The trainer and
+``autolr.load_best(...).build_scheduler`` use this same class, so a user's script follows exactly the
+learning-rate curve that was tuned.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from autolr.schedules import SCHEDULES, PlateauState, lr_at, warmup_steps_for
+
+__all__ = ["StepScheduler"]
+
+
+class StepScheduler(torch.optim.lr_scheduler.LRScheduler):
+    """Per-step learning-rate schedule with optional linear warmup.
+
+    Args:
+        optimizer: built at the peak rate (its ``lr`` is the peak).
+        total_steps: optimisation steps in the whole run.
+        schedule: a name in :data:`autolr.schedules.SCHEDULES`.
+        params: the schedule's hyperparameters (missing ones take their defaults).
+        warmup: fraction of ``total_steps`` spent warming up linearly.
+        mode: ``min`` or ``max``, the direction of the metric given to :meth:`report` (plateau only).
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        total_steps: int,
+        schedule: str,
+        params: Mapping[str, Any] | None = None,
+        warmup: float = 0.0,
+        mode: str = "min",
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)}")
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup}")
+        spec = SCHEDULES[schedule]
+        given = dict(params or {})
+        unknown = set(given) - {p.name for p in spec.params}
+        if unknown:
+            raise ValueError(f"schedule {schedule!r} has no parameter(s) {sorted(unknown)}")
+        self.schedule = schedule
+        self.params = {p.name: p.kind(given.get(p.name, p.default)) for p in spec.params}
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps_for(warmup, total_steps)
+        self.plateau = PlateauState(patience=self.params["patience"], mode=mode) if schedule == "plateau" else None
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        return [self.lr_at(self.last_epoch, base) for base in self.base_lrs]
+
+    def lr_at(self, step: int, peak_lr: float) -> float:
+        reductions = self.plateau.reductions if self.plateau else 0
+        return lr_at(
+            step,
+            total_steps=self.total_steps,
+            peak_lr=peak_lr,
+            schedule=self.schedule,
+            params=self.params,
+            warmup_steps=self.warmup_steps,
+            reductions=reductions,
+        )
+
+    def report(self, metric: float) -> None:
+        """Give the epoch's validation metric; only ``plateau`` uses it (applied from the next step)."""
+        if self.plateau is not None:
+            self.plateau.update(float(metric))

@@ -1,0 +1,353 @@
+"""Running a study: storage, sampler, pruner, workers, resume to the target, the summary.
+
+``trials`` is the study's total target of finished (COMPLETE or PRUNED) trials: every invocation
+counts what the storage already holds and runs only the rest, so re-running a command resumes it.
+Several worker processes (``jobs``) share one storage; a killed worker's trial is failed by the
+storage heartbeat and the study goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autolr.config import StudyConfig, load_study
+from autolr.objective import PARAMS_ATTR, REASON_ATTR, STEPS_ATTR, Objective
+from autolr.sampler import DIVERGED_ATTR, make_sampler
+from autolr.space import LrBounds, grid_search_space
+from autolr.tracking import DEFAULT_TRACKING_URI, Tracker
+
+__all__ = ["TuneResult", "default_storage_url", "export_best", "open_study", "study_results", "tune"]
+
+logger = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+HEARTBEAT_S = 10
+GRACE_S = 30
+SQLITE_TIMEOUT_S = 300  # writers wait this long for the lock instead of losing the trial
+MAX_CONSECUTIVE_FAILS = 3
+
+
+@dataclasses.dataclass
+class TuneResult:
+    study_name: str
+    storage: str
+    tracking_uri: str | None
+    direction: str
+    metric: str
+    best: FrozenTrial | None
+    trials: list[FrozenTrial]
+    parent_run_id: str | None = None
+
+    def count(self, state: TrialState) -> int:
+        return sum(1 for t in self.trials if t.state == state)
+
+
+def default_storage_url(config: StudyConfig) -> str:
+    """``sqlite:///<folder of the study file>/<study name>.db``."""
+    folder = Path(config.path).resolve().parent
+    return f"sqlite:///{folder / (config.file_stem + '.db')}"
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as conn:  # WAL: readers never block the writer; persists in the file
+            conn.execute("PRAGMA journal_mode=WAL")
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=HEARTBEAT_S,
+        grace_period=GRACE_S,
+    )
+
+
+def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    p = config.pruning
+    if p.curve == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
+    if p.curve == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.warmup_epochs), max_resource=config.train.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(
+    config: StudyConfig, storage: str | None = None, lr_bounds: LrBounds | None = None, *, create: bool = True
+) -> optuna.Study:
+    """Create (or load) the study in its storage, with the sampler and pruner of the study file.
+
+    With ``create=False`` a study missing from the storage is an error that says how to create it.
+    """
+    url = storage or default_storage_url(config)
+    if not create and not _exists(config.name, url):
+        raise RuntimeError(f"no study {config.name!r} in {url}; run `autolr tune {config.path}` first (or pass --storage)")
+    if lr_bounds is None and not config.search.lr.auto:
+        lr_bounds = fixed_lr_bounds(config)
+    if config.sampler == "grid" and lr_bounds is None:  # reading only: the grid is not known yet
+        sampler = optuna.samplers.RandomSampler(seed=config.seed)
+    else:
+        grid = grid_search_space(config.search, lr_bounds) if config.sampler == "grid" else None
+        sampler = make_sampler(config.sampler, seed=config.seed, grid_space=grid, ceiling=config.pruning.divergence)
+    study = optuna.create_study(
+        storage=_storage(url),
+        study_name=config.name,
+        direction=config.direction,
+        sampler=sampler,
+        pruner=_pruner(config),
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != config.direction:
+        raise ValueError(
+            f"{config.path}: objective.direction: expected {study.direction.name.lower()} (the study {config.name!r} "
+            f"in {url} was created so), got {config.direction!r}; rename the study to start afresh"
+        )
+    return study
+
+
+def _exists(name: str, url: str) -> bool:
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        return False  # do not create an empty database file just to look
+    return name in optuna.study.get_all_study_names(storage=url)
+
+
+def fixed_lr_bounds(config: StudyConfig) -> LrBounds:
+    return {name: (config.search.lr.low, config.search.lr.high) for name in config.search.optimizers}
+
+
+def _n_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _n_claimed(study: optuna.Study) -> int:
+    """Finished trials plus those running now (in any worker), stale ones failed first."""
+    optuna.storages.fail_stale_trials(study)
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+
+
+def run_trials(
+    config: StudyConfig,
+    study: optuna.Study,
+    objective: Objective,
+    *,
+    target: int,
+    deadline: float | None,
+    on_trial: Callable[[FrozenTrial], None] | None = None,
+) -> None:
+    """Run trials one at a time until the study holds ``target`` finished trials or time runs out."""
+    fails = 0
+    while _n_claimed(study) < target and (deadline is None or time.monotonic() < deadline):
+        if config.sampler == "grid" and _grid_exhausted(study):
+            break
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        last = study.get_trials(deepcopy=False)[-1]
+        if on_trial is not None:
+            on_trial(last)
+        fails = fails + 1 if last.state == TrialState.FAIL else 0
+        if fails >= MAX_CONSECUTIVE_FAILS:
+            raise RuntimeError(
+                f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get('autolr.error', '(see the log above)')}"
+            )
+
+
+def _grid_exhausted(study: optuna.Study) -> bool:
+    sampler = study.sampler
+    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+
+
+def _worker(config: StudyConfig, storage: str, lr_bounds: LrBounds, tracking_uri: str | None, parent_run_id, target, deadline_s) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(config, storage, lr_bounds)
+    tracker = Tracker(tracking_uri, experiment=config.name) if tracking_uri else None
+    deadline = time.monotonic() + deadline_s if deadline_s else None
+    run_trials(config, study, Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id), target=target, deadline=deadline)
+
+
+def tune(
+    study: str | Path | StudyConfig,
+    *,
+    trials: int | None = None,
+    timeout_s: float | None = None,
+    jobs: int = 1,
+    storage: str | None = None,
+    tracking_uri: str | None = DEFAULT_TRACKING_URI,
+    seed: int | None = None,
+    on_trial: Callable[[FrozenTrial], None] | None = None,
+) -> TuneResult:
+    """Run (or resume) a study until it holds ``trials`` finished trials (the study file's by default).
+
+    Args:
+        study: a study file path or a loaded :class:`StudyConfig`.
+        trials: overrides the study file's target.
+        timeout_s: stop starting new trials after this many seconds.
+        jobs: worker processes sharing the storage (1: run in this process).
+        storage: any Optuna storage URL; default ``sqlite:///`` beside the study file.
+        tracking_uri: MLflow tracking URI; None turns tracking off.
+        seed: overrides the study file's seed.
+        on_trial: called with each finished trial (in this process only).
+    """
+    config = study if isinstance(study, StudyConfig) else load_study(study)
+    overrides: dict[str, Any] = {}
+    if trials is not None:
+        overrides["trials"] = trials
+    if seed is not None:
+        overrides["seed"] = seed
+    config = dataclasses.replace(config, **overrides)
+    storage_url = storage or default_storage_url(config)
+    tracker = Tracker(tracking_uri, experiment=config.name) if tracking_uri else None
+    if tracker is not None:
+        tracker.check_reachable()
+
+    opt_study = open_study(config, storage_url)
+    if config.search.lr.auto:
+        lr_bounds = _auto_lr_bounds(config, opt_study, tracker)
+        opt_study = open_study(config, storage_url, lr_bounds)
+    else:
+        lr_bounds = fixed_lr_bounds(config)
+
+    parent_run_id = None
+    if _n_finished(opt_study) < config.trials:
+        parent_run_id = _run(config, opt_study, storage_url, lr_bounds, tracker, jobs, timeout_s, on_trial)
+    return summarize(config, storage_url, tracking_uri, parent_run_id)
+
+
+def _run(config, study, storage_url, lr_bounds, tracker, jobs, timeout_s, on_trial) -> str | None:
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+
+    def work(parent_run_id: str | None) -> None:
+        if jobs <= 1:
+            objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
+            run_trials(config, study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
+        else:
+            _run_workers(config, study, storage_url, lr_bounds, tracker, parent_run_id, jobs, timeout_s, on_trial)
+
+    if tracker is None:
+        work(None)
+        return None
+    with tracker.parent_run(
+        f"{config.name}@{time.strftime('%Y-%m-%d %H:%M:%S')}",
+        params={"study": config.name, "task": config.task, "sampler": config.sampler, "target_trials": config.trials,
+                "epochs": config.train.epochs, "batch_size": config.train.batch_size, "seed": config.seed,
+                "metric": config.metric, "direction": config.direction},  # fmt: skip
+        tags={"autolr.study": config.name, "autolr.storage": storage_url, "autolr.role": "study"},
+        description=f"autolr study `{config.name}`: {config.task}, {config.sampler} sampler, target {config.trials} trials.",
+    ) as parent_run_id:
+        try:
+            work(parent_run_id)
+        finally:
+            _finish_parent(config, storage_url, tracker, parent_run_id)
+    return parent_run_id
+
+
+def _run_workers(config, study, storage_url, lr_bounds, tracker, parent_run_id, jobs, timeout_s, on_trial) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    tracking_uri = tracker.tracking_uri if tracker else None
+    procs = [
+        ctx.Process(target=_worker, args=(config, storage_url, dict(lr_bounds), tracking_uri, parent_run_id, config.trials, timeout_s), daemon=False)
+        for _ in range(jobs)
+    ]
+    for p in procs:
+        p.start()
+    seen: set[int] = set()
+    try:
+        while any(p.is_alive() for p in procs):
+            time.sleep(0.5)
+            _report_new(study, seen, on_trial)
+    finally:
+        for p in procs:
+            p.join()
+    _report_new(study, seen, on_trial)
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {jobs} workers exited with an error (exit codes {failed}); see the log above")
+
+
+def _report_new(study: optuna.Study, seen: set[int], on_trial) -> None:
+    for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)):
+        if t.number not in seen:
+            seen.add(t.number)
+            if on_trial is not None:
+                on_trial(t)
+
+
+def _auto_lr_bounds(config: StudyConfig, study: optuna.Study, tracker: Tracker | None) -> LrBounds:
+    from autolr.finder import auto_lr_bounds
+
+    return auto_lr_bounds(config, study, tracker)
+
+
+def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, parent_run_id: str) -> None:
+    """Best configuration (params, tags, YAML artifact) on the parent run; failures here lose nothing."""
+    from autolr.export import best_export, to_yaml
+
+    try:
+        study = open_study(config, storage_url, create=False)
+        export = best_export(config, study)
+        if export is None:
+            return
+        tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in export["params"].items()})
+        tracker.set_tags(parent_run_id, {"autolr.best_trial": export["trial"], "autolr.best_value": export["value"]})
+        tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")
+    except Exception:  # noqa: BLE001 - the study itself is safe in its storage
+        logger.exception("could not record the best configuration on the parent run")
+
+
+def summarize(config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None) -> TuneResult:
+    study = open_study(config, storage_url, create=False)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = None
+    if complete:
+        best = (min if config.direction == "minimize" else max)(complete, key=lambda t: t.value)
+    return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, best, trials, parent_run_id)
+
+
+def trial_row(t: FrozenTrial) -> dict[str, Any]:
+    """One trial as a flat row for tables: number, state, value, params, prune reason."""
+    params = t.user_attrs.get(PARAMS_ATTR, t.params)
+    return {
+        "trial": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        "optimizer": params.get("optimizer"),
+        "lr": params.get("lr"),
+        "schedule": params.get("schedule"),
+        "warmup": params.get("warmup"),
+        "steps": t.user_attrs.get(STEPS_ATTR),
+        "diverged": bool(t.user_attrs.get(DIVERGED_ATTR)),
+        "reason": t.user_attrs.get(REASON_ATTR, ""),
+    }
+
+
+def study_results(study: str | Path | StudyConfig, *, storage: str | None = None) -> TuneResult:
+    """The trials of a study already in its storage (nothing is run or created)."""
+    config = study if isinstance(study, StudyConfig) else load_study(study)
+    return summarize(config, storage or default_storage_url(config), None)
+
+
+def export_best(
+    study: str | Path | StudyConfig, *, storage: str | None = None, path: str | Path | None = None, fmt: str = "yaml"
+) -> str:
+    """The best configuration as YAML or JSON text (written to ``path`` when given)."""
+    from autolr.export import best_export, write_export
+
+    config = study if isinstance(study, StudyConfig) else load_study(study)
+    url = storage or default_storage_url(config)
+    export = best_export(config, open_study(config, url, create=False))
+    if export is None:
+        raise RuntimeError(f"study {config.name!r} in {url} has no COMPLETE trial yet; run `autolr tune {config.path}`")
+    return write_export(export, path, fmt)

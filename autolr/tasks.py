@@ -1,0 +1,248 @@
+"""Tasks: what is trained. A task factory returns an :class:`autolr.Task`.
+
+Built-in tasks use scikit-learn's bundled data only (nothing is downloaded): features standardised on
+the training split, a fixed stratified train/validation split, seeded. A user task is named
+``"package.module:factory"`` and called as ``factory(**task_args)`` after seeding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import random
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+__all__ = ["BUILTIN_TASKS", "Task", "build_task", "resolve_factory", "seed_everything"]
+
+
+@dataclasses.dataclass
+class Task:
+    """A model and its data.
+
+    ``train_data`` and ``val_data`` are datasets of ``(input, target)``; ``loss_fn(outputs, targets)``
+    returns a scalar tensor; ``metrics`` maps names to ``fn(outputs, targets) -> float``, computed on
+    the whole validation set each epoch.
+    """
+
+    model: nn.Module
+    train_data: Dataset
+    val_data: Dataset
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    metrics: Mapping[str, Callable[[torch.Tensor, torch.Tensor], float]] = dataclasses.field(default_factory=dict)
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # facts a benchmark may check against
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"Task.model must be a torch.nn.Module, got {type(self.model).__name__}")
+        for name in ("train_data", "val_data"):
+            data = getattr(self, name)
+            if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+                raise TypeError(f"Task.{name} must be a torch Dataset with __len__, got {type(data).__name__}")
+        if not callable(self.loss_fn):
+            raise TypeError("Task.loss_fn must be callable as loss_fn(outputs, targets)")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    return (outputs.argmax(dim=1) == targets).float().mean().item()
+
+
+def _split(x: np.ndarray, y: np.ndarray, *, val_fraction: float, seed: int, classify: bool):
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    x_tr, x_va, y_tr, y_va = train_test_split(
+        x, y, test_size=val_fraction, random_state=seed, stratify=y if classify else None
+    )
+    scaler = StandardScaler().fit(x_tr)
+    x_tr, x_va = scaler.transform(x_tr), scaler.transform(x_va)
+    if classify:
+        to_y = lambda a: torch.as_tensor(a, dtype=torch.long)  # noqa: E731
+    else:
+        y_scale = float(np.std(y_tr)) or 1.0  # standardised target: losses comparable across tasks
+        y_mean = float(np.mean(y_tr))
+        to_y = lambda a: torch.as_tensor((a - y_mean) / y_scale, dtype=torch.float32).reshape(-1, 1)  # noqa: E731
+    to_x = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    return TensorDataset(to_x(x_tr), to_y(y_tr)), TensorDataset(to_x(x_va), to_y(y_va))
+
+
+def _mlp(n_in: int, n_out: int, hidden: int, depth: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = n_in
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+def _classification(x, y, *, hidden: int, depth: int, val_fraction: float, split_seed: int) -> Task:
+    train, val = _split(x, y, val_fraction=val_fraction, seed=split_seed, classify=True)
+    model = _mlp(x.shape[1], int(np.max(y)) + 1, hidden, depth)
+    return Task(model, train, val, nn.functional.cross_entropy, {"accuracy": accuracy})
+
+
+def digits_mlp(*, hidden: int = 128, depth: int = 1, val_fraction: float = 0.25, split_seed: int = 0) -> Task:
+    """8x8 handwritten digits (1797 samples, 10 classes), an MLP."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return _classification(x, y, hidden=hidden, depth=depth, val_fraction=val_fraction, split_seed=split_seed)
+
+
+def digits_cnn(*, channels: int = 16, val_fraction: float = 0.25, split_seed: int = 0) -> Task:
+    """8x8 handwritten digits as 1x8x8 images, a small CNN with BatchNorm."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    train, val = _split(x, y, val_fraction=val_fraction, seed=split_seed, classify=True)
+    for data in (train, val):
+        data.tensors = (data.tensors[0].reshape(-1, 1, 8, 8), data.tensors[1])
+    c = channels
+    model = nn.Sequential(
+        nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+        nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * c * 16, 10),
+    )  # fmt: skip
+    return Task(model, train, val, nn.functional.cross_entropy, {"accuracy": accuracy})
+
+
+def wine_mlp(*, hidden: int = 32, depth: int = 1, val_fraction: float = 0.3, split_seed: int = 0) -> Task:
+    """Wine recognition (178 samples, 3 classes), an MLP."""
+    from sklearn.datasets import load_wine
+
+    x, y = load_wine(return_X_y=True)
+    return _classification(x, y, hidden=hidden, depth=depth, val_fraction=val_fraction, split_seed=split_seed)
+
+
+def breast_cancer_mlp(*, hidden: int = 32, depth: int = 1, val_fraction: float = 0.25, split_seed: int = 0) -> Task:
+    """Breast cancer Wisconsin (569 samples, 2 classes), an MLP."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, y = load_breast_cancer(return_X_y=True)
+    return _classification(x, y, hidden=hidden, depth=depth, val_fraction=val_fraction, split_seed=split_seed)
+
+
+def diabetes_mlp(*, hidden: int = 32, depth: int = 1, val_fraction: float = 0.25, split_seed: int = 0) -> Task:
+    """Diabetes progression (442 samples), regression with MSE on a standardised target."""
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    train, val = _split(x, y, val_fraction=val_fraction, seed=split_seed, classify=False)
+    return Task(_mlp(x.shape[1], 1, hidden, depth), train, val, nn.functional.mse_loss)
+
+
+def classification_mlp(
+    *,
+    n_samples: int = 2000,
+    n_features: int = 20,
+    n_informative: int = 10,
+    n_classes: int = 2,
+    hidden: int = 64,
+    depth: int = 1,
+    val_fraction: float = 0.25,
+    split_seed: int = 0,
+) -> Task:
+    """Synthetic ``sklearn.datasets.make_classification`` data of the size given, an MLP."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=n_samples,
+        n_features=n_features,
+        n_informative=n_informative,
+        n_classes=n_classes,
+        random_state=split_seed,
+    )
+    return _classification(x, y, hidden=hidden, depth=depth, val_fraction=val_fraction, split_seed=split_seed)
+
+
+def least_squares(
+    *,
+    n_samples: int = 256,
+    n_features: int = 20,
+    max_eig: float = 1.0,
+    condition: float = 100.0,
+    noise: float = 0.3,
+    split_seed: int = 0,
+) -> Task:
+    """Linear least squares with a chosen Hessian spectrum: the curvature is known exactly.
+
+    The loss is ``mean((X w - y)**2)``, whose Hessian ``2/n X^T X`` has eigenvalues spread log-uniformly
+    from ``max_eig / condition`` to ``max_eig``; full-batch gradient descent is stable exactly below
+    ``2 / max_eig``. Validation is on the training data (the question is how well the optimisation
+    goes), and ``task.info`` holds ``max_eig`` and ``optimum``, the exact minimum of the loss.
+    """
+    rng = np.random.default_rng(split_seed)
+    eigs = np.geomspace(max_eig / condition, max_eig, n_features)
+    u, _ = np.linalg.qr(rng.standard_normal((n_samples, n_features)))
+    v, _ = np.linalg.qr(rng.standard_normal((n_features, n_features)))
+    x = (u * np.sqrt(eigs * n_samples / 2.0)) @ v.T
+    y = x @ rng.standard_normal(n_features) + noise * rng.standard_normal(n_samples)
+    w_opt, *_ = np.linalg.lstsq(x, y, rcond=None)
+    optimum = float(np.mean((x @ w_opt - y) ** 2))
+    data = TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32).reshape(-1, 1))
+    model = nn.Linear(n_features, 1, bias=False)
+    return Task(model, data, data, nn.functional.mse_loss, info={"max_eig": float(max_eig), "optimum": optimum})
+
+
+BUILTIN_TASKS: Mapping[str, Callable[..., Task]] = {
+    "digits_mlp": digits_mlp,
+    "digits_cnn": digits_cnn,
+    "wine_mlp": wine_mlp,
+    "breast_cancer_mlp": breast_cancer_mlp,
+    "diabetes_mlp": diabetes_mlp,
+    "make_classification": classification_mlp,
+    "classification_mlp": classification_mlp,  # alias
+    "least_squares": least_squares,
+}
+
+
+def resolve_factory(name: str) -> Callable[..., Task]:
+    """The factory for a built-in name or ``"package.module:function"``.
+
+    Raises:
+        ImportError: the module cannot be imported or lacks the function.
+        ValueError: the name is neither a built-in nor of the form ``module:function``.
+    """
+    if name in BUILTIN_TASKS:
+        return BUILTIN_TASKS[name]
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"a built-in task {sorted(BUILTIN_TASKS)} or 'package.module:factory'")
+    module = importlib.import_module(module_name)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ImportError(f"module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def check_task_args(factory: Callable[..., Task], task_args: Mapping[str, Any]) -> str | None:
+    """Why ``factory(**task_args)`` cannot be called, or None when the arguments fit its signature."""
+    try:
+        inspect.signature(factory).bind(**task_args)
+    except TypeError as exc:
+        return str(exc)
+    except ValueError:  # no signature available (a builtin): let the call decide
+        return None
+    return None
+
+
+def build_task(name: str, task_args: Mapping[str, Any], *, seed: int) -> Task:
+    """Seed torch, numpy and random with ``seed``, then build the task."""
+    factory = resolve_factory(name)
+    seed_everything(seed)
+    task = factory(**task_args)
+    if not isinstance(task, Task):
+        raise TypeError(f"task factory {name!r} returned {type(task).__name__}, expected autolr.Task")
+    return task

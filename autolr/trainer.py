@@ -1,0 +1,284 @@
+"""The training loop. Imports torch only; whoever watches hooks in through :class:`TrainerCallback`.
+
+One loop that reads top to bottom: batches, forward, backward, gradient norm, optimizer step,
+scheduler step; every ``check_every`` steps the window of losses and gradient norms comes to the host
+in one transfer, where the :class:`DivergenceGuard` looks at it and callbacks receive it; at each epoch
+end the validation metrics are computed and handed to callbacks, which may stop the run by raising.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from autolr.tasks import Task
+
+__all__ = ["Batches", "Diverged", "DivergenceGuard", "TrainResult", "Trainer", "TrainerCallback", "pick_device"]
+
+
+class Diverged(Exception):
+    """Training diverged at ``step``; ``reason`` reads like ``loss inf at step 37``."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(reason)
+        self.step = step
+        self.reason = reason
+
+
+@dataclasses.dataclass
+class DivergenceGuard:
+    """Declares a run diverged on a non-finite loss or gradient norm, or a loss above
+    ``loss_factor`` times the first step's loss."""
+
+    loss_factor: float = 10.0
+    reference_loss: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.loss_factor > 1.0:
+            raise ValueError(f"loss_factor must be > 1, got {self.loss_factor}")
+
+    def check(self, first_step: int, losses: Sequence[float], grad_norms: Sequence[float]) -> Diverged | None:
+        """The first divergent step in a window of consecutive steps, or None."""
+        for i, (loss, grad_norm) in enumerate(zip(losses, grad_norms)):
+            step = first_step + i
+            if not math.isfinite(loss):
+                return Diverged(step, f"diverged: loss {loss} at step {step}")
+            if not math.isfinite(grad_norm):
+                return Diverged(step, f"diverged: grad_norm {grad_norm} at step {step}")
+            if self.reference_loss is None:
+                self.reference_loss = abs(loss)
+            elif abs(loss) > self.loss_factor * self.reference_loss and self.reference_loss > 0:
+                ratio = abs(loss) / self.reference_loss
+                return Diverged(step, f"diverged: loss {loss:.4g} is {ratio:.1f}x the first step's at step {step}")
+        return None
+
+
+class TrainerCallback:
+    """Hooks; each default does nothing. A hook may raise to stop training (the trainer re-raises)."""
+
+    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None: ...
+
+    def on_steps(self, first_step: int, values: Mapping[str, Sequence[float]]) -> None:
+        """Per-step values (``train_loss``, ``lr``, ``grad_norm``) for a window of consecutive steps."""
+
+    def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
+        """Per-layer ``grad_norm/NAME``, ``weight_norm/NAME`` and ``update_ratio/NAME`` at ``step``."""
+
+    def on_epoch_end(self, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+        """Validation metrics (``val_loss``, ``val_<metric>``) after epoch ``epoch`` (1-based)."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    steps: int
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Batches:
+    """Shuffled mini-batches. Tensor datasets live on the device and are sliced directly (no per-sample
+    collation); a batch size of at least the dataset's size is full-batch training."""
+
+    def __init__(self, data: Dataset, batch_size: int, device: torch.device, *, seed: int, shuffle: bool = True) -> None:
+        self.batch_size = batch_size
+        self.device = device
+        self.n = len(data)
+        self.shuffle = shuffle and batch_size < self.n
+        self.generator = torch.Generator().manual_seed(seed)
+        if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+            self.tensors = tuple(t.to(device) for t in data.tensors)
+            self.loader = None
+        else:
+            self.tensors = None
+            self.loader = DataLoader(data, batch_size=batch_size, shuffle=self.shuffle, generator=self.generator)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.loader is not None:
+            for x, y in self.loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            return
+        x, y = self.tensors
+        if not self.shuffle:
+            for start in range(0, self.n, self.batch_size):
+                yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+            return
+        order = torch.randperm(self.n, generator=self.generator).to(self.device)
+        for start in range(0, self.n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield x[idx], y[idx]
+
+
+def grad_norms(parameters: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """Per-parameter gradient norms in one fused call; the global norm is the norm of these."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return []
+    return list(torch._foreach_norm(grads))
+
+
+@torch.no_grad()
+def evaluate(task: Task, data: Dataset, device: torch.device, *, batch_size: int = 4096) -> dict[str, float]:
+    """``val_loss`` and each task metric as ``val_<name>``, over the whole dataset at once."""
+    task.model.eval()
+    try:
+        outputs, targets = [], []
+        for x, y in Batches(data, batch_size, device, seed=0, shuffle=False):
+            outputs.append(task.model(x))
+            targets.append(y)
+        out, tgt = torch.cat(outputs), torch.cat(targets)
+        metrics = {"val_loss": float(task.loss_fn(out, tgt))}
+        for name, fn in task.metrics.items():
+            metrics[f"val_{name}"] = float(fn(out, tgt))
+        return metrics
+    finally:
+        task.model.train()
+
+
+class Trainer:
+    """Trains ``task.model`` with a built optimizer and per-step scheduler.
+
+    Args:
+        epochs, batch_size: the budget.
+        device: where to train (``pick_device()`` by default).
+        guard: a :class:`DivergenceGuard`, or None to train through anything.
+        callbacks: watchers (tracking, pruning), called in order.
+        check_every: steps per host transfer of the loss/grad-norm window. On CUDA the default is 16,
+            so the loop never waits on the GPU step by step; on CPU 4 (there is no sync to avoid).
+        layer_stats_every: per-layer statistics every N steps (0: never).
+        grad_clip: clip the global gradient norm to this (None: no clipping).
+        monitor: the validation metric given to ``scheduler.report`` (plateau schedules).
+        seed: seeds the batch order.
+    """
+
+    def __init__(
+        self,
+        *,
+        epochs: int,
+        batch_size: int,
+        device: torch.device | None = None,
+        guard: DivergenceGuard | None = None,
+        callbacks: Sequence[TrainerCallback] = (),
+        check_every: int | None = None,
+        layer_stats_every: int = 0,
+        grad_clip: float | None = None,
+        monitor: str = "val_loss",
+        seed: int = 0,
+    ) -> None:
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.device = device or pick_device()
+        self.guard = guard
+        self.callbacks = list(callbacks)
+        self.check_every = check_every or (16 if self.device.type == "cuda" else 4)
+        self.layer_stats_every = layer_stats_every
+        self.grad_clip = grad_clip
+        self.monitor = monitor
+        self.seed = seed
+
+    def steps_per_epoch(self, task: Task) -> int:
+        return math.ceil(len(task.train_data) / self.batch_size)
+
+    def fit(self, task: Task, optimizer: torch.optim.Optimizer, scheduler) -> TrainResult:
+        model = task.model.to(self.device)
+        _move_optimizer_state(optimizer, self.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        batches = Batches(task.train_data, self.batch_size, self.device, seed=self.seed)
+        total_steps = self.epochs * len(batches)
+        for cb in self.callbacks:
+            cb.on_train_start(total_steps, len(batches))
+
+        model.train()
+        history: list[dict[str, float]] = []
+        window: list[tuple[torch.Tensor, float, torch.Tensor]] = []
+        step = 0
+        for epoch in range(1, self.epochs + 1):
+            for x, y in batches:
+                lr = optimizer.param_groups[0]["lr"]  # a Python float: no device sync
+                optimizer.zero_grad(set_to_none=True)
+                loss = task.loss_fn(model(x), y)
+                loss.backward()
+                norms = grad_norms(params)
+                total_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
+                if self.grad_clip is not None:
+                    torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, total_norm)
+                snapshot = self._layer_snapshot(step, params)
+                optimizer.step()
+                scheduler.step()
+                if snapshot is not None:
+                    self._emit_layer_stats(step, names, params, norms, snapshot)
+                window.append((loss.detach(), lr, total_norm))
+                step += 1
+                if len(window) == self.check_every:
+                    self._flush(step - len(window), window)
+            self._flush(step - len(window), window)
+            metrics = evaluate(task, task.val_data, self.device)
+            if self.guard is not None and not math.isfinite(metrics["val_loss"]):
+                raise Diverged(step - 1, f"diverged: val_loss {metrics['val_loss']} after epoch {epoch}")
+            if hasattr(scheduler, "report"):
+                scheduler.report(metrics.get(self.monitor, metrics["val_loss"]))
+            history.append(metrics)
+            for cb in self.callbacks:
+                cb.on_epoch_end(epoch, step, metrics)
+        return TrainResult(history=history, steps=step)
+
+    def _flush(self, first_step: int, window: list) -> None:
+        """One host transfer for the whole window, then the guard, then the callbacks."""
+        if not window:
+            return
+        losses = torch.stack([w[0] for w in window]).float()
+        norms = torch.stack([w[2] for w in window]).float()
+        host = torch.stack([losses, norms]).tolist()  # the one sync point per window
+        values = {"train_loss": host[0], "lr": [w[1] for w in window], "grad_norm": host[1]}
+        window.clear()
+        diverged = self.guard.check(first_step, values["train_loss"], values["grad_norm"]) if self.guard else None
+        if diverged is not None:
+            cut = diverged.step - first_step + 1  # the watchers see the curve up to the divergent step
+            values = {k: v[:cut] for k, v in values.items()}
+        for cb in self.callbacks:
+            cb.on_steps(first_step, values)
+        if diverged is not None:
+            raise diverged
+
+    def _layer_snapshot(self, step: int, params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor] | None:
+        if not self.layer_stats_every or step % self.layer_stats_every:
+            return None
+        return [p.detach().clone() for p in params]
+
+    def _emit_layer_stats(self, step, names, params, norms, before) -> None:
+        with torch.no_grad():
+            weight = torch.stack(torch._foreach_norm([p.detach() for p in params]))
+            update = torch.stack(torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], before)))
+            grad = torch.stack(norms) if len(norms) == len(params) else torch.zeros_like(weight)
+            ratio = update / weight.clamp_min(1e-12)
+            rows = torch.stack([grad, weight, ratio]).tolist()
+        stats = {}
+        for i, name in enumerate(names):
+            stats[f"grad_norm/{name}"] = rows[0][i]
+            stats[f"weight_norm/{name}"] = rows[1][i]
+            stats[f"update_ratio/{name}"] = rows[2][i]
+        for cb in self.callbacks:
+            cb.on_layer_stats(step, stats)
+
+
+def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in optimizer.state.values():
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                state[k] = v.to(device)
