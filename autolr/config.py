@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -123,8 +124,15 @@ _Loader.add_implicit_resolver(
 
 
 def load_study(path: str | Path) -> StudyConfig:
-    """Read and validate a study file."""
+    """Read and validate a study file.
+
+    The study file's folder and the working directory are importable, so that ``task: "mytasks:make"``
+    finds ``mytasks.py`` beside the study or where autolr is run (appended: they never shadow packages).
+    """
     path = Path(path)
+    for folder in (str(Path.cwd()), str(path.resolve().parent)):
+        if folder not in sys.path:
+            sys.path.append(folder)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -149,6 +157,7 @@ _TOP_KEYS = {
     "name", "task", "task_args", "train", "objective", "trials", "seed", "sampler", "search", "pruning",
     "finder", "tracking",
 }  # fmt: skip
+_TOP = "(top level)"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\- ]+$")
 
 
@@ -176,7 +185,7 @@ class _Checker:
             if not isinstance(k, str):
                 raise self.fail(key, "string keys", k)
             if allowed is not None and k not in allowed:
-                where = f"{key}.{k}" if key else k
+                where = k if key == _TOP else f"{key}.{k}"
                 raise self.fail(where, f"one of the keys {sorted(allowed)}", f"<unknown key {k!r}>")
         return value
 
@@ -206,7 +215,7 @@ class _Checker:
 def parse_study(raw: object, *, path: str = "<study>") -> StudyConfig:
     """Validate a study already read from YAML (a dict) into a :class:`StudyConfig`."""
     c = _Checker(path)
-    doc = c.mapping(raw, "(top level)", _TOP_KEYS)
+    doc = c.mapping(raw, _TOP, _TOP_KEYS)
     name = _parse_name(c, doc.get("name", Path(path).stem))
     task = _parse_task(c, doc.get("task"), c.mapping(doc.get("task_args"), "task_args"))
     objective = c.mapping(doc.get("objective"), "objective", {"metric", "direction"})

@@ -73,6 +73,12 @@ class StepScheduler(torch.optim.lr_scheduler.LRScheduler):
         )
 
     def report(self, metric: float) -> None:
-        """Give the epoch's validation metric; only ``plateau`` uses it (applied from the next step)."""
-        if self.plateau is not None:
-            self.plateau.update(float(metric))
+        """Give the epoch's validation metric; only ``plateau`` uses it. A reduction applies at once,
+        to the next optimizer step, as with torch's ReduceLROnPlateau."""
+        if self.plateau is None:
+            return
+        before = self.plateau.reductions
+        if self.plateau.update(float(metric)) != before:
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                group["lr"] = self.lr_at(self.last_epoch, base)
+            self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

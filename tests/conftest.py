@@ -1,0 +1,67 @@
+"""Shared fixtures: isolated stores per test, and the PostgreSQL server when it is there."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # small models on 2 cores: one thread per process is fastest
+
+POSTGRES_URL = os.environ.get("AUTOLR_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> dict[str, str]:
+    """A private Optuna storage and MLflow store for one test."""
+    return {
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+    }
+
+
+@pytest.fixture
+def write_study(tmp_path: Path):
+    """Write a study file from YAML text; returns its path."""
+
+    def write(text: str, name: str = "study.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
+
+
+def _postgres_reason() -> str | None:
+    try:
+        import sqlalchemy
+    except ImportError:
+        return "sqlalchemy missing"
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001
+        return f"PostgreSQL not reachable at {POSTGRES_URL}: {type(exc).__name__}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test database's URL; skips (with the reason) when PostgreSQL is absent."""
+    reason = _postgres_reason()
+    if reason:
+        if os.environ.get("AUTOLR_REQUIRE_POSTGRES"):
+            pytest.fail(f"AUTOLR_REQUIRE_POSTGRES is set but {reason}")
+        pytest.skip(reason)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"

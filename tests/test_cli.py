@@ -1,0 +1,199 @@
+"""End to end through ``autolr.cli.main(argv)``: the stores' contents, resume, export, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+import autolr
+from autolr.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "studies" / "quickstart.yaml")
+
+
+def _args(stores) -> list[str]:
+    return ["--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]
+
+
+def _runs(stores, experiment: str):
+    client = MlflowClient(stores["tracking_uri"])
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("autolr.role") == "study"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_quickstart_tune_export_and_mlflow_layout(stores, tmp_path, capsys) -> None:
+    assert main(["tune", QUICKSTART, "--trials", "6", *_args(stores)]) == 0
+    out = capsys.readouterr().out
+    assert "study quickstart:" in out and "best: trial" in out
+
+    study = optuna.load_study(study_name="quickstart", storage=stores["storage"])
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6
+
+    client, parents, children = _runs(stores, "quickstart")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == len(study.trials)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    for run in children:
+        tags = run.data.tags
+        trial = study.trials[int(tags["autolr.trial"])]
+        assert tags["autolr.state"] == trial.state.name
+        assert run.info.status == "FINISHED"
+        assert {"lr", "optimizer", "schedule", "warmup"} <= set(run.data.params)
+        steps = trial.user_attrs["autolr.steps"]
+        for key in ("train_loss", "lr", "grad_norm"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(steps)), key
+        if trial.state.name == "PRUNED":
+            assert tags["autolr.prune_reason"] == trial.user_attrs["autolr.prune_reason"]
+        else:
+            assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 8  # one per epoch
+
+    out_path = tmp_path / "best.json"
+    assert main(["export", QUICKSTART, "--format", "json", "-o", str(out_path), "--storage", stores["storage"]]) == 0
+    export = json.loads(out_path.read_text())
+    assert {"study", "metric", "direction", "value", "trial", "params", "epochs", "batch_size"} <= set(export)
+    assert {"optimizer", "lr", "schedule", "warmup"} <= set(export["params"])
+    assert export["value"] == study.best_value and export["trial"] == study.best_trial.number
+    assert export["epochs"] == 8 and export["batch_size"] == 64
+
+    assert main(["export", QUICKSTART, "--storage", stores["storage"]]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["trial"] == export["trial"]
+    assert main(["show", QUICKSTART, "--storage", stores["storage"]]) == 0
+    shown = capsys.readouterr().out
+    assert "COMPLETE" in shown and "prune reason" in shown
+
+
+def test_rerun_resumes_up_to_the_target(stores, write_study) -> None:
+    path = str(write_study(SMALL))
+    assert main(["tune", path, "--trials", "3", *_args(stores)]) == 0
+    assert main(["tune", path, "--trials", "5", *_args(stores)]) == 0
+    study = optuna.load_study(study_name="small", storage=stores["storage"])
+    assert len(study.trials) == 5
+    assert main(["tune", path, "--trials", "5", *_args(stores)]) == 0  # already there: runs nothing
+    assert len(optuna.load_study(study_name="small", storage=stores["storage"]).trials) == 5
+    _, parents, _ = _runs(stores, "small")
+    assert len(parents) == 2  # one per invocation that ran trials
+
+
+SMALL = """
+name: small
+task: digits_mlp
+task_args: {hidden: 16}
+train: {epochs: 2, batch_size: 128}
+trials: 4
+search:
+  lr: {low: 1e-3, high: 0.5}
+  optimizer: {sgd: {}, adam: {}}
+  schedule: {constant: {}, cosine: {}}
+pruning: {curve: none}
+"""
+
+USER_TASK = '''
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+import autolr
+from sklearn.datasets import load_digits
+
+def make(channels=4):
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    y = torch.tensor(y)
+    model = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(channels * 64, 10))
+    acc = lambda out, t: (out.argmax(1) == t).float().mean().item()
+    return autolr.Task(model=model, train_data=TensorDataset(x[:1200], y[:1200]),
+                       val_data=TensorDataset(x[1200:], y[1200:]), loss_fn=nn.functional.cross_entropy,
+                       metrics={"accuracy": acc})
+'''
+
+
+def test_user_cnn_task_and_load_best_rebuilds_the_logged_lr_curve(stores, write_study, tmp_path) -> None:
+    (tmp_path / "my_cnn_task.py").write_text(USER_TASK)
+    path = str(write_study("""
+        name: cnn
+        task: "my_cnn_task:make"
+        task_args: {channels: 4}
+        train: {epochs: 2, batch_size: 100}
+        objective: {metric: accuracy, direction: maximize}
+        trials: 4
+        search:
+          lr: {low: 1e-3, high: 0.3}
+          optimizer: {sgd: {momentum: 0.9, nesterov: [true, false]}, adamw: {}}
+          schedule: {one_cycle: {}, warmup_stable_decay: {}, plateau: {}}
+          warmup: {low: 0.0, high: 0.2}
+        pruning: {curve: none}
+    """))
+    assert main(["tune", path, *_args(stores)]) == 0
+    best_path = tmp_path / "best.yaml"
+    assert main(["export", path, "-o", str(best_path), "--storage", stores["storage"]]) == 0
+    best = autolr.load_best(best_path)
+    assert best.direction == "maximize" and 0.5 < best.value <= 1.0
+
+    client, _, children = _runs(stores, "cnn")
+    run = next(r for r in children if r.data.tags["autolr.trial"] == str(best.trial))
+    logged = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
+
+    import torch
+
+    task = __import__("my_cnn_task").make(channels=4)
+    optimizer = best.build_optimizer(task.model.parameters())
+    scheduler = best.build_scheduler(optimizer, best.total_steps)
+    assert best.total_steps == 2 * 12
+    rebuilt = []
+    steps_per_epoch = best.total_steps // best.epochs
+    val = iter(h.value for h in sorted(client.get_metric_history(run.info.run_id, "val_accuracy"), key=lambda m: m.step))
+    for step in range(best.total_steps):
+        rebuilt.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        if (step + 1) % steps_per_epoch == 0:
+            scheduler.report(next(val))  # plateau needs the epoch's metric; the others ignore it
+    assert rebuilt == pytest.approx(logged, rel=1e-6)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+
+
+def test_bad_study_files_exit_2_with_one_line_and_write_nothing(write_study, tmp_path, capsys) -> None:
+    cases = {
+        "unknown key": "name: a\ntask: digits_mlp\nsearch: {lr: {low: 0.1, high: 1}}\nbogus: 1\n",
+        "negative lr": "name: a\ntask: digits_mlp\nsearch: {lr: {low: -0.1, high: 1}}\n",
+        "broken yaml": "name: a\ntask: [digits_mlp\n",
+        "python tag": "name: !!python/object/apply:os.getcwd []\ntask: digits_mlp\n",
+        "missing module": "name: a\ntask: 'missing_mod_xyz:make'\nsearch: {lr: {low: 0.1, high: 1}}\n",
+        "dotdot name": "name: ../a\ntask: digits_mlp\nsearch: {lr: {low: 0.1, high: 1}}\n",
+    }
+    for label, text in cases.items():
+        path = write_study(text, f"{label.replace(' ', '_')}.yaml")
+        storage = f"sqlite:///{tmp_path / 'never.db'}"
+        for command in (["tune", str(path), "--storage", storage, "--tracking-uri", f"sqlite:///{tmp_path / 'never_ml.db'}"],
+                        ["export", str(path), "--storage", storage], ["show", str(path)]):
+            assert main(command) == 2, label
+            err = capsys.readouterr().err.strip()
+            assert err.count("\n") == 0 and err.startswith(f"autolr: error: {path}:"), (label, err)
+            assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".yaml")) == []
+
+
+def test_export_before_any_trial_says_what_to_do(write_study, stores, capsys) -> None:
+    path = str(write_study(SMALL))
+    assert main(["export", path, "--storage", stores["storage"]]) == 1
+    assert "no study 'small'" in capsys.readouterr().err
+
+
+def test_unreachable_tracking_server_fails_fast_before_any_trial(write_study, stores, capsys) -> None:
+    path = str(write_study(SMALL))
+    code = main(["tune", path, "--storage", stores["storage"], "--tracking-uri", "http://127.0.0.1:9"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--tracking-uri http://127.0.0.1:9: no MLflow server answered" in err and "sqlite:///mlruns/mlflow.db" in err
+    assert not Path(stores["storage"][len("sqlite:///"):]).exists()  # nothing started

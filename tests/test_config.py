@@ -1,0 +1,107 @@
+"""Study files: valid ones load into typed objects; each mistake is one line naming file, key, expectation."""
+
+from __future__ import annotations
+
+import pytest
+
+from autolr.config import LrSearch, load_study, safe_name
+from autolr.errors import StudyFileError
+from autolr.params import Fixed, Range
+
+GOOD = """
+name: digits-mlp
+task: digits_mlp
+task_args: {hidden: 16}
+train: {epochs: 2, batch_size: 64}
+objective: {metric: val_loss, direction: minimize}
+trials: 4
+seed: 3
+sampler: tpe
+search:
+  lr: {low: 1e-5, high: 1}
+  optimizer:
+    sgd: {momentum: 0.9}
+    adam: {beta1: {low: 0.8, high: 0.95}}
+  schedule: {constant: {}, step: {gamma: 0.5}}
+  warmup: {low: 0.0, high: 0.1}
+pruning: {divergence: true, curve: median}
+"""
+
+
+def test_good_study_loads_into_typed_objects(write_study) -> None:
+    config = load_study(write_study(GOOD))
+    assert config.name == "digits-mlp" and config.seed == 3 and config.trials == 4
+    assert config.search.lr == LrSearch(1e-5, 1.0)  # `1e-5` is a number, not YAML 1.1's string
+    assert config.search.optimizers["sgd"]["momentum"] == Fixed(0.9)
+    assert config.search.optimizers["sgd"]["nesterov"] == Fixed(False)  # optimizer defaults are fixed
+    assert config.search.optimizers["adam"]["beta1"] == Range(0.8, 0.95)
+    assert config.search.schedules["step"]["gamma"] == Fixed(0.5)
+    assert isinstance(config.search.schedules["step"]["step_frac"], Range)  # schedule defaults are searched
+    assert config.search.warmup == Range(0.0, 0.1)
+
+
+def test_lr_auto_and_plain_lists(write_study) -> None:
+    config = load_study(write_study(GOOD.replace("lr: {low: 1e-5, high: 1}", "lr: auto")))
+    assert config.search.lr.auto
+    text = "task: digits_mlp\nsearch: {lr: {low: 0.001, high: 0.1}, optimizer: [sgd, adam], schedule: [cosine]}\n"
+    config = load_study(write_study(text, "listed.yaml"))
+    assert list(config.search.optimizers) == ["sgd", "adam"] and config.name == "listed"
+
+
+BAD = [
+    ("unknown top-level key", GOOD + "epochs: 3\n", r"study.yaml: epochs: expected one of the keys .*unknown key 'epochs'"),
+    ("unknown nested key", GOOD.replace("batch_size: 64", "batch_size: 64, epoch: 1"), r"train.epoch: expected one of the keys"),
+    ("negative lr bound", GOOD.replace("low: 1e-5", "low: -1e-5"), r"search.lr.low: expected a number > 0 \(the range is log-uniform\), got -1e-05"),
+    ("zero lr bound", GOOD.replace("low: 1e-5", "low: 0"), r"search.lr.low: expected a number > 0"),
+    ("low above high", GOOD.replace("low: 1e-5, high: 1", "low: 1, high: 0.1"), r"search.lr: expected low < high"),
+    ("lr missing", GOOD.replace("  lr: {low: 1e-5, high: 1}\n", ""), r"search.lr: expected .* or 'auto', got <missing>"),
+    ("lr a string", GOOD.replace("lr: {low: 1e-5, high: 1}", "lr: fast"), r"search.lr: expected .*'auto', got 'fast'"),
+    ("unknown optimizer", GOOD.replace("adam: {beta1", "adagrad: {beta1"), r"search.optimizer.adagrad: expected one of \['adam', 'adamw', 'rmsprop', 'sgd'\]"),
+    ("unknown schedule", GOOD.replace("constant: {}", "linear: {}"), r"search.schedule.linear: expected one of \[.*'cosine'"),
+    ("unknown schedule param", GOOD.replace("gamma: 0.5", "gama: 0.5"), r"search.schedule.step.gama: expected one of the keys \['gamma', 'step_frac'\]"),
+    ("param out of bounds", GOOD.replace("momentum: 0.9", "momentum: 1.5"), r"search.optimizer.sgd.momentum: expected a number in \[0.0, 0.9999\], got 1.5"),
+    ("range reversed", GOOD.replace("low: 0.8, high: 0.95", "low: 0.95, high: 0.8"), r"search.optimizer.adam.beta1: expected low < high"),
+    ("wrong type", GOOD.replace("epochs: 2", "epochs: two"), r"train.epochs: expected an integer >= 1, got 'two'"),
+    ("bool as int", GOOD.replace("trials: 4", "trials: true"), r"trials: expected an integer >= 1, got True"),
+    ("bad sampler", GOOD.replace("sampler: tpe", "sampler: bayes"), r"sampler: expected one of \['tpe', 'random', 'grid', 'gp', 'cmaes'\], got 'bayes'"),
+    ("bad pruner", GOOD.replace("curve: median", "curve: asha"), r"pruning.curve: expected one of \['none', 'median', 'hyperband'\]"),
+    ("bad direction", GOOD.replace("direction: minimize", "direction: down"), r"objective.direction: expected one of"),
+    ("warmup too long", GOOD.replace("high: 0.1}", "high: 0.95}"), r"search.warmup.high: expected a number in \[0.0, 0.9\]"),
+    ("name with ..", GOOD.replace("name: digits-mlp", "name: ../../etc/evil"), r"name: expected letters, digits.*no '\.\.'.*got '\.\./\.\./etc/evil'"),
+    ("name with slash", GOOD.replace("name: digits-mlp", "name: a/b"), r"name: expected .*no path separators"),
+    ("missing task module", GOOD.replace("task: digits_mlp", "task: no_such_pkg.tasks:make"), r"task: expected an importable 'package.module:factory'.*ModuleNotFoundError"),
+    ("missing task function", GOOD.replace("task: digits_mlp", "task: 'autolr.tasks:nope'"), r"task: expected an importable .*has no callable 'nope'"),
+    ("unknown builtin task", GOOD.replace("task: digits_mlp", "task: mnist"), r"task: expected a built-in task \[.*'digits_mlp'.*\] or 'package.module:factory', got 'mnist'"),
+    ("bad task args", GOOD.replace("hidden: 16", "hiddn: 16"), r"task_args: expected arguments accepted by digits_mlp, got <got an unexpected keyword argument 'hiddn'>"),
+    ("not a mapping", "- just\n- a list\n", r"\(top level\): expected a mapping"),
+    ("broken yaml", "name: x\nsearch: {lr: [1, 2\n", r"\(yaml\): expected valid YAML with plain values only, got <.*line \d+, column \d+>"),
+    ("python tag", "name: !!python/object/apply:os.system ['echo pwned']\ntask: digits_mlp\n", r"\(yaml\): expected valid YAML .*could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+]
+
+
+@pytest.mark.parametrize("label, text, message", BAD, ids=[b[0] for b in BAD])
+def test_bad_study_file_is_one_line_naming_file_key_and_expectation(write_study, label, text, message) -> None:
+    path = write_study(text)
+    with pytest.raises(StudyFileError, match=message) as info:
+        load_study(path)
+    text = str(info.value)
+    assert "\n" not in text
+    assert text.startswith(str(path))
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(StudyFileError, match=r"nope.yaml: \(file\): expected a readable YAML study file, got <No such file"):
+        load_study(tmp_path / "nope.yaml")
+
+
+def test_python_tag_is_never_executed(write_study, tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    path = write_study(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(StudyFileError):
+        load_study(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name, safe", [("digits mlp", "digits_mlp"), ("a.b-c_d", "a.b-c_d"), ("...", "study")])
+def test_safe_name(name: str, safe: str) -> None:
+    assert safe_name(name) == safe
