@@ -31,6 +31,7 @@ PARAMS_ATTR = "autolr.params"
 REASON_ATTR = "autolr.prune_reason"
 STEP_ATTR = "autolr.divergence_step"
 STEPS_ATTR = "autolr.steps"
+ERROR_ATTR = "autolr.error"
 
 
 def resolve_metric(metric: str, available: Sequence[str]) -> str:
@@ -84,10 +85,16 @@ class Objective:
         flat = run_config.flat()
         trial.set_user_attr(PARAMS_ATTR, flat)
         run = self.tracker.trial_run(self.parent_run_id, trial.number, flat) if self.tracker else None
-        if run is None:
-            return self._train(trial, run_config, None)
-        with run:
-            return self._train(trial, run_config, run)
+        try:
+            if run is None:
+                return self._train(trial, run_config, None)
+            with run:
+                return self._train(trial, run_config, run)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:500])
+            raise
 
     def _train(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> float:
         cfg = self.config

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -19,8 +21,9 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autolr._filelock import file_lock
 from autolr.config import StudyConfig, load_study
-from autolr.objective import PARAMS_ATTR, REASON_ATTR, STEPS_ATTR, Objective
+from autolr.objective import ERROR_ATTR, PARAMS_ATTR, REASON_ATTR, STEPS_ATTR, Objective
 from autolr.sampler import DIVERGED_ATTR, make_sampler
 from autolr.space import LrBounds, grid_search_space
 from autolr.tracking import DEFAULT_TRACKING_URI, Tracker
@@ -30,8 +33,10 @@ __all__ = ["TuneResult", "default_storage_url", "export_best", "open_study", "st
 logger = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-HEARTBEAT_S = 10
-GRACE_S = 30
+# A worker's running trial writes a heartbeat every HEARTBEAT_S; one silent for GRACE_S (a killed
+# worker) is marked FAIL by whoever starts the next trial, so a crash never blocks the target.
+HEARTBEAT_S = int(os.environ.get("AUTOLR_HEARTBEAT_S", "5"))
+GRACE_S = int(os.environ.get("AUTOLR_GRACE_S", str(3 * HEARTBEAT_S)))
 SQLITE_TIMEOUT_S = 300  # writers wait this long for the lock instead of losing the trial
 MAX_CONSECUTIVE_FAILS = 3
 
@@ -61,17 +66,15 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path) as conn:  # WAL: readers never block the writer; persists in the file
-            conn.execute("PRAGMA journal_mode=WAL")
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=HEARTBEAT_S,
-        grace_period=GRACE_S,
-    )
+        with file_lock(f"{path}.lock"):  # the first process creates the tables, the others wait
+            with sqlite3.connect(path) as conn:  # WAL: readers never block the writer; persists in the file
+                conn.execute("PRAGMA journal_mode=WAL")
+            return _rdb(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+    return _rdb(url, {"pool_pre_ping": True})
+
+
+def _rdb(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
 
 
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -157,7 +160,7 @@ def run_trials(
         fails = fails + 1 if last.state == TrialState.FAIL else 0
         if fails >= MAX_CONSECUTIVE_FAILS:
             raise RuntimeError(
-                f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get('autolr.error', '(see the log above)')}"
+                f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get(ERROR_ATTR, '(see the log above)')}"
             )
 
 
@@ -211,8 +214,11 @@ def tune(
     tracker = Tracker(tracking_uri, experiment=config.name) if tracking_uri else None
     if tracker is not None:
         tracker.check_reachable()
+    _preflight(config)
 
     opt_study = open_study(config, storage_url)
+    if tracker is not None:
+        _close_orphan_runs(opt_study, tracker)
     if config.search.lr.auto:
         lr_bounds = _auto_lr_bounds(config, opt_study, tracker)
         opt_study = open_study(config, storage_url, lr_bounds)
@@ -223,6 +229,33 @@ def tune(
     if _n_finished(opt_study) < config.trials:
         parent_run_id = _run(config, opt_study, storage_url, lr_bounds, tracker, jobs, timeout_s, on_trial)
     return summarize(config, storage_url, tracking_uri, parent_run_id)
+
+
+def _close_orphan_runs(study: optuna.Study, tracker: Tracker) -> None:
+    """Trials of killed workers are failed by the heartbeat; their MLflow runs are closed to match."""
+    optuna.storages.fail_stale_trials(study)
+    dead = {t.number: "worker died (no heartbeat)" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    try:
+        closed = tracker.close_orphans(dead)
+    except Exception:  # noqa: BLE001 - tidying must never stop a study
+        logger.exception("could not close orphaned MLflow runs")
+        return
+    if closed:
+        logger.warning("closed %d MLflow run(s) left RUNNING by a process that died", closed)
+
+
+def _preflight(config: StudyConfig) -> None:
+    """Build the task once before any trial, so that a wrong metric name is a clear input error."""
+    from autolr.errors import StudyFileError
+    from autolr.objective import resolve_metric
+    from autolr.tasks import build_task
+
+    task = build_task(config.task, config.task_args, seed=config.seed)
+    available = ["val_loss", *(f"val_{m}" for m in task.metrics)]
+    try:
+        resolve_metric(config.metric, available)
+    except KeyError:
+        raise StudyFileError(config.path, "objective.metric", f"one of {available} (from task {config.task})", config.metric) from None
 
 
 def _run(config, study, storage_url, lr_bounds, tracker, jobs, timeout_s, on_trial) -> str | None:
@@ -243,7 +276,8 @@ def _run(config, study, storage_url, lr_bounds, tracker, jobs, timeout_s, on_tri
         params={"study": config.name, "task": config.task, "sampler": config.sampler, "target_trials": config.trials,
                 "epochs": config.train.epochs, "batch_size": config.train.batch_size, "seed": config.seed,
                 "metric": config.metric, "direction": config.direction},  # fmt: skip
-        tags={"autolr.study": config.name, "autolr.storage": storage_url, "autolr.role": "study"},
+        tags={"autolr.study": config.name, "autolr.storage": storage_url, "autolr.role": "study",
+              "autolr.host": socket.gethostname(), "autolr.pid": str(os.getpid())},  # fmt: skip
         description=f"autolr study `{config.name}`: {config.task}, {config.sampler} sampler, target {config.trials} trials.",
     ) as parent_run_id:
         try:

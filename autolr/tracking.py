@@ -19,6 +19,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from autolr._filelock import file_lock
 from autolr.errors import TrackingUnavailableError
 
 __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "TrialRun"]
@@ -39,9 +40,17 @@ def artifact_root_for(tracking_uri: str) -> str | None:
     return (db_path.parent.resolve() / "artifacts").as_uri()
 
 
-def _ensure_sqlite_dir(tracking_uri: str) -> None:
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+def _open_client(tracking_uri: str) -> MlflowClient:
+    """A client whose store exists; on SQLite the tables are created under a lock (two processes
+    starting together would otherwise both try to create them, and one would fail)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=tracking_uri)
+    db_path = Path(tracking_uri[len("sqlite:///") :])
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(f"{db_path}.lock"):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)  # creates and migrates the tables
+    return client
 
 
 class Tracker:
@@ -50,8 +59,7 @@ class Tracker:
     def __init__(self, tracking_uri: str = DEFAULT_TRACKING_URI, *, experiment: str) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment
-        _ensure_sqlite_dir(tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = _open_client(tracking_uri)
         self._experiment_id: str | None = None
 
     def check_reachable(self, timeout_s: float = 5.0) -> None:
@@ -128,6 +136,42 @@ class Tracker:
         trial_run = TrialRun(self, run.info.run_id)
         self.log_params(run.info.run_id, params)
         return trial_run
+
+
+    def close_orphans(self, dead_trials: Mapping[int, str]) -> int:
+        """End runs left RUNNING by a process that died (kill -9, power loss); returns how many.
+
+        A trial run is an orphan when Optuna has since failed its trial (``dead_trials``: trial number ->
+        reason); a study run is one whose process (``autolr.host``/``autolr.pid`` tags) is gone.
+        """
+        closed = 0
+        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        for run in runs:
+            tags = run.data.tags
+            trial = tags.get("autolr.trial")
+            if trial is not None and int(trial) in dead_trials:
+                self.set_tags(run.info.run_id, {"autolr.state": "KILLED", "autolr.error": dead_trials[int(trial)]})
+            elif tags.get("autolr.role") == "study" and not _process_alive(tags.get("autolr.host"), tags.get("autolr.pid")):
+                self.set_tags(run.info.run_id, {"autolr.error": "the invocation's process died"})
+            else:
+                continue
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            closed += 1
+        return closed
+
+
+def _process_alive(host: str | None, pid: str | None) -> bool:
+    import socket
+
+    if host != socket.gethostname() or not pid:
+        return True  # another machine's process: cannot tell, leave it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _param_text(value: Any) -> str:

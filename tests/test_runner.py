@@ -1,0 +1,186 @@
+"""The study runner under the failures users meet: raising trials, Ctrl-C, killed workers, several
+processes on one storage (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from autolr import study as study_module
+from autolr.cli import main
+
+FLAKY_TASK = '''
+import os, time
+from autolr.tasks import digits_mlp
+
+def make(counter, fail_calls=(), interrupt_calls=(), sleep_s=0.0):
+    """Call n (0 is autolr's pre-flight build) fails or gets Ctrl-C at its 5th step, as asked."""
+    with open(counter, "a") as f:
+        f.write("x")
+    n = os.path.getsize(counter) - 1
+    if n in fail_calls:
+        raise RuntimeError(f"injected failure in call {n}")
+    task = digits_mlp(hidden=8)
+    loss = task.loss_fn
+    calls = [0]
+    def loss_fn(out, y):
+        calls[0] += 1
+        if n in interrupt_calls and calls[0] == 5:
+            raise KeyboardInterrupt
+        if sleep_s:
+            time.sleep(sleep_s)
+        return loss(out, y)
+    task.loss_fn = loss_fn
+    return task
+'''
+
+
+def _study(write_study, tmp_path: Path, name: str, trials: int = 4, **task_args) -> str:
+    (tmp_path / "flaky_task.py").write_text(FLAKY_TASK)
+    args = ", ".join(f"{k}: {v!r}" for k, v in {"counter": str(tmp_path / f"{name}.count"), **task_args}.items())
+    return str(write_study(f"""
+        name: {name}
+        task: "flaky_task:make"
+        task_args: {{{args}}}
+        train: {{epochs: 2, batch_size: 256}}
+        trials: {trials}
+        search: {{lr: {{low: 0.001, high: 0.1}}, optimizer: {{sgd: {{}}}}, schedule: {{constant: {{}}}}}}
+        pruning: {{curve: none}}
+    """, f"{name}.yaml"))
+
+
+def _runs_by_trial(tracking_uri: str, experiment: str):
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    trials = {int(r.data.tags["autolr.trial"]): r for r in runs if "autolr.trial" in r.data.tags}
+    parents = [r for r in runs if r.data.tags.get("autolr.role") == "study"]
+    return trials, parents
+
+
+def _args(stores):
+    return ["--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]
+
+
+def test_a_raising_trial_is_fail_and_the_study_goes_on(write_study, tmp_path, stores) -> None:
+    path = _study(write_study, tmp_path, "flaky", trials=3, fail_calls=[2])
+    assert main(["tune", path, *_args(stores)]) == 0
+    study = optuna.load_study(study_name="flaky", storage=stores["storage"])
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].user_attrs["autolr.error"] == "RuntimeError: injected failure in call 2"
+    runs, _ = _runs_by_trial(stores["tracking_uri"], "flaky")
+    assert runs[1].info.status == "FAILED" and runs[1].data.tags["autolr.state"] == "FAIL"
+    assert "injected failure" in runs[1].data.tags["autolr.error"]
+
+
+def test_trials_failing_in_a_row_stop_the_study_with_the_cause(write_study, tmp_path, stores, capsys) -> None:
+    path = _study(write_study, tmp_path, "broken", trials=5, fail_calls=list(range(1, 10)))
+    assert main(["tune", path, *_args(stores)]) == 1
+    err = capsys.readouterr().err
+    assert "3 trials in a row failed; last: RuntimeError: injected failure in call 3" in err
+    _, parents = _runs_by_trial(stores["tracking_uri"], "broken")
+    assert [p.info.status for p in parents] == ["FAILED"]
+
+
+def test_ctrl_c_keeps_what_finished_closes_runs_and_a_rerun_resumes(write_study, tmp_path, stores, capsys) -> None:
+    path = _study(write_study, tmp_path, "interrupted", trials=4, interrupt_calls=[3])
+    assert main(["tune", path, *_args(stores)]) == 130
+    assert "re-run the same command to resume" in capsys.readouterr().err
+    study = optuna.load_study(study_name="interrupted", storage=stores["storage"])
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    runs, parents = _runs_by_trial(stores["tracking_uri"], "interrupted")
+    assert runs[2].info.status == "KILLED" and runs[2].data.tags["autolr.state"] == "KILLED"
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert len(MlflowClient(stores["tracking_uri"]).get_metric_history(runs[2].info.run_id, "train_loss")) == 4  # not lost
+
+    assert main(["tune", path, *_args(stores)]) == 0  # the counter moved on: no more interrupts
+    study = optuna.load_study(study_name="interrupted", storage=stores["storage"])
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
+    runs, parents = _runs_by_trial(stores["tracking_uri"], "interrupted")
+    assert all(r.info.status != "RUNNING" for r in [*runs.values(), *parents])
+
+
+def _tune_subprocess(path: str, stores, env_extra: dict, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, **env_extra, "PYTHONPATH": os.pathsep.join(sys.path)}
+    code = "import sys; from autolr.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, "tune", path, *_args(stores), *extra], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def _wait_for(predicate, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_killed_worker_loses_only_its_trial_and_its_runs_get_closed(write_study, tmp_path, stores, monkeypatch) -> None:
+    path = _study(write_study, tmp_path, "killed", trials=3, sleep_s=0.05)
+    proc = _tune_subprocess(path, stores, {"AUTOLR_HEARTBEAT_S": "1", "AUTOLR_GRACE_S": "2"})
+
+    def running_trial() -> bool:
+        try:
+            study = optuna.load_study(study_name="killed", storage=stores["storage"])
+        except KeyError:
+            return False
+        return any(t.state.name == "RUNNING" for t in study.trials)
+
+    try:
+        _wait_for(running_trial)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    time.sleep(2.5)  # the dead worker's heartbeat goes stale
+    monkeypatch.setattr(study_module, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(study_module, "GRACE_S", 2)
+    (tmp_path / "killed.count").write_text("x" * 50)  # no sleeping in the rerun
+    assert main(["tune", path, *_args(stores)]) == 0
+    study = optuna.load_study(study_name="killed", storage=stores["storage"])
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1 and "RUNNING" not in states
+    runs, parents = _runs_by_trial(stores["tracking_uri"], "killed")
+    assert all(r.info.status != "RUNNING" for r in [*runs.values(), *parents])
+    dead = next(t.number for t in study.trials if t.state.name == "FAIL")
+    assert runs[dead].info.status == "KILLED"
+
+
+def test_several_processes_on_default_sqlite_lose_no_trial(write_study, tmp_path, stores) -> None:
+    path = _study(write_study, tmp_path, "parallel", trials=8)
+    assert main(["tune", path, "--jobs", "2", *_args(stores)]) == 0
+    study = optuna.load_study(study_name="parallel", storage=stores["storage"])
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") in (8, 9) and "FAIL" not in states and "RUNNING" not in states
+    runs, parents = _runs_by_trial(stores["tracking_uri"], "parallel")
+    assert sorted(runs) == [t.number for t in study.trials]
+    assert len(parents) == 1 and {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parents[0].info.run_id}
+
+
+def test_two_invocations_at_once_share_the_sqlite_study(write_study, tmp_path, stores) -> None:
+    path = _study(write_study, tmp_path, "twice", trials=10)
+    procs = [_tune_subprocess(path, stores, {}) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
+    study = optuna.load_study(study_name="twice", storage=stores["storage"])
+    states = [t.state.name for t in study.trials]
+    assert 10 <= states.count("COMPLETE") <= 11 and "FAIL" not in states
+
+
+@pytest.mark.postgres
+def test_workers_on_postgresql(write_study, tmp_path, postgres_url, unique_name) -> None:
+    path = _study(write_study, tmp_path, unique_name, trials=6)
+    stores = {"storage": postgres_url, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    assert main(["tune", path, "--jobs", "2", *_args(stores)]) == 0
+    study = optuna.load_study(study_name=unique_name, storage=postgres_url)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") in (6, 7) and "FAIL" not in states
+    assert main(["export", path, "--storage", postgres_url]) == 0
+    optuna.delete_study(study_name=unique_name, storage=postgres_url)
