@@ -83,7 +83,9 @@ class CeilingSampler(BaseSampler):
         stable_max, ceiling = lr_ceiling(trials, optimizer)
         if ceiling is None or lr < ceiling:
             return lr
-        low = max(stable_max or dist.low, dist.low)
+        # The band reaches at least a factor 2 below the ceiling: a band squeezed between a barely stable
+        # and a barely divergent rate would send every moved proposal into slow, costly divergence.
+        low = max(min(stable_max or dist.low, ceiling / 2.0), dist.low)
         high = min(ceiling, dist.high)
         if not low < high:
             return lr

@@ -31,15 +31,27 @@ class Diverged(Exception):
 
 @dataclasses.dataclass
 class DivergenceGuard:
-    """Declares a run diverged on a non-finite loss or gradient norm, or a loss above
-    ``loss_factor`` times the first step's loss."""
+    """Decides, step by step, that a run has diverged. Three rules, checked in order:
+
+    1. the loss or the gradient norm is not finite;
+    2. the loss is above ``loss_factor`` times the first step's loss (a blow-up);
+    3. sustained growth: the loss rose at each of the last ``rise_steps`` steps, at least doubled over
+       them, and is back above the first step's loss. Just above the stability limit the loss grows
+       by only a few percent a step and takes dozens of steps to reach rule 2; this catches it early,
+       while mini-batch noise essentially never rises ``rise_steps`` times in a row *and* doubles
+       *and* climbs back above where training started.
+    """
 
     loss_factor: float = 10.0
+    rise_steps: int = 6
     reference_loss: float | None = None
+    _recent: list = dataclasses.field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if not self.loss_factor > 1.0:
             raise ValueError(f"loss_factor must be > 1, got {self.loss_factor}")
+        if self.rise_steps < 2:
+            raise ValueError(f"rise_steps must be >= 2, got {self.rise_steps}")
 
     def check(self, first_step: int, losses: Sequence[float], grad_norms: Sequence[float]) -> Diverged | None:
         """The first divergent step in a window of consecutive steps, or None."""
@@ -51,9 +63,27 @@ class DivergenceGuard:
                 return Diverged(step, f"diverged: grad_norm {grad_norm} at step {step}")
             if self.reference_loss is None:
                 self.reference_loss = abs(loss)
-            elif abs(loss) > self.loss_factor * self.reference_loss and self.reference_loss > 0:
-                ratio = abs(loss) / self.reference_loss
-                return Diverged(step, f"diverged: loss {loss:.4g} is {ratio:.1f}x the first step's at step {step}")
+            reason = self._blow_up(loss) or self._sustained_growth(loss)
+            if reason:
+                return Diverged(step, f"diverged: {reason} at step {step}")
+        return None
+
+    def _blow_up(self, loss: float) -> str | None:
+        ref = self.reference_loss
+        if ref > 0 and abs(loss) > self.loss_factor * ref:
+            return f"loss {loss:.4g} is {abs(loss) / ref:.1f}x the first step's"
+        return None
+
+    def _sustained_growth(self, loss: float) -> str | None:
+        recent = self._recent
+        recent.append(loss)
+        if len(recent) > self.rise_steps + 1:
+            del recent[0]
+        if len(recent) <= self.rise_steps or loss <= self.reference_loss:
+            return None
+        rising = all(b > a for a, b in zip(recent, recent[1:]))
+        if rising and recent[0] > 0 and loss >= 2.0 * recent[0]:
+            return f"loss {loss:.4g} rose {self.rise_steps} steps in a row ({loss / recent[0]:.1f}x)"
         return None
 
 
