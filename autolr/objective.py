@@ -67,6 +67,7 @@ class _Report(TrainerCallback):
         value = metrics[self.metric]
         self.trial.report(value, epoch)
         if self.curve_pruning and self.trial.should_prune():
+            self.trial.set_user_attr(STEPS_ATTR, step)
             raise optuna.TrialPruned(f"curve: {self.metric} {value:.4g} at epoch {epoch} fell behind earlier trials")
 
 

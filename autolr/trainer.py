@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from autolr.tasks import Task
 
-__all__ = ["Batches", "Diverged", "DivergenceGuard", "TrainResult", "Trainer", "TrainerCallback", "pick_device"]
+__all__ = ["Batches", "Diverged", "DivergenceGuard", "FlatGradients", "TrainResult", "Trainer", "TrainerCallback", "pick_device"]
 
 
 class Diverged(Exception):
@@ -39,13 +39,22 @@ class DivergenceGuard:
        them, and is back above the first step's loss. Just above the stability limit the loss grows
        by only a few percent a step and takes dozens of steps to reach rule 2; this catches it early,
        while mini-batch noise essentially never rises ``rise_steps`` times in a row *and* doubles
-       *and* climbs back above where training started.
+       *and* climbs back above where training started;
+    4. stuck high: the smoothed loss (bias-corrected EMA) stayed above twice the first step's loss for
+       ``high_steps`` steps in a row. A rate too high for the network but not high enough to explode
+       leaves the loss bouncing well above where it started for the whole run; training that works
+       never spends that long at twice its initial loss.
     """
 
     loss_factor: float = 10.0
     rise_steps: int = 6
+    high_steps: int = 12
+    smoothing: float = 0.9
     reference_loss: float | None = None
     _recent: list = dataclasses.field(default_factory=list, repr=False)
+    _ema: float = dataclasses.field(default=0.0, repr=False)
+    _seen: int = dataclasses.field(default=0, repr=False)
+    _high_for: int = dataclasses.field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if not self.loss_factor > 1.0:
@@ -63,7 +72,7 @@ class DivergenceGuard:
                 return Diverged(step, f"diverged: grad_norm {grad_norm} at step {step}")
             if self.reference_loss is None:
                 self.reference_loss = abs(loss)
-            reason = self._blow_up(loss) or self._sustained_growth(loss)
+            reason = self._blow_up(loss) or self._sustained_growth(loss) or self._stuck_high(loss)
             if reason:
                 return Diverged(step, f"diverged: {reason} at step {step}")
         return None
@@ -84,6 +93,15 @@ class DivergenceGuard:
         rising = all(b > a for a, b in zip(recent, recent[1:]))
         if rising and recent[0] > 0 and loss >= 2.0 * recent[0]:
             return f"loss {loss:.4g} rose {self.rise_steps} steps in a row ({loss / recent[0]:.1f}x)"
+        return None
+
+    def _stuck_high(self, loss: float) -> str | None:
+        self._seen += 1
+        self._ema = self.smoothing * self._ema + (1 - self.smoothing) * loss
+        smoothed = self._ema / (1 - self.smoothing**self._seen)
+        self._high_for = self._high_for + 1 if smoothed > 2.0 * self.reference_loss else 0
+        if self._high_for >= self.high_steps:
+            return f"smoothed loss {smoothed:.4g} stayed above 2x the first step's for {self.high_steps} steps"
         return None
 
 
@@ -162,6 +180,53 @@ def grad_norms(parameters: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
     return list(torch._foreach_norm(grads))
 
 
+class FlatGradients:
+    """The gradients of ``params`` as views into one flat buffer (as DDP's ``gradient_as_bucket_view``).
+
+    Why: the global gradient norm, checked every step, then costs one op instead of one per parameter
+    plus a stack, zeroing is one op, and no gradient tensors are allocated per step; on the digits MLP
+    the loop with the norm is then no slower than a plain loop without it (bench/tracking_overhead.py).
+    The buffer is adopted after the first backward pass, and only when every parameter got a dense,
+    contiguous gradient of one dtype on one device; otherwise gradients stay as PyTorch makes them.
+    Once adopted, a parameter that gets no gradient in some step has a zero gradient, not None (as
+    under DDP).
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter]) -> None:
+        self.params = list(params)
+        self.flat: torch.Tensor | None = None
+        self._checked = False
+
+    def zero(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.flat is not None:
+            self.flat.zero_()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+
+    def total_norm(self) -> torch.Tensor:
+        """The global gradient norm; call after ``backward()``."""
+        if not self._checked:
+            self._checked = True
+            self._adopt()
+        if self.flat is not None:
+            return torch.linalg.vector_norm(self.flat)
+        norms = grad_norms(self.params)
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+    def _adopt(self) -> None:
+        grads = [p.grad for p in self.params]
+        if not grads or any(g is None or g.layout != torch.strided or not g.is_contiguous() for g in grads):
+            return
+        if len({(g.dtype, g.device) for g in grads}) != 1:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        offset = 0
+        for p in self.params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        self.flat = flat
+
+
 @torch.no_grad()
 def evaluate(task: Task, data: Dataset, device: torch.device, *, batch_size: int = 4096) -> dict[str, float]:
     """``val_loss`` and each task metric as ``val_<name>``, over the whole dataset at once."""
@@ -235,20 +300,21 @@ class Trainer:
             cb.on_train_start(total_steps, len(batches))
 
         model.train()
+        grads = FlatGradients(params)
         history: list[dict[str, float]] = []
         window: list[tuple[torch.Tensor, float, torch.Tensor]] = []
         step = 0
         for epoch in range(1, self.epochs + 1):
             for x, y in batches:
                 lr = optimizer.param_groups[0]["lr"]  # a Python float: no device sync
-                optimizer.zero_grad(set_to_none=True)
+                grads.zero(optimizer)
                 loss = task.loss_fn(model(x), y)
                 loss.backward()
-                norms = grad_norms(params)
-                total_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
+                total_norm = grads.total_norm()  # one op once the flat buffer is adopted
                 if self.grad_clip is not None:
                     torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, total_norm)
                 snapshot = self._layer_snapshot(step, params)
+                norms = grad_norms(params) if snapshot is not None else []
                 optimizer.step()
                 scheduler.step()
                 if snapshot is not None:
