@@ -75,7 +75,10 @@ class PruningConfig:
 
 @dataclasses.dataclass(frozen=True)
 class FinderConfig:
-    steps: int = 200
+    """The LR range test (``autolr find-lr``, ``search.lr: auto``): its budget in optimizer steps, shared
+    by the sweep and the probes, and the range of rates it may try."""
+
+    steps: int = 100
     start_lr: float = 1e-7
     end_lr: float = 10.0
 
@@ -212,7 +215,7 @@ class _Checker:
         return value
 
 
-def parse_study(raw: object, *, path: str = "<study>") -> StudyConfig:
+def parse_study(raw: object, *, path: str = "study.yaml") -> StudyConfig:
     """Validate a study already read from YAML (a dict) into a :class:`StudyConfig`."""
     c = _Checker(path)
     doc = c.mapping(raw, _TOP, _TOP_KEYS)
@@ -392,7 +395,7 @@ def _parse_finder(c: _Checker, finder: object) -> FinderConfig:
     end = c.number(f.get("end_lr", FinderConfig.end_lr), "finder.end_lr", low=1e-12)
     if start >= end:
         raise c.fail("finder", "start_lr < end_lr", f)
-    return FinderConfig(steps=c.integer(f.get("steps", FinderConfig.steps), "finder.steps", minimum=10), start_lr=start, end_lr=end)
+    return FinderConfig(steps=c.integer(f.get("steps", FinderConfig.steps), "finder.steps", minimum=30), start_lr=start, end_lr=end)
 
 
 def _parse_tracking(c: _Checker, tracking: object) -> TrackingConfig:

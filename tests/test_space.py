@@ -1,0 +1,89 @@
+"""The conditional search space, the samplers and the export's flat params."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autolr.config import parse_study
+from autolr.hparams import RunConfig
+from autolr.sampler import CeilingSampler, make_sampler
+from autolr.space import grid_search_space, lr_decades, suggest_run
+
+SPACE = {
+    "task": "digits_mlp",
+    "search": {
+        "lr": {"low": 1e-4, "high": 1.0},
+        "optimizer": {"sgd": {"momentum": {"low": 0.5, "high": 0.99}}, "adam": {}},
+        "schedule": {"constant": {}, "step": {"gamma": 0.5}, "cosine_restarts": {}},
+        "warmup": {"low": 0.0, "high": 0.2},
+    },
+}
+
+
+def test_parameters_are_suggested_only_for_the_chosen_schedule_and_optimizer() -> None:
+    config = parse_study(SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        run = suggest_run(trial, config.search, {"sgd": (1e-4, 1.0), "adam": (1e-4, 1.0)})
+        names = set(trial.params)
+        assert names >= {"optimizer", "lr", "schedule", "warmup"}
+        assert ("sgd.momentum" in names) == (run.optimizer == "sgd")
+        assert ("step.step_frac" in names) == (run.schedule == "step")
+        assert "step.gamma" not in names  # fixed in the file: not a search dimension
+        assert ("cosine_restarts.cycles" in names) == (run.schedule == "cosine_restarts")
+        assert not any(n.startswith("adam.") for n in names)  # adam: {} keeps its defaults
+        flat = run.flat()
+        assert RunConfig.from_flat(flat) == RunConfig(run.optimizer, run.lr, run.schedule, run.warmup,
+                                                      {k: flat[k] for k in run.optimizer_params}, {k: flat[k] for k in run.schedule_params})  # fmt: skip
+        if run.schedule == "step":
+            assert flat["gamma"] == 0.5
+        seen.add((run.optimizer, run.schedule))
+        study.tell(trial, 1.0)
+    assert len(seen) == 6
+
+
+def test_lr_decades_are_the_naive_grid() -> None:
+    assert lr_decades(1e-5, 1.0) == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    assert lr_decades(2e-3, 5e-2) == pytest.approx([1e-2])
+    assert lr_decades(2e-3, 5e-3) == [2e-3, 5e-3]
+
+
+def test_grid_sampler_crosses_decades_schedules_and_optimizers() -> None:
+    config = parse_study(SPACE)
+    grid = grid_search_space(config.search, {"sgd": (1e-4, 1.0), "adam": (1e-4, 1.0)})
+    assert grid == {"lr": pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0]), "optimizer": ["sgd", "adam"],
+                    "schedule": ["constant", "step", "cosine_restarts"]}  # fmt: skip
+    study = optuna.create_study(sampler=make_sampler("grid", seed=0, grid_space=grid))
+    seen = set()
+
+    def objective(trial):
+        run = suggest_run(trial, config.search, {"sgd": (1e-4, 1.0), "adam": (1e-4, 1.0)}, grid=True)
+        assert set(trial.params) == {"optimizer", "lr", "schedule"}  # the rest sits at representative values
+        assert run.warmup == 0.0 and run.schedule_params.get("gamma", 0.5) == 0.5
+        seen.add((run.optimizer, round(run.lr, 8), run.schedule))
+        return 1.0
+
+    study.optimize(objective, n_trials=50)  # the grid stops the study once exhausted
+    assert len(study.trials) == 30 and len(seen) == 30
+
+
+@pytest.mark.parametrize("name", ["tpe", "gp", "cmaes"])
+def test_model_based_samplers_are_wrapped_with_the_ceiling(name: str) -> None:
+    sampler = make_sampler(name, seed=0)
+    assert isinstance(sampler, CeilingSampler)
+    config = parse_study(SPACE)
+    study = optuna.create_study(sampler=sampler)
+    for i in range(12):
+        trial = study.ask()
+        run = suggest_run(trial, config.search, {"sgd": (1e-4, 1.0), "adam": (1e-4, 1.0)})
+        study.tell(trial, abs(run.lr - 0.01))
+    assert len(study.trials) == 12
+
+
+def test_random_and_grid_stay_plain() -> None:
+    assert isinstance(make_sampler("random", seed=0), optuna.samplers.RandomSampler)
+    with pytest.raises(ValueError, match="unknown sampler 'bayes'"):
+        make_sampler("bayes", seed=0)
