@@ -11,6 +11,7 @@ nothing is known stable), so it is spent where training works instead of on anot
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,7 +32,9 @@ def make_sampler(name: str, *, seed: int, grid_space: dict | None = None, ceilin
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
-        base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, group=True)
+        with warnings.catch_warnings():  # multivariate/group are 'experimental' since Optuna 2.2; chosen on purpose
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, group=True)
     elif name == "gp":
         base = optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
     elif name == "cmaes":

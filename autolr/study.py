@@ -8,6 +8,7 @@ storage heartbeat and the study goes on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -15,6 +16,7 @@ import os
 import socket
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,7 +76,22 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def _rdb(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    with _experimental_ok():
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+
+
+@contextlib.contextmanager
+def _experimental_ok():
+    """Heartbeats and stale-trial checks are 'experimental' in Optuna since v2.9; we rely on them on
+    purpose, and the warning at every trial would bury the user's own output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with _experimental_ok():
+        optuna.storages.fail_stale_trials(study)
 
 
 def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -135,7 +152,7 @@ def _n_finished(study: optuna.Study) -> int:
 
 def _n_claimed(study: optuna.Study) -> int:
     """Finished trials plus those running now (in any worker), stale ones failed first."""
-    optuna.storages.fail_stale_trials(study)
+    _fail_stale_trials(study)
     return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
 
 
@@ -177,7 +194,11 @@ def _worker(config: StudyConfig, storage: str, lr_bounds: LrBounds, tracking_uri
     study = open_study(config, storage, lr_bounds)
     tracker = Tracker(tracking_uri, experiment=config.name) if tracking_uri else None
     deadline = time.monotonic() + deadline_s if deadline_s else None
-    run_trials(config, study, Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id), target=target, deadline=deadline)
+    try:
+        run_trials(config, study, Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id), target=target, deadline=deadline)
+    finally:
+        if tracker is not None:
+            tracker.close()  # every trial run written and closed before the worker exits
 
 
 def tune(
@@ -219,21 +240,20 @@ def tune(
     opt_study = open_study(config, storage_url)
     if tracker is not None:
         _close_orphan_runs(opt_study, tracker)
-    if config.search.lr.auto:
-        lr_bounds = _auto_lr_bounds(config, opt_study, tracker)
-        opt_study = open_study(config, storage_url, lr_bounds)
-    else:
-        lr_bounds = fixed_lr_bounds(config)
 
     parent_run_id = None
-    if _n_finished(opt_study) < config.trials:
-        parent_run_id = _run(config, opt_study, storage_url, lr_bounds, tracker, jobs, timeout_s, on_trial)
+    try:
+        if _n_finished(opt_study) < config.trials:
+            parent_run_id = _run(config, opt_study, storage_url, tracker, jobs, timeout_s, on_trial)
+    finally:
+        if tracker is not None:
+            tracker.close()  # stops the MLflow writer once every trial run is written and closed
     return summarize(config, storage_url, tracking_uri, parent_run_id)
 
 
 def _close_orphan_runs(study: optuna.Study, tracker: Tracker) -> None:
     """Trials of killed workers are failed by the heartbeat; their MLflow runs are closed to match."""
-    optuna.storages.fail_stale_trials(study)
+    _fail_stale_trials(study)
     dead = {t.number: "worker died (no heartbeat)" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     try:
         closed = tracker.close_orphans(dead)
@@ -258,15 +278,19 @@ def _preflight(config: StudyConfig) -> None:
         raise StudyFileError(config.path, "objective.metric", f"one of {available} (from task {config.task})", config.metric) from None
 
 
-def _run(config, study, storage_url, lr_bounds, tracker, jobs, timeout_s, on_trial) -> str | None:
+def _run(config, study, storage_url, tracker, jobs, timeout_s, on_trial) -> str | None:
     deadline = time.monotonic() + timeout_s if timeout_s else None
 
     def work(parent_run_id: str | None) -> None:
+        lr_bounds, run_study = fixed_lr_bounds(config), study
+        if config.search.lr.auto:  # inside the parent run: the range-test runs nest under it
+            lr_bounds = _auto_lr_bounds(config, study, tracker, parent_run_id)
+            run_study = open_study(config, storage_url, lr_bounds)
         if jobs <= 1:
             objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
-            run_trials(config, study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
+            run_trials(config, run_study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
         else:
-            _run_workers(config, study, storage_url, lr_bounds, tracker, parent_run_id, jobs, timeout_s, on_trial)
+            _run_workers(config, run_study, storage_url, lr_bounds, tracker, parent_run_id, jobs, timeout_s, on_trial)
 
     if tracker is None:
         work(None)
@@ -318,26 +342,61 @@ def _report_new(study: optuna.Study, seen: set[int], on_trial) -> None:
                 on_trial(t)
 
 
-def _auto_lr_bounds(config: StudyConfig, study: optuna.Study, tracker: Tracker | None) -> LrBounds:
-    from autolr.finder import auto_lr_bounds
+def _auto_lr_bounds(config: StudyConfig, study: optuna.Study, tracker: Tracker | None, parent_run_id: str | None) -> LrBounds:
+    from autolr.autobounds import auto_lr_bounds
 
-    return auto_lr_bounds(config, study, tracker)
+    return auto_lr_bounds(config, study, tracker, parent_run_id)
 
 
 def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, parent_run_id: str) -> None:
-    """Best configuration (params, tags, YAML artifact) on the parent run; failures here lose nothing."""
+    """Best configuration (params, tags, YAML artifact), plots and description on the parent run, curves
+    on this invocation's trial runs; failures here lose nothing."""
     from autolr.export import best_export, to_yaml
 
     try:
+        tracker.flush()  # the plots read back every point of this invocation's trials
         study = open_study(config, storage_url, create=False)
         export = best_export(config, study)
-        if export is None:
-            return
-        tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in export["params"].items()})
-        tracker.set_tags(parent_run_id, {"autolr.best_trial": export["trial"], "autolr.best_value": export["value"]})
-        tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")
+        if export is not None:
+            tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in export["params"].items()})
+            tracker.set_tags(parent_run_id, {"autolr.best_trial": export["trial"], "autolr.best_value": export["value"]})
+            tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")
     except Exception:  # noqa: BLE001 - the study itself is safe in its storage
         logger.exception("could not record the best configuration on the parent run")
+        return
+    try:
+        _record_plots(config, study, tracker, parent_run_id)
+    except Exception:  # noqa: BLE001
+        logger.exception("could not draw the study's plots")
+
+
+def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, parent_run_id: str) -> None:
+    """Plots regenerated from the stored data at the end of every invocation (see :mod:`autolr.report`)."""
+    from autolr import report
+
+    trials = study.get_trials(deepcopy=False)
+    rows = [dict(trial_row(t), last_value=_last_reported(t)) for t in trials]
+    importances, note = _importances(study)
+    summary = f"({config.task}, {config.sampler} sampler, target {config.trials} trials)"
+    report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction,
+                        importances=importances, importance_note=note, summary=summary)  # fmt: skip
+    report.record_trial_curves(tracker, parent_run_id, metric=config.metric)
+
+
+def _last_reported(trial: FrozenTrial) -> float | None:
+    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
+
+
+def _importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+    """fANOVA importances of the parameters every complete trial has, or ({}, why not)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}, f"parameter importances need at least 2 complete trials; the study has {len(complete)}"
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), ""
+    except Exception as exc:  # noqa: BLE001 - e.g. every trial with the same parameters
+        return {}, f"parameter importances unavailable: {exc}"
 
 
 def summarize(config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None) -> TuneResult:
