@@ -167,3 +167,27 @@ def test_batchnorm_cnn_trains_and_evaluates_in_eval_mode() -> None:
     result, _ = _fit(task, RunConfig("adam", 0.01, "cosine"), epochs=1)
     assert result.final["val_accuracy"] > 0.5
     assert task.model.training  # handed back in train mode
+
+
+def test_host_transfers_happen_once_per_window_not_per_step(monkeypatch) -> None:
+    """The CUDA path's promise, checked on the CPU: values reach the host once per check window (plus
+    once per epoch for validation), never once per step."""
+    import traceback
+
+    counts = {"n": 0}
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            # torch's own optimizers read their CPU-side step counter; that never waits on a GPU
+            if "/autolr/" in traceback.extract_stack(limit=2)[0].filename:
+                counts["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    task = build_task("digits_mlp", {"hidden": 16}, seed=0)
+    task.metrics = {}
+    result, _ = _fit(task, RunConfig("adam", 0.01, "cosine"), epochs=2, check_every=16)
+    windows = sum(-(-(result.steps // 2) // 16) for _ in range(2))  # per epoch: ceil(steps / 16)
+    assert result.steps == 44
+    assert counts["n"] <= windows + 2 * 2  # + the validation loss per epoch (and its metric)
