@@ -43,7 +43,7 @@ _LAZY = {
     "TuneResult": "autolr.study",
     "load_best": "autolr.export",
     "BestConfig": "autolr.export",
-    "find_lr": "autolr.finder",
+    "find_lr": "autolr.autobounds",
 }
 
 

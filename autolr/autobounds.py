@@ -1,0 +1,296 @@
+"""The study side of the LR range test: :func:`find_lr` and ``search.lr: auto``.
+
+``lr: auto`` runs the range test (:mod:`autolr.finder`) once per optimizer of the study, before the
+first trial. Each optimizer's log-uniform lr bounds run from a decade below the suggestion up to the
+lowest rate the test saw unstable, the suggestion is enqueued as a trial of its own, and the test is
+logged to MLflow as a run under the study's parent run. Its result is cached in the study's storage (a
+study user attr per optimizer, keyed by everything that shapes the result), so a resumed study reads
+it back instead of measuring again; ``autolr find-lr`` reads the same cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+
+from autolr.config import StudyConfig, load_study
+from autolr.errors import StudyFileError
+from autolr.finder import RangeTestResult, range_test
+from autolr.optimizers import OPTIMIZERS, build_optimizer
+from autolr.params import Fixed
+from autolr.space import _representative
+from autolr.tasks import build_task
+from autolr.tracking import DEFAULT_TRACKING_URI, Tracker
+from autolr.trainer import pick_device
+
+__all__ = ["FindLrReport", "auto_lr_bounds", "find_lr", "lr_bounds_from", "range_test_for"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ATTR = "autolr.range_test.{optimizer}"  # study user attr holding one optimizer's range test
+FINDER_VERSION = 1  # part of the cache key: a new detector or rule measures afresh
+BOUNDS_BELOW_SUGGESTION = 10.0  # the searched range starts this factor below the suggestion
+MIN_STEPS = 30
+
+
+@dataclasses.dataclass(frozen=True)
+class FindLrReport:
+    """The range tests of a study, per optimizer; ``suggestion`` and ``max_stable_lr`` are those of
+    ``optimizer`` (the one asked for, else the study's first)."""
+
+    study: str
+    task: str
+    optimizer: str
+    run_steps: int
+    results: Mapping[str, RangeTestResult]
+    bounds: Mapping[str, tuple[float, float]]
+    cached: Mapping[str, bool]
+    run_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def suggestion(self) -> float:
+        return self.results[self.optimizer].suggestion
+
+    @property
+    def max_stable_lr(self) -> float:
+        return self.results[self.optimizer].max_stable_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        main = self.results[self.optimizer]
+        return {
+            "study": self.study,
+            "task": self.task,
+            "optimizer": self.optimizer,
+            "suggestion": main.suggestion,
+            "max_stable_lr": main.max_stable_lr,
+            "lr_range": list(main.lr_range),
+            "run_steps": self.run_steps,
+            "optimizers": {name: self._section(name) for name in self.results},
+        }
+
+    def _section(self, name: str) -> dict[str, Any]:
+        section = self.results[name].to_dict()
+        section.update(lr_bounds=list(self.bounds[name]), cached=self.cached[name], mlflow_run_id=self.run_ids.get(name))
+        return section
+
+    def describe(self) -> str:
+        """A short table, one optimizer a line, and what to do with it."""
+        lines = [f"LR range test of study {self.study} (task {self.task}, for a run of {self.run_steps} steps)"]
+        lines.append(f"{'optimizer':<10} {'suggestion':>10} {'max stable lr':>13}  {'seen stable .. unstable':<24} {'search bounds':<22} steps")
+        for name, r in self.results.items():
+            unstable = f"{r.unstable_lr:.4g}" if r.unstable_lr is not None else "none"
+            low, high = self.bounds[name]
+            cached = " (cached)" if self.cached[name] else ""
+            lines.append(
+                f"{name:<10} {r.suggestion:>10.4g} {r.max_stable_lr:>13.4g}  {f'{r.stable_lr:.4g} .. {unstable}':<24} "
+                f"{f'{low:.3g} .. {high:.3g}':<22} {r.steps}{cached}"
+            )
+        lines.append(f"train {self.optimizer} at lr {self.suggestion:.4g}; constant rates up to {self.max_stable_lr:.4g} stay stable")
+        return "\n".join(lines)
+
+
+def lr_bounds_from(result: RangeTestResult) -> tuple[float, float]:
+    """The log-uniform bounds to search: a decade below the suggestion up to the lowest rate seen
+    unstable (the limit itself when nothing was), so the region just under the limit stays in."""
+    high = max(result.unstable_lr or result.max_stable_lr, result.max_stable_lr)
+    return (result.suggestion / BOUNDS_BELOW_SUGGESTION, high)
+
+
+def range_test_for(config: StudyConfig, optimizer: str, *, steps: int | None = None) -> RangeTestResult:
+    """Run the range test on the study's task, with ``optimizer`` as the study configures it (a searched
+    hyperparameter sits at its default, or mid-range), for a run of the study's length.
+
+    Raises:
+        RuntimeError: the task cannot be range-tested (its loss is not finite before any step).
+    """
+    task = build_task(config.task, config.task_args, seed=config.seed)
+    model = task.model.to(pick_device(config.train.device))
+    hparams = _fixed_hparams(config, optimizer)
+    opt = build_optimizer(optimizer, model.parameters(), config.finder.start_lr, hparams)
+    try:
+        return range_test(
+            model,
+            opt,
+            task.loss_fn,
+            task.train_data,
+            batch_size=config.train.batch_size,
+            steps=steps or config.finder.steps,
+            start_lr=config.finder.start_lr,
+            end_lr=config.finder.end_lr,
+            run_steps=_run_steps(config, len(task.train_data)),
+            grad_clip=config.train.grad_clip,
+            seed=config.seed,
+        )
+    except ValueError as exc:  # the task itself is broken (e.g. a NaN loss before any step): say where
+        raise RuntimeError(f"{config.path}: the range test of {optimizer} on task {config.task} failed: {exc}") from exc
+
+
+def find_lr(
+    study: str | Path | StudyConfig,
+    *,
+    optimizer: str | None = None,
+    steps: int | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = DEFAULT_TRACKING_URI,
+) -> FindLrReport:
+    """The LR range test of a study file, per optimizer (only ``optimizer`` when given).
+
+    A result the study's storage already holds for the same settings (from ``lr: auto``) is read back;
+    otherwise the test runs, and is logged to MLflow as a run of the study's experiment unless
+    ``tracking_uri`` is None. Nothing is written to the study's storage.
+
+    Raises:
+        StudyFileError: ``optimizer`` is not one of the study's, or ``steps`` is below 30.
+    """
+    config = study if isinstance(study, StudyConfig) else load_study(study)
+    names = _optimizers(config, optimizer)
+    if steps is not None and steps < MIN_STEPS:
+        raise StudyFileError(config.path, "--steps", f"an integer >= {MIN_STEPS} (the sweep and the probes share them)", steps)
+    cache = _read_only_cache(config, storage)
+    run_steps = _run_steps(config)
+    tracker = Tracker(tracking_uri, experiment=config.name) if tracking_uri else None
+    results, bounds, cached, run_ids = {}, {}, {}, {}
+    try:
+        for name in names:
+            key = _cache_key(config, name, steps)
+            hit = _cached_result(cache.get(name), key)
+            results[name] = hit or range_test_for(config, name, steps=steps)
+            bounds[name], cached[name] = lr_bounds_from(results[name]), hit is not None
+            if tracker is not None and hit is None:
+                run_ids[name] = log_range_test(tracker, None, config, name, results[name], bounds[name])
+    finally:
+        if tracker is not None:
+            tracker.close()
+    return FindLrReport(config.name, config.task, names[0], run_steps, results, bounds, cached, run_ids)
+
+
+def auto_lr_bounds(
+    config: StudyConfig, study: optuna.Study, tracker: Tracker | None, parent_run_id: str | None = None
+) -> dict[str, tuple[float, float]]:
+    """``search.lr: auto``: each optimizer's lr bounds from its range test, measured once per study.
+
+    A fresh test is logged under ``parent_run_id``, its suggestion is enqueued as a trial, and its
+    result is cached in the study's user attrs; a resumed study reads the cache and does neither.
+    """
+    bounds = {}
+    for name in config.search.optimizers:
+        key = _cache_key(config, name, None)
+        result = _cached_result(study.user_attrs.get(CACHE_ATTR.format(optimizer=name)), key)
+        if result is not None:
+            logger.info("lr: auto: %s bounds from the cached range test", name)
+            bounds[name] = lr_bounds_from(result)
+            continue
+        result = range_test_for(config, name)
+        bounds[name] = lr_bounds_from(result)
+        if tracker is not None:
+            log_range_test(tracker, parent_run_id, config, name, result, bounds[name])
+        _enqueue_suggestion(study, config, name, result.suggestion)
+        study.set_user_attr(CACHE_ATTR.format(optimizer=name), {"key": key, "result": result.to_dict()})
+        logger.info("lr: auto: %s in [%.3g, %.3g], suggestion %.3g enqueued", name, *bounds[name], result.suggestion)
+    return bounds
+
+
+def log_range_test(
+    tracker: Tracker, parent_run_id: str | None, config: StudyConfig, optimizer: str, result: RangeTestResult, bounds: tuple[float, float]
+) -> str:
+    """The range test as an MLflow run: results and chosen bounds as params, the sweep and the probes
+    as metrics, the plot of loss against lr as a PNG."""
+    params = {
+        "optimizer": optimizer, "suggestion": result.suggestion, "max_stable_lr": result.max_stable_lr,
+        "stable_lr": result.stable_lr, "unstable_lr": result.unstable_lr, "lr_low": bounds[0], "lr_high": bounds[1],
+        "steps": result.steps, "samples": result.samples, "finder.steps": config.finder.steps,
+        "finder.start_lr": config.finder.start_lr, "finder.end_lr": config.finder.end_lr, "run_steps": _run_steps(config),
+    }  # fmt: skip
+    curve = {
+        "loss": result.losses, "lr": result.lrs, "grad_norm": result.grad_norms,
+        "probe_lr": [p.lr for p in result.probes], "probe_end_loss": [p.end_loss for p in result.probes],
+        "probe_stable": [float(p.stable) for p in result.probes],
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="autolr-range-test-") as folder:
+        plot = _plot(result, bounds, f"{config.name}: {optimizer}", Path(folder) / f"range_test_{optimizer}.png")
+        return tracker.log_range_test(parent_run_id, optimizer=optimizer, params=params, curve=curve, artifacts=[plot] if plot else [])
+
+
+def _plot(result: RangeTestResult, bounds: tuple[float, float], title: str, path: Path) -> Path | None:
+    from autolr.plots import plot_range_test
+
+    try:
+        return plot_range_test(
+            result.lrs, result.losses, probes=[p.to_dict() for p in result.probes], suggestion=result.suggestion,
+            max_stable_lr=result.max_stable_lr, bounds=bounds, title=title, path=path,
+        )  # fmt: skip
+    except Exception:  # noqa: BLE001 - a missing plot loses nothing the metrics do not hold
+        logger.warning("could not draw the range test plot", exc_info=True)
+        return None
+
+
+def _optimizers(config: StudyConfig, optimizer: str | None) -> list[str]:
+    names = list(config.search.optimizers)
+    if optimizer is None:
+        return names
+    if optimizer not in names:
+        raise StudyFileError(config.path, "--optimizer", f"one of the study's optimizers {names}", optimizer)
+    return [optimizer]
+
+
+def _fixed_hparams(config: StudyConfig, optimizer: str) -> dict[str, Any]:
+    specs = {p.name: p for p in OPTIMIZERS[optimizer].params}
+    settings = config.search.optimizers[optimizer]
+    return {name: s.value if isinstance(s, Fixed) else _representative(s, specs[name]) for name, s in settings.items()}
+
+
+def _run_steps(config: StudyConfig, n_train: int | None = None) -> int:
+    if n_train is None:
+        n_train = len(build_task(config.task, config.task_args, seed=config.seed).train_data)
+    return config.train.epochs * math.ceil(n_train / config.train.batch_size)
+
+
+def _cache_key(config: StudyConfig, optimizer: str, steps: int | None) -> str:
+    """Everything that shapes a range test's result, as one canonical string."""
+    key = {
+        "version": FINDER_VERSION, "task": config.task, "task_args": dict(config.task_args), "optimizer": optimizer,
+        "hparams": _fixed_hparams(config, optimizer), "epochs": config.train.epochs, "batch_size": config.train.batch_size,
+        "device": config.train.device, "grad_clip": config.train.grad_clip, "seed": config.seed,
+        "steps": steps or config.finder.steps, "start_lr": config.finder.start_lr, "end_lr": config.finder.end_lr,
+    }  # fmt: skip
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def _cached_result(entry: object, key: str) -> RangeTestResult | None:
+    if not isinstance(entry, dict) or entry.get("key") != key:
+        return None
+    try:
+        return RangeTestResult.from_dict(entry["result"])
+    except (KeyError, TypeError, ValueError):
+        logger.warning("ignoring an unreadable cached range test")
+        return None
+
+
+def _read_only_cache(config: StudyConfig, storage: str | None) -> dict[str, object]:
+    """The cached range tests of the study, per optimizer, or nothing when the study is not stored."""
+    from autolr.study import default_storage_url
+
+    url = storage or default_storage_url(config)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        return {}  # do not create an empty database just to look
+    try:
+        attrs = optuna.load_study(study_name=config.name, storage=url).user_attrs
+    except KeyError:  # no such study in that storage
+        return {}
+    return {name: attrs.get(CACHE_ATTR.format(optimizer=name)) for name in config.search.optimizers}
+
+
+def _enqueue_suggestion(study: optuna.Study, config: StudyConfig, optimizer: str, lr: float) -> None:
+    if config.sampler == "grid":  # a grid tries its own points only
+        return
+    params: dict[str, Any] = {"lr": lr}
+    if len(config.search.optimizers) > 1:  # a single optimizer is not a searched parameter (autolr.space)
+        params["optimizer"] = optimizer
+    study.enqueue_trial(params, user_attrs={"autolr.source": "range_test"}, skip_if_exists=True)

@@ -1,0 +1,583 @@
+"""LR range test: the stability limit of a model and its optimizer, and the rate to train at.
+
+Imports torch and numpy only. Every run starts from the same state (the model's weights and buffers,
+the optimizer's state), which is put back in ``finally`` whatever happens.
+
+1. Sweep: the rate rises exponentially each step from ``start_lr``, as in the classic range test, and
+   stops at the first non-finite loss or once the smoothed loss is 4x its minimum. It gives the curve
+   and a first bracket for the limit. That stop rule fires well past the limit (the loss needs several
+   steps above it to explode, and the rate keeps rising meanwhile), so the limit is not read off it.
+2. Probes: the limit is bisected in log space with short *constant-rate* runs (12 steps) from the
+   starting state, all on the same batches. Right above the limit the unstable direction grows
+   geometrically step after step while the others still shrink, so the loss turns up, or overshoots its
+   starting value, long before it explodes; below the limit it only falls. A probe is unstable when its
+   loss or gradient norm turns non-finite, its loss rises 1.25x above the starting loss on the same
+   batches, or climbs back 1.25x from its minimum (means over windows of 3 steps, and each loss divided
+   by its own batch's starting loss, so that one noisy mini-batch decides nothing; a noise floor is no
+   climb). The bracket's guessed upper end is probed first (an unstable probe is cut short: cheap), then
+   the bracket is halved until it is within ``tolerance`` or the budget (``steps``, 100 by default) is
+   spent; ``max_stable_lr`` is the geometric middle of ``[highest stable, lowest unstable]``.
+3. Suggestion: a fraction of ``max_stable_lr`` that shrinks with the length of the run
+   (:func:`suggest_lr`), fitted on the benchmark tasks in ``bench/finder.py``, where it lands closer to
+   a grid's best than the steepest-slope, valley and minimum/10 rules of the classic test.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from autolr.trainer import Batches, grad_norms
+
+__all__ = [
+    "ClassicSweep",
+    "Probe",
+    "RangeTestResult",
+    "classic_sweep",
+    "common_rules",
+    "min_over_ten_lr",
+    "probe_verdict",
+    "range_test",
+    "smooth",
+    "steepest_lr",
+    "suggest_lr",
+    "valley_lr",
+]
+
+logger = logging.getLogger(__name__)
+
+SWEEP_SHARE = 0.3  # share of the budget the sweep may use; the probes get the rest
+SWEEP_STOP_FACTOR = 4.0  # the sweep stops once the smoothed loss is this multiple of its minimum
+SWEEP_SMOOTHING = 0.8  # EMA factor of the sweep's stop rule (bias-corrected)
+PROBE_STEPS = 12  # steps of one constant-rate probe (never more than the run itself)
+PROBE_RISE = 1.25  # a probe whose loss rises this far above its start, or its minimum, is unstable
+CLIMB_SHARE = 0.2  # ... and a climb must win back this share of the drop (a noise floor does not)
+EXPAND = 8.0  # a bracket end that turns out wrong moves by this factor
+CHECK_EVERY = 4  # steps per host transfer of losses
+# suggestion = max_stable_lr * min(CAP, AT_1000 * (1000 / run_steps) ** DECAY), fitted in bench/finder.py
+SUGGESTION_AT_1000_STEPS = 0.022
+SUGGESTION_DECAY = 0.7
+SUGGESTION_CAP = 0.25
+CLASSIC_SMOOTHING = 0.98  # the classic tools' EMA factor (fastai, Lightning)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """A constant-rate run from the starting state; ``reason`` says why it is unstable ("" if stable).
+
+    ``end_loss`` is the mean loss over its last steps (inf when the loss went non-finite).
+    """
+
+    lr: float
+    stable: bool
+    reason: str
+    steps: int
+    end_loss: float
+
+    def to_dict(self) -> dict[str, Any]:
+        end_loss = self.end_loss if math.isfinite(self.end_loss) else None  # JSON has no inf
+        return {"lr": self.lr, "stable": self.stable, "reason": self.reason, "steps": self.steps, "end_loss": end_loss}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Probe":
+        end_loss = math.inf if data["end_loss"] is None else float(data["end_loss"])
+        return cls(float(data["lr"]), bool(data["stable"]), str(data["reason"]), int(data["steps"]), end_loss)
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeTestResult:
+    """What one range test measured.
+
+    ``max_stable_lr`` is the estimated largest constant rate that stays stable; the bisection left it
+    between ``stable_lr`` (the highest rate seen stable) and ``unstable_lr`` (the lowest seen unstable;
+    None when nothing up to ``end_lr`` was). ``suggestion`` is the rate to train at. The curve
+    (``lrs``, ``losses``, ``grad_norms``) is the sweep's, finite points only. What the whole test cost:
+    ``steps`` optimizer steps on ``samples`` samples, and ``forward_samples`` forward-only.
+    """
+
+    suggestion: float
+    max_stable_lr: float
+    stable_lr: float
+    unstable_lr: float | None
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    grad_norms: tuple[float, ...]
+    probes: tuple[Probe, ...]
+    steps: int
+    samples: int
+    forward_samples: int = 0
+
+    @property
+    def lr_range(self) -> tuple[float, float]:
+        """``(suggestion, max_stable_lr)``: from the rate to train at up to the stability limit."""
+        return (self.suggestion, self.max_stable_lr)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "suggestion": self.suggestion,
+            "max_stable_lr": self.max_stable_lr,
+            "lr_range": list(self.lr_range),
+            "stable_lr": self.stable_lr,
+            "unstable_lr": self.unstable_lr,
+            "steps": self.steps,
+            "samples": self.samples,
+            "forward_samples": self.forward_samples,
+            "probes": [p.to_dict() for p in self.probes],
+            "curve": {"lr": list(self.lrs), "loss": list(self.losses), "grad_norm": list(self.grad_norms)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RangeTestResult":
+        curve = data.get("curve", {})
+        unstable = data.get("unstable_lr")
+        return cls(
+            suggestion=float(data["suggestion"]),
+            max_stable_lr=float(data["max_stable_lr"]),
+            stable_lr=float(data["stable_lr"]),
+            unstable_lr=None if unstable is None else float(unstable),
+            lrs=tuple(curve.get("lr", ())),
+            losses=tuple(curve.get("loss", ())),
+            grad_norms=tuple(curve.get("grad_norm", ())),
+            probes=tuple(Probe.from_dict(p) for p in data.get("probes", ())),
+            steps=int(data.get("steps", 0)),
+            samples=int(data.get("samples", 0)),
+            forward_samples=int(data.get("forward_samples", 0)),
+        )
+
+
+# --- the range test --------------------------------------------------------------------------------
+
+
+def range_test(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_data: Dataset,
+    *,
+    batch_size: int,
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    run_steps: int | None = None,
+    tolerance: float = 1.1,
+    grad_clip: float | None = None,
+    seed: int = 0,
+) -> RangeTestResult:
+    """Measure the stability limit of ``optimizer`` on ``model`` and suggest a rate to train at.
+
+    Args:
+        model, optimizer, loss_fn, train_data: what a training run would use; the optimizer's own
+            hyperparameters (momentum, betas, ...) are kept and its rate is driven by the test. Both are
+            back in their starting state afterwards, whatever happens.
+        batch_size: as in training (at least the dataset's size: full batch).
+        steps: the budget, in optimizer steps, of the sweep and the probes together.
+        start_lr, end_lr: the range swept; nothing above ``end_lr`` is tried.
+        run_steps: steps of the training run the rate is for (probes are never longer; the suggestion
+            shrinks for longer runs). None: 1000.
+        tolerance: the bisection stops when the limit is bracketed within this ratio.
+        grad_clip: clip the global gradient norm to this, as training would.
+        seed: batch order (the same batches for every probe).
+    """
+    _check_arguments(batch_size=batch_size, steps=steps, start_lr=start_lr, end_lr=end_lr, tolerance=tolerance, run_steps=run_steps)
+    runner = _Runner(model, optimizer, loss_fn, train_data, batch_size=batch_size, grad_clip=grad_clip, seed=seed)
+    try:
+        sweep, (stable_lr, unstable_lr, probes) = _measure(runner, steps, start_lr, end_lr, run_steps, tolerance)
+    finally:
+        runner.restore()
+    max_stable = stable_lr if unstable_lr is None else math.sqrt(stable_lr * unstable_lr)
+    result = RangeTestResult(
+        suggestion=suggest_lr(max_stable, run_steps),
+        max_stable_lr=max_stable,
+        stable_lr=stable_lr,
+        unstable_lr=unstable_lr,
+        lrs=sweep.lrs,
+        losses=sweep.losses,
+        grad_norms=sweep.grad_norms,
+        probes=tuple(probes),
+        steps=runner.steps,
+        samples=runner.samples,
+        forward_samples=runner.forward_samples,
+    )
+    logger.info("range test: max stable lr %.4g, suggestion %.4g, %d steps", max_stable, result.suggestion, runner.steps)
+    return result
+
+
+def _measure(runner: "_Runner", steps: int, start_lr: float, end_lr: float, run_steps: int | None, tolerance: float):
+    """The sweep, then the bisection on probes, within a budget of ``steps`` optimizer steps."""
+    probe_steps = min(PROBE_STEPS, run_steps or PROBE_STEPS)
+    judge = _Judge(runner, reference=_finite_starting_losses(runner, probe_steps))
+    sweep = _sweep(runner, start_lr, end_lr, max(round(SWEEP_SHARE * steps), 10))
+    bracket = _initial_bracket(sweep, start_lr=start_lr, end_lr=end_lr)
+    affordable = lambda: runner.steps + probe_steps <= steps  # noqa: E731 - unstable probes end early
+    return sweep, _bisect(judge.probe, bracket, end_lr=end_lr, tolerance=tolerance, affordable=affordable)
+
+
+def suggest_lr(max_stable_lr: float, run_steps: int | None = None) -> float:
+    """The rate to train at for a run of ``run_steps`` steps (None: 1000).
+
+    A fraction of the stability limit that shrinks with the length of the run, as ``run_steps ** -0.7``
+    (2.2% of the limit for 1000 steps), at most a quarter of it. A long run at a high constant rate ends
+    in its own noise or overfits, and above the best rate the validation loss climbs much faster than
+    below it, so the rule errs low. Fitted on digits (adam, adamw, sgd with momentum; 10 to 40 epochs;
+    4 seeds), checked in ``bench/finder.py``.
+    """
+    if not (max_stable_lr > 0 and math.isfinite(max_stable_lr)):
+        raise ValueError(f"max_stable_lr: expected a finite number > 0, got {max_stable_lr!r}")
+    fraction = SUGGESTION_AT_1000_STEPS * (1000 / max(run_steps or 1000, 1)) ** SUGGESTION_DECAY
+    return max_stable_lr * min(fraction, SUGGESTION_CAP)
+
+
+def _check_arguments(*, batch_size: int, steps: int, start_lr: float, end_lr: float, tolerance: float, run_steps: int | None) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
+    if steps < 30:
+        raise ValueError(f"steps: expected an integer >= 30 (the sweep and the probes share them), got {steps!r}")
+    if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
+        raise ValueError(f"start_lr, end_lr: expected 0 < start_lr < end_lr (finite), got {start_lr!r}, {end_lr!r}")
+    if not tolerance > 1.0:
+        raise ValueError(f"tolerance: expected a ratio > 1, got {tolerance!r}")
+    if run_steps is not None and run_steps < 1:
+        raise ValueError(f"run_steps: expected an integer >= 1 or None, got {run_steps!r}")
+
+
+class _Runner:
+    """Trains ``model`` from its starting state at given rates; :meth:`restore` puts that state back."""
+
+    def __init__(self, model, optimizer, loss_fn, data, *, batch_size: int, grad_clip: float | None, seed: int) -> None:
+        self.model, self.optimizer, self.loss_fn, self.data = model, optimizer, loss_fn, data
+        self.batch_size, self.grad_clip, self.seed = batch_size, grad_clip, seed
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("model: expected trainable parameters, got none (all frozen?)")
+        self.device = self.params[0].device
+        base = optimizer.param_groups[0]["lr"]
+        # param groups keep their ratios to the first group's rate (discriminative rates stay so)
+        self.ratios = [group["lr"] / base if base > 0 else 1.0 for group in optimizer.param_groups]
+        self.model_state = copy.deepcopy(model.state_dict())
+        self.optimizer_state = copy.deepcopy(optimizer.state_dict())
+        self.was_training = model.training
+        self.steps = 0
+        self.samples = 0
+        self.forward_samples = 0
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self.model_state)
+        # a copy each time: torch adopts some state tensors as given (Adam's ``step``) and then updates
+        # them in place, which would change the saved state itself
+        self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
+        self.model.train(self.was_training)
+
+    @torch.no_grad()
+    def starting_losses(self, n_batches: int) -> list[float]:
+        """The loss at the starting weights on each of the first ``n_batches`` batches, forward only."""
+        self.restore()
+        self.model.train()  # as in a step: batch statistics, dropout
+        batches = self._endless_batches()
+        full_batch = self.batch_size >= len(self.data)  # the same batch every step: one pass will do
+        losses = []
+        for _ in range(1 if full_batch else n_batches):
+            x, y = next(batches)
+            losses.append(self.loss_fn(self.model(x), y).detach().reshape(()))
+            self.forward_samples += len(x)
+        self.restore()  # the forward passes moved BatchNorm's running statistics
+        values = torch.stack(losses).float().tolist()
+        return values * n_batches if full_batch else values
+
+    def run(self, lrs: Sequence[float], stop: Callable[[list[float]], bool]) -> tuple[list[float], list[float]]:
+        """Loss and gradient norm of one step at each rate, from the starting state, until ``stop(losses)``
+        or a non-finite value."""
+        self.restore()
+        self.model.train()
+        batches = self._endless_batches()
+        losses: list[float] = []
+        norms: list[float] = []
+        for first in range(0, len(lrs), CHECK_EVERY):
+            window = [self._step(lr, *next(batches)) for lr in lrs[first : first + CHECK_EVERY]]
+            host = torch.stack([torch.stack(values) for values in window]).float().tolist()  # one sync per window
+            losses += [h[0] for h in host]
+            norms += [h[1] for h in host]
+            if not all(math.isfinite(v) for h in host for v in h) or stop(losses):
+                break
+        return losses, norms
+
+    def _endless_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = Batches(self.data, self.batch_size, self.device, seed=self.seed)
+        while True:
+            yield from batches
+
+    def _step(self, lr: float, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for group, ratio in zip(self.optimizer.param_groups, self.ratios):
+            group["lr"] = lr * ratio
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        norms = grad_norms(self.params)
+        total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(self.params, self.grad_clip, total)
+        self.optimizer.step()
+        self.steps += 1
+        self.samples += len(x)
+        return loss.detach().reshape(()), total.detach()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sweep:
+    lrs: tuple[float, ...]  # finite points only
+    losses: tuple[float, ...]
+    grad_norms: tuple[float, ...]
+    exploded_at: float | None  # the rate where it stopped, None when it reached end_lr
+
+
+def _finite_starting_losses(runner: _Runner, n_batches: int) -> list[float]:
+    losses = runner.starting_losses(n_batches)
+    bad = next((v for v in losses if not math.isfinite(v)), None)
+    if bad is not None:
+        raise ValueError(f"loss_fn: the loss at the starting weights is {bad}, before any step; fix the model, the data or the loss first")
+    return losses
+
+
+def _sweep(runner: _Runner, start_lr: float, end_lr: float, steps: int) -> _Sweep:
+    lrs = np.geomspace(start_lr, end_lr, steps).tolist()
+    losses, norms = runner.run(lrs, stop=_exploded)
+    exploded_at = lrs[len(losses) - 1] if len(losses) < steps or _exploded(losses) else None
+    keep = [i for i in range(len(losses)) if math.isfinite(losses[i]) and math.isfinite(norms[i])]
+    # no NaN or inf reaches the curve a user sees, a rule reads or a plot draws
+    return _Sweep(tuple(lrs[i] for i in keep), tuple(losses[i] for i in keep), tuple(norms[i] for i in keep), exploded_at)
+
+
+def _exploded(losses: list[float]) -> bool:
+    if not all(map(math.isfinite, losses)):
+        return True
+    smoothed = smooth(losses, SWEEP_SMOOTHING)
+    return len(smoothed) > 1 and smoothed[-1] > SWEEP_STOP_FACTOR * min(smoothed)
+
+
+@dataclasses.dataclass
+class _Bracket:
+    """The limit lies in ``[low, high]``; each end is either seen in a probe (``*_seen``) or a guess."""
+
+    low: float
+    high: float
+    low_seen: bool = False
+    high_seen: bool = False
+
+
+def _initial_bracket(sweep: _Sweep, *, start_lr: float, end_lr: float) -> _Bracket:
+    """From the sweep: the limit is below where it exploded and, most likely, not far below its minimum."""
+    high = sweep.exploded_at or end_lr
+    at_min = sweep.lrs[int(np.argmin(smooth(sweep.losses, SWEEP_SMOOTHING)))] if sweep.losses else high
+    low = max(min(at_min, high) / EXPAND, start_lr)
+    return _Bracket(low=min(low, high / 2.0), high=high)
+
+
+def _bisect(probe: Callable[[float], Probe], bracket: _Bracket, *, end_lr: float, tolerance: float, affordable: Callable[[], bool]):
+    """Bisection in log space on constant-rate probes; an end of the bracket that was only guessed is
+    probed too. Returns ``(highest stable lr, lowest unstable lr or None, probes)``."""
+    probes: list[Probe] = []
+    b = bracket
+    while not probes or affordable():
+        lr = _next_rate(b, tolerance)
+        if lr is None:
+            break
+        probes.append(probe(lr))
+        _update(b, probes[-1], end_lr)
+        if b.low >= end_lr:
+            break
+    if not b.low_seen:
+        logger.warning("range test: no probe was stable down to %.3g before the budget ran out (raise steps)", b.low)
+    return b.low, (b.high if b.high_seen else None), probes
+
+
+def _next_rate(b: _Bracket, tolerance: float) -> float | None:
+    # the upper end first: a guess from the sweep is nearly always unstable, and an unstable probe is
+    # cut short, so this costs a few steps; when it is stable (the sweep reached end_lr) it ends the test
+    if not b.high_seen:
+        return b.high
+    if b.high / b.low > tolerance:
+        return math.sqrt(b.low * b.high)
+    if not b.low_seen:
+        return b.low
+    return None
+
+
+def _update(b: _Bracket, probe: Probe, end_lr: float) -> None:
+    if probe.stable:
+        b.low, b.low_seen = probe.lr, True
+        if b.low >= b.high:  # the guessed upper end was stable after all: look higher
+            b.high, b.high_seen = min(b.low * EXPAND, end_lr), False
+    else:
+        b.high, b.high_seen = probe.lr, True
+        if b.high <= b.low:  # the guessed lower end was unstable: look lower
+            b.low, b.low_seen = b.high / EXPAND, False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Judge:
+    """Runs probes as long as ``reference`` (the starting loss on each of their batches) and judges them."""
+
+    runner: _Runner
+    reference: Sequence[float]
+
+    def probe(self, lr: float) -> Probe:
+        losses, norms = self.runner.run([lr] * len(self.reference), stop=self._clearly_unstable)
+        reason = probe_verdict(losses, norms, reference=self.reference)
+        tail = losses[-_window(len(self.reference)) :]
+        end_loss = float(np.mean(tail)) if all(map(math.isfinite, tail)) else math.inf
+        return Probe(lr=lr, stable=not reason, reason=reason, steps=len(losses), end_loss=end_loss)
+
+    def _clearly_unstable(self, losses: list[float]) -> bool:
+        # an unstable probe is cut short: once the loss is well above its start the verdict cannot change
+        ratios = _ratios(losses, self.reference)
+        width = _window(len(self.reference))
+        return ratios is not None and len(ratios) >= width and float(np.mean(ratios[-width:])) > PROBE_RISE
+
+
+def probe_verdict(losses: Sequence[float], grad_norms: Sequence[float] = (), *, reference: Sequence[float] | None = None) -> str:
+    """Why a constant-rate run is unstable ("" when it is stable).
+
+    Unstable: a non-finite loss or gradient norm; the loss rising above its starting value; or the loss
+    climbing back from its minimum; both by :data:`PROBE_RISE`. Each loss is divided by ``reference``,
+    the loss at the starting weights on the same batch (default: the first loss, for every step), so
+    that easy and hard mini-batches compare fairly, and means are taken over windows of a quarter of
+    the run, so that one noisy batch decides nothing. Losses that are not all positive are checked for
+    non-finite values only.
+    """
+    for name, values in (("loss", losses), ("grad_norm", grad_norms)):
+        for step, value in enumerate(values):
+            if not math.isfinite(value):
+                return f"{name} {value} at step {step}"
+    if not losses:
+        raise ValueError("losses: expected at least one value, got none")
+    ratios = _ratios(losses, [losses[0]] * len(losses) if reference is None else reference)
+    if ratios is None:
+        return ""
+    width = _window(len(losses))
+    means = np.convolve(ratios, np.ones(width) / width, mode="valid")
+    peak, end, low = means.max(), means[-1], means.min()
+    if peak > PROBE_RISE:
+        return f"loss rose to {peak:.3g}x its starting value"
+    if end > PROBE_RISE * low and end - low > CLIMB_SHARE * (1.0 - low):
+        return f"loss climbed back to {end / low:.3g}x its minimum"
+    return ""
+
+
+def _ratios(losses: Sequence[float], reference: Sequence[float]) -> np.ndarray | None:
+    reference = np.asarray(reference[: len(losses)], dtype=float)
+    if len(reference) < len(losses):
+        raise ValueError(f"reference: expected a starting loss for each of the {len(losses)} steps, got {len(reference)}")
+    losses = np.asarray(losses, dtype=float)
+    if not (np.all(reference > 0) and np.all(losses >= 0)):
+        return None
+    return losses / reference
+
+
+def _window(steps: int) -> int:
+    return max(steps // 4, 1)
+
+
+# --- the classic range test and its rules, for comparison ------------------------------------------
+
+
+def smooth(values: Sequence[float], beta: float) -> list[float]:
+    """Exponential moving average, bias-corrected (the first points are not dragged towards 0)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = beta * avg + (1.0 - beta) * v
+        out.append(avg / (1.0 - beta**i))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassicSweep:
+    """The curve of a classic range test (finite points only), the rate at which its stop rule fired
+    (None when it reached ``end_lr``) and what it cost."""
+
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    stopped_at: float | None
+    steps: int
+    samples: int
+
+
+def classic_sweep(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_data: Dataset,
+    *,
+    batch_size: int,
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    seed: int = 0,
+) -> ClassicSweep:
+    """The classic range test as fastai and Lightning run it, for comparison: ``steps`` exponentially
+    rising rates, stopped once the loss smoothed with 0.98 is 4x its minimum. The state is restored."""
+    runner = _Runner(model, optimizer, loss_fn, train_data, batch_size=batch_size, grad_clip=None, seed=seed)
+    lrs = np.geomspace(start_lr, end_lr, steps).tolist()
+
+    def stop(losses: list[float]) -> bool:
+        smoothed = smooth(losses, CLASSIC_SMOOTHING)
+        return len(smoothed) > 1 and smoothed[-1] > SWEEP_STOP_FACTOR * min(smoothed)
+
+    try:
+        losses, _ = runner.run(lrs, stop=stop)
+    finally:
+        runner.restore()
+    keep = [i for i, v in enumerate(losses) if math.isfinite(v)]
+    stopped_at = lrs[len(losses) - 1] if len(losses) < steps or stop(losses) else None
+    return ClassicSweep(tuple(lrs[i] for i in keep), tuple(losses[i] for i in keep), stopped_at, runner.steps, runner.samples)
+
+
+def steepest_lr(lrs: Sequence[float], losses: Sequence[float], *, skip_begin: int = 10, skip_end: int = 1) -> float | None:
+    """Steepest descent of the smoothed loss against log lr (Lightning's and torch-lr-finder's rule)."""
+    lrs, smoothed = _classic_curve(lrs, losses)
+    if len(lrs) < skip_begin + skip_end + 3:
+        return None
+    lrs, smoothed = lrs[skip_begin : len(lrs) - skip_end], smoothed[skip_begin : len(smoothed) - skip_end]
+    return float(lrs[int(np.argmin(np.gradient(smoothed, np.log(lrs))))])
+
+
+def valley_lr(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """fastai's valley: two thirds of the way down the longest descending stretch of the smoothed loss."""
+    lrs, smoothed = _classic_curve(lrs, losses)
+    n = len(smoothed)
+    if n < 3:
+        return None
+    longest = [1] * n  # longest decreasing subsequence ending at i
+    best_end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if smoothed[i] < smoothed[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+        if longest[i] > longest[best_end]:
+            best_end = i
+    start = best_end - longest[best_end]
+    third = (best_end - start) / 3
+    return float(lrs[start + int(third) + int(third / 2)])
+
+
+def min_over_ten_lr(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
+    """A tenth of the rate at the minimum of the smoothed loss (fastai's ``minimum`` / 10)."""
+    lrs, smoothed = _classic_curve(lrs, losses)
+    if len(lrs) == 0:
+        return None
+    return float(lrs[int(np.argmin(smoothed))] / 10.0)
+
+
+def common_rules(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float | None]:
+    """The classic tools' suggestions from one curve: steepest slope, valley and minimum/10."""
+    return {"steepest": steepest_lr(lrs, losses), "valley": valley_lr(lrs, losses), "min_over_ten": min_over_ten_lr(lrs, losses)}
+
+
+def _classic_curve(lrs: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    keep = [i for i, v in enumerate(losses) if math.isfinite(v)]
+    return np.asarray([lrs[i] for i in keep], dtype=float), np.asarray(smooth([losses[i] for i in keep], CLASSIC_SMOOTHING))
