@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from typing import Sequence
 
@@ -84,6 +85,7 @@ def _quiet_libraries() -> None:
     """Our progress bar and table say what matters; the libraries' INFO lines and notices would drown them."""
     import warnings
 
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported, later
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("optuna", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -214,19 +216,45 @@ def _find_lr(args) -> int:
 
 
 def _ui(args) -> int:
+    """The MLflow UI (pages + REST API) on 127.0.0.1 until Ctrl-C; however autolr stops, the UI and its
+    workers stop with it (they run in a session of their own, which autolr ends)."""
+    import signal
     import subprocess
 
     from autolr.tracking import artifact_root_for
 
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    cmd += ["--workers", "1"]  # one local user: MLflow's default of 4 only costs start time and memory
     root = artifact_root_for(args.tracking_uri)
     if root:
         cmd += ["--default-artifact-root", root]
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {args.tracking_uri} (Ctrl-C to stop)", file=sys.stderr)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        return subprocess.call(cmd)
+        return proc.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        _stop_session(proc)
+
+
+def _stop_session(proc) -> None:
+    import os
+    import signal
+    import subprocess
+
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # the leader is gone; its workers got the same signal
+            return
 
 
 _COMMANDS = {"tune": _tune, "find-lr": _find_lr, "export": _export, "show": _show, "ui": _ui}

@@ -1,33 +1,82 @@
 """MLflow tracking: the one module that imports mlflow.
 
-One experiment per study, one parent run per invocation, one nested run per trial. Points are
-buffered and written with ``log_batch`` (never one call per point); a run always ends in a final state:
-FINISHED (COMPLETE or PRUNED trials; ``autolr.state`` tells which), FAILED, or KILLED (interrupted).
+One experiment per study, one parent run per invocation, one nested run per trial. A run always ends
+in a final state: FINISHED (COMPLETE or PRUNED trials; ``autolr.state`` tells which), FAILED, or KILLED
+(interrupted).
+
+Why a writer process. MLflow's ``log_batch`` on its SQLAlchemy store spends ~50-70 us of CPU per metric
+point (an ORM object each, the latest-metrics update) plus a transaction per call; a small model's
+training step takes ~300-400 us and yields three points. Written in the training process, tracking
+would cost more than training; written from a thread, it would compete for the GIL the training loop
+holds between torch ops. So a trial run's SQL work all happens in one writer process per
+:class:`Tracker`, and the training process only appends to a list:
+
+1. the training process hands a trial's points to the writer at each epoch end, on prune, at the end of
+   the trial and at least every ``FLUSH_INTERVAL_S``: one pickled message written to a non-blocking pipe
+   from the training thread itself (no helper thread to wake, so no GIL handoffs);
+2. the writer commits pending points once the oldest has waited ``WRITE_DELAY_S`` (or ``WRITE_POINTS``
+   are pending) - a few transactions a second, not one per epoch - and at once for a trial's end or a
+   barrier; ``Tracker.flush()`` is that barrier, and every point comes back with its step through
+   ``MlflowClient.get_metric_history``;
+3. the writer creates, tags and closes each trial run in order, closing it in the transaction that
+   commits its last points: the training process never waits at the end of a trial;
+4. on SQLite and PostgreSQL stores the writer inserts rows into MLflow's own tables with the driver's
+   ``executemany`` (``_SqlFastPath``, ~5 us a point instead of ~60), falling back to MLflow's API for
+   anything it cannot take;
+5. the writer watches gradient health on the way (:class:`autolr.monitor.GradientMonitor`) and tags it;
+6. if the training process dies, the writer sees its pipe close and ends every open run KILLED; if the
+   writer dies, :meth:`Tracker.close` ends, from the training process, the runs it knows of.
+
+The writer runs in a session of its own, so a Ctrl-C in the terminal reaches the training process only;
+the interrupted trial ends KILLED through the normal path. SQLite stores are switched to WAL (readers
+such as ``autolr ui`` never block the writer) and the writer commits with ``synchronous=NORMAL``: a
+commit survives any crash of the processes; only an OS crash can lose the last ones.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import dataclasses
+import itertools
 import logging
+import math
 import os
+import pickle
+import queue
+import re
+import select
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
 import time
 import urllib.parse
+import uuid
+import weakref
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from autolr._filelock import file_lock
 from autolr.errors import TrackingUnavailableError
+from autolr.monitor import GradientMonitor
 
-__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "TrialRun"]
+__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "TrialRun", "artifact_root_for"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 metrics per call
+BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 entities (metrics + params + tags) a call
+TAG_LIMIT = 100  # ... and at most 100 params and 100 tags
+FLUSH_INTERVAL_S = 0.1  # points wait at most this long in the training process...
+WRITE_DELAY_S = 0.3  # ... and at most this long in the writer before they are committed,
+WRITE_POINTS = 20_000  # or until this many are pending
+MAX_BACKLOG_POINTS = 1_000_000  # beyond this many unwritten points, training waits for the writer
+WRITER_MODES = ("process", "thread")
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
 
 
@@ -36,31 +85,95 @@ def artifact_root_for(tracking_uri: str) -> str | None:
     parsed = urllib.parse.urlparse(tracking_uri)
     if parsed.scheme != "sqlite":
         return None
-    db_path = Path(tracking_uri[len("sqlite:///") :])
-    return (db_path.parent.resolve() / "artifacts").as_uri()
+    return (_sqlite_path(tracking_uri).parent.resolve() / "artifacts").as_uri()
+
+
+def _sqlite_path(tracking_uri: str) -> Path:
+    return Path(tracking_uri[len("sqlite:///") :])
 
 
 def _open_client(tracking_uri: str) -> MlflowClient:
-    """A client whose store exists; on SQLite the tables are created under a lock (two processes
-    starting together would otherwise both try to create them, and one would fail)."""
+    """An MlflowClient. A SQLite store's folder is created and its database switched to WAL (persists in
+    the file), all under a file lock: MLflow creates a new database's tables check-then-act, so two
+    processes opening a fresh store at the same moment would both create them, and one would fail."""
     if not tracking_uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=tracking_uri)
-    db_path = Path(tracking_uri[len("sqlite:///") :])
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(f"{db_path}.lock"):
-        client = MlflowClient(tracking_uri=tracking_uri)
-        client.search_experiments(max_results=1)  # creates and migrates the tables
-    return client
+    path = _sqlite_path(tracking_uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        with contextlib.suppress(ImportError):
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        _use_wal(path)
+        return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _use_wal(path: Path) -> None:
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:  # e.g. a read-only store: MLflow will say what is wrong
+        logger.warning("could not switch %s to WAL: %s", path, exc)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown: leave it be
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 
 
 class Tracker:
-    """Writes a study's runs to an MLflow tracking store."""
+    """Writes a study's runs to an MLflow tracking store.
 
-    def __init__(self, tracking_uri: str = DEFAULT_TRACKING_URI, *, experiment: str) -> None:
+    The parent run and other rare writes go straight through ``self.client``; trial runs go through the
+    writer (see the module docstring), which starts with the first trial run.
+
+    Args:
+        tracking_uri: any MLflow tracking URI; ``sqlite:///`` stores get WAL mode and artifacts beside them.
+        experiment: the experiment's name (the study's).
+        writer: ``"process"`` (default: the SQLAlchemy work leaves the training process) or ``"thread"``.
+    """
+
+    def __init__(self, tracking_uri: str = DEFAULT_TRACKING_URI, *, experiment: str, writer: str = "process") -> None:
+        if writer not in WRITER_MODES:
+            raise ValueError(f"writer: expected one of {WRITER_MODES}, got {writer!r}")
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment
+        self.writer = writer
         self.client = _open_client(tracking_uri)
         self._experiment_id: str | None = None
+        self._link: _ProcessLink | _ThreadLink | None = None
+        self._keys = itertools.count()
+        self._tokens = itertools.count()
+        self._cond = threading.Condition()
+        self._run_ids: dict[int, str | None] = {}
+        self._ended: dict[int, str] = {}  # key -> final state, as sent
+        self._closed_keys: set[int] = set()  # confirmed closed by the writer
+        self._done: set[int] = set()
+        self._sent_points = 0
+        self._written_points = 0
+        self._writer_alive = False
+        self._warned_backlog = False
+        self._pid = os.getpid()  # a forked child must not drive its parent's writer
+
+    def __getstate__(self) -> dict[str, Any]:  # worker processes rebuild a tracker from its address
+        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment_name, "writer": self.writer}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tracking_uri"], experiment=state["experiment"], writer=state["writer"])
 
     def check_reachable(self, timeout_s: float = 5.0) -> None:
         """Fail fast, with the fix in the message, when an HTTP tracking server does not answer."""
@@ -93,10 +206,15 @@ class Tracker:
                     self._experiment_id = self.client.get_experiment_by_name(self.experiment_name).experiment_id
         return self._experiment_id
 
+    # --- the parent run and other rare writes: synchronous -------------------------------------------
+
     @contextlib.contextmanager
     def parent_run(self, run_name: str, *, params: Mapping[str, Any], tags: Mapping[str, str], description: str = "") -> Iterator[str]:
-        """The invocation's run; ends KILLED on Ctrl-C, FAILED on an error, FINISHED otherwise."""
-        all_tags = dict(tags)
+        """The invocation's run; ends KILLED on Ctrl-C, FAILED on an error, FINISHED otherwise.
+
+        Before it ends, every trial run sent to the writer is written and closed.
+        """
+        all_tags = {**tags, "autolr.pid": str(os.getpid()), "autolr.host": socket.gethostname()}  # see close_orphans
         if description:
             all_tags["mlflow.note.content"] = description
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
@@ -112,114 +230,290 @@ class Tracker:
             status = "FAILED"
             raise
         finally:
-            self.client.set_terminated(run_id, status=status)
+            try:
+                self.flush()
+            finally:
+                self.client.set_terminated(run_id, status=status)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(k, _param_text(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
-            self.client.log_batch(run_id, params=items[i : i + 100])
+        for i in range(0, len(items), TAG_LIMIT):
+            self.client.log_batch(run_id, params=items[i : i + TAG_LIMIT])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), TAG_LIMIT):
+            self.client.log_batch(run_id, tags=items[i : i + TAG_LIMIT])
+
+    def set_description(self, run_id: str, text: str) -> None:
+        """The run's description (markdown) in the MLflow UI."""
+        self.client.set_tag(run_id, "mlflow.note.content", text)
 
     def log_artifact(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_artifacts(self, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
-    def trial_run(self, parent_run_id: str | None, trial_number: int, params: Mapping[str, Any]) -> "TrialRun":
-        tags = {"autolr.trial": str(trial_number), "autolr.state": "RUNNING"}
+    def log_range_test(
+        self,
+        parent_run_id: str | None,
+        *,
+        optimizer: str,
+        params: Mapping[str, Any],
+        curve: Mapping[str, Sequence[float]],
+        artifacts: Sequence[str | os.PathLike] = (),
+    ) -> str:
+        """One LR range test as a run of its own (nested under ``parent_run_id`` when given): ``params``,
+        each series of ``curve`` as a metric (step = index; non-finite points left out), written with
+        ``log_batch``, and the files in ``artifacts``. Returns the run's id."""
+        tags = {"autolr.role": "range_test", "autolr.optimizer": optimizer}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_number}", tags=tags)
-        trial_run = TrialRun(self, run.info.run_id)
-        self.log_params(run.info.run_id, params)
-        return trial_run
+        run_id = self.client.create_run(self.experiment_id, run_name=f"range-test-{optimizer}", tags=tags).info.run_id
+        status = "FAILED"
+        try:
+            self.log_params(run_id, params)
+            now = int(time.time() * 1000)
+            points = [
+                Metric(key, float(v), now, step) for key, series in curve.items() for step, v in enumerate(series) if math.isfinite(v)
+            ]
+            for i in range(0, len(points), BATCH_LIMIT):
+                self.client.log_batch(run_id, metrics=points[i : i + BATCH_LIMIT])
+            for path in artifacts:
+                self.log_artifact(run_id, path)
+            status = "FINISHED"
+        finally:
+            self.client.set_terminated(run_id, status=status)
+        return run_id
 
-
-    def close_orphans(self, dead_trials: Mapping[int, str]) -> int:
-        """End runs left RUNNING by a process that died (kill -9, power loss); returns how many.
-
-        A trial run is an orphan when Optuna has since failed its trial (``dead_trials``: trial number ->
-        reason); a study run is one whose process (``autolr.host``/``autolr.pid`` tags) is gone.
-        """
+    def close_orphans(self, dead: Mapping[int, str]) -> int:
+        """Close what died with its process: trial runs still RUNNING whose trial (number -> reason) is
+        in ``dead`` end FAILED; invocation runs still RUNNING whose process (``autolr.pid`` on this host)
+        is gone end KILLED. (A trial run of a killed process is normally closed by its writer.) Returns
+        how many runs were closed."""
         closed = 0
-        runs = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
-        for run in runs:
+        for number, run_id in (self.trial_runs(status="RUNNING") if dead else {}).items():
+            if number in dead:
+                self.set_tags(run_id, {"autolr.state": "FAIL", "autolr.error": dead[number][:500]})
+                self.client.set_terminated(run_id, status="FAILED")
+                closed += 1
+        query = "tags.`autolr.role` = 'study' and attributes.status = 'RUNNING'"
+        for run in self.client.search_runs([self.experiment_id], query, max_results=1000):
             tags = run.data.tags
-            trial = tags.get("autolr.trial")
-            if trial is not None and int(trial) in dead_trials:
-                self.set_tags(run.info.run_id, {"autolr.state": "KILLED", "autolr.error": dead_trials[int(trial)]})
-            elif tags.get("autolr.role") == "study" and not _process_alive(tags.get("autolr.host"), tags.get("autolr.pid")):
-                self.set_tags(run.info.run_id, {"autolr.error": "the invocation's process died"})
-            else:
-                continue
-            self.client.set_terminated(run.info.run_id, status="KILLED")
-            closed += 1
+            if tags.get("autolr.host") == socket.gethostname() and not _alive(int(tags.get("autolr.pid", "0"))):
+                self.set_tags(run.info.run_id, {"autolr.error": "the invocation's process ended without closing its run"})
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                closed += 1
         return closed
 
+    # --- reading back ----------------------------------------------------------------------------------
 
-def _process_alive(host: str | None, pid: str | None) -> bool:
-    import socket
+    def metric_history(self, run_id: str, key: str) -> tuple[list[int], list[float]]:
+        """Every point of one metric of one run, as (steps, values) sorted by step."""
+        points = sorted(self.client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        return [m.step for m in points], [m.value for m in points]
 
-    if host != socket.gethostname() or not pid:
-        return True  # another machine's process: cannot tell, leave it
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
+    def trial_runs(self, parent_run_id: str | None = None, *, status: str | None = None) -> dict[int, str]:
+        """Trial number -> run id of the experiment's trial runs (the latest run per number), or only
+        those of one parent run, or only those in one status (``RUNNING``, ``FINISHED``, ...)."""
+        query = "tags.`autolr.role` = 'trial'"
+        if parent_run_id:
+            query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+        if status:
+            query += f" and attributes.status = '{status}'"
+        runs: dict[int, tuple[int, str]] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], query, max_results=1000, page_token=token)
+            for run in page:
+                number = int(run.data.tags.get("autolr.trial", -1))
+                if number not in runs or run.info.start_time > runs[number][0]:
+                    runs[number] = (run.info.start_time, run.info.run_id)
+            token = page.token
+            if not token:
+                return {number: run_id for number, (_, run_id) in runs.items()}
+
+    # --- trial runs: through the writer ----------------------------------------------------------------
+
+    def trial_run(self, parent_run_id: str | None, trial_number: int, params: Mapping[str, Any]) -> "TrialRun":
+        """A new trial run; the writer creates it with its first points (nothing here waits)."""
+        tags = {"autolr.trial": str(trial_number), "autolr.state": "RUNNING", "autolr.role": "trial"}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        key = next(self._keys)
+        texts = {k: _param_text(v) for k, v in params.items()}
+        self._send(("create", key, self.experiment_id, f"trial-{trial_number}", tags, texts, int(time.time() * 1000)))
+        return TrialRun(self, key)
+
+    def flush(self, timeout_s: float = 300.0) -> bool:
+        """Wait until every point sent so far is committed and every ended trial run is closed.
+
+        Returns False (and logs why) when the writer did not get there within ``timeout_s``.
+        """
+        if self._link is None:
+            return True
+        token = next(self._tokens)
+        self._send(("barrier", token))
+        if self._wait(lambda: token in self._done, timeout_s):
+            return True
+        logger.warning("the MLflow writer did not confirm within %.0f s; some points may not be written yet", timeout_s)
         return False
-    except PermissionError:
-        return True
-    return True
+
+    def close(self, timeout_s: float = 300.0) -> None:
+        """Write everything, stop the writer, and end any run the writer could not close."""
+        if self._link is None or os.getpid() != self._pid:
+            return
+        try:
+            self.flush(timeout_s)
+        finally:
+            link, self._link = self._link, None
+            _LIVE.discard(self)
+            link.close(timeout_s=10.0)
+            self._repair()
+
+    def run_id(self, key: int, timeout_s: float = 300.0) -> str | None:
+        """The MLflow run id of a trial run (a barrier: the writer creates runs with their first points)."""
+        if key not in self._run_ids:
+            self.flush(timeout_s)
+        return self._run_ids.get(key)
+
+    def _send(self, msg: tuple, points: int = 0) -> None:
+        if self._link is None:
+            self._start_writer()
+        if points:
+            self._sent_points += points
+            if self._sent_points - self._written_points > MAX_BACKLOG_POINTS:
+                self._wait_for_backlog()
+        if msg[0] == "end":
+            self._ended[msg[1]] = msg[2]
+        self._link.send(msg)
+
+    def _wait_for_backlog(self) -> None:
+        if not self._warned_backlog:
+            self._warned_backlog = True
+            logger.warning("the MLflow writer is %d points behind; training waits for it", self._sent_points - self._written_points)
+        self._wait(lambda: self._sent_points - self._written_points <= MAX_BACKLOG_POINTS // 2, None)
+
+    def _start_writer(self) -> None:
+        link_class = _ProcessLink if self.writer == "process" else _ThreadLink
+        try:
+            self._link = link_class(self.tracking_uri, self._on_reply)
+        except OSError as exc:  # no subprocess allowed here: the thread still keeps the store work batched
+            logger.warning("could not start the MLflow writer process (%s); writing from a thread", exc)
+            self._link = _ThreadLink(self.tracking_uri, self._on_reply)
+        self._writer_alive = True
+        _LIVE.add(self)
+
+    def _on_reply(self, msg: tuple) -> None:
+        with self._cond:
+            kind = msg[0]
+            if kind == "created":
+                self._run_ids[msg[1]] = msg[2]
+            elif kind == "closed":
+                self._closed_keys.add(msg[1])
+            elif kind == "written":
+                self._written_points += msg[1]
+            elif kind == "done":
+                self._done.add(msg[1])
+            elif kind == "exit":
+                self._writer_alive = False
+            self._cond.notify_all()
+
+    def _wait(self, predicate: Callable[[], bool], timeout_s: float | None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            with self._cond:
+                if predicate():
+                    return True
+                if not self._writer_alive or self._link is None:
+                    return False
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self._link.poll(left)
+
+    def _repair(self) -> None:
+        """Runs the writer created but did not confirm closed (it died): end them from here."""
+        for key, run_id in list(self._run_ids.items()):
+            if run_id is None or key in self._closed_keys:
+                continue
+            state = self._ended.get(key, "KILLED")
+            logger.error("the MLflow writer stopped before closing run %s; ending it %s from here", run_id, state)
+            with contextlib.suppress(Exception):
+                self.client.set_tag(run_id, "autolr.state", state)
+                self.client.set_terminated(run_id, status=_STATUS[state])
+            self._closed_keys.add(key)
 
 
-def _param_text(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
+_LIVE: "weakref.WeakSet[Tracker]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_trackers() -> None:
+    for tracker in list(_LIVE):
+        tracker.close(timeout_s=60.0)
 
 
 class TrialRun:
-    """One trial's run: buffers points, writes them in batches, always ends in a final state.
+    """One trial's run: buffers points, hands them to the writer, always ends in a final state.
 
     Use as a context manager; call :meth:`end` with the trial's state before leaving it, or the state is
     taken from how the block ended (KeyboardInterrupt -> KILLED, any other exception -> FAIL).
     """
 
-    def __init__(self, tracker: Tracker, run_id: str) -> None:
+    def __init__(self, tracker: Tracker, key: int) -> None:
         self.tracker = tracker
-        self.run_id = run_id
-        self._buffer: list[Metric] = []
+        self.key = key
+        self._items: list[tuple] = []
+        self._points = 0
+        self._last_send = time.monotonic()
         self._state: str | None = None
 
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id; a barrier (the writer creates a run with its first points): avoid in loops."""
+        return self.tracker.run_id(self.key)
+
     def log_steps(self, first_step: int, values: Mapping[str, Sequence[float]]) -> None:
-        now = int(time.time() * 1000)
-        for key, series in values.items():
-            self._buffer.extend(Metric(key, float(v), now, first_step + i) for i, v in enumerate(series))
+        """Per-step series of consecutive steps from ``first_step`` (the trainer's window)."""
+        self._items.append(("steps", first_step, int(time.time() * 1000), dict(values)))
+        self._points += sum(len(v) for v in values.values())
+        if time.monotonic() - self._last_send >= FLUSH_INTERVAL_S:
+            self.flush()
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self._items.append(("at", step, int(time.time() * 1000), dict(metrics)))
+        self._points += len(metrics)
 
     def flush(self) -> None:
-        buffer, self._buffer = self._buffer, []
-        for i in range(0, len(buffer), BATCH_LIMIT):
-            self.tracker.client.log_batch(self.run_id, metrics=buffer[i : i + BATCH_LIMIT])
+        """Hand the buffered points to the writer (returns at once; :meth:`Tracker.flush` waits)."""
+        self._last_send = time.monotonic()
+        if not self._items:
+            return
+        items, points = self._items, self._points
+        self._items, self._points = [], 0
+        self.tracker._send(("points", self.key, items), points)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self.tracker.set_tags(self.run_id, tags)
+        self.tracker._send(("tags", self.key, {k: str(v) for k, v in tags.items()}))
 
     def end(self, state: str, tags: Mapping[str, Any] | None = None) -> None:
-        """Record the trial's final state (COMPLETE, PRUNED, FAIL or KILLED) and close the run."""
+        """Record the trial's final state (COMPLETE, PRUNED, FAIL or KILLED); the writer closes the run
+        after its last points are committed."""
         if self._state is not None:
             return
+        if state not in _STATUS:
+            raise ValueError(f"state: expected one of {sorted(_STATUS)}, got {state!r}")
         self._state = state
-        try:
-            self.flush()
-            self.set_tags({"autolr.state": state, **(tags or {})})
-        finally:
-            self.tracker.client.set_terminated(self.run_id, status=_STATUS[state])
+        self.flush()
+        self.tracker._send(("end", self.key, state, {k: str(v) for k, v in (tags or {}).items()}, int(time.time() * 1000)))
 
     def __enter__(self) -> "TrialRun":
         return self
@@ -231,3 +525,478 @@ class TrialRun:
             self.end("KILLED", {"autolr.error": "interrupted"})
         else:
             self.end("FAIL", {"autolr.error": f"{exc_type.__name__}: {exc}"[:500]})
+
+
+# --- the writer: owns the SQLAlchemy work of trial runs ----------------------------------------------
+
+Point = tuple[str, float, int, int]  # key, value, timestamp (ms), step
+
+
+@dataclasses.dataclass
+class _OpenRun:
+    run_id: str | None
+    new_run: dict | None = None  # a creation not written yet (fast path: it goes with the first points)
+    monitor: GradientMonitor = dataclasses.field(default_factory=GradientMonitor)
+    points: list[Point] = dataclasses.field(default_factory=list)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class _Writer:
+    """Applies the training process's messages to the store, in order."""
+
+    def __init__(self, tracking_uri: str, reply: Callable[[tuple], None]) -> None:
+        self.client = _open_client(tracking_uri)
+        self.reply = reply
+        self.runs: dict[int, _OpenRun] = {}
+        self.fast = _SqlFastPath.for_client(self.client)
+        self._pending = 0  # points not yet written, over all runs
+        self._artifact_roots: dict[str, str] = {}
+        self._oldest: float | None = None  # when the oldest of them arrived
+
+    def apply(self, msg: tuple) -> None:
+        kind, args = msg[0], msg[1:]
+        if kind == "points":
+            self._points(*args)
+        elif kind == "tags":
+            self._run(args[0]).tags.update(args[1])
+        elif kind == "create":
+            self._create(*args)
+        elif kind == "end":
+            self._end(*args)
+        elif kind == "barrier":
+            self.write_pending()
+            self.reply(("done", args[0]))
+        else:
+            logger.error("unknown message %r", kind)
+
+    def write_pending(self) -> None:
+        for key, run in self.runs.items():
+            if run.points or run.tags or run.new_run:
+                self._write(run, key=key)
+        self._pending, self._oldest = 0, None
+
+    def time_to_write(self) -> float | None:
+        """Seconds until pending points are due (0: now), or None when nothing is pending."""
+        if self._oldest is None:
+            return None
+        if self._pending >= WRITE_POINTS:
+            return 0.0
+        return max(0.0, self._oldest + WRITE_DELAY_S - time.monotonic())
+
+    def kill_open_runs(self) -> None:
+        """The training process is gone (or closed the tracker mid-trial): open runs end KILLED."""
+        for key in list(self.runs):
+            self._end(key, "KILLED", {"autolr.error": "the training process stopped before the trial ended"})
+
+    def _run(self, key: int) -> _OpenRun:
+        return self.runs.setdefault(key, _OpenRun(None))
+
+    def _create(self, key: int, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str], start_ms: int) -> None:
+        new_run = {"experiment_id": experiment_id, "run_name": run_name, "tags": tags, "params": params, "start_ms": start_ms}
+        if self.fast is not None:  # created in the transaction of its first points: one commit less
+            self.runs[key] = _OpenRun(None, new_run=new_run)
+            self._oldest = self._oldest or time.monotonic()
+            return
+        self.runs[key] = _OpenRun(self._create_through_api(new_run))
+        self.reply(("created", key, self.runs[key].run_id))
+
+    def _create_through_api(self, new_run: dict) -> str | None:
+        try:
+            run_id = self.client.create_run(
+                new_run["experiment_id"], start_time=new_run["start_ms"], run_name=new_run["run_name"], tags=new_run["tags"]
+            ).info.run_id
+            items = [Param(k, v) for k, v in new_run["params"].items()]
+            for i in range(0, len(items), TAG_LIMIT):
+                self.client.log_batch(run_id, params=items[i : i + TAG_LIMIT])
+            return run_id
+        except Exception:  # noqa: BLE001 - the trial goes on untracked rather than failing
+            logger.exception("could not create the MLflow run %s", new_run["run_name"])
+            return None
+
+    def _artifact_root(self, experiment_id: str) -> str:
+        if experiment_id not in self._artifact_roots:
+            self._artifact_roots[experiment_id] = self.client.get_experiment(experiment_id).artifact_location
+        return self._artifact_roots[experiment_id]
+
+    def _points(self, key: int, items: list[tuple]) -> None:
+        run = self._run(key)
+        out = run.points
+        before = len(out)
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        for kind, step, timestamp, values in items:
+            if kind == "steps":
+                for name, series in values.items():
+                    out.extend((name, float(v), timestamp, step + i) for i, v in enumerate(series))
+                flags = run.monitor.observe_steps(step, values.get("grad_norm", ()))
+            else:
+                out.extend((name, float(v), timestamp, step) for name, v in values.items())
+                flags = run.monitor.observe_layers(step, values)
+            for flag in flags:
+                run.tags[f"autolr.{flag.kind}_step"] = str(flag.step)
+                run.tags[f"autolr.{flag.kind}"] = flag.reason
+        self._pending += len(out) - before
+
+    def _end(self, key: int, state: str, tags: dict[str, str], end_ms: int | None = None) -> None:
+        run = self.runs.pop(key, None) or _OpenRun(None)
+        run.tags.update({"autolr.state": state, "autolr.gradients": run.monitor.summary(), **tags})
+        self._write(run, end=(_STATUS[state], end_ms or int(time.time() * 1000)), key=key)
+        self.reply(("closed", key))
+
+    def _write(self, run: _OpenRun, end: tuple[str, int] | None = None, *, key: int) -> None:
+        """A run's creation if pending, its pending points and tags, and its end when ``end`` (status,
+        end time in ms) is given: one transaction on the fast path, MLflow's API otherwise."""
+        points, tags = run.points, {k: v[:8000] for k, v in run.tags.items()}
+        run.points, run.tags = [], {}
+        written = False
+        if run.new_run is not None:
+            new_run, run.new_run = run.new_run, None
+            row = self.fast.new_run(self._artifact_root(new_run["experiment_id"]), **new_run)
+            written = self.fast.write(row["run"]["run_uuid"], points, tags, end, new_run=row)
+            run.run_id = row["run"]["run_uuid"] if written else self._create_through_api(new_run)
+            self.reply(("created", key, run.run_id))
+        if run.run_id is not None and not written:  # else creation failed: logged already
+            try:
+                if self.fast is None or not self.fast.write(run.run_id, points, tags, end):
+                    self._write_through_api(run.run_id, points, tags, end)
+            except Exception:  # noqa: BLE001 - lose this batch, keep the writer (and the study) alive
+                logger.exception("could not write %d points to the MLflow run %s", len(points), run.run_id)
+        self.reply(("written", len(points)))
+
+    def _write_through_api(self, run_id: str, points: list[Point], tags: dict[str, str], end: tuple[str, int] | None) -> None:
+        try:
+            metrics = [Metric(*p) for p in points]
+            for i in range(0, len(metrics), BATCH_LIMIT):
+                self.client.log_batch(run_id, metrics=metrics[i : i + BATCH_LIMIT])
+            items = [RunTag(k, v) for k, v in tags.items()]
+            for i in range(0, len(items), TAG_LIMIT):
+                self.client.log_batch(run_id, tags=items[i : i + TAG_LIMIT])
+        finally:
+            if end is not None:
+                self.client.set_terminated(run_id, status=end[0], end_time=end[1])
+
+
+class _SqlFastPath:
+    """Points, tags and a run's end written into MLflow's own tables in one transaction.
+
+    Why: ``log_batch`` builds an ORM object per point (~60 us each) and every call is a transaction;
+    this inserts the same rows through SQLAlchemy Core (a few us each), with the table definitions of
+    the installed MLflow, keeping ``latest_metrics`` as MLflow does (per key, the point with the largest
+    (step, timestamp, value)). SQLite and PostgreSQL stores only, metric names MLflow accepts only;
+    :meth:`write` returns False (nothing written) when it cannot take a batch, and the caller then goes
+    through MLflow's API (which also deduplicates a point logged twice).
+    """
+
+    _SAFE_NAME = re.compile(r"^[\w\-./ :]{1,250}$")
+    POINT_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
+
+    def __init__(self, engine, tables) -> None:
+        import sqlalchemy as sa
+
+        self.engine = engine
+        self.metrics, self.latest, self.tags, self.runs, self.params = tables
+        self._safe_keys: set[str] = set()
+        # Built once: SQLAlchemy then reuses their compiled form (building one costs more than running it).
+        # Points go through the driver's own executemany with plain tuples: ~1 us a row instead of ~5.
+        quote = engine.dialect.identifier_preparer.quote
+        mark = "?" if engine.dialect.name == "sqlite" else "%s"
+        columns = ", ".join(quote(c) for c in self.POINT_COLUMNS)
+        self.insert_points = f"INSERT INTO {quote(self.metrics.name)} ({columns}) VALUES ({', '.join([mark] * len(self.POINT_COLUMNS))})"
+        self.upsert_latest = self._upsert(self.latest, ("value", "timestamp", "step", "is_nan"), newer=True)
+        self.upsert_tags = self._upsert(self.tags, ("value",))
+        self.end_run = sa.update(self.runs).where(self.runs.c.run_uuid == sa.bindparam("run_id")).values(
+            status=sa.bindparam("status"), end_time=sa.bindparam("end_time")
+        )
+
+    @classmethod
+    def for_client(cls, client: MlflowClient) -> "_SqlFastPath | None":
+        try:
+            from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            store = client._tracking_client.store
+        except (ImportError, AttributeError):
+            return None
+        if not isinstance(store, SqlAlchemyStore) or store.engine.dialect.name not in ("sqlite", "postgresql"):
+            return None
+        return cls(store.engine, [m.__table__ for m in (SqlMetric, SqlLatestMetric, SqlTag, SqlRun, SqlParam)])
+
+    @staticmethod
+    def new_run(
+        artifact_root: str, *, experiment_id: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, str], start_ms: int
+    ) -> dict:
+        """The rows of a RUNNING run with its tags and params, as ``SqlAlchemyStore.create_run`` and
+        ``log_batch`` would write them."""
+        from mlflow.utils.uri import append_to_uri_path
+
+        run_id = uuid.uuid4().hex
+        run = {"run_uuid": run_id, "name": run_name, "source_type": "UNKNOWN", "source_name": "", "entry_point_name": "",
+               "user_id": tags.get("mlflow.user", "unknown"), "status": "RUNNING", "start_time": start_ms,
+               "end_time": None, "deleted_time": None, "source_version": "", "lifecycle_stage": "active",
+               "experiment_id": int(experiment_id), "artifact_uri": append_to_uri_path(artifact_root, run_id, "artifacts")}  # fmt: skip
+        tags = {"mlflow.runName": run_name, **tags}
+        return {
+            "run": run,
+            "tags": [{"run_uuid": run_id, "key": k, "value": v[:8000]} for k, v in tags.items()],
+            "params": [{"run_uuid": run_id, "key": k, "value": v[:6000]} for k, v in params.items()],
+        }
+
+    def write(self, run_id: str, points: Sequence[Point], tags: Mapping[str, str], end: tuple[str, int] | None, *, new_run: dict | None = None) -> bool:
+        """One transaction: the run's rows first when ``new_run`` (from :meth:`new_run`), then the
+        points, the tags, the end. False when nothing was written."""
+        import sqlalchemy as sa
+
+        rows, latest, safe = [], {}, self._safe_keys
+        for key, value, timestamp, step in points:
+            if key not in safe:
+                if not self._SAFE_NAME.match(key):
+                    return False
+                safe.add(key)
+            is_nan, value = (False, value) if -_MAX_FLOAT <= value <= _MAX_FLOAT else _sanitize(value)
+            rows.append((run_id, key, value, timestamp, step, is_nan))
+            best = latest.get(key)
+            if best is None or (step, timestamp, value) > best[:3]:
+                latest[key] = (step, timestamp, value, is_nan)
+        newest = [{"run_uuid": run_id, "key": k, "step": s, "timestamp": t, "value": v, "is_nan": n} for k, (s, t, v, n) in latest.items()]
+        try:
+            with self.engine.begin() as conn:
+                if new_run is not None:
+                    conn.execute(sa.insert(self.runs), [new_run["run"]])
+                    conn.execute(sa.insert(self.tags), new_run["tags"])
+                    if new_run["params"]:
+                        conn.execute(sa.insert(self.params), new_run["params"])
+                if rows:
+                    conn.exec_driver_sql(self.insert_points, rows)
+                    conn.execute(self.upsert_latest, newest)
+                if tags:
+                    conn.execute(self.upsert_tags, [{"run_uuid": run_id, "key": k, "value": v} for k, v in tags.items()])
+                if end is not None:
+                    conn.execute(self.end_run, {"run_id": run_id, "status": end[0], "end_time": end[1]})
+        except sa.exc.SQLAlchemyError as exc:  # rolled back: nothing of this batch was written
+            logger.info("fast write of %d points to run %s fell back to MLflow's API: %s", len(rows), run_id, exc)
+            return False
+        return True
+
+    def _upsert(self, table, columns: Sequence[str], *, newer: bool = False):
+        """INSERT ... ON CONFLICT (key, run_uuid) DO UPDATE, only when newer (for latest_metrics)."""
+        import sqlalchemy as sa
+
+        if self.engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(table)
+        new, old = stmt.excluded, table.c
+        where = sa.tuple_(new.step, new.timestamp, new.value) > sa.tuple_(old.step, old.timestamp, old.value) if newer else None
+        return stmt.on_conflict_do_update(index_elements=["key", "run_uuid"], set_={c: new[c] for c in columns}, where=where)
+
+
+_MAX_FLOAT = sys.float_info.max
+
+
+def _sanitize(value: float) -> tuple[bool, float]:
+    """As MLflow stores values: NaN as 0 with is_nan, infinities as the largest finite floats."""
+    if math.isnan(value):
+        return True, 0.0
+    if math.isinf(value):
+        return False, math.copysign(sys.float_info.max, value)
+    return False, value
+
+
+def _serve(tracking_uri: str, inbox: "queue.Queue[tuple | None]", reply: Callable[[tuple], None]) -> None:
+    """The writer loop: take what has arrived, apply it in order, and commit pending points once the
+    oldest has waited ``WRITE_DELAY_S`` or ``WRITE_POINTS`` are pending (ends and barriers commit at once):
+    a few transactions a second rather than one per epoch."""
+    writer = _Writer(tracking_uri, reply)
+    stopping = False
+    try:
+        while not stopping:
+            batch = []
+            with contextlib.suppress(queue.Empty):
+                batch.append(inbox.get(timeout=writer.time_to_write()))
+                while len(batch) < 10_000:
+                    batch.append(inbox.get_nowait())
+            for msg in batch:
+                if msg is None:  # stop (or the training process is gone)
+                    stopping = True
+                    break
+                try:
+                    writer.apply(msg)
+                except Exception:  # noqa: BLE001
+                    logger.exception("the MLflow writer could not apply %r", msg[0])
+            if stopping or writer.time_to_write() == 0.0:
+                writer.write_pending()
+    finally:
+        writer.kill_open_runs()
+        reply(("exit",))
+
+
+class _ThreadLink:
+    """The writer as a thread of this process (the SQLAlchemy work then competes for the GIL)."""
+
+    def __init__(self, tracking_uri: str, on_reply: Callable[[tuple], None]) -> None:
+        self.inbox: queue.Queue = queue.Queue()
+        self.replied = threading.Event()
+
+        def reply(msg: tuple) -> None:
+            on_reply(msg)
+            self.replied.set()
+
+        self.thread = threading.Thread(target=_serve, args=(tracking_uri, self.inbox, reply), name="autolr-mlflow-writer", daemon=True)
+        self.thread.start()
+
+    def send(self, msg: tuple) -> None:
+        self.inbox.put(msg)
+
+    def poll(self, timeout_s: float) -> None:
+        self.replied.wait(timeout_s)
+        self.replied.clear()
+
+    def close(self, timeout_s: float) -> None:
+        self.inbox.put(None)
+        self.thread.join(timeout_s)
+
+
+class _ProcessLink:
+    """The writer as a child process: pickled messages to its stdin, length-prefixed replies from its
+    stdout, both pipes non-blocking and served from the calling thread.
+
+    Why no helper threads here: a thread woken to feed the pipe or read a reply needs the GIL, and the
+    training thread hands the GIL back and forth at every torch op; under CPU contention each handoff
+    can stall training for a scheduler tick. Writing a few kB to a pipe at each epoch end costs less.
+    """
+
+    def __init__(self, tracking_uri: str, on_reply: Callable[[tuple], None]) -> None:
+        package_parent = str(Path(__file__).resolve().parent.parent)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER_BOOT, package_parent, tracking_uri],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=True,  # a Ctrl-C meant for training must not kill the writer mid-commit
+        )
+        self.to_writer, self.from_writer = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        os.set_blocking(self.to_writer, False)
+        os.set_blocking(self.from_writer, False)
+        self.on_reply = on_reply
+        self.outgoing = bytearray()  # bytes the pipe has not taken yet
+        self.incoming = bytearray()  # reply bytes not parsed yet
+        self.alive = True
+
+    def send(self, msg: tuple) -> None:
+        if not self.alive:
+            return
+        self.outgoing += pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        self._pump()
+        self._drain()
+
+    def poll(self, timeout_s: float) -> None:
+        """Move bytes both ways, waiting up to ``timeout_s`` for the writer to answer or take more."""
+        if not self.alive:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            select.select([self.from_writer], [self.to_writer] if self.outgoing else [], [], timeout_s)
+        self._pump()
+        self._drain()
+
+    def close(self, timeout_s: float) -> None:
+        """Deliver what is pending, then EOF: the writer finishes, closes what is open, and exits."""
+        deadline = time.monotonic() + timeout_s
+        while self.outgoing and self.alive and time.monotonic() < deadline:
+            self.poll(0.1)
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        while self.alive and time.monotonic() < deadline:
+            self.poll(0.1)
+        try:
+            self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.error("the MLflow writer (pid %d) did not stop within %.0f s; killing it", self.proc.pid, timeout_s)
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
+
+    def _pump(self) -> None:
+        while self.outgoing and self.alive:
+            try:
+                written = os.write(self.to_writer, self.outgoing)
+            except BlockingIOError:  # the writer is busy; the rest goes with a later send or poll
+                return
+            except OSError:
+                logger.error("the MLflow writer (pid %d) stopped reading; later points are lost", self.proc.pid)
+                self._lost()
+                return
+            del self.outgoing[:written]
+
+    def _drain(self) -> None:
+        while self.alive:
+            try:
+                chunk = os.read(self.from_writer, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._lost()
+                break
+            self.incoming += chunk
+        while len(self.incoming) >= 4:
+            size = int.from_bytes(self.incoming[:4], "big")
+            if len(self.incoming) < 4 + size:
+                break
+            msg = pickle.loads(self.incoming[4 : 4 + size])
+            del self.incoming[: 4 + size]
+            self.on_reply(msg)
+
+    def _lost(self) -> None:
+        if self.alive:
+            self.alive = False
+            self.on_reply(("exit",))
+
+
+# The writer process imports this module without running autolr/__init__.py, which imports torch: the
+# writer never needs torch, and skipping it saves a second or more and ~200 MB per writer.
+_WRITER_BOOT = (
+    "import sys, types; pkg = types.ModuleType('autolr'); pkg.__path__ = [sys.argv[1] + '/autolr']; "
+    "sys.modules['autolr'] = pkg; from autolr.tracking import _writer_main; _writer_main(sys.argv[2])"
+)
+
+
+def _writer_main(tracking_uri: str) -> None:
+    """Entry point of the writer process: commands on stdin, replies on the original stdout."""
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print from a library goes to stderr, not into the reply stream
+    logging.basicConfig(level=logging.WARNING, format="autolr writer %(levelname)s %(name)s: %(message)s")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _commit_without_fsync(tracking_uri)
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_commands, args=(sys.stdin.buffer, inbox), daemon=True).start()
+
+    def reply(msg: tuple) -> None:
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        replies.write(len(data).to_bytes(4, "big") + data)
+        replies.flush()
+
+    _serve(tracking_uri, inbox, reply)
+
+
+def _read_commands(pipe, inbox: queue.Queue) -> None:
+    try:
+        while True:
+            inbox.put(pickle.load(pipe))
+    except Exception:  # noqa: BLE001 - EOF: stopped, or the training process is gone
+        inbox.put(None)
+
+
+def _commit_without_fsync(tracking_uri: str) -> None:
+    """WAL + synchronous=NORMAL on this process's SQLite connections (this process holds no others)."""
+    if not tracking_uri.startswith("sqlite:"):
+        return
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
+    def _pragmas(dbapi_connection, _record) -> None:
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        dbapi_connection.execute("PRAGMA busy_timeout=60000")  # other writers (workers, the UI) share the file

@@ -338,10 +338,9 @@ class Trainer:
         """One host transfer for the whole window, then the guard, then the callbacks."""
         if not window:
             return
-        losses = torch.stack([w[0] for w in window]).float()
-        norms = torch.stack([w[2] for w in window]).float()
-        host = torch.stack([losses, norms]).tolist()  # the one sync point per window
-        values = {"train_loss": host[0], "lr": [w[1] for w in window], "grad_norm": host[1]}
+        n = len(window)
+        host = torch.stack([w[0] for w in window] + [w[2] for w in window]).float().tolist()  # the one sync point per window
+        values = {"train_loss": host[:n], "lr": [w[1] for w in window], "grad_norm": host[n:]}
         window.clear()
         diverged = self.guard.check(first_step, values["train_loss"], values["grad_norm"]) if self.guard else None
         if diverged is not None:

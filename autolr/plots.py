@@ -1,0 +1,267 @@
+"""Plots (PNG) of a study and of its trials, drawn from plain data.
+
+matplotlib is imported inside the plotting functions only, and drawn with the Agg canvas on a bare
+``Figure`` (no pyplot: no global backend switch, nothing to close). The callers gather the data, from the
+Optuna storage and the MLflow histories; this module knows neither.
+
+Data shapes:
+- a trial row is a mapping with ``trial``, ``state`` (COMPLETE / PRUNED / FAIL / ...), ``value``,
+  ``last_value`` (its last reported objective, for pruned trials), ``optimizer``, ``lr``, ``schedule``
+  and ``diverged``;
+- a series is ``(steps, values)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = [
+    "learning_curves",
+    "lr_curves",
+    "max_stable_lr",
+    "optimization_history",
+    "param_importances",
+    "plot_range_test",
+    "stability_frontier",
+    "trial_curves",
+]
+
+Series = tuple[Sequence[float], Sequence[float]]
+Row = Mapping[str, Any]
+
+DPI = 100
+WIDE = (10.0, 5.0)
+SQUARE = (10.0, 7.5)
+
+
+def max_stable_lr(rows: Sequence[Row]) -> float | None:
+    """The highest learning rate among trials that finished without diverging (COMPLETE, or pruned for
+    their curve), or None when there is none."""
+    stable = [r["lr"] for r in rows if r.get("lr") is not None and r["state"] in ("COMPLETE", "PRUNED") and not r.get("diverged")]
+    return max(stable) if stable else None
+
+
+def trial_curves(series: Mapping[str, Series], *, title: str, metric: str, path: str | Path, flags: Mapping[str, int] | None = None) -> Path:
+    """One trial: training loss, validation metric per epoch, learning rate, gradient norm (with the
+    steps where gradients were flagged exploding or vanishing)."""
+    fig, axes = _figure(2, 2, SQUARE)
+    panels = [("train_loss", "training loss", "step"), (metric, metric, "epoch"), ("lr", "learning rate", "step"), ("grad_norm", "gradient norm", "step")]
+    for ax, (key, label, xlabel) in zip(axes.flat, panels):
+        steps, values = _finite(*series.get(key, ((), ())))
+        ax.plot(steps, values, lw=1.0, marker="o" if xlabel == "epoch" else None, ms=3)
+        ax.set(title=label, xlabel=xlabel)
+        _log_if_wide(ax, values)
+        if not steps:
+            _note(ax, "no finite points")
+    for kind, step in (flags or {}).items():
+        axes[1, 1].axvline(step, color="tab:red" if kind == "exploding" else "tab:purple", ls="--", lw=1, label=f"{kind} at step {step}")
+        axes[1, 1].legend(fontsize="small")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def optimization_history(rows: Sequence[Row], *, metric: str, direction: str, path: str | Path) -> Path:
+    """Objective per trial, the best so far as a step line; pruned trials at their last reported value."""
+    fig, axes = _figure(1, 1, WIDE)
+    ax = axes[0, 0]
+    done = sorted((r for r in rows if r["state"] == "COMPLETE" and _is_finite(r.get("value"))), key=lambda r: r["trial"])
+    pruned = [r for r in rows if r["state"] == "PRUNED" and _is_finite(r.get("last_value"))]
+    ax.scatter([r["trial"] for r in pruned], [r["last_value"] for r in pruned], facecolors="none", edgecolors="0.6", label="pruned (last reported)")
+    ax.scatter([r["trial"] for r in done], [r["value"] for r in done], color="tab:blue", label="complete", zorder=3)
+    if done:
+        pick = min if direction == "minimize" else max
+        best, xs, ys = None, [], []
+        for r in done:
+            best = r["value"] if best is None else pick(best, r["value"])
+            xs.append(r["trial"])
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="tab:red", label="best so far")
+        ax.legend(fontsize="small")
+    else:
+        _note(ax, "no complete trial yet")
+    _log_if_wide(ax, [r["value"] for r in done] + [r["last_value"] for r in pruned])
+    ax.set(title=f"optimisation history ({direction} {metric})", xlabel="trial", ylabel=metric)
+    return _save(fig, path)
+
+
+def param_importances(importances: Mapping[str, float], *, path: str | Path, note: str = "") -> Path:
+    """Horizontal bars, most important on top; a note instead when there is nothing to show."""
+    fig, axes = _figure(1, 1, WIDE)
+    ax = axes[0, 0]
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    if items:
+        ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
+        ax.set(xlabel="importance (fANOVA, share of the objective's variance)")
+    else:
+        ax.set_axis_off()
+        _note(ax, note or "no importances")
+    ax.set_title("parameter importances")
+    return _save(fig, path)
+
+
+def stability_frontier(rows: Sequence[Row], *, metric: str, direction: str, path: str | Path) -> Path:
+    """Learning rate against the objective, one panel per optimizer, one colour per schedule: complete
+    trials filled, curve-pruned hollow (last reported value), diverged as red crosses along the top, and
+    the max stable lr (highest lr that did not diverge) as a dashed line."""
+    with_lr = [r for r in rows if _is_finite(r.get("lr")) and r["state"] in ("COMPLETE", "PRUNED")]
+    optimizers = sorted({str(r.get("optimizer")) for r in with_lr}) or ["-"]
+    colours = _colours(sorted({str(r.get("schedule")) for r in with_lr}))
+    fig, axes = _figure(1, len(optimizers), (max(7.0, 5.0 * len(optimizers) + 2.0), 5.0), sharey=True)
+    for ax, name in zip(axes.flat, optimizers):
+        _frontier_panel(ax, [r for r in with_lr if str(r.get("optimizer")) == name], colours)
+        ax.set(title=f"optimizer {name}", xlabel="peak learning rate", ylabel=metric)
+    _frontier_legend(axes[0, -1], colours)
+    fig.suptitle(f"stability frontier ({direction} {metric})")
+    return _save(fig, path)
+
+
+def _frontier_panel(ax, rows: Sequence[Row], colours: Mapping[str, Any]) -> None:
+    values = []
+    for r in rows:
+        colour = colours[str(r.get("schedule"))]
+        if r.get("diverged"):
+            ax.scatter(r["lr"], 0.97, marker="x", color="tab:red", transform=ax.get_xaxis_transform(), zorder=4)
+        elif r["state"] == "COMPLETE" and _is_finite(r.get("value")):
+            ax.scatter(r["lr"], r["value"], color=colour, zorder=3)
+            values.append(r["value"])
+        elif _is_finite(r.get("last_value")):
+            ax.scatter(r["lr"], r["last_value"], facecolors="none", edgecolors=colour, zorder=3)
+            values.append(r["last_value"])
+    if not rows:
+        _note(ax, "no finished trial")
+        return
+    ax.set_xscale("log")
+    lrs = [r["lr"] for r in rows if r["lr"] > 0]
+    if lrs:  # the crosses along the top are not in the data limits: set the range from every trial
+        ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
+    _log_if_wide(ax, values)
+    stable = max_stable_lr(rows)
+    if stable is not None:
+        ax.axvline(stable, color="k", ls="--", lw=1)
+        ax.annotate(f"max stable lr {stable:.3g}", (stable, 0.02), xycoords=("data", "axes fraction"), rotation=90, ha="right", va="bottom", fontsize="small")
+
+
+def _frontier_legend(ax, colours: Mapping[str, Any]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=c, label=f"schedule {s}") for s, c in colours.items()]
+    handles += [
+        Line2D([], [], ls="", marker="o", color="0.3", label="complete"),
+        Line2D([], [], ls="", marker="o", markerfacecolor="none", color="0.3", label="pruned (last reported)"),
+        Line2D([], [], ls="", marker="x", color="tab:red", label="diverged"),
+        Line2D([], [], ls="--", color="k", label="max stable lr"),
+    ]
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+
+
+def learning_curves(curves: Mapping[str, Mapping[str, Series]], *, metric: str, path: str | Path) -> Path:
+    """The top trials overlaid: training loss per step, validation metric per epoch. Keys of ``curves``
+    are the trials' labels, best first."""
+    fig, axes = _figure(1, 2, WIDE)
+    for (key, title, xlabel), ax in zip((("train_loss", "training loss", "step"), (metric, metric, "epoch")), axes.flat):
+        values = []
+        for label, series in curves.items():
+            steps, ys = _finite(*series.get(key, ((), ())))
+            ax.plot(steps, ys, lw=1.0, label=label, marker="o" if xlabel == "epoch" else None, ms=3)
+            values += ys
+        ax.set(title=title, xlabel=xlabel)
+        _log_if_wide(ax, values)
+    if curves:
+        axes[0, 1].legend(fontsize="small")
+    else:
+        _note(axes[0, 0], "no complete trial yet")
+    fig.suptitle(f"learning curves of the top {len(curves)} trials")
+    return _save(fig, path)
+
+
+def lr_curves(curves: Mapping[str, Series], *, path: str | Path) -> Path:
+    """The learning rate each top configuration used, step by step (warmup and decay as run)."""
+    fig, axes = _figure(1, 1, WIDE)
+    ax = axes[0, 0]
+    for label, series in curves.items():
+        ax.plot(*_finite(*series), lw=1.2, label=label)
+    if curves:
+        ax.legend(fontsize="small")
+    else:
+        _note(ax, "no complete trial yet")
+    ax.set(title=f"learning-rate curves of the top {len(curves)} configurations", xlabel="step", ylabel="learning rate")
+    return _save(fig, path)
+
+
+def plot_range_test(
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    *,
+    suggestion: float,
+    max_stable_lr: float,
+    path: str | Path,
+    probes: Sequence[Row] = (),
+    bounds: tuple[float, float] | None = None,
+    title: str = "LR range test",
+) -> Path:
+    """An LR range test: the sweep's loss against lr (log scale), its probes (``lr``, ``end_loss``,
+    ``stable``) as dots, the suggestion and the stability limit as lines, the searched bounds shaded."""
+    fig, axes = _figure(1, 1, WIDE)
+    ax = axes[0, 0]
+    ax.plot(*_finite(lrs, losses), lw=1.2, color="C0", label="sweep (rate rising each step)")
+    for stable, colour, label in ((True, "C2", "probe: stable"), (False, "C3", "probe: unstable")):
+        dots = [(p["lr"], p["end_loss"]) for p in probes if bool(p["stable"]) is stable and _is_finite(p.get("end_loss"))]
+        if dots:
+            ax.scatter(*zip(*dots), color=colour, s=24, zorder=3, label=label)
+    if bounds is not None:
+        ax.axvspan(*bounds, color="0.85", zorder=0, label=f"searched lr {bounds[0]:.3g} .. {bounds[1]:.3g}")
+    ax.axvline(suggestion, color="C1", lw=1.5, label=f"suggestion {suggestion:.3g}")
+    ax.axvline(max_stable_lr, color="k", ls="--", lw=1.2, label=f"max stable lr {max_stable_lr:.3g}")
+    ax.set_xscale("log")
+    _log_if_wide(ax, losses)
+    ax.set(title=title, xlabel="learning rate", ylabel="training loss")
+    ax.legend(fontsize="small", loc="best")
+    return _save(fig, path)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _figure(nrows: int, ncols: int, size: tuple[float, float], **kwargs):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _finite(steps: Sequence[float], values: Sequence[float]) -> tuple[list[float], list[float]]:
+    pairs = [(s, v) for s, v in zip(steps, values) if _is_finite(v)]
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def _log_if_wide(ax, values: Sequence[float]) -> None:
+    """Log scale when the values are positive and span more than two decades (losses usually do)."""
+    finite = [v for v in values if _is_finite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) > 100:
+        ax.set_yscale("log")
+
+
+def _colours(names: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {name: cmap(i % 10) for i, name in enumerate(names)}

@@ -1,0 +1,123 @@
+"""What the end of each invocation leaves on MLflow: the study's plots and description on the parent
+run, each new trial run's curves.
+
+Everything is drawn from stored data: trial rows (plain dicts the study module reads from the Optuna
+storage, see :mod:`autolr.plots`) and the MLflow metric histories read back through the
+:class:`~autolr.tracking.Tracker`. Plots are written to a temporary folder and logged under ``plots/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from autolr import plots
+
+__all__ = ["STUDY_PLOTS", "TOP_K", "metric_key", "record_study", "record_trial_curves", "top_trials"]
+
+logger = logging.getLogger(__name__)
+
+TOP_K = 5
+PLOTS_DIR = "plots"
+STUDY_PLOTS = (
+    "optimization_history.png",
+    "param_importances.png",
+    "stability_frontier.png",
+    "top_learning_curves.png",
+    "top_lr_curves.png",
+)
+TRIAL_PLOT = "curves.png"
+
+
+def metric_key(metric: str) -> str:
+    """The logged name of the objective metric (``accuracy`` is logged as ``val_accuracy``)."""
+    return metric if metric.startswith("val_") else f"val_{metric}"
+
+
+def top_trials(rows: Sequence[Mapping[str, Any]], direction: str, k: int = TOP_K) -> list[Mapping[str, Any]]:
+    """The ``k`` best COMPLETE trials, best first."""
+    done = [r for r in rows if r["state"] == "COMPLETE" and isinstance(r.get("value"), (int, float)) and math.isfinite(r["value"])]
+    return sorted(done, key=lambda r: r["value"], reverse=direction == "maximize")[:k]
+
+
+def record_study(
+    tracker,
+    parent_run_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    study: str,
+    metric: str,
+    direction: str,
+    importances: Mapping[str, float],
+    importance_note: str = "",
+    summary: str = "",
+) -> list[str]:
+    """The five study plots on the parent run and its description; returns the plots' file names."""
+    top = top_trials(rows, direction)
+    key = metric_key(metric)
+    runs = tracker.trial_runs()
+    curves, lrs = {}, {}
+    for r in top:
+        run_id = runs.get(r["trial"])
+        if run_id is None:
+            continue
+        label = _label(r)
+        curves[label] = {name: tracker.metric_history(run_id, name) for name in ("train_loss", key)}
+        lrs[label] = tracker.metric_history(run_id, "lr")
+    with tempfile.TemporaryDirectory(prefix="autolr-plots-") as tmp:
+        folder = Path(tmp)
+        plots.optimization_history(rows, metric=metric, direction=direction, path=folder / STUDY_PLOTS[0])
+        plots.param_importances(importances, path=folder / STUDY_PLOTS[1], note=importance_note)
+        plots.stability_frontier(rows, metric=metric, direction=direction, path=folder / STUDY_PLOTS[2])
+        plots.learning_curves(curves, metric=key, path=folder / STUDY_PLOTS[3])
+        plots.lr_curves(lrs, path=folder / STUDY_PLOTS[4])
+        tracker.log_artifacts(parent_run_id, folder, PLOTS_DIR)
+    tracker.set_description(parent_run_id, describe(rows, study=study, metric=metric, direction=direction, summary=summary))
+    return list(STUDY_PLOTS)
+
+
+def record_trial_curves(tracker, parent_run_id: str, *, metric: str) -> int:
+    """Each trial run of this invocation gets ``plots/curves.png``; returns how many did."""
+    key = metric_key(metric)
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="autolr-plots-") as tmp:
+        for number, run_id in sorted(tracker.trial_runs(parent_run_id).items()):
+            series = {name: tracker.metric_history(run_id, name) for name in ("train_loss", "lr", "grad_norm", key)}
+            tags = tracker.run_tags(run_id)
+            flags = {kind: int(tags[f"autolr.{kind}_step"]) for kind in ("exploding", "vanishing") if f"autolr.{kind}_step" in tags}
+            title = f"trial {number}: {tags.get('autolr.state', '?')}"
+            if tags.get("autolr.prune_reason"):
+                title += f" ({tags['autolr.prune_reason']})"
+            path = plots.trial_curves(series, title=title, metric=key, path=Path(tmp) / str(number) / TRIAL_PLOT, flags=flags)
+            tracker.log_artifact(run_id, path, PLOTS_DIR)
+            done += 1
+    return done
+
+
+def describe(rows: Sequence[Mapping[str, Any]], *, study: str, metric: str, direction: str, summary: str = "") -> str:
+    """The parent run's description (markdown): counts, the best trial, the max stable lr, the plots."""
+    states = [r["state"] for r in rows]
+    diverged = sum(1 for r in rows if r.get("diverged"))
+    lines = [
+        f"**autolr study `{study}`** {summary}".rstrip(),
+        "",
+        f"Trials in the study: {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned "
+        f"({diverged} diverged), {states.count('FAIL')} failed.",
+    ]
+    top = top_trials(rows, direction, 1)
+    if top:
+        lines.append(f"Best: trial {top[0]['trial']}, {metric} = {top[0]['value']:.6g} ({_label(top[0])}); see `best_config.yaml`.")
+    for name in sorted({str(r.get("optimizer")) for r in rows if r.get("optimizer")}):
+        stable = plots.max_stable_lr([r for r in rows if str(r.get("optimizer")) == name])
+        if stable is not None:
+            lines.append(f"Max stable lr ({name}): {stable:.4g}.")
+    lines.append("Plots in `plots/`: " + ", ".join(f"`{p}`" for p in STUDY_PLOTS) + "; each trial run has `plots/curves.png`.")
+    return "\n".join(lines)
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    lr = row.get("lr")
+    return f"#{row['trial']} {row.get('optimizer')} {row.get('schedule')} lr={lr:.3g}" if isinstance(lr, float) else f"#{row['trial']}"

@@ -1,0 +1,208 @@
+"""Tracking overhead: one trial run several ways in one process, interleaved, medians over repeats.
+
+The trial: the built-in ``digits_mlp`` task (8x8 digits, MLP 64-128-10, seed 0), Adam at peak lr 1e-3,
+cosine decay with 5% warmup, batch 64, ``EPOCHS`` epochs (22 steps an epoch, ~0.4 ms a step here),
+validation each epoch. Torch runs on one thread in every variant (what autolr's worker processes and
+tests do; on this 2-core machine a second OpenMP thread makes this model slower, and OpenMP's spinning
+threads collapse when any other process wants a core).
+
+1. untracked: a minimal loop - batches, forward, backward, optimizer step, scheduler step, validation
+   each epoch. No gradient norm, no divergence guard, no callbacks: the floor, and the denominator.
+2. autolr trainer, untracked (informational): autolr's ``Trainer`` with its divergence guard and no
+   tracking - what ``autolr tune --no-tracking`` runs.
+3. tracked: autolr's ``Trainer`` (global gradient norm every step; per-layer gradient norm, weight norm
+   and update ratio every ``LAYER_STATS_EVERY`` = 50 steps; no divergence guard: pruning is not
+   tracking, its cost shows in 2.) feeding the objective's ``_Report`` callback into a ``TrialRun``:
+   per-step ``train_loss``, ``lr`` and ``grad_norm``, the per-layer stats, validation metrics each
+   epoch (~1460 points), into an SQLite store in a temporary folder. The timed span runs from creating
+   the trial run until ``Tracker.flush()`` returns, i.e. until every point is committed and the run is
+   closed: the writer's tail is counted (in a study it would overlap the next trial). Not counted:
+   starting the writer process, once per ``autolr tune`` invocation, and the curves plot drawn for each
+   trial at the end of the invocation (both reported below).
+4. tracked (thread writer, informational): the same with ``Tracker(writer="thread")``.
+5. naive: the minimal loop plus the global gradient norm and one ``MlflowClient.log_metric`` call per
+   point (``train_loss``, ``lr``, ``grad_norm`` each step; validation each epoch), the run created and
+   closed inside the timed span. ``NAIVE_REPEATS`` repeats only: it is slow.
+
+The machine is shared: interference from other processes moves these ratios by several percent
+between runs; the variants are interleaved so that drift hits them alike. The last line reads
+``tracking overhead: R.RRx`` (tracked / untracked medians).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from autolr.hparams import RunConfig
+from autolr.objective import _Report
+from autolr.tasks import build_task
+from autolr.tracking import Tracker
+from autolr.trainer import Batches, DivergenceGuard, Trainer, evaluate, grad_norms
+
+EPOCHS = 20
+BATCH_SIZE = 64
+REPEATS = 15
+NAIVE_REPEATS = 3
+LAYER_STATS_EVERY = 50
+CONFIG = RunConfig(optimizer="adam", lr=1e-3, schedule="cosine", warmup=0.05)
+
+
+def _setup():
+    task = build_task("digits_mlp", {}, seed=0)
+    steps = EPOCHS * len(Batches(task.train_data, BATCH_SIZE, torch.device("cpu"), seed=0))
+    optimizer = CONFIG.build_optimizer(task.model.parameters())
+    return task, optimizer, CONFIG.build_scheduler(optimizer, steps)
+
+
+def untracked() -> float:
+    task, optimizer, scheduler = _setup()
+    start = time.perf_counter()
+    _minimal_loop(task, optimizer, scheduler, on_step=None)
+    return time.perf_counter() - start
+
+
+def _minimal_loop(task, optimizer, scheduler, on_step) -> None:
+    model, params = task.model, list(task.model.parameters())
+    batches = Batches(task.train_data, BATCH_SIZE, torch.device("cpu"), seed=0)
+    step = 0
+    for epoch in range(1, EPOCHS + 1):
+        for x, y in batches:
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.zero_grad(set_to_none=True)
+            loss = task.loss_fn(model(x), y)
+            loss.backward()
+            if on_step is not None:
+                on_step(step, loss, lr, params)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+        metrics = evaluate(task, task.val_data, torch.device("cpu"))
+        if on_step is not None:
+            on_step(epoch, None, metrics, params)
+
+
+class _NoOptuna:
+    """The Optuna side of ``_Report`` switched off: only the MLflow side is measured."""
+
+    def report(self, value, step) -> None: ...
+
+    def should_prune(self) -> bool:
+        return False
+
+
+def trainer_untracked() -> float:
+    task, optimizer, scheduler = _setup()
+    start = time.perf_counter()
+    Trainer(epochs=EPOCHS, batch_size=BATCH_SIZE, device=torch.device("cpu"), guard=DivergenceGuard()).fit(task, optimizer, scheduler)
+    return time.perf_counter() - start
+
+
+def tracked(tracker: Tracker, parent_run_id: str, number: int) -> float:
+    task, optimizer, scheduler = _setup()
+    start = time.perf_counter()
+    run = tracker.trial_run(parent_run_id, number, CONFIG.flat())
+    with run:
+        trainer = Trainer(
+            epochs=EPOCHS,
+            batch_size=BATCH_SIZE,
+            device=torch.device("cpu"),
+            guard=None,  # divergence pruning is not tracking: its cost shows in "autolr trainer, untracked"
+            callbacks=[_Report(_NoOptuna(), run, "val_loss", curve_pruning=False)],
+            layer_stats_every=LAYER_STATS_EVERY,
+        )
+        result = trainer.fit(task, optimizer, scheduler)
+        run.end("COMPLETE", {"autolr.value": result.final["val_loss"]})
+    if not tracker.flush():
+        raise RuntimeError("the writer did not confirm the trial's points")
+    return time.perf_counter() - start
+
+
+def naive(tracker: Tracker, parent_run_id: str, number: int) -> float:
+    client = tracker.client
+    task, optimizer, scheduler = _setup()
+    start = time.perf_counter()
+    run_id = client.create_run(tracker.experiment_id, run_name=f"naive-{number}", tags={"mlflow.parentRunId": parent_run_id}).info.run_id
+
+    def on_step(step, loss, lr, params) -> None:
+        if loss is None:  # epoch end: ``lr`` holds the validation metrics
+            for key, value in lr.items():
+                client.log_metric(run_id, key, value, step=step)
+            return
+        norm = torch.linalg.vector_norm(torch.stack(grad_norms(params)))
+        client.log_metric(run_id, "train_loss", loss.item(), step=step)
+        client.log_metric(run_id, "lr", lr, step=step)
+        client.log_metric(run_id, "grad_norm", norm.item(), step=step)
+
+    _minimal_loop(task, optimizer, scheduler, on_step=on_step)
+    client.set_terminated(run_id)
+    return time.perf_counter() - start
+
+
+def _plot_cost(tracker: Tracker, run_id: str, folder: Path) -> float:
+    """What the end of an invocation spends on one trial's curves (read back, plot, log)."""
+    from autolr import plots
+
+    start = time.perf_counter()
+    series = {key: tracker.metric_history(run_id, key) for key in ("train_loss", "lr", "grad_norm", "val_loss")}
+    path = plots.trial_curves(series, title="trial", metric="val_loss", path=folder / "curves.png")
+    tracker.log_artifact(run_id, path, "plots")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    folder = Path(tempfile.mkdtemp(prefix="autolr-bench-"))
+    times: dict[str, list[float]] = {"untracked": [], "autolr trainer, untracked": [], "tracked": [], "tracked (thread writer)": [], "naive": []}
+    process = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench")
+    thread = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench", writer="thread")
+    with process.parent_run("bench", params={}, tags={}) as parent:
+        start = time.perf_counter()
+        process.trial_run(parent, -1, {}).end("COMPLETE")  # starts the writer process
+        process.flush()
+        writer_start_s = time.perf_counter() - start
+        thread.trial_run(parent, -2, {}).end("COMPLETE")
+        thread.flush()
+        untracked(), tracked(process, parent, -3)  # warm-up: allocator, caches, lazy imports
+        number = 0
+        for r in range(REPEATS):
+            order = ["untracked", "autolr trainer, untracked", "tracked", "tracked (thread writer)"]
+            for name in order[r % 4 :] + order[: r % 4]:
+                number += 1
+                if name == "untracked":
+                    times[name].append(untracked())
+                elif name == "autolr trainer, untracked":
+                    times[name].append(trainer_untracked())
+                else:
+                    times[name].append(tracked(process if name == "tracked" else thread, parent, number))
+            if r < NAIVE_REPEATS:
+                number += 1
+                times["naive"].append(naive(process, parent, number))
+        last = process.trial_runs(parent)[number if number in process.trial_runs(parent) else max(process.trial_runs(parent))]
+        plot_s = statistics.median(_plot_cost(process, last, folder) for _ in range(3))
+    process.close()
+    thread.close()
+
+    steps = EPOCHS * 22
+    base = statistics.median(times["untracked"])
+    print(f"trial: digits_mlp, adam + cosine, {EPOCHS} epochs x 22 steps, batch {BATCH_SIZE}, torch threads 1")
+    print(f"{'variant':<26}{'median s':>10}{'us/step':>10}{'ratio':>8}  repeats")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:<26}{med:>10.4f}{med / steps * 1e6:>10.1f}{med / base:>8.2f}  {len(values)}")
+    print(f"not in the trial: writer process start {writer_start_s:.2f} s once per invocation; "
+          f"end-of-invocation curves plot {plot_s * 1000:.0f} ms per trial")  # fmt: skip
+    print(f"tracking overhead: {statistics.median(times['tracked']) / base:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

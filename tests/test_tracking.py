@@ -1,0 +1,212 @@
+"""MLflow tracking: every point comes back with its step, runs always end, a tuned study's layout."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import autolr
+from autolr.report import STUDY_PLOTS
+from autolr.tracking import Tracker
+
+STEPS = 103  # not a multiple of the window: the last window is short
+
+
+@pytest.fixture(params=["process", "thread"])
+def tracker(request, stores):
+    tracker = Tracker(stores["tracking_uri"], experiment="points", writer=request.param)
+    yield tracker
+    tracker.close()
+
+
+def _log_trial(tracker: Tracker, parent_run_id: str | None, number: int = 0):
+    """A fake trial: windows of 4 steps, layer stats every 10 steps, validation every 25 steps."""
+    run = tracker.trial_run(parent_run_id, number, {"lr": 0.1, "optimizer": "sgd"})
+    with run:
+        for first in range(0, STEPS, 4):
+            window = range(first, min(first + 4, STEPS))
+            run.log_steps(first, {"train_loss": [1.0 / (s + 1) for s in window], "lr": [0.1] * len(window), "grad_norm": [1.0] * len(window)})
+            for step in window:
+                if step % 10 == 0:
+                    run.log_metrics(step, {"grad_norm/0.weight": 0.5, "weight_norm/0.weight": 3.0, "update_ratio/0.weight": 1e-3})
+                if (step + 1) % 25 == 0:  # an epoch end
+                    run.log_metrics((step + 1) // 25, {"val_loss": 0.5})
+                    run.flush()
+        run.end("COMPLETE", {"autolr.value": 0.5})
+    return run
+
+
+def test_every_point_logged_is_retrievable_with_its_step(tracker) -> None:
+    with tracker.parent_run("parent", params={"study": "points"}, tags={}) as parent:
+        run = _log_trial(tracker, parent)
+    client = MlflowClient(tracker.tracking_uri)
+    for key in ("train_loss", "lr", "grad_norm"):
+        history = client.get_metric_history(run.run_id, key)
+        assert sorted(m.step for m in history) == list(range(STEPS)), key
+    loss = {m.step: m.value for m in client.get_metric_history(run.run_id, "train_loss")}
+    assert loss[0] == 1.0 and loss[STEPS - 1] == pytest.approx(1.0 / STEPS)
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "grad_norm/0.weight")) == list(range(0, STEPS, 10))
+    assert len(client.get_metric_history(run.run_id, "val_loss")) == 4
+    info = client.get_run(run.run_id)
+    assert info.info.status == "FINISHED"
+    assert info.data.tags["autolr.state"] == "COMPLETE" and info.data.tags["autolr.gradients"] == "healthy"
+    assert info.data.metrics["train_loss"] == pytest.approx(1.0 / STEPS)  # the latest point, as MLflow keeps it
+    assert info.data.params == {"lr": "0.1", "optimizer": "sgd"}
+
+
+def test_non_finite_points_are_kept(stores) -> None:
+    tracker = Tracker(stores["tracking_uri"], experiment="nan")
+    try:
+        run = tracker.trial_run(None, 0, {})
+        run.log_steps(0, {"train_loss": [1.0, math.inf, math.nan], "lr": [0.1] * 3, "grad_norm": [1.0, 2.0, math.nan]})
+        run.end("PRUNED", {"autolr.prune_reason": "diverged: loss nan at step 2", "autolr.divergence_step": 2})
+        assert tracker.flush()
+        client = MlflowClient(stores["tracking_uri"])
+        values = [m.value for m in sorted(client.get_metric_history(run.run_id, "train_loss"), key=lambda m: m.step)]
+        assert values[0] == 1.0 and values[1] > 1e300 and math.isnan(values[2])
+        tags = client.get_run(run.run_id).data.tags
+        assert tags["autolr.state"] == "PRUNED" and tags["autolr.divergence_step"] == "2"
+        assert tags["autolr.exploding_step"] == "2" and tags["autolr.gradients"].startswith("exploding")
+    finally:
+        tracker.close()
+
+
+def test_a_trial_run_always_ends_in_a_final_state(stores) -> None:
+    cases = [(None, "FINISHED", "COMPLETE"), (ValueError("boom"), "FAILED", "FAIL"), (KeyboardInterrupt(), "KILLED", "KILLED")]
+    tracker = Tracker(stores["tracking_uri"], experiment="states")
+    try:
+        runs = []
+        for number, (raised, _, _) in enumerate(cases):
+            run = tracker.trial_run(None, number, {})
+            try:
+                with run:
+                    run.log_steps(0, {"train_loss": [1.0], "lr": [0.1], "grad_norm": [1.0]})
+                    if raised is not None:
+                        raise raised
+            except (ValueError, KeyboardInterrupt) as exc:
+                assert exc is raised
+            runs.append(run)
+        assert tracker.flush()
+        client = MlflowClient(stores["tracking_uri"])
+        for run, (_, status, state) in zip(runs, cases):
+            info = client.get_run(run.run_id)
+            assert (info.info.status, info.data.tags["autolr.state"]) == (status, state)
+        assert client.get_run(runs[1].run_id).data.tags["autolr.error"] == "ValueError: boom"
+    finally:
+        tracker.close()
+
+
+def test_runs_end_killed_when_the_training_process_dies(stores, tmp_path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os
+        from autolr.tracking import Tracker
+        tracker = Tracker({stores['tracking_uri']!r}, experiment="dies")
+        run = tracker.trial_run(None, 0, {{"lr": 0.1}})
+        run.log_steps(0, {{"train_loss": [1.0, 0.9], "lr": [0.1, 0.1], "grad_norm": [1.0, 1.0]}})
+        run.flush()
+        tracker.flush()
+        print(run.run_id, flush=True)
+        os._exit(3)  # no end, no close, no atexit: as if killed
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    run_id = done.stdout.strip().splitlines()[-1]
+    client = MlflowClient(stores["tracking_uri"])
+    deadline = time.monotonic() + 60
+    while client.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["autolr.state"] == "KILLED"
+    assert len(client.get_metric_history(run_id, "train_loss")) == 2
+
+
+STUDY = """
+    name: {name}
+    task: {task}
+    train: {{epochs: 2, batch_size: 256}}
+    objective: {{metric: val_loss, direction: minimize}}
+    trials: {trials}
+    seed: 0
+    sampler: random
+    search:
+      lr: {{low: 1.0e-3, high: {high}}}
+      optimizer: {{adam: {{}}, sgd: {{momentum: 0.9}}}}
+      schedule: {{constant: {{}}, cosine: {{}}}}
+    pruning: {{divergence: true, curve: none}}
+    tracking: {{layer_stats_every: 5}}
+"""
+
+
+def _runs(tracking_uri: str, experiment: str):
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("autolr.role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("autolr.role") == "trial"]
+    return client, parents, trials
+
+
+def test_tuned_study_holds_plots_best_config_and_curves(write_study, stores) -> None:
+    path = write_study(STUDY.format(name="layout", task="digits_mlp", trials=4, high=30.0))
+    result = autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"])
+    client, parents, trials = _runs(stores["tracking_uri"], "layout")
+    (parent,) = parents
+    assert len(trials) == 4 and all(r.info.status != "RUNNING" for r in [parent, *trials])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert artifacts == {f"plots/{name}" for name in STUDY_PLOTS}
+    assert "best_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "autolr study `layout`" in parent.data.tags["mlflow.note.content"]
+    assert parent.data.params["best.lr"] == repr(result.best.user_attrs["autolr.params"]["lr"])
+    for run in trials:
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/curves.png"}
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "lr")]
+        assert steps == sorted(steps) and steps == list(range(len(steps))) and steps
+        assert {"lr", "optimizer", "schedule", "warmup"} <= set(run.data.params)
+        layer = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/0.weight")]
+        assert layer == [s for s in steps if s % 5 == 0]
+
+
+KEYBOARD_TASK = """
+import torch
+from autolr.tasks import digits_mlp
+
+calls = 0
+
+def factory(**kwargs):
+    task = digits_mlp(hidden=16)
+    loss_fn = task.loss_fn
+
+    def interrupting_loss(outputs, targets):
+        global calls
+        if torch.is_grad_enabled():  # training steps only
+            calls += 1
+            if calls == 30:  # mid-way through the third trial (12 steps each)
+                raise KeyboardInterrupt
+        return loss_fn(outputs, targets)
+
+    task.loss_fn = interrupting_loss
+    return task
+"""
+
+
+def test_keyboard_interrupt_mid_trial_leaves_nothing_running(write_study, stores, tmp_path, monkeypatch) -> None:
+    (tmp_path / "kbtask.py").write_text(KEYBOARD_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "kbtask", raising=False)
+    path = write_study(STUDY.format(name="interrupted", task="kbtask:factory", trials=5, high=1.0e-2))
+    with pytest.raises(KeyboardInterrupt):
+        autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"])
+    client, (parent,), trials = _runs(stores["tracking_uri"], "interrupted")
+    states = sorted((int(r.data.tags["autolr.trial"]), r.info.status, r.data.tags["autolr.state"]) for r in trials)
+    assert states == [(0, "FINISHED", "COMPLETE"), (1, "FINISHED", "COMPLETE"), (2, "KILLED", "KILLED")]
+    assert parent.info.status == "KILLED"
+    killed = [r for r in trials if r.data.tags["autolr.state"] == "KILLED"][0]
+    assert 0 < len(client.get_metric_history(killed.info.run_id, "train_loss")) < 12
