@@ -39,6 +39,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # worker) is marked FAIL by whoever starts the next trial, so a crash never blocks the target.
 HEARTBEAT_S = int(os.environ.get("AUTOLR_HEARTBEAT_S", "5"))
 GRACE_S = int(os.environ.get("AUTOLR_GRACE_S", str(3 * HEARTBEAT_S)))
+# Torch threads of a process running trials (AUTOLR_TORCH_THREADS). The small models tuned on a CPU
+# train fastest on one thread, and OpenMP's spinning threads slow down badly when anything else (the
+# MLflow writer, another worker) wants a core. Raise it for large models on many cores.
+TORCH_THREADS = int(os.environ.get("AUTOLR_TORCH_THREADS", "1"))
 SQLITE_TIMEOUT_S = 300  # writers wait this long for the lock instead of losing the trial
 MAX_CONSECUTIVE_FAILS = 3
 
@@ -87,6 +91,19 @@ def _experimental_ok():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads, then restore the caller's setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:
@@ -189,7 +206,7 @@ def _grid_exhausted(study: optuna.Study) -> bool:
 def _worker(config: StudyConfig, storage: str, lr_bounds: LrBounds, tracking_uri: str | None, parent_run_id, target, deadline_s) -> None:
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(TORCH_THREADS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(config, storage, lr_bounds)
     tracker = Tracker(tracking_uri, experiment=config.name) if tracking_uri else None
@@ -282,6 +299,10 @@ def _run(config, study, storage_url, tracker, jobs, timeout_s, on_trial) -> str 
     deadline = time.monotonic() + timeout_s if timeout_s else None
 
     def work(parent_run_id: str | None) -> None:
+        with torch_threads(TORCH_THREADS):
+            train(parent_run_id)
+
+    def train(parent_run_id: str | None) -> None:
         lr_bounds, run_study = fixed_lr_bounds(config), study
         if config.search.lr.auto:  # inside the parent run: the range-test runs nest under it
             lr_bounds = _auto_lr_bounds(config, study, tracker, parent_run_id)
