@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from autolr.optimizers import OPTIMIZERS, build_optimizer
+from autolr.params import resolve
 from autolr.scheduler import StepScheduler
 from autolr.schedules import SCHEDULES
 
@@ -41,11 +42,9 @@ class RunConfig:
 
     def flat(self) -> dict[str, Any]:
         """Every value the run used, defaults included, under flat names."""
-        opt = OPTIMIZERS[self.optimizer]
-        sched = SCHEDULES[self.schedule]
         flat: dict[str, Any] = {"optimizer": self.optimizer, "lr": float(self.lr), "schedule": self.schedule, "warmup": float(self.warmup)}
-        flat.update({p.name: p.kind(self.optimizer_params.get(p.name, p.default)) for p in opt.params})
-        flat.update({p.name: p.kind(self.schedule_params.get(p.name, p.default)) for p in sched.params})
+        flat.update(resolve(OPTIMIZERS[self.optimizer].params, self.optimizer_params, owner=f"optimizer {self.optimizer!r}"))
+        flat.update(resolve(SCHEDULES[self.schedule].params, self.schedule_params, owner=f"schedule {self.schedule!r}"))
         return flat
 
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from autolr.params import ParamSpec
+from autolr.params import ParamSpec, resolve
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer"]
 
@@ -82,10 +82,5 @@ def build_optimizer(
     """Build optimizer ``name`` at peak rate ``lr``; hyperparameters not in ``params`` take their defaults."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
-    spec = OPTIMIZERS[name]
-    params = dict(params or {})
-    unknown = set(params) - {p.name for p in spec.params}
-    if unknown:
-        raise ValueError(f"optimizer {name!r} has no hyperparameter(s) {sorted(unknown)}; expected {[p.name for p in spec.params]}")
-    kwargs = {p.name: p.kind(params.get(p.name, p.default)) for p in spec.params}
-    return spec.build(parameters, lr, **kwargs)
+    kwargs = resolve(OPTIMIZERS[name].params, params, owner=f"optimizer {name!r}")
+    return OPTIMIZERS[name].build(parameters, lr, **kwargs)

@@ -7,9 +7,9 @@ A study file entry may fix a declared hyperparameter (``momentum: 0.0``), give i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Union
+from typing import Any, Mapping, Sequence, Union
 
-__all__ = ["Choice", "Fixed", "ParamSpec", "Range", "Setting"]
+__all__ = ["Choice", "Fixed", "ParamSpec", "Range", "Setting", "resolve"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,3 +48,16 @@ class Choice:
 
 
 Setting = Union[Fixed, Range, Choice]
+
+
+def resolve(specs: Sequence[ParamSpec], given: Mapping[str, Any] | None, *, owner: str) -> dict[str, Any]:
+    """Every declared parameter's value: the given one (cast to its kind) or its default.
+
+    Raises:
+        ValueError: ``given`` names a parameter ``owner`` (e.g. ``schedule 'cosine'``) does not declare.
+    """
+    given = dict(given or {})
+    unknown = set(given) - {p.name for p in specs}
+    if unknown:
+        raise ValueError(f"{owner} has no parameter(s) {sorted(unknown)}; expected {[p.name for p in specs]}")
+    return {p.name: p.kind(given.get(p.name, p.default)) for p in specs}

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
+from autolr.params import resolve
 from autolr.schedules import SCHEDULES, PlateauState, lr_at, warmup_steps_for
 
 __all__ = ["StepScheduler"]
@@ -45,13 +46,8 @@ class StepScheduler(torch.optim.lr_scheduler.LRScheduler):
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if not 0.0 <= warmup < 1.0:
             raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup}")
-        spec = SCHEDULES[schedule]
-        given = dict(params or {})
-        unknown = set(given) - {p.name for p in spec.params}
-        if unknown:
-            raise ValueError(f"schedule {schedule!r} has no parameter(s) {sorted(unknown)}")
         self.schedule = schedule
-        self.params = {p.name: p.kind(given.get(p.name, p.default)) for p in spec.params}
+        self.params = resolve(SCHEDULES[schedule].params, params, owner=f"schedule {schedule!r}")
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps_for(warmup, total_steps)
         self.plateau = PlateauState(patience=self.params["patience"], mode=mode) if schedule == "plateau" else None

@@ -45,5 +45,5 @@ def test_sgd_nesterov_without_momentum_falls_back_to_plain_sgd() -> None:
 def test_unknown_names_are_rejected_with_the_choices() -> None:
     with pytest.raises(ValueError, match=r"unknown optimizer 'adagrad'; expected one of \['adam', 'adamw', 'rmsprop', 'sgd'\]"):
         build_optimizer("adagrad", [torch.nn.Parameter(torch.zeros(1))], 0.1)
-    with pytest.raises(ValueError, match=r"optimizer 'adam' has no hyperparameter\(s\) \['momentum'\]"):
+    with pytest.raises(ValueError, match=r"optimizer 'adam' has no parameter\(s\) \['momentum'\]; expected \['beta1', 'beta2', 'eps', 'weight_decay'\]"):
         build_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], 0.1, {"momentum": 0.9})
