@@ -16,21 +16,23 @@ import logging
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
-from autolr.config import StudyConfig, load_study
+from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.errors import StudyFileError
 from autolr.finder import RangeTestResult, range_test
 from autolr.optimizers import OPTIMIZERS, build_optimizer
 from autolr.params import Fixed
 from autolr.space import _representative
 from autolr.tasks import build_task
-from autolr.tracking import DEFAULT_TRACKING_URI, Tracker
 from autolr.trainer import pick_device
 
 __all__ = ["FindLrReport", "auto_lr_bounds", "find_lr", "lr_bounds_from", "range_test_for"]
+
+if TYPE_CHECKING:
+    from autolr.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +157,9 @@ def find_lr(
         raise StudyFileError(config.path, "--steps", f"an integer >= {MIN_STEPS} (the sweep and the probes share them)", steps)
     cache = _read_only_cache(config, storage)
     run_steps = _run_steps(config)
-    tracker = Tracker(tracking_uri, experiment=config.name) if tracking_uri else None
+    from autolr.study import open_tracker
+
+    tracker = open_tracker(tracking_uri, config.name)
     results, bounds, cached, run_ids = {}, {}, {}, {}
     try:
         for name in names:

@@ -15,11 +15,11 @@ import os
 import sys
 from typing import Sequence
 
+from autolr.config import DEFAULT_TRACKING_URI
 from autolr.errors import StudyFileError, TrackingUnavailableError
 
 __all__ = ["main"]
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,9 +35,9 @@ def _parser() -> argparse.ArgumentParser:
 
     tune = study_command("tune", "run or resume a study")
     tune.add_argument("--trials", type=_positive_int, help="total target of finished trials (overrides the file)")
-    tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tune.add_argument("--timeout", type=_positive_float, help="stop starting trials after this many seconds")
     tune.add_argument("--jobs", type=_positive_int, default=1, help="worker processes")
-    tune.add_argument("--seed", type=int, help="overrides the file's seed")
+    tune.add_argument("--seed", type=_non_negative_int, help="overrides the file's seed")
     tune.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
     find = study_command("find-lr", "LR range test on the study's task")
@@ -65,6 +65,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _quiet_libraries()
@@ -78,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except RuntimeError as exc:
         print(f"autolr: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - anything else: one line, with where to look
+        logging.getLogger("autolr").debug("unexpected error", exc_info=True)
+        print(f"autolr: error: {type(exc).__name__}: {exc} (set AUTOLR_DEBUG=1 for the traceback)", file=sys.stderr)
+        if os.environ.get("AUTOLR_DEBUG"):
+            raise
         return 1
 
 
@@ -197,7 +217,6 @@ def _export(args) -> int:
 
 def _show(args) -> int:
     import autolr
-    from autolr.study import trial_row
 
     result = autolr.study_results(args.study, storage=args.storage)
     print(_summary(result, top=args.top))

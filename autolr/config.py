@@ -31,6 +31,7 @@ __all__ = [
     "safe_name",
 ]
 
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # the embedded MLflow store, under the project
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes")
 CURVE_PRUNERS = ("none", "median", "hyperband")
 DEVICES = ("auto", "cpu", "cuda")

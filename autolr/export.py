@@ -39,7 +39,7 @@ def best_export(config, study) -> dict[str, Any] | None:
     best = (min if config.direction == "minimize" else max)(complete, key=lambda t: t.value)
     return {
         "study": config.name,
-        "metric": config.metric,
+        "metric": config.metric if config.metric.startswith("val_") else f"val_{config.metric}",  # as logged
         "direction": config.direction,
         "value": float(best.value),
         "trial": best.number,

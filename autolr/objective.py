@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import optuna
 
@@ -20,10 +20,12 @@ from autolr.hparams import RunConfig
 from autolr.sampler import DIVERGED_ATTR
 from autolr.space import LrBounds, suggest_run
 from autolr.tasks import build_task
-from autolr.tracking import Tracker, TrialRun
 from autolr.trainer import Diverged, DivergenceGuard, Trainer, TrainerCallback, pick_device
 
 __all__ = ["Objective", "resolve_metric"]
+
+if TYPE_CHECKING:  # mlflow loads only where tracking is on
+    from autolr.tracking import Tracker, TrialRun
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +128,10 @@ class Objective:
             raise
         trial.set_user_attr(STEPS_ATTR, result.steps)
         value = result.final[metric]
-        if not math.isfinite(value):
-            raise ValueError(f"objective metric {metric} is {value} after the last epoch")
+        if not math.isfinite(value):  # only reachable with the guard off: still divergence, not a bug
+            reason = f"diverged: {metric} {value} after the last epoch"
+            self._record_prune(trial, run, reason, divergence_step=result.steps - 1, diverged=True)
+            raise optuna.TrialPruned(reason)
         if run is not None:
             run.end("COMPLETE", {"autolr.value": value})
         return value

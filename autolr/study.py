@@ -18,19 +18,22 @@ import sqlite3
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr._filelock import file_lock
-from autolr.config import StudyConfig, load_study
+from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
+from autolr.errors import StudyFileError
 from autolr.objective import ERROR_ATTR, PARAMS_ATTR, REASON_ATTR, STEPS_ATTR, Objective
 from autolr.sampler import DIVERGED_ATTR, make_sampler
 from autolr.space import LrBounds, grid_search_space
-from autolr.tracking import DEFAULT_TRACKING_URI, Tracker
 
 __all__ = ["TuneResult", "default_storage_url", "export_best", "open_study", "study_results", "tune"]
+
+if TYPE_CHECKING:
+    from autolr.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -121,36 +124,47 @@ def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def open_study(
-    config: StudyConfig, storage: str | None = None, lr_bounds: LrBounds | None = None, *, create: bool = True
+    config: StudyConfig,
+    storage: str | None = None,
+    lr_bounds: LrBounds | None = None,
+    *,
+    create: bool = True,
+    worker: int = 0,
 ) -> optuna.Study:
     """Create (or load) the study in its storage, with the sampler and pruner of the study file.
 
+    The sampler's seed mixes the study's seed with the number of trials already stored and the worker's
+    index: a fresh study with one worker is reproducible, while a resumed study or a second worker
+    does not replay the random start-up proposals already tried (identical, since training is seeded).
     With ``create=False`` a study missing from the storage is an error that says how to create it.
     """
     url = storage or default_storage_url(config)
     if not create and not _exists(config.name, url):
         raise RuntimeError(f"no study {config.name!r} in {url}; run `autolr tune {config.path}` first (or pass --storage)")
-    if lr_bounds is None and not config.search.lr.auto:
-        lr_bounds = fixed_lr_bounds(config)
-    if config.sampler == "grid" and lr_bounds is None:  # reading only: the grid is not known yet
-        sampler = optuna.samplers.RandomSampler(seed=config.seed)
-    else:
-        grid = grid_search_space(config.search, lr_bounds) if config.sampler == "grid" else None
-        sampler = make_sampler(config.sampler, seed=config.seed, grid_space=grid, ceiling=config.pruning.divergence)
     study = optuna.create_study(
         storage=_storage(url),
         study_name=config.name,
         direction=config.direction,
-        sampler=sampler,
         pruner=_pruner(config),
         load_if_exists=True,
     )
     if study.direction.name.lower() != config.direction:
-        raise ValueError(
-            f"{config.path}: objective.direction: expected {study.direction.name.lower()} (the study {config.name!r} "
-            f"in {url} was created so), got {config.direction!r}; rename the study to start afresh"
-        )
+        raise StudyFileError(
+            config.path, "objective.direction", f"{study.direction.name.lower()} (the study {config.name!r} in {url} "
+            "was created so; rename the study to start afresh)", config.direction,
+        )  # fmt: skip
+    seed = config.seed + 1_000_003 * len(study.get_trials(deepcopy=False)) + 7_919 * worker
+    study.sampler = _sampler(config, lr_bounds, seed)
     return study
+
+
+def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int) -> optuna.samplers.BaseSampler:
+    if lr_bounds is None and not config.search.lr.auto:
+        lr_bounds = fixed_lr_bounds(config)
+    if config.sampler == "grid" and lr_bounds is None:  # reading only: the grid is not known yet
+        return optuna.samplers.RandomSampler(seed=seed)
+    grid = grid_search_space(config.search, lr_bounds) if config.sampler == "grid" else None
+    return make_sampler(config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence)
 
 
 def _exists(name: str, url: str) -> bool:
@@ -203,13 +217,13 @@ def _grid_exhausted(study: optuna.Study) -> bool:
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
-def _worker(config: StudyConfig, storage: str, lr_bounds: LrBounds, tracking_uri: str | None, parent_run_id, target, deadline_s) -> None:
+def _worker(config: StudyConfig, storage: str, lr_bounds: LrBounds, tracking_uri: str | None, parent_run_id, target, deadline_s, worker: int) -> None:
     import torch
 
     torch.set_num_threads(TORCH_THREADS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(config, storage, lr_bounds)
-    tracker = Tracker(tracking_uri, experiment=config.name) if tracking_uri else None
+    study = open_study(config, storage, lr_bounds, worker=worker)
+    tracker = open_tracker(tracking_uri, config.name)
     deadline = time.monotonic() + deadline_s if deadline_s else None
     try:
         run_trials(config, study, Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id), target=target, deadline=deadline)
@@ -249,10 +263,10 @@ def tune(
         overrides["seed"] = seed
     config = dataclasses.replace(config, **overrides)
     storage_url = storage or default_storage_url(config)
-    tracker = Tracker(tracking_uri, experiment=config.name) if tracking_uri else None
+    _preflight(config)  # before any store is created: bad input writes nothing
+    tracker = open_tracker(tracking_uri, config.name)
     if tracker is not None:
         tracker.check_reachable()
-    _preflight(config)
 
     opt_study = open_study(config, storage_url)
     if tracker is not None:
@@ -282,12 +296,21 @@ def _close_orphan_runs(study: optuna.Study, tracker: Tracker) -> None:
 
 
 def _preflight(config: StudyConfig) -> None:
-    """Build the task once before any trial, so that a wrong metric name is a clear input error."""
-    from autolr.errors import StudyFileError
+    """Build the task once before any trial: a factory that fails, a wrong metric name or a device
+    that is not there are input errors (exit 2), not three failed trials."""
     from autolr.objective import resolve_metric
     from autolr.tasks import build_task
 
-    task = build_task(config.task, config.task_args, seed=config.seed)
+    if config.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise StudyFileError(config.path, "train.device", "auto or cpu (torch sees no CUDA device here)", "cuda")
+    try:
+        task = build_task(config.task, config.task_args, seed=config.seed)
+    except Exception as exc:  # noqa: BLE001 - the user's factory: report it, on one line
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        raise StudyFileError(config.path, "task", f"a factory that builds an autolr.Task from {dict(config.task_args)}", f"<{reason}>") from None
     available = ["val_loss", *(f"val_{m}" for m in task.metrics)]
     try:
         resolve_metric(config.metric, available)
@@ -336,8 +359,8 @@ def _run_workers(config, study, storage_url, lr_bounds, tracker, parent_run_id, 
     ctx = multiprocessing.get_context("spawn")
     tracking_uri = tracker.tracking_uri if tracker else None
     procs = [
-        ctx.Process(target=_worker, args=(config, storage_url, dict(lr_bounds), tracking_uri, parent_run_id, config.trials, timeout_s), daemon=False)
-        for _ in range(jobs)
+        ctx.Process(target=_worker, args=(config, storage_url, dict(lr_bounds), tracking_uri, parent_run_id, config.trials, timeout_s, i), daemon=False)
+        for i in range(jobs)
     ]
     for p in procs:
         p.start()
@@ -465,3 +488,12 @@ def export_best(
     if export is None:
         raise RuntimeError(f"study {config.name!r} in {url} has no COMPLETE trial yet; run `autolr tune {config.path}`")
     return write_export(export, path, fmt)
+
+
+def open_tracker(tracking_uri: str | None, experiment: str) -> "Tracker | None":
+    """The study's tracker (mlflow is imported only here, when tracking is on)."""
+    if not tracking_uri:
+        return None
+    from autolr.tracking import Tracker
+
+    return Tracker(tracking_uri, experiment=experiment)

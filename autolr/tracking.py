@@ -62,6 +62,8 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from autolr._filelock import file_lock
+from autolr.config import DEFAULT_TRACKING_URI
 from autolr.errors import TrackingUnavailableError
 from autolr.monitor import GradientMonitor
 
@@ -69,7 +71,6 @@ __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "TrialRun", "artifact_root_for"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 entities (metrics + params + tags) a call
 TAG_LIMIT = 100  # ... and at most 100 params and 100 tags
 FLUSH_INTERVAL_S = 0.1  # points wait at most this long in the training process...
@@ -78,6 +79,7 @@ WRITE_POINTS = 20_000  # or until this many are pending
 MAX_BACKLOG_POINTS = 1_000_000  # beyond this many unwritten points, training waits for the writer
 WRITER_MODES = ("process", "thread")
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
+_OPTUNA_STATE = {"KILLED": "FAIL"}
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -100,13 +102,9 @@ def _open_client(tracking_uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri=tracking_uri)
     path = _sqlite_path(tracking_uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as lock:
-        with contextlib.suppress(ImportError):
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with file_lock(f"{path}.lock"):
         _use_wal(path)
-        return MlflowClient(tracking_uri=tracking_uri)
+        return MlflowClient(tracking_uri=tracking_uri)  # creates and migrates the tables
 
 
 def _use_wal(path: Path) -> None:
@@ -639,7 +637,8 @@ class _Writer:
 
     def _end(self, key: int, state: str, tags: dict[str, str], end_ms: int | None = None) -> None:
         run = self.runs.pop(key, None) or _OpenRun(None)
-        run.tags.update({"autolr.state": state, "autolr.gradients": run.monitor.summary(), **tags})
+        # the tag carries Optuna's state (an interrupted trial is FAIL there); the run status says KILLED
+        run.tags.update({"autolr.state": _OPTUNA_STATE.get(state, state), "autolr.gradients": run.monitor.summary(), **tags})
         self._write(run, end=(_STATUS[state], end_ms or int(time.time() * 1000)), key=key)
         self.reply(("closed", key))
 

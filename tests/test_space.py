@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 
@@ -71,16 +73,24 @@ def test_grid_sampler_crosses_decades_schedules_and_optimizers() -> None:
 
 
 @pytest.mark.parametrize("name", ["tpe", "gp", "cmaes"])
-def test_model_based_samplers_are_wrapped_with_the_ceiling(name: str) -> None:
+def test_model_based_samplers_keep_proposals_off_rates_that_diverged(name: str) -> None:
     sampler = make_sampler(name, seed=0)
     assert isinstance(sampler, CeilingSampler)
-    config = parse_study(SPACE)
+    config = parse_study({"task": "digits_mlp", "search": {"lr": {"low": 1e-4, "high": 10.0}, "optimizer": ["sgd"]}})
     study = optuna.create_study(sampler=sampler)
-    for i in range(12):
+    late = []
+    for i in range(24):
         trial = study.ask()
-        run = suggest_run(trial, config.search, {"sgd": (1e-4, 1.0), "adam": (1e-4, 1.0)})
-        study.tell(trial, abs(run.lr - 0.01))
-    assert len(study.trials) == 12
+        run = suggest_run(trial, config.search, {"sgd": (1e-4, 10.0)})
+        if i >= 12:
+            late.append(run.lr)
+        if run.lr > 0.1:  # everything above 0.1 "diverges"
+            trial.set_user_attr("autolr.diverged", True)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, abs(math.log10(run.lr) + 1.5))  # best near 0.03
+    ceiling = min(t.params["lr"] for t in study.trials if t.user_attrs.get("autolr.diverged"))
+    assert all(lr < ceiling for lr in late)  # learned: nothing proposed at or above the lowest divergence
 
 
 def test_random_and_grid_stay_plain() -> None:
