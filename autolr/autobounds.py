@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHE_ATTR = "autolr.range_test.{optimizer}"  # study user attr holding one optimizer's range test
-FINDER_VERSION = 1  # part of the cache key: a new detector or rule measures afresh
+FINDER_VERSION = 2  # part of the cache key: a new detector or rule measures afresh
 BOUNDS_BELOW_SUGGESTION = 10.0  # the searched range starts this factor below the suggestion
 MIN_STEPS = 30
 
@@ -154,7 +154,7 @@ def find_lr(
     config = study if isinstance(study, StudyConfig) else load_study(study)
     names = _optimizers(config, optimizer)
     if steps is not None and steps < MIN_STEPS:
-        raise StudyFileError(config.path, "--steps", f"an integer >= {MIN_STEPS} (the sweep and the probes share them)", steps)
+        raise StudyFileError(config.path, "--steps", f"an integer >= {MIN_STEPS} (enough for a few probes)", steps)
     cache = _read_only_cache(config, storage)
     run_steps = _run_steps(config)
     from autolr.study import open_tracker
@@ -204,7 +204,7 @@ def auto_lr_bounds(
 def log_range_test(
     tracker: Tracker, parent_run_id: str | None, config: StudyConfig, optimizer: str, result: RangeTestResult, bounds: tuple[float, float]
 ) -> str:
-    """The range test as an MLflow run: results and chosen bounds as params, the sweep and the probes
+    """The range test as an MLflow run: results and chosen bounds as params, the curve and the probes
     as metrics, the plot of loss against lr as a PNG."""
     params = {
         "optimizer": optimizer, "suggestion": result.suggestion, "max_stable_lr": result.max_stable_lr,

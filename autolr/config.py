@@ -77,7 +77,7 @@ class PruningConfig:
 @dataclasses.dataclass(frozen=True)
 class FinderConfig:
     """The LR range test (``autolr find-lr``, ``search.lr: auto``): its budget in optimizer steps, shared
-    by the sweep and the probes, and the range of rates it may try."""
+    by its constant-rate probes, and the range of rates it may try."""
 
     steps: int = 100
     start_lr: float = 1e-7

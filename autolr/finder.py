@@ -1,25 +1,29 @@
 """LR range test: the stability limit of a model and its optimizer, and the rate to train at.
 
-Imports torch and numpy only. Every run starts from the same state (the model's weights and buffers,
+Imports torch and numpy only. Every probe starts from the same state (the model's weights and buffers,
 the optimizer's state), which is put back in ``finally`` whatever happens.
 
-1. Sweep: the rate rises exponentially each step from ``start_lr``, as in the classic range test, and
-   stops at the first non-finite loss or once the smoothed loss is 4x its minimum. It gives the curve
-   and a first bracket for the limit. That stop rule fires well past the limit (the loss needs several
-   steps above it to explode, and the rate keeps rising meanwhile), so the limit is not read off it.
-2. Probes: the limit is bisected in log space with short *constant-rate* runs (12 steps) from the
-   starting state, all on the same batches. Right above the limit the unstable direction grows
-   geometrically step after step while the others still shrink, so the loss turns up, or overshoots its
-   starting value, long before it explodes; below the limit it only falls. A probe is unstable when its
-   loss or gradient norm turns non-finite, its loss rises 1.25x above the starting loss on the same
-   batches, or climbs back 1.25x from its minimum (means over windows of 3 steps, and each loss divided
-   by its own batch's starting loss, so that one noisy mini-batch decides nothing; a noise floor is no
-   climb). The bracket's guessed upper end is probed first (an unstable probe is cut short: cheap), then
-   the bracket is halved until it is within ``tolerance`` or the budget (``steps``, 100 by default) is
-   spent; ``max_stable_lr`` is the geometric middle of ``[highest stable, lowest unstable]``.
-3. Suggestion: a fraction of ``max_stable_lr`` that shrinks with the length of the run
-   (:func:`suggest_lr`), fitted on the benchmark tasks in ``bench/finder.py``, where it lands closer to
-   a grid's best than the steepest-slope, valley and minimum/10 rules of the classic test.
+The limit is found with short *constant-rate* probes (12 steps) from the starting state, all on the
+same batches. Right above the limit the unstable direction grows geometrically step after step while
+the others still shrink, so the loss turns up, or overshoots its starting value, long before it
+explodes; below the limit it only falls. A probe is unstable when its loss or gradient norm turns
+non-finite, its loss rises 1.25x above the starting loss on the same batches, or climbs back 1.25x from
+its minimum (means over windows of 3 steps, and each loss divided by its own batch's starting loss, so
+that one noisy mini-batch decides nothing; a noise floor is no climb).
+
+1. Descent: probe ``end_lr``, then rates 4x lower each (2x after a probe that ran to its end before
+   turning out unstable: the limit is near), until a probe is stable. Far above the limit a probe blows up within
+   a step or two and is cut short, so the big steps down are cheap, and the limit ends up bracketed
+   within 4x. (The classic exponential sweep spends most of its steps on rates
+   that do nothing, and its stop rule fires 5 to 100x past the limit: a poor bracket.)
+2. Bisection in log space between the highest stable and the lowest unstable rate, until the bracket
+   is within ``tolerance`` or the budget (``steps``, 100 by default) is spent; ``max_stable_lr`` is its
+   geometric middle. With mini-batches the limit found moves by about 20% with the batch order, so the
+   bisection stops at 1.5x: on digits, going on to 1.25x costs a quarter more for about the same
+   distance to the grid's best. Full-batch verdicts are exact, so there it goes on to 1.1x. All told
+   about 45 steps on digits (under 1% of a 25-rate grid of 10-epoch runs).
+3. Suggestion: a fraction of ``max_stable_lr`` that depends on the optimizer's family and shrinks with
+   the length of the run (:func:`suggest_lr`), fitted on the benchmark tasks in ``bench/finder.py``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "ClassicSweep",
     "Probe",
     "RangeTestResult",
+    "SuggestionRule",
     "classic_sweep",
     "common_rules",
     "min_over_ten_lr",
@@ -48,23 +53,21 @@ __all__ = [
     "smooth",
     "steepest_lr",
     "suggest_lr",
+    "suggestion_rule",
     "valley_lr",
 ]
 
 logger = logging.getLogger(__name__)
 
-SWEEP_SHARE = 0.3  # share of the budget the sweep may use; the probes get the rest
-SWEEP_STOP_FACTOR = 4.0  # the sweep stops once the smoothed loss is this multiple of its minimum
-SWEEP_SMOOTHING = 0.8  # EMA factor of the sweep's stop rule (bias-corrected)
 PROBE_STEPS = 12  # steps of one constant-rate probe (never more than the run itself)
 PROBE_RISE = 1.25  # a probe whose loss rises this far above its start, or its minimum, is unstable
 CLIMB_SHARE = 0.2  # ... and a climb must win back this share of the drop (a noise floor does not)
-EXPAND = 8.0  # a bracket end that turns out wrong moves by this factor
-CHECK_EVERY = 4  # steps per host transfer of losses
-# suggestion = max_stable_lr * min(CAP, AT_1000 * (1000 / run_steps) ** DECAY), fitted in bench/finder.py
-SUGGESTION_AT_1000_STEPS = 0.022
-SUGGESTION_DECAY = 0.7
-SUGGESTION_CAP = 0.25
+DESCENT = 4.0  # each rate of the descent is this factor below the last
+FULL_BATCH_TOLERANCE = 1.1  # the bisection's default end: exact verdicts are worth narrowing down ...
+MINI_BATCH_TOLERANCE = 1.5  # ... noisy ones only to about their own noise
+PROBE_CHECK_EVERY = 2  # steps per host transfer in a probe: a blown-up probe stops a step or two in
+CHECK_EVERY = 4  # steps per host transfer in the classic sweep
+CLASSIC_STOP_FACTOR = 4.0  # the classic sweep stops once the smoothed loss is this multiple of its minimum
 CLASSIC_SMOOTHING = 0.98  # the classic tools' EMA factor (fastai, Lightning)
 
 
@@ -72,7 +75,7 @@ CLASSIC_SMOOTHING = 0.98  # the classic tools' EMA factor (fastai, Lightning)
 class Probe:
     """A constant-rate run from the starting state; ``reason`` says why it is unstable ("" if stable).
 
-    ``end_loss`` is the mean loss over its last steps (inf when the loss went non-finite).
+    ``end_loss`` and ``end_grad_norm`` are means over its last steps (inf when they went non-finite).
     """
 
     lr: float
@@ -80,15 +83,22 @@ class Probe:
     reason: str
     steps: int
     end_loss: float
+    end_grad_norm: float = math.inf
 
     def to_dict(self) -> dict[str, Any]:
-        end_loss = self.end_loss if math.isfinite(self.end_loss) else None  # JSON has no inf
-        return {"lr": self.lr, "stable": self.stable, "reason": self.reason, "steps": self.steps, "end_loss": end_loss}
+        finite = lambda v: v if math.isfinite(v) else None  # noqa: E731 - JSON has no inf
+        return {
+            "lr": self.lr, "stable": self.stable, "reason": self.reason, "steps": self.steps,
+            "end_loss": finite(self.end_loss), "end_grad_norm": finite(self.end_grad_norm),
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Probe":
-        end_loss = math.inf if data["end_loss"] is None else float(data["end_loss"])
-        return cls(float(data["lr"]), bool(data["stable"]), str(data["reason"]), int(data["steps"]), end_loss)
+        number = lambda v: math.inf if v is None else float(v)  # noqa: E731
+        return cls(
+            float(data["lr"]), bool(data["stable"]), str(data["reason"]), int(data["steps"]),
+            number(data["end_loss"]), number(data.get("end_grad_norm")),
+        )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +108,9 @@ class RangeTestResult:
     ``max_stable_lr`` is the estimated largest constant rate that stays stable; the bisection left it
     between ``stable_lr`` (the highest rate seen stable) and ``unstable_lr`` (the lowest seen unstable;
     None when nothing up to ``end_lr`` was). ``suggestion`` is the rate to train at. The curve
-    (``lrs``, ``losses``, ``grad_norms``) is the sweep's, finite points only. What the whole test cost:
-    ``steps`` optimizer steps on ``samples`` samples, and ``forward_samples`` forward-only.
+    (``lrs``, ``losses``, ``grad_norms``) is the probes' loss and gradient norm at their end against
+    their rate, finite points only, rising in lr. What the whole test cost: ``steps`` optimizer steps on
+    ``samples`` samples, and ``forward_samples`` forward-only.
     """
 
     suggestion: float
@@ -166,7 +177,7 @@ def range_test(
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
     run_steps: int | None = None,
-    tolerance: float = 1.1,
+    tolerance: float | None = None,
     grad_clip: float | None = None,
     seed: int = 0,
 ) -> RangeTestResult:
@@ -177,29 +188,33 @@ def range_test(
             hyperparameters (momentum, betas, ...) are kept and its rate is driven by the test. Both are
             back in their starting state afterwards, whatever happens.
         batch_size: as in training (at least the dataset's size: full batch).
-        steps: the budget, in optimizer steps, of the sweep and the probes together.
-        start_lr, end_lr: the range swept; nothing above ``end_lr`` is tried.
+        steps: the most optimizer steps the probes may take together (the test usually needs fewer).
+        start_lr, end_lr: the range searched; nothing above ``end_lr`` or below ``start_lr`` is tried.
         run_steps: steps of the training run the rate is for (probes are never longer; the suggestion
             shrinks for longer runs). None: 1000.
-        tolerance: the bisection stops when the limit is bracketed within this ratio.
+        tolerance: the bisection stops when the limit is bracketed within this ratio. None: 1.1 at full
+            batch, 1.5 with mini-batches (whose verdicts are not much more precise).
         grad_clip: clip the global gradient norm to this, as training would.
         seed: batch order (the same batches for every probe).
     """
     _check_arguments(batch_size=batch_size, steps=steps, start_lr=start_lr, end_lr=end_lr, tolerance=tolerance, run_steps=run_steps)
+    if tolerance is None:
+        tolerance = FULL_BATCH_TOLERANCE if batch_size >= len(train_data) else MINI_BATCH_TOLERANCE
     runner = _Runner(model, optimizer, loss_fn, train_data, batch_size=batch_size, grad_clip=grad_clip, seed=seed)
     try:
-        sweep, (stable_lr, unstable_lr, probes) = _measure(runner, steps, start_lr, end_lr, run_steps, tolerance)
+        stable_lr, unstable_lr, probes = _measure(runner, steps, start_lr, end_lr, run_steps, tolerance)
     finally:
         runner.restore()
     max_stable = stable_lr if unstable_lr is None else math.sqrt(stable_lr * unstable_lr)
+    lrs, losses, norms = _curve(probes)
     result = RangeTestResult(
-        suggestion=suggest_lr(max_stable, run_steps),
+        suggestion=suggest_lr(max_stable, run_steps, optimizer=optimizer),
         max_stable_lr=max_stable,
         stable_lr=stable_lr,
         unstable_lr=unstable_lr,
-        lrs=sweep.lrs,
-        losses=sweep.losses,
-        grad_norms=sweep.grad_norms,
+        lrs=lrs,
+        losses=losses,
+        grad_norms=norms,
         probes=tuple(probes),
         steps=runner.steps,
         samples=runner.samples,
@@ -210,39 +225,121 @@ def range_test(
 
 
 def _measure(runner: "_Runner", steps: int, start_lr: float, end_lr: float, run_steps: int | None, tolerance: float):
-    """The sweep, then the bisection on probes, within a budget of ``steps`` optimizer steps."""
+    """The descent, then the bisection, within a budget of ``steps`` optimizer steps. Returns
+    ``(highest stable lr, lowest unstable lr or None, probes)``."""
     probe_steps = min(PROBE_STEPS, run_steps or PROBE_STEPS)
     judge = _Judge(runner, reference=_finite_starting_losses(runner, probe_steps))
-    sweep = _sweep(runner, start_lr, end_lr, max(round(SWEEP_SHARE * steps), 10))
-    bracket = _initial_bracket(sweep, start_lr=start_lr, end_lr=end_lr)
     affordable = lambda: runner.steps + probe_steps <= steps  # noqa: E731 - unstable probes end early
-    return sweep, _bisect(judge.probe, bracket, end_lr=end_lr, tolerance=tolerance, affordable=affordable)
+    probes = _descend(judge.probe, probe_steps, start_lr=start_lr, end_lr=end_lr, affordable=affordable)
+    stable = max((p.lr for p in probes if p.stable), default=None)
+    unstable = min((p.lr for p in probes if not p.stable), default=None)
+    if stable is None:
+        stable = max(probes[-1].lr / DESCENT, start_lr)  # a guess: nothing was seen stable
+        logger.warning("range test: no probe was stable down to %.3g (raise steps, or lower start_lr)", probes[-1].lr)
+        return stable, unstable, probes
+    if unstable is not None:
+        stable, unstable = _bisect(judge.probe, stable, unstable, probes, tolerance=tolerance, affordable=affordable)
+    return stable, unstable, probes
 
 
-def suggest_lr(max_stable_lr: float, run_steps: int | None = None) -> float:
-    """The rate to train at for a run of ``run_steps`` steps (None: 1000).
+def _descend(probe: Callable[[float], Probe], probe_steps: int, *, start_lr: float, end_lr: float, affordable: Callable[[], bool]) -> list[Probe]:
+    """Probes from ``end_lr`` down until one is stable (or ``start_lr`` or the budget is reached).
 
-    A fraction of the stability limit that shrinks with the length of the run, as ``run_steps ** -0.7``
-    (2.2% of the limit for 1000 steps), at most a quarter of it. A long run at a high constant rate ends
-    in its own noise or overfits, and above the best rate the validation loss climbs much faster than
-    below it, so the rule errs low. Fitted on digits (adam, adamw, sgd with momentum; 10 to 40 epochs;
-    4 seeds), checked in ``bench/finder.py``.
+    A probe cut short (it blew up) is far above the limit: the next rate is ``DESCENT`` times lower. One
+    that ran to its end before turning out unstable is near it: the next is only ``sqrt(DESCENT)`` times
+    lower, so the bracket starts narrower and the bisection needs a probe less.
+    """
+    probes = [probe(end_lr)]
+    while not probes[-1].stable and probes[-1].lr > start_lr and affordable():
+        step_down = DESCENT if probes[-1].steps < probe_steps else math.sqrt(DESCENT)
+        probes.append(probe(max(probes[-1].lr / step_down, start_lr)))
+    return probes
+
+
+def _bisect(probe: Callable[[float], Probe], stable: float, unstable: float, probes: list[Probe], *, tolerance: float, affordable: Callable[[], bool]) -> tuple[float, float]:
+    """Halves ``[stable, unstable]`` in log space until it is within ``tolerance``; appends to ``probes``."""
+    while unstable / stable > tolerance and affordable():
+        probes.append(probe(math.sqrt(stable * unstable)))
+        if probes[-1].stable:
+            stable = probes[-1].lr
+        else:
+            unstable = probes[-1].lr
+    return stable, unstable
+
+
+def _curve(probes: Sequence[Probe]) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """The probes' end loss and gradient norm against their rate: finite points only, rising in lr, so
+    that no NaN or inf reaches the curve a user sees or a plot draws."""
+    points = sorted((p.lr, p.end_loss, p.end_grad_norm) for p in probes if math.isfinite(p.end_loss) and math.isfinite(p.end_grad_norm))
+    return tuple(p[0] for p in points), tuple(p[1] for p in points), tuple(p[2] for p in points)
+
+
+# --- the suggestion --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SuggestionRule:
+    """``suggestion = max_stable_lr * min(cap, at_1000_steps * (1 - momentum) ** momentum_exponent
+    * (1000 / run_steps) ** decay)``: the fraction of the limit to train at."""
+
+    at_1000_steps: float
+    decay: float
+    momentum_exponent: float = 0.0
+    cap: float = 0.5
+
+    def fraction(self, run_steps: int | None, momentum: float = 0.0) -> float:
+        at_1000 = self.at_1000_steps * (1.0 - min(momentum, 0.999)) ** self.momentum_exponent
+        return min(self.cap, at_1000 * (1000 / max(run_steps or 1000, 1)) ** self.decay)
+
+
+# Fitted on digits_mlp (5 to 40 epochs, 6 to 16 seeds; see bench/finder.py), checked on
+# make_classification and breast cancer. What a 12-step probe measures relates differently to a long
+# run's best rate in each family:
+# - Adam and kin: about 3% of the limit for a 1000-step run (a 440-step run on digits already diverges
+#   from about a quarter of the short-run limit).
+# - RMSprop: its running mean of squared gradients starts at 0, so its first steps are up to 10x too
+#   big and its short-run limit is low against what a long run tolerates: a larger fraction.
+# - SGD: the best rate follows the effective step lr / (1 - momentum) (on digits it falls as
+#   (1 - momentum) ** 1.2 from momentum 0 to 0.95), the measured limit much less so; hence the momentum
+#   term (fitted at momentum 0, 0.5, 0.9 and 0.95; RMSprop's at 0 and 0.9 only).
+SUGGESTION_DECAY = 0.6  # every family's fraction falls as run_steps ** -0.6 (digits, 110 to 880 steps)
+ADAPTIVE_RULE = SuggestionRule(at_1000_steps=0.027, decay=SUGGESTION_DECAY)
+RMSPROP_RULE = SuggestionRule(at_1000_steps=0.09, decay=SUGGESTION_DECAY, momentum_exponent=0.4)
+SGD_RULE = SuggestionRule(at_1000_steps=0.1, decay=SUGGESTION_DECAY, momentum_exponent=0.75)  # 0.018 at momentum 0.9
+
+
+def suggestion_rule(optimizer: torch.optim.Optimizer | None) -> SuggestionRule:
+    """The rule for ``optimizer``'s family: SGD, RMSprop, or adaptive (Adam, AdamW and the rest; also the
+    rule for an optimizer it does not know, and for None)."""
+    if isinstance(optimizer, torch.optim.RMSprop):
+        return RMSPROP_RULE
+    if isinstance(optimizer, torch.optim.SGD):
+        return SGD_RULE
+    return ADAPTIVE_RULE
+
+
+def suggest_lr(max_stable_lr: float, run_steps: int | None = None, *, optimizer: torch.optim.Optimizer | None = None) -> float:
+    """The rate to train at with ``optimizer`` for a run of ``run_steps`` steps (None: 1000).
+
+    A fraction of the stability limit, set by the optimizer's family (:func:`suggestion_rule`), that
+    shrinks with the length of the run (a long run at a high constant rate ends in its own noise, or
+    overfits), and is at most half the limit.
     """
     if not (max_stable_lr > 0 and math.isfinite(max_stable_lr)):
         raise ValueError(f"max_stable_lr: expected a finite number > 0, got {max_stable_lr!r}")
-    fraction = SUGGESTION_AT_1000_STEPS * (1000 / max(run_steps or 1000, 1)) ** SUGGESTION_DECAY
-    return max_stable_lr * min(fraction, SUGGESTION_CAP)
+    momentum = float(optimizer.param_groups[0].get("momentum", 0.0)) if optimizer is not None else 0.0
+    return max_stable_lr * suggestion_rule(optimizer).fraction(run_steps, momentum)
 
 
-def _check_arguments(*, batch_size: int, steps: int, start_lr: float, end_lr: float, tolerance: float, run_steps: int | None) -> None:
+def _check_arguments(*, batch_size: int, steps: int, start_lr: float, end_lr: float, tolerance: float | None, run_steps: int | None) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
     if steps < 30:
-        raise ValueError(f"steps: expected an integer >= 30 (the sweep and the probes share them), got {steps!r}")
+        raise ValueError(f"steps: expected an integer >= 30 (enough for a few probes), got {steps!r}")
     if not (0 < start_lr < end_lr and math.isfinite(end_lr)):
         raise ValueError(f"start_lr, end_lr: expected 0 < start_lr < end_lr (finite), got {start_lr!r}, {end_lr!r}")
-    if not tolerance > 1.0:
-        raise ValueError(f"tolerance: expected a ratio > 1, got {tolerance!r}")
+    if tolerance is not None and not tolerance > 1.0:
+        raise ValueError(f"tolerance: expected a ratio > 1 or None, got {tolerance!r}")
     if run_steps is not None and run_steps < 1:
         raise ValueError(f"run_steps: expected an integer >= 1 or None, got {run_steps!r}")
 
@@ -290,16 +387,16 @@ class _Runner:
         values = torch.stack(losses).float().tolist()
         return values * n_batches if full_batch else values
 
-    def run(self, lrs: Sequence[float], stop: Callable[[list[float]], bool]) -> tuple[list[float], list[float]]:
+    def run(self, lrs: Sequence[float], stop: Callable[[list[float]], bool], *, check_every: int = CHECK_EVERY) -> tuple[list[float], list[float]]:
         """Loss and gradient norm of one step at each rate, from the starting state, until ``stop(losses)``
-        or a non-finite value."""
+        or a non-finite value, looked at every ``check_every`` steps."""
         self.restore()
         self.model.train()
         batches = self._endless_batches()
         losses: list[float] = []
         norms: list[float] = []
-        for first in range(0, len(lrs), CHECK_EVERY):
-            window = [self._step(lr, *next(batches)) for lr in lrs[first : first + CHECK_EVERY]]
+        for first in range(0, len(lrs), check_every):
+            window = [self._step(lr, *next(batches)) for lr in lrs[first : first + check_every]]
             host = torch.stack([torch.stack(values) for values in window]).float().tolist()  # one sync per window
             losses += [h[0] for h in host]
             norms += [h[1] for h in host]
@@ -328,95 +425,12 @@ class _Runner:
         return loss.detach().reshape(()), total.detach()
 
 
-@dataclasses.dataclass(frozen=True)
-class _Sweep:
-    lrs: tuple[float, ...]  # finite points only
-    losses: tuple[float, ...]
-    grad_norms: tuple[float, ...]
-    exploded_at: float | None  # the rate where it stopped, None when it reached end_lr
-
-
 def _finite_starting_losses(runner: _Runner, n_batches: int) -> list[float]:
     losses = runner.starting_losses(n_batches)
     bad = next((v for v in losses if not math.isfinite(v)), None)
     if bad is not None:
         raise ValueError(f"loss_fn: the loss at the starting weights is {bad}, before any step; fix the model, the data or the loss first")
     return losses
-
-
-def _sweep(runner: _Runner, start_lr: float, end_lr: float, steps: int) -> _Sweep:
-    lrs = np.geomspace(start_lr, end_lr, steps).tolist()
-    losses, norms = runner.run(lrs, stop=_exploded)
-    exploded_at = lrs[len(losses) - 1] if len(losses) < steps or _exploded(losses) else None
-    keep = [i for i in range(len(losses)) if math.isfinite(losses[i]) and math.isfinite(norms[i])]
-    # no NaN or inf reaches the curve a user sees, a rule reads or a plot draws
-    return _Sweep(tuple(lrs[i] for i in keep), tuple(losses[i] for i in keep), tuple(norms[i] for i in keep), exploded_at)
-
-
-def _exploded(losses: list[float]) -> bool:
-    if not all(map(math.isfinite, losses)):
-        return True
-    smoothed = smooth(losses, SWEEP_SMOOTHING)
-    return len(smoothed) > 1 and smoothed[-1] > SWEEP_STOP_FACTOR * min(smoothed)
-
-
-@dataclasses.dataclass
-class _Bracket:
-    """The limit lies in ``[low, high]``; each end is either seen in a probe (``*_seen``) or a guess."""
-
-    low: float
-    high: float
-    low_seen: bool = False
-    high_seen: bool = False
-
-
-def _initial_bracket(sweep: _Sweep, *, start_lr: float, end_lr: float) -> _Bracket:
-    """From the sweep: the limit is below where it exploded and, most likely, not far below its minimum."""
-    high = sweep.exploded_at or end_lr
-    at_min = sweep.lrs[int(np.argmin(smooth(sweep.losses, SWEEP_SMOOTHING)))] if sweep.losses else high
-    low = max(min(at_min, high) / EXPAND, start_lr)
-    return _Bracket(low=min(low, high / 2.0), high=high)
-
-
-def _bisect(probe: Callable[[float], Probe], bracket: _Bracket, *, end_lr: float, tolerance: float, affordable: Callable[[], bool]):
-    """Bisection in log space on constant-rate probes; an end of the bracket that was only guessed is
-    probed too. Returns ``(highest stable lr, lowest unstable lr or None, probes)``."""
-    probes: list[Probe] = []
-    b = bracket
-    while not probes or affordable():
-        lr = _next_rate(b, tolerance)
-        if lr is None:
-            break
-        probes.append(probe(lr))
-        _update(b, probes[-1], end_lr)
-        if b.low >= end_lr:
-            break
-    if not b.low_seen:
-        logger.warning("range test: no probe was stable down to %.3g before the budget ran out (raise steps)", b.low)
-    return b.low, (b.high if b.high_seen else None), probes
-
-
-def _next_rate(b: _Bracket, tolerance: float) -> float | None:
-    # the upper end first: a guess from the sweep is nearly always unstable, and an unstable probe is
-    # cut short, so this costs a few steps; when it is stable (the sweep reached end_lr) it ends the test
-    if not b.high_seen:
-        return b.high
-    if b.high / b.low > tolerance:
-        return math.sqrt(b.low * b.high)
-    if not b.low_seen:
-        return b.low
-    return None
-
-
-def _update(b: _Bracket, probe: Probe, end_lr: float) -> None:
-    if probe.stable:
-        b.low, b.low_seen = probe.lr, True
-        if b.low >= b.high:  # the guessed upper end was stable after all: look higher
-            b.high, b.high_seen = min(b.low * EXPAND, end_lr), False
-    else:
-        b.high, b.high_seen = probe.lr, True
-        if b.high <= b.low:  # the guessed lower end was unstable: look lower
-            b.low, b.low_seen = b.high / EXPAND, False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -427,17 +441,21 @@ class _Judge:
     reference: Sequence[float]
 
     def probe(self, lr: float) -> Probe:
-        losses, norms = self.runner.run([lr] * len(self.reference), stop=self._clearly_unstable)
+        losses, norms = self.runner.run([lr] * len(self.reference), stop=self._clearly_unstable, check_every=PROBE_CHECK_EVERY)
         reason = probe_verdict(losses, norms, reference=self.reference)
-        tail = losses[-_window(len(self.reference)) :]
-        end_loss = float(np.mean(tail)) if all(map(math.isfinite, tail)) else math.inf
-        return Probe(lr=lr, stable=not reason, reason=reason, steps=len(losses), end_loss=end_loss)
+        width = _window(len(self.reference))
+        return Probe(lr=lr, stable=not reason, reason=reason, steps=len(losses), end_loss=_tail_mean(losses, width), end_grad_norm=_tail_mean(norms, width))
 
     def _clearly_unstable(self, losses: list[float]) -> bool:
         # an unstable probe is cut short: once the loss is well above its start the verdict cannot change
         ratios = _ratios(losses, self.reference)
-        width = _window(len(self.reference))
-        return ratios is not None and len(ratios) >= width and float(np.mean(ratios[-width:])) > PROBE_RISE
+        width = min(_window(len(self.reference)), len(losses))
+        return ratios is not None and len(ratios) >= 2 and float(np.mean(ratios[-width:])) > PROBE_RISE
+
+
+def _tail_mean(values: Sequence[float], width: int) -> float:
+    tail = values[-width:]
+    return float(np.mean(tail)) if all(map(math.isfinite, tail)) else math.inf
 
 
 def probe_verdict(losses: Sequence[float], grad_norms: Sequence[float] = (), *, reference: Sequence[float] | None = None) -> str:
@@ -526,7 +544,7 @@ def classic_sweep(
 
     def stop(losses: list[float]) -> bool:
         smoothed = smooth(losses, CLASSIC_SMOOTHING)
-        return len(smoothed) > 1 and smoothed[-1] > SWEEP_STOP_FACTOR * min(smoothed)
+        return len(smoothed) > 1 and smoothed[-1] > CLASSIC_STOP_FACTOR * min(smoothed)
 
     try:
         losses, _ = runner.run(lrs, stop=stop)

@@ -201,11 +201,11 @@ def plot_range_test(
     bounds: tuple[float, float] | None = None,
     title: str = "LR range test",
 ) -> Path:
-    """An LR range test: the sweep's loss against lr (log scale), its probes (``lr``, ``end_loss``,
+    """An LR range test: the probes' final loss against lr (log scale), its probes (``lr``, ``end_loss``,
     ``stable``) as dots, the suggestion and the stability limit as lines, the searched bounds shaded."""
     fig, axes = _figure(1, 1, WIDE)
     ax = axes[0, 0]
-    ax.plot(*_finite(lrs, losses), lw=1.2, color="C0", label="sweep (rate rising each step)")
+    ax.plot(*_finite(lrs, losses), lw=1.2, color="C0", label="probes: final loss at each constant rate")
     for stable, colour, label in ((True, "C2", "probe: stable"), (False, "C3", "probe: unstable")):
         dots = [(p["lr"], p["end_loss"]) for p in probes if bool(p["stable"]) is stable and _is_finite(p.get("end_loss"))]
         if dots:

@@ -24,7 +24,9 @@ from autolr.finder import (
     valley_lr,
 )
 from autolr.optimizers import build_optimizer
+from autolr.scheduler import StepScheduler
 from autolr.tasks import build_task
+from autolr.trainer import Trainer
 
 FULL_BATCH = 10**6
 
@@ -87,6 +89,27 @@ def test_heavy_ball_limit_is_found_too():
 def test_mini_batch_noise_does_not_derail_the_limit(seed):
     task, result = quadratic(seed, batch_size=32, run_steps=200)
     assert 0.7 <= result.max_stable_lr / (2.0 / task.info["max_eig"]) <= 1.5
+
+
+def test_full_batch_bisects_finer_than_mini_batches():
+    _, full = quadratic(0, run_steps=200)
+    _, mini = quadratic(0, batch_size=32, run_steps=200)
+    assert full.unstable_lr / full.stable_lr <= 1.1
+    assert 1.1 < mini.unstable_lr / mini.stable_lr <= 1.5
+    assert mini.steps < full.steps
+
+
+def test_probes_far_above_the_limit_are_cut_short():
+    _, result = quadratic(0, run_steps=200)  # the first probe, at end_lr = 10, is 5x the limit
+    first = result.probes[0]
+    assert first.lr == 10.0 and not first.stable and first.steps <= 2
+
+
+def test_curve_is_the_probes_end_loss_against_their_rate():
+    _, result = quadratic(0, run_steps=200)
+    finite = sorted((p.lr, p.end_loss) for p in result.probes if math.isfinite(p.end_loss))
+    assert list(zip(result.lrs, result.losses)) == finite
+    assert len(result.grad_norms) == len(result.lrs) > 2
 
 
 def test_budget_is_bounded():
@@ -209,7 +232,7 @@ def test_state_is_restored_after_an_exception_inside_the_test():
 
     def failing_loss(outputs, targets):
         calls["n"] += 1
-        if calls["n"] == 40:  # in the middle of the sweep
+        if calls["n"] == 40:  # in the middle of the probes
             raise RuntimeError("boom")
         return nn.functional.mse_loss(outputs, targets)
 
@@ -240,9 +263,9 @@ def test_batchnorm_statistics_are_restored():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"steps": 10}, r"steps: expected an integer >= 30 \(the sweep and the probes share them\), got 10"),
+        ({"steps": 10}, r"steps: expected an integer >= 30 \(enough for a few probes\), got 10"),
         ({"start_lr": 1.0, "end_lr": 0.1}, r"start_lr, end_lr: expected 0 < start_lr < end_lr \(finite\), got 1.0, 0.1"),
-        ({"tolerance": 1.0}, r"tolerance: expected a ratio > 1, got 1.0"),
+        ({"tolerance": 1.0}, r"tolerance: expected a ratio > 1 or None, got 1.0"),
         ({"batch_size": 0}, r"batch_size: expected an integer >= 1, got 0"),
         ({"run_steps": 0}, r"run_steps: expected an integer >= 1 or None, got 0"),
     ],
@@ -258,11 +281,30 @@ def test_bad_arguments_say_what_was_expected(kwargs, message):
 # --- the suggestion and the classic rules ----------------------------------------------------------
 
 
-def test_suggestion_shrinks_with_the_run_and_stays_below_a_quarter_of_the_limit():
-    rates = [suggest_lr(1.0, steps) for steps in (10, 100, 1000, 10_000)]
+def test_suggestion_shrinks_with_the_run_and_stays_below_half_the_limit():
+    rates = [suggest_lr(1.0, steps) for steps in (1, 100, 1000, 10_000)]
     assert rates == sorted(rates, reverse=True)
-    assert rates[0] == 0.25
+    assert rates[0] == 0.5
     assert 0 < rates[-1] < rates[-2]
+
+
+def optimizer_of(name: str, **hparams):
+    return build_optimizer(name, [nn.Parameter(torch.zeros(1))], 1e-3, hparams)
+
+
+def test_momentum_lowers_the_suggestion_at_the_same_limit():
+    # a long run's best rate follows the effective step lr / (1 - momentum); the limit does not
+    rates = [suggest_lr(1.0, 1000, optimizer=optimizer_of("sgd", momentum=m)) for m in (0.0, 0.5, 0.9, 0.95)]
+    assert rates == sorted(rates, reverse=True)
+    assert rates[0] / rates[2] > 4
+
+
+def test_each_family_has_its_own_fraction_of_the_limit():
+    adam = suggest_lr(1.0, 1000, optimizer=optimizer_of("adam"))
+    assert suggest_lr(1.0, 1000, optimizer=optimizer_of("adamw")) == adam
+    assert suggest_lr(1.0, 1000) == adam  # an unknown optimizer, or none, gets the adaptive rule
+    # RMSprop's first steps are oversized (its running average starts at 0): its short-run limit is low
+    assert suggest_lr(1.0, 1000, optimizer=optimizer_of("rmsprop")) > 2 * adam
 
 
 def test_suggestion_needs_a_positive_limit():
@@ -296,6 +338,49 @@ def test_classic_sweep_overshoots_the_limit_that_range_test_finds():
     optimizer = build_optimizer("sgd", task.model.parameters(), 1e-3, {"momentum": 0.0})
     classic = classic_sweep(task.model, optimizer, task.loss_fn, task.train_data, batch_size=32, seed=0)
     assert classic.stopped_at is not None and classic.stopped_at > 2.5 * result.max_stable_lr
+
+
+DIGITS_BATCH = 64
+DIGITS_EPOCHS = 10
+DIGITS_OPTIMIZERS = {"adam": {}, "sgd": {"momentum": 0.9}}
+
+
+def digits_val_loss(optimizer: str, lr: float, seed: int) -> float:
+    task = build_task("digits_mlp", {}, seed=seed)
+    trainer = Trainer(epochs=DIGITS_EPOCHS, batch_size=DIGITS_BATCH, device=torch.device("cpu"), seed=seed)
+    opt = build_optimizer(optimizer, task.model.parameters(), lr, DIGITS_OPTIMIZERS[optimizer])
+    scheduler = StepScheduler(opt, total_steps=DIGITS_EPOCHS * trainer.steps_per_epoch(task), schedule="constant")
+    return trainer.fit(task, opt, scheduler).final["val_loss"]
+
+
+def digits_range_test(optimizer: str, seed: int):
+    task = build_task("digits_mlp", {}, seed=seed)
+    opt = build_optimizer(optimizer, task.model.parameters(), 1e-3, DIGITS_OPTIMIZERS[optimizer])
+    run_steps = DIGITS_EPOCHS * math.ceil(len(task.train_data) / DIGITS_BATCH)
+    found = range_test(task.model, opt, task.loss_fn, task.train_data, batch_size=DIGITS_BATCH, run_steps=run_steps, seed=seed)
+    classic = classic_sweep(task.model, opt, task.loss_fn, task.train_data, batch_size=DIGITS_BATCH, seed=seed)
+    return found, classic, DIGITS_EPOCHS * len(task.train_data)  # samples of one training run
+
+
+@pytest.mark.parametrize("optimizer", sorted(DIGITS_OPTIMIZERS))
+def test_digits_range_test_costs_under_one_percent_of_a_grid(optimizer):
+    found, _, run_samples = digits_range_test(optimizer, seed=0)
+    grid_samples = 25 * run_samples  # 25 rates, each trained for the whole 10-epoch run
+    assert (found.samples + found.forward_samples / 3) / grid_samples <= 0.01
+
+
+def test_digits_suggestion_trains_close_to_a_grids_best():
+    grid = np.geomspace(1e-4, 1.0, 9)  # half decades
+    ours, classic = [], []
+    for optimizer in sorted(DIGITS_OPTIMIZERS):
+        for seed in range(4):
+            found, sweep, _ = digits_range_test(optimizer, seed)
+            best = min(digits_val_loss(optimizer, lr, seed) for lr in grid)
+            ours.append(digits_val_loss(optimizer, found.suggestion, seed) / best)
+            classic.append(digits_val_loss(optimizer, min_over_ten_lr(sweep.lrs, sweep.losses), seed) / best)
+    assert np.median(ours) <= 1.1  # some seeds' best lies at a lucky rate no rule can know
+    assert max(ours) < 1.6
+    assert np.median(ours) < np.median(classic)
 
 
 def test_result_round_trips_through_json():
