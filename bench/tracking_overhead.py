@@ -24,6 +24,9 @@ threads collapse when any other process wants a core).
    point (``train_loss``, ``lr``, ``grad_norm`` each step; validation each epoch), the run created and
    closed inside the timed span. ``NAIVE_REPEATS`` repeats only: it is slow.
 
+6. in a row (informational): ``IN_A_ROW`` trials back to back, untracked and tracked, as a study runs them:
+   each trial's writer tail overlaps the next trial, and only the end waits for the last points.
+
 The machine is shared: interference from other processes moves these ratios by several percent
 between runs; the variants are interleaved so that drift hits them alike. The last line reads
 ``tracking overhead: R.RRx`` (tracked / untracked medians).
@@ -49,6 +52,7 @@ from autolr.trainer import Batches, DivergenceGuard, Trainer, evaluate, grad_nor
 EPOCHS = 20
 BATCH_SIZE = 64
 REPEATS = 15
+STUDY_REPEATS = 5
 NAIVE_REPEATS = 3
 LAYER_STATS_EVERY = 50
 CONFIG = RunConfig(optimizer="adam", lr=1e-3, schedule="cosine", warmup=0.05)
@@ -104,7 +108,7 @@ def trainer_untracked() -> float:
     return time.perf_counter() - start
 
 
-def tracked(tracker: Tracker, parent_run_id: str, number: int) -> float:
+def tracked(tracker: Tracker, parent_run_id: str, number: int, *, wait: bool = True) -> float:
     task, optimizer, scheduler = _setup()
     start = time.perf_counter()
     run = tracker.trial_run(parent_run_id, number, CONFIG.flat())
@@ -119,9 +123,20 @@ def tracked(tracker: Tracker, parent_run_id: str, number: int) -> float:
         )
         result = trainer.fit(task, optimizer, scheduler)
         run.end("COMPLETE", {"autolr.value": result.final["val_loss"]})
-    if not tracker.flush():
+    if wait and not tracker.flush():
         raise RuntimeError("the writer did not confirm the trial's points")
     return time.perf_counter() - start
+
+
+def in_a_row(trial, k: int) -> float:
+    """Mean time per trial of ``k`` trials back to back, as a study runs them."""
+    start = time.perf_counter()
+    for i in range(k):
+        trial(i)
+    return (time.perf_counter() - start) / k
+
+
+IN_A_ROW = 5
 
 
 def naive(tracker: Tracker, parent_run_id: str, number: int) -> float:
@@ -163,6 +178,7 @@ def main() -> None:
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp(prefix="autolr-bench-"))
     times: dict[str, list[float]] = {"untracked": [], "autolr trainer, untracked": [], "tracked": [], "tracked (thread writer)": [], "naive": []}
+    row: dict[str, list[float]] = {"untracked": [], "tracked": []}
     process = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench")
     thread = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench", writer="thread")
     with process.parent_run("bench", params={}, tags={}) as parent:
@@ -184,6 +200,17 @@ def main() -> None:
                     times[name].append(trainer_untracked())
                 else:
                     times[name].append(tracked(process if name == "tracked" else thread, parent, number))
+            if r < STUDY_REPEATS:  # a study: each trial's writer tail overlaps the next trial
+                row["untracked"].append(in_a_row(lambda i: untracked(), IN_A_ROW))
+                number += IN_A_ROW
+
+                def study_trial(i: int, first: int = number) -> float:
+                    value = tracked(process, parent, first - i, wait=False)
+                    if i == IN_A_ROW - 1 and not process.flush():  # the study's end waits for the last points
+                        raise RuntimeError("the writer did not confirm the points")
+                    return value
+
+                row["tracked"].append(in_a_row(study_trial, IN_A_ROW))
             if r < NAIVE_REPEATS:
                 number += 1
                 times["naive"].append(naive(process, parent, number))
@@ -199,6 +226,9 @@ def main() -> None:
     for name, values in times.items():
         med = statistics.median(values)
         print(f"{name:<26}{med:>10.4f}{med / steps * 1e6:>10.1f}{med / base:>8.2f}  {len(values)}")
+    in_row = statistics.median(row["tracked"]) / statistics.median(row["untracked"])
+    print(f"{IN_A_ROW} trials in a row, as a study runs them (each writer tail overlaps the next trial; "
+          f"one wait at the end): tracked / untracked {in_row:.2f}x over {len(row['tracked'])} repeats")
     print(f"not in the trial: writer process start {writer_start_s:.2f} s once per invocation; "
           f"end-of-invocation curves plot {plot_s * 1000:.0f} ms per trial")  # fmt: skip
     print(f"tracking overhead: {statistics.median(times['tracked']) / base:.2f}x")
