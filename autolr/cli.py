@@ -126,7 +126,7 @@ def _tune(args) -> int:
 
     config = autolr.load_study(args.study)
     target = args.trials or config.trials
-    bar = _progress(target)
+    bar = _progress(target, initial=_finished_so_far(config, args.storage))
 
     def on_trial(trial) -> None:
         row = trial_row(trial)
@@ -150,10 +150,22 @@ def _tune(args) -> int:
     return 0
 
 
-def _progress(total: int):
+def _progress(total: int, initial: int = 0):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, initial=min(initial, total), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
+
+
+def _finished_so_far(config, storage: str | None) -> int:
+    """Finished trials already stored, so that a resumed study's bar starts where it stands."""
+    import autolr
+    from optuna.trial import TrialState
+
+    try:
+        result = autolr.study_results(config, storage=storage)
+    except RuntimeError:  # no such study yet
+        return 0
+    return result.count(TrialState.COMPLETE) + result.count(TrialState.PRUNED)
 
 
 def _summary(result, top: int = 5) -> str:

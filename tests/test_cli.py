@@ -73,10 +73,12 @@ def test_quickstart_tune_export_and_mlflow_layout(stores, tmp_path, capsys) -> N
     assert "COMPLETE" in shown and "prune reason" in shown
 
 
-def test_rerun_resumes_up_to_the_target(stores, write_study) -> None:
+def test_rerun_resumes_up_to_the_target(stores, write_study, capsys) -> None:
     path = str(write_study(SMALL))
     assert main(["tune", path, "--trials", "3", *_args(stores)]) == 0
+    capsys.readouterr()
     assert main(["tune", path, "--trials", "5", *_args(stores)]) == 0
+    assert "3/5" in capsys.readouterr().err  # the progress bar starts where the study stands
     study = optuna.load_study(study_name="small", storage=stores["storage"])
     assert len(study.trials) == 5
     assert main(["tune", path, "--trials", "5", *_args(stores)]) == 0  # already there: runs nothing
