@@ -31,12 +31,11 @@ _REQUIRED = ("study", "metric", "direction", "value", "trial", "params", "epochs
 def best_export(config, study) -> dict[str, Any] | None:
     """The export object for the best COMPLETE trial of ``study`` (None when there is none yet)."""
     from autolr.objective import PARAMS_ATTR, STEPS_ATTR
-    from optuna.trial import TrialState
+    from autolr.study import best_trial
 
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    best = best_trial(study)
+    if best is None:
         return None
-    best = (min if config.direction == "minimize" else max)(complete, key=lambda t: t.value)
     return {
         "study": config.name,
         "metric": config.metric if config.metric.startswith("val_") else f"val_{config.metric}",  # as logged

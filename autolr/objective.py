@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import optuna
 
 from autolr.config import StudyConfig
+from autolr.errors import StudyFileError
 from autolr.hparams import RunConfig
 from autolr.sampler import DIVERGED_ATTR
 from autolr.space import LrBounds, suggest_run
@@ -36,13 +37,17 @@ STEPS_ATTR = "autolr.steps"
 ERROR_ATTR = "autolr.error"
 
 
-def resolve_metric(metric: str, available: Sequence[str]) -> str:
-    """The logged name of the objective metric: ``accuracy`` and ``val_accuracy`` both work."""
-    if metric in available:
-        return metric
-    if f"val_{metric}" in available:
-        return f"val_{metric}"
-    raise KeyError(metric)
+def resolve_metric(config: StudyConfig, task) -> str:
+    """The logged name of the objective metric: ``accuracy`` and ``val_accuracy`` both work.
+
+    Raises:
+        StudyFileError: the task logs no such metric.
+    """
+    available = ["val_loss", *(f"val_{m}" for m in task.metrics)]
+    for name in (config.metric, f"val_{config.metric}"):
+        if name in available:
+            return name
+    raise StudyFileError(config.path, "objective.metric", f"one of {available} (from task {config.task})", config.metric)
 
 
 class _Report(TrainerCallback):
@@ -102,7 +107,7 @@ class Objective:
     def _train(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> float:
         cfg = self.config
         task = build_task(cfg.task, cfg.task_args, seed=cfg.seed)
-        metric = self._metric_name(task)
+        metric = resolve_metric(cfg, task)
         trainer = Trainer(
             epochs=cfg.train.epochs,
             batch_size=cfg.train.batch_size,
@@ -135,15 +140,6 @@ class Objective:
         if run is not None:
             run.end("COMPLETE", {"autolr.value": value})
         return value
-
-    def _metric_name(self, task) -> str:
-        available = ["val_loss", *(f"val_{m}" for m in task.metrics)]
-        try:
-            return resolve_metric(self.config.metric, available)
-        except KeyError:
-            raise ValueError(
-                f"{self.config.path}: objective.metric: expected one of {available}, got {self.config.metric!r}"
-            ) from None
 
     def _record_prune(self, trial, run, reason: str, *, divergence_step: int | None, diverged: bool) -> None:
         trial.set_user_attr(REASON_ATTR, reason)

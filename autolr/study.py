@@ -311,11 +311,7 @@ def _preflight(config: StudyConfig) -> None:
     except Exception as exc:  # noqa: BLE001 - the user's factory: report it, on one line
         reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
         raise StudyFileError(config.path, "task", f"a factory that builds an autolr.Task from {dict(config.task_args)}", f"<{reason}>") from None
-    available = ["val_loss", *(f"val_{m}" for m in task.metrics)]
-    try:
-        resolve_metric(config.metric, available)
-    except KeyError:
-        raise StudyFileError(config.path, "objective.metric", f"one of {available} (from task {config.task})", config.metric) from None
+    resolve_metric(config, task)
 
 
 def _run(config, study, storage_url, tracker, jobs, timeout_s, on_trial) -> str | None:
@@ -443,14 +439,19 @@ def _importances(study: optuna.Study) -> tuple[dict[str, float], str]:
         return {}, f"parameter importances unavailable: {exc}"
 
 
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best COMPLETE trial in the study's direction, or None when there is none yet."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+    return pick(complete, key=lambda t: t.value)
+
+
 def summarize(config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None) -> TuneResult:
     study = open_study(config, storage_url, create=False)
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = None
-    if complete:
-        best = (min if config.direction == "minimize" else max)(complete, key=lambda t: t.value)
-    return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, best, trials, parent_run_id)
+    return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, best_trial(study), trials, parent_run_id)
 
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:

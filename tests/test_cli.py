@@ -199,3 +199,13 @@ def test_unreachable_tracking_server_fails_fast_before_any_trial(write_study, st
     err = capsys.readouterr().err
     assert "--tracking-uri http://127.0.0.1:9: no MLflow server answered" in err and "sqlite:///mlruns/mlflow.db" in err
     assert not Path(stores["storage"][len("sqlite:///"):]).exists()  # nothing started
+
+
+def test_unknown_objective_metric_exits_2_before_any_store_exists(write_study, tmp_path, capsys) -> None:
+    path = write_study("name: m\ntask: digits_mlp\nobjective: {metric: f1}\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    stores = tmp_path / "stores"
+    code = main(["tune", str(path), "--storage", f"sqlite:///{stores / 'o.db'}", "--tracking-uri", f"sqlite:///{stores / 'm.db'}"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"autolr: error: {path}: objective.metric: expected one of ['val_loss', 'val_accuracy'] (from task digits_mlp), got 'f1'"
+    assert not stores.exists()
