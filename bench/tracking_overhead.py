@@ -27,9 +27,11 @@ threads collapse when any other process wants a core).
 6. in a row (informational): ``IN_A_ROW`` trials back to back, untracked and tracked, as a study runs them:
    each trial's writer tail overlaps the next trial, and only the end waits for the last points.
 
-The machine is shared: interference from other processes moves these ratios by several percent
-between runs; the variants are interleaved so that drift hits them alike. The last line reads
-``tracking overhead: R.RRx`` (tracked / untracked medians).
+The machine is shared: interference from other processes moves a trial's time by 10-30% over a minute.
+So the variants run in rounds, one of each per round in a rotating order, and each variant's ratio is
+the median over rounds of its time / the untracked time of the same round (drift within a round, a
+second or two, is small); the ratio of the variants' median times is printed beside it. The last line
+reads ``tracking overhead: R.RRx`` (tracked / untracked, median of the per-round ratios).
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ from autolr.trainer import Batches, DivergenceGuard, Trainer, evaluate, grad_nor
 
 EPOCHS = 20
 BATCH_SIZE = 64
-REPEATS = 15
-STUDY_REPEATS = 5
+REPEATS = 31
+STUDY_REPEATS = 9
 NAIVE_REPEATS = 3
 LAYER_STATS_EVERY = 50
 CONFIG = RunConfig(optimizer="adam", lr=1e-3, schedule="cosine", warmup=0.05)
@@ -222,16 +224,21 @@ def main() -> None:
     steps = EPOCHS * 22
     base = statistics.median(times["untracked"])
     print(f"trial: digits_mlp, adam + cosine, {EPOCHS} epochs x 22 steps, batch {BATCH_SIZE}, torch threads 1")
-    print(f"{'variant':<26}{'median s':>10}{'us/step':>10}{'ratio':>8}  repeats")
+    print(f"{'variant':<26}{'median s':>10}{'us/step':>10}{'ratio':>8}{'of medians':>12}  rounds")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"{name:<26}{med:>10.4f}{med / steps * 1e6:>10.1f}{med / base:>8.2f}  {len(values)}")
-    in_row = statistics.median(row["tracked"]) / statistics.median(row["untracked"])
+        print(f"{name:<26}{med:>10.4f}{med / steps * 1e6:>10.1f}{_paired(values, times['untracked']):>8.2f}{med / base:>12.2f}  {len(values)}")
+    in_row = _paired(row["tracked"], row["untracked"])
     print(f"{IN_A_ROW} trials in a row, as a study runs them (each writer tail overlaps the next trial; "
           f"one wait at the end): tracked / untracked {in_row:.2f}x over {len(row['tracked'])} repeats")
     print(f"not in the trial: writer process start {writer_start_s:.2f} s once per invocation; "
           f"end-of-invocation curves plot {plot_s * 1000:.0f} ms per trial")  # fmt: skip
-    print(f"tracking overhead: {statistics.median(times['tracked']) / base:.2f}x")
+    print(f"tracking overhead: {_paired(times['tracked'], times['untracked']):.2f}x")
+
+
+def _paired(times: list[float], baseline: list[float]) -> float:
+    """Median over rounds of a variant's time / the baseline's time in the same round."""
+    return statistics.median(t / b for t, b in zip(times, baseline))
 
 
 if __name__ == "__main__":
