@@ -16,6 +16,7 @@ import os
 import socket
 import sqlite3
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -48,6 +49,7 @@ GRACE_S = int(os.environ.get("AUTOLR_GRACE_S", str(3 * HEARTBEAT_S)))
 TORCH_THREADS = int(os.environ.get("AUTOLR_TORCH_THREADS", "1"))
 SQLITE_TIMEOUT_S = 300  # writers wait this long for the lock instead of losing the trial
 MAX_CONSECUTIVE_FAILS = 3
+UID_ATTR = "autolr.uid"
 
 
 @dataclasses.dataclass
@@ -107,6 +109,18 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def study_uid(study: optuna.Study) -> str:
+    """The study's own id, kept in its user attrs (set on first use): its MLflow runs carry it, so that
+    two studies of one name in different storages, which share an MLflow experiment, never mix runs.
+    (Two invocations creating the same study at the same instant can each keep their own; at worst,
+    the plots of one then miss the other's runs.)"""
+    uid = study.user_attrs.get(UID_ATTR)
+    if uid is None:
+        study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
+        uid = study.user_attrs[UID_ATTR]  # re-read: of two racing writers, both keep the last one's
+    return uid
 
 
 def _fail_stale_trials(study: optuna.Study) -> None:
@@ -224,6 +238,8 @@ def _worker(config: StudyConfig, storage: str, lr_bounds: LrBounds, tracking_uri
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(config, storage, lr_bounds, worker=worker)
     tracker = open_tracker(tracking_uri, config.name)
+    if tracker is not None:
+        tracker.study_uid = study_uid(study)
     deadline = time.monotonic() + deadline_s if deadline_s else None
     try:
         run_trials(config, study, Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id), target=target, deadline=deadline)
@@ -270,6 +286,7 @@ def tune(
 
     opt_study = open_study(config, storage_url)
     if tracker is not None:
+        tracker.study_uid = study_uid(opt_study)
         _close_orphan_runs(opt_study, tracker)
 
     parent_run_id = None

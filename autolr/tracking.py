@@ -82,6 +82,7 @@ WRITE_DELAY_S = 0.05  # ... and at most this long in the writer before they are 
 WRITE_POINTS = 20_000  # or until this many are pending
 MAX_BACKLOG_POINTS = 1_000_000  # beyond this many unwritten points, training waits for the writer
 WRITER_MODES = ("process", "thread")
+STUDY_UID_TAG = "autolr.study_uid"
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
 _OPTUNA_STATE = {"KILLED": "FAIL"}
 
@@ -155,6 +156,7 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment
         self.writer = writer
+        self.study_uid: str | None = None  # set by the study: its runs are tagged, and only they are read back
         self.client = _open_client(tracking_uri)
         self._experiment_id: str | None = None
         self._link: _ProcessLink | _ThreadLink | None = None
@@ -172,10 +174,11 @@ class Tracker:
         self._pid = os.getpid()  # a forked child must not drive its parent's writer
 
     def __getstate__(self) -> dict[str, Any]:  # worker processes rebuild a tracker from its address
-        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment_name, "writer": self.writer}
+        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment_name, "writer": self.writer, "study_uid": self.study_uid}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["tracking_uri"], experiment=state["experiment"], writer=state["writer"])
+        self.study_uid = state.get("study_uid")
 
     def check_reachable(self, timeout_s: float = 5.0) -> None:
         """Fail fast, with the fix in the message, when an HTTP tracking server does not answer."""
@@ -217,6 +220,8 @@ class Tracker:
         Before it ends, every trial run sent to the writer is written and closed.
         """
         all_tags = {**tags, "autolr.pid": str(os.getpid()), "autolr.host": socket.gethostname()}  # see close_orphans
+        if self.study_uid:
+            all_tags[STUDY_UID_TAG] = self.study_uid
         if description:
             all_tags["mlflow.note.content"] = description
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
@@ -323,9 +328,12 @@ class Tracker:
         return dict(self.client.get_run(run_id).data.tags)
 
     def trial_runs(self, parent_run_id: str | None = None, *, status: str | None = None) -> dict[int, str]:
-        """Trial number -> run id of the experiment's trial runs (the latest run per number), or only
-        those of one parent run, or only those in one status (``RUNNING``, ``FINISHED``, ...)."""
+        """Trial number -> run id of the study's trial runs (the latest run per number; all the
+        experiment's when no ``study_uid`` is set), or only those of one parent run, or only those in
+        one status (``RUNNING``, ``FINISHED``, ...)."""
         query = "tags.`autolr.role` = 'trial'"
+        if self.study_uid:
+            query += f" and tags.`{STUDY_UID_TAG}` = '{self.study_uid}'"
         if parent_run_id:
             query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
         if status:
@@ -347,6 +355,8 @@ class Tracker:
     def trial_run(self, parent_run_id: str | None, trial_number: int, params: Mapping[str, Any]) -> "TrialRun":
         """A new trial run; the writer creates it with its first points (nothing here waits)."""
         tags = {"autolr.trial": str(trial_number), "autolr.state": "RUNNING", "autolr.role": "trial"}
+        if self.study_uid:
+            tags[STUDY_UID_TAG] = self.study_uid
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         key = next(self._keys)

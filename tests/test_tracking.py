@@ -8,12 +8,14 @@ import sys
 import textwrap
 import time
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
 import autolr
 from autolr.report import STUDY_PLOTS
-from autolr.tracking import Tracker
+from autolr.study import UID_ATTR
+from autolr.tracking import STUDY_UID_TAG, Tracker
 
 STEPS = 103  # not a multiple of the window: the last window is short
 
@@ -106,7 +108,8 @@ def test_runs_end_killed_when_the_training_process_dies(stores, tmp_path) -> Non
     script = textwrap.dedent(
         f"""
         import os
-        from autolr.tracking import Tracker
+        from autolr.study import UID_ATTR
+from autolr.tracking import STUDY_UID_TAG, Tracker
         tracker = Tracker({stores['tracking_uri']!r}, experiment="dies")
         run = tracker.trial_run(None, 0, {{"lr": 0.1}})
         run.log_steps(0, {{"train_loss": [1.0, 0.9], "lr": [0.1, 0.1], "grad_norm": [1.0, 1.0]}})
@@ -172,6 +175,23 @@ def test_tuned_study_holds_plots_best_config_and_curves(write_study, stores) -> 
         assert {"lr", "optimizer", "schedule", "warmup"} <= set(run.data.params)
         layer = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/0.weight")]
         assert layer == [s for s in steps if s % 5 == 0]
+
+
+def test_two_storages_with_one_study_name_never_mix_runs(write_study, stores, tmp_path) -> None:
+    """One MLflow experiment per study name, so the runs carry their Optuna study's id and are read back by it."""
+    path = write_study(STUDY.format(name="twin", task="digits_mlp", trials=2, high=1.0))
+    uids = []
+    for storage in (stores["storage"], f"sqlite:///{tmp_path / 'other.db'}"):
+        autolr.tune(path, storage=storage, tracking_uri=stores["tracking_uri"])
+        uids.append(optuna.load_study(study_name="twin", storage=storage).user_attrs[UID_ATTR])
+    assert uids[0] != uids[1]
+    _, parents, trials = _runs(stores["tracking_uri"], "twin")
+    assert sorted(r.data.tags[STUDY_UID_TAG] for r in parents) == sorted(uids)
+    for uid in uids:
+        tracker = Tracker(stores["tracking_uri"], experiment="twin")
+        tracker.study_uid = uid
+        own = {r.info.run_id for r in trials if r.data.tags[STUDY_UID_TAG] == uid}
+        assert len(own) == 2 and set(tracker.trial_runs().values()) == own
 
 
 KEYBOARD_TASK = """
