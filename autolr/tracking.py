@@ -227,6 +227,8 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         run_id = run.info.run_id
         status = "FINISHED"
+        if self._link is None:  # trial runs follow: the writer's start-up (imports) overlaps the first trial's
+            self._start_writer()
         try:
             self.log_params(run_id, params)
             yield run_id
