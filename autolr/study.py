@@ -283,6 +283,7 @@ def tune(
     tracker = open_tracker(tracking_uri, config.name)
     if tracker is not None:
         tracker.check_reachable()
+        tracker.write_unsent()
 
     opt_study = open_study(config, storage_url)
     if tracker is not None:
@@ -412,6 +413,10 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
 
     try:
         tracker.flush()  # the plots read back every point of this invocation's trials
+        if not tracker.reachable():
+            logger.error("the best configuration and the plots are not logged this time (the MLflow store does not "
+                         "answer); the next invocation that reaches it draws the study's plots again")  # fmt: skip
+            return
         study = open_study(config, storage_url, create=False)
         export = best_export(config, study)
         if export is not None:

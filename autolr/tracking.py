@@ -80,6 +80,7 @@ TAG_LIMIT = 100  # ... and at most 100 params and 100 tags
 FLUSH_INTERVAL_S = 0.1  # points wait at most this long in the training process...
 WRITE_DELAY_S = 0.05  # ... and at most this long in the writer before they are committed,
 WRITE_POINTS = 20_000  # or until this many are pending
+RETRY_S = 10.0  # while the store does not answer, the writer holds what it gets and tries again this often
 MAX_BACKLOG_POINTS = 1_000_000  # beyond this many unwritten points, training waits for the writer
 WRITER_MODES = ("process", "thread")
 STUDY_UID_TAG = "autolr.study_uid"
@@ -157,6 +158,7 @@ class Tracker:
         self.experiment_name = experiment
         self.writer = writer
         self.study_uid: str | None = None  # set by the study: its runs are tagged, and only they are read back
+        self.store_down: str | None = None  # why the store stopped answering, while it does not
         self.client = _open_client(tracking_uri)
         self._experiment_id: str | None = None
         self._link: _ProcessLink | _ThreadLink | None = None
@@ -242,7 +244,31 @@ class Tracker:
             try:
                 self.flush()
             finally:
-                self.client.set_terminated(run_id, status=status)
+                self._terminate(run_id, status)
+
+    def _terminate(self, run_id: str, status: str) -> None:
+        """End a run of this process; while the store is down, the writer holds the end with the rest."""
+        if self.store_down is None and self.reachable():
+            self.client.set_terminated(run_id, status=status)
+            return
+        self._send(("terminate", run_id, status, int(time.time() * 1000)))
+
+    def write_unsent(self) -> None:
+        """Write what an earlier writer for this store had to keep when the store stopped answering."""
+        if _Spool(self.tracking_uri).pending():
+            if self._link is None:
+                self._start_writer()  # it reads the spool first
+            self.flush()
+
+    def reachable(self, timeout_s: float = 5.0) -> bool:
+        """One quick look (an HTTP server's /health) before a burst of calls from this process, whose
+        MLflow client would retry for minutes against a server that is gone."""
+        try:
+            self.check_reachable(timeout_s)
+        except TrackingUnavailableError as exc:
+            self.store_down = self.store_down or str(exc)
+            return False
+        return True
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(k, _param_text(v)) for k, v in params.items()]
@@ -389,7 +415,7 @@ class Tracker:
         finally:
             link, self._link = self._link, None
             _LIVE.discard(self)
-            link.close(timeout_s=10.0)
+            link.close(timeout_s=60.0)  # a writer mid-call to a hung server needs its HTTP timeout
             self._repair()
 
     def run_id(self, key: int, timeout_s: float = 300.0) -> str | None:
@@ -438,6 +464,20 @@ class Tracker:
                 self._done.add(msg[1])
             elif kind == "exit":
                 self._writer_alive = False
+            elif kind == "down":
+                self.store_down = msg[1]
+                logger.error(
+                    "the MLflow tracking store %s stopped answering (%s); training goes on, and the points "
+                    "are held and sent again every %.0f s", _redact(self.tracking_uri), msg[1], RETRY_S,
+                )  # fmt: skip
+            elif kind == "up":
+                self.store_down = None
+                logger.warning("the MLflow tracking store %s answers again; the held points are written", _redact(self.tracking_uri))
+            elif kind == "unsent":
+                logger.error(
+                    "%d points of %d MLflow runs could not be written to %s; they are kept in %s, and the next "
+                    "autolr run that reaches the store writes them", msg[1], msg[2], _redact(self.tracking_uri), msg[3],
+                )  # fmt: skip
             self._cond.notify_all()
 
     def _wait(self, predicate: Callable[[], bool], timeout_s: float | None) -> bool:
@@ -566,6 +606,15 @@ class _Writer:
         self._pending = 0  # points not yet written, over all runs
         self._artifact_roots: dict[str, str] = {}
         self._oldest: float | None = None  # when the oldest of them arrived
+        # The store stopped answering: what could not be written waits here, per run, in order, and is
+        # retried every RETRY_S; what is still here when the writer stops goes to the spool folder,
+        # which the next writer for this store reads first.
+        self.held: dict[Any, dict] = {}
+        self.down_since: float | None = None
+        self.next_try = 0.0
+        self.spool = _Spool(tracking_uri)
+        for key, entry in self.spool.load():
+            self.held[key] = entry
 
     def apply(self, msg: tuple) -> None:
         kind, args = msg[0], msg[1:]
@@ -577,8 +626,12 @@ class _Writer:
             self._create(*args)
         elif kind == "end":
             self._end(*args)
+        elif kind == "terminate":  # a run of the training process itself (its parent run), while the store is down
+            run_id, status, end_ms = args
+            self._write(_OpenRun(run_id), end=(status, end_ms), key=("run", run_id))
         elif kind == "barrier":
             self.write_pending()
+            self.retry_held()
             self.reply(("done", args[0]))
         else:
             logger.error("unknown message %r", kind)
@@ -591,11 +644,44 @@ class _Writer:
 
     def time_to_write(self) -> float | None:
         """Seconds until pending points are due (0: now), or None when nothing is pending."""
-        if self._oldest is None:
-            return None
-        if self._pending >= WRITE_POINTS:
-            return 0.0
-        return max(0.0, self._oldest + WRITE_DELAY_S - time.monotonic())
+        due = []
+        if self._oldest is not None:
+            due.append(0.0 if self._pending >= WRITE_POINTS else self._oldest + WRITE_DELAY_S - time.monotonic())
+        if self.held:
+            due.append(self.next_try - time.monotonic())
+        return max(0.0, min(due)) if due else None
+
+    def retry_held(self, *, force: bool = False) -> None:
+        """Write what the store refused while it was down, oldest run first (``force``: even before
+        the next retry is due)."""
+        if not self.held or (not force and time.monotonic() < self.next_try):
+            return
+        was_down = self.down_since is not None
+        for key in list(self.held):
+            entry = self.held[key]
+            try:
+                self._store(entry, key)
+            except Exception as exc:  # noqa: BLE001
+                if _unreachable(exc):
+                    self._went_down(exc)
+                    return
+                logger.exception("could not write %d held points to the MLflow run %s", len(entry["points"]), entry["run_id"])
+            del self.held[key]
+            if key in self.runs:
+                self.runs[key].run_id = entry["run_id"]
+            self.spool.done(key)
+        self.down_since = None
+        if was_down:
+            self.reply(("up",))
+
+    def finish(self) -> None:
+        """The writer stops: one last try for what is held (unless the store is known to be down), then
+        the spool folder keeps the rest."""
+        if self.down_since is None:
+            self.retry_held(force=True)
+        if self.held:
+            path = self.spool.save(self.held)
+            self.reply(("unsent", sum(len(e["points"]) for e in self.held.values()), len(self.held), str(path)))
 
     def kill_open_runs(self) -> None:
         """The training process is gone (or closed the tracker mid-trial): open runs end KILLED."""
@@ -607,14 +693,12 @@ class _Writer:
 
     def _create(self, key: int, experiment_id: str, run_name: str, tags: dict[str, str], params: dict[str, str], start_ms: int) -> None:
         new_run = {"experiment_id": experiment_id, "run_name": run_name, "tags": tags, "params": params, "start_ms": start_ms}
-        if self.fast is not None:  # created in the transaction of its first points: one commit less
-            self.runs[key] = _OpenRun(None, new_run=new_run)
-            self._oldest = self._oldest or time.monotonic()
-            return
-        self.runs[key] = _OpenRun(self._create_through_api(new_run))
-        self.reply(("created", key, self.runs[key].run_id))
+        # created with its first points (on the fast path in the same transaction: one commit less)
+        self.runs[key] = _OpenRun(None, new_run=new_run)
+        self._oldest = self._oldest or time.monotonic()
 
     def _create_through_api(self, new_run: dict) -> str | None:
+        """The run's id; None (logged) when the store rejects it. Raises when the store is unreachable."""
         try:
             run_id = self.client.create_run(
                 new_run["experiment_id"], start_time=new_run["start_ms"], run_name=new_run["run_name"], tags=new_run["tags"]
@@ -623,7 +707,9 @@ class _Writer:
             for i in range(0, len(items), TAG_LIMIT):
                 self.client.log_batch(run_id, params=items[i : i + TAG_LIMIT])
             return run_id
-        except Exception:  # noqa: BLE001 - the trial goes on untracked rather than failing
+        except Exception as exc:  # noqa: BLE001 - the trial goes on untracked rather than failing
+            if _unreachable(exc):
+                raise
             logger.exception("could not create the MLflow run %s", new_run["run_name"])
             return None
 
@@ -658,25 +744,64 @@ class _Writer:
         self._write(run, end=(_STATUS[state], end_ms or int(time.time() * 1000)), key=key)
         self.reply(("closed", key))
 
-    def _write(self, run: _OpenRun, end: tuple[str, int] | None = None, *, key: int) -> None:
+    def _write(self, run: _OpenRun, end: tuple[str, int] | None = None, *, key: Any) -> None:
         """A run's creation if pending, its pending points and tags, and its end when ``end`` (status,
-        end time in ms) is given: one transaction on the fast path, MLflow's API otherwise."""
-        points, tags = run.points, {k: v[:8000] for k, v in run.tags.items()}
-        run.points, run.tags = [], {}
-        written = False
-        if run.new_run is not None:
-            new_run, run.new_run = run.new_run, None
-            row = self.fast.new_run(self._artifact_root(new_run["experiment_id"]), **new_run)
-            written = self.fast.write(row["run"]["run_uuid"], points, tags, end, new_run=row)
-            run.run_id = row["run"]["run_uuid"] if written else self._create_through_api(new_run)
-            self.reply(("created", key, run.run_id))
-        if run.run_id is not None and not written:  # else creation failed: logged already
+        end time in ms) is given: one transaction on the fast path, MLflow's API otherwise. While the
+        store is down (or this run already has points held) they are held, in order, for a retry."""
+        entry = {"run_id": run.run_id, "new_run": run.new_run, "points": run.points, "end": end,
+                 "tags": {k: v[:8000] for k, v in run.tags.items()}}  # fmt: skip
+        run.points, run.tags, run.new_run = [], {}, None
+        n = len(entry["points"])
+        if key in self.held or (self.down_since is not None and time.monotonic() < self.next_try):
+            self._hold(key, entry)
+        else:
             try:
-                if self.fast is None or not self.fast.write(run.run_id, points, tags, end):
-                    self._write_through_api(run.run_id, points, tags, end)
-            except Exception:  # noqa: BLE001 - lose this batch, keep the writer (and the study) alive
-                logger.exception("could not write %d points to the MLflow run %s", len(points), run.run_id)
-        self.reply(("written", len(points)))
+                self._store(entry, key)
+            except Exception as exc:  # noqa: BLE001 - keep the writer (and the study) alive
+                if not _unreachable(exc):
+                    logger.exception("could not write %d points to the MLflow run %s", n, entry["run_id"])
+                else:
+                    self._went_down(exc)
+                    self._hold(key, entry)
+            run.run_id = entry["run_id"]
+        self.reply(("written", n))
+
+    def _store(self, entry: dict, key: Any) -> None:
+        """Write one entry (see :meth:`_write`); on failure ``entry`` keeps what is left to write."""
+        if entry["new_run"] is not None:
+            new_run = entry["new_run"]
+            if self.fast is not None:
+                row = self.fast.new_run(self._artifact_root(new_run["experiment_id"]), **new_run)
+                if self.fast.write(row["run"]["run_uuid"], entry["points"], entry["tags"], entry["end"], new_run=row):
+                    entry.update(run_id=row["run"]["run_uuid"], new_run=None, points=[], tags={}, end=None)
+                    self._created(key, entry["run_id"])
+                    return
+            entry["run_id"], entry["new_run"] = self._create_through_api(new_run), None
+            self._created(key, entry["run_id"])
+        if entry["run_id"] is None:  # its creation was refused (logged): the trial goes on untracked
+            return
+        if self.fast is None or not self.fast.write(entry["run_id"], entry["points"], entry["tags"], entry["end"]):
+            self._write_through_api(entry["run_id"], entry["points"], entry["tags"], entry["end"])
+
+    def _created(self, key: Any, run_id: str | None) -> None:
+        if isinstance(key, int):  # a trial run of the training process (not one read back from the spool)
+            self.reply(("created", key, run_id))
+
+    def _hold(self, key: Any, entry: dict) -> None:
+        held = self.held.get(key)
+        if held is None:
+            self.held[key] = entry
+            return
+        held["points"].extend(entry["points"])
+        held["tags"].update(entry["tags"])
+        held["end"] = entry["end"] or held["end"]
+        held["run_id"] = held["run_id"] or entry["run_id"]
+
+    def _went_down(self, exc: BaseException) -> None:
+        self.next_try = time.monotonic() + RETRY_S
+        if self.down_since is None:
+            self.down_since = time.time()
+            self.reply(("down", f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]))
 
     def _write_through_api(self, run_id: str, points: list[Point], tags: dict[str, str], end: tuple[str, int] | None) -> None:
         try:
@@ -809,6 +934,73 @@ class _SqlFastPath:
 _MAX_FLOAT = sys.float_info.max
 
 
+def _unreachable(exc: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from) says the store did not answer, as opposed to
+    refusing what it was sent: connection errors and timeouts, 5xx answers, SQL errors of the database
+    itself (locked, gone)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        kind = f"{type(exc).__module__}.{type(exc).__name__}"
+        if isinstance(exc, (ConnectionError, TimeoutError)) or kind.startswith(("requests.exceptions.", "urllib3.exceptions.")):
+            return True
+        if kind == "sqlalchemy.exc.OperationalError":
+            return True
+        status = getattr(exc, "get_http_status_code", None)
+        if callable(status) and type(exc).__name__ == "RestException" and status() >= 500:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _Spool:
+    """Held entries that outlived their writer: one pickle file per writer that stopped with some,
+    in a folder per tracking store (``AUTOLR_SPOOL_DIR``, default ``~/.cache/autolr/unsent``). The
+    next writer for the same store loads them first, and removes a file once all of it is written."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        import hashlib
+
+        root = Path(os.environ.get("AUTOLR_SPOOL_DIR") or Path.home() / ".cache" / "autolr" / "unsent")
+        self.folder = root / hashlib.sha1(tracking_uri.encode()).hexdigest()[:16]
+        self.files: dict[Path, set] = {}  # loaded file -> its keys not written yet
+
+    def pending(self) -> bool:
+        return self.folder.is_dir() and any(self.folder.glob("*.pkl"))
+
+    def load(self) -> list[tuple[Any, dict]]:
+        out = []
+        for path in sorted(self.folder.glob("*.pkl")) if self.folder.is_dir() else []:
+            try:
+                entries = pickle.loads(path.read_bytes())
+            except Exception:  # noqa: BLE001 - a truncated file: keep it for a person to look at
+                logger.exception("could not read the unsent MLflow points in %s", path)
+                continue
+            keys = {("spool", path.name, i) for i in range(len(entries))}
+            self.files[path] = set(keys)
+            out += [(("spool", path.name, i), entry) for i, entry in enumerate(entries)]
+        return out
+
+    def done(self, key: Any) -> None:
+        for path, keys in list(self.files.items()):
+            keys.discard(key)
+            if not keys:
+                path.unlink(missing_ok=True)
+                del self.files[path]
+
+    def save(self, held: Mapping[Any, dict]) -> Path:
+        """All of ``held`` into one new file (replacing the loaded files it includes)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.pkl"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(list(held.values()), protocol=pickle.HIGHEST_PROTOCOL))
+        tmp.replace(path)
+        for old in self.files:
+            old.unlink(missing_ok=True)
+        self.files = {}
+        return path
+
+
 def _sanitize(value: float) -> tuple[bool, float]:
     """As MLflow stores values: NaN as 0 with is_nan, infinities as the largest finite floats."""
     if math.isnan(value):
@@ -841,8 +1033,10 @@ def _serve(tracking_uri: str, inbox: "queue.Queue[tuple | None]", reply: Callabl
                     logger.exception("the MLflow writer could not apply %r", msg[0])
             if stopping or writer.time_to_write() == 0.0:
                 writer.write_pending()
+                writer.retry_held()
     finally:
         writer.kill_open_runs()
+        writer.finish()
         reply(("exit",))
 
 
@@ -872,6 +1066,26 @@ class _ThreadLink:
         self.thread.join(timeout_s)
 
 
+def _writer_env() -> dict[str, str]:
+    """The writer's environment: MLflow's HTTP client gives up on a dead server after seconds, not
+    minutes (the writer holds and retries itself), and prints no "View run" line per trial run."""
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    return env
+
+
+def _redact(uri: str) -> str:
+    """A URI as it may be printed: without a password."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 class _ProcessLink:
     """The writer as a child process: pickled messages to its stdin, length-prefixed replies from its
     stdout, both pipes non-blocking and served from the calling thread.
@@ -888,6 +1102,7 @@ class _ProcessLink:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
+            env=_writer_env(),
             start_new_session=True,  # a Ctrl-C meant for training must not kill the writer mid-commit
         )
         self.to_writer, self.from_writer = self.proc.stdin.fileno(), self.proc.stdout.fileno()

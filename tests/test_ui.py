@@ -1,5 +1,6 @@
 """`autolr ui`: a real MLflow server over a tuned study's store answers the REST API, serves the plots,
-and its experiment page loads in headless Chromium (where Chromium is installed)."""
+and its experiment page loads in headless Chromium (where Chromium is installed). A study tracked by
+such a server survives the server dying mid-study, and nothing tracked is lost once it is back."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 
 import autolr
 from autolr.report import STUDY_PLOTS
@@ -75,9 +78,16 @@ def ui(tmp_path_factory):
     (folder / "study.yaml").write_text(textwrap.dedent(STUDY))
     tracking_uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
     result = autolr.tune(folder / "study.yaml", storage=f"sqlite:///{folder / 'optuna.db'}", tracking_uri=tracking_uri)
-    port = _free_port()
-    log = folder / "ui.log"
-    with open(log, "wb") as out:
+    proc, base = _start_ui(tracking_uri, _free_port(), folder / "ui.log")
+    try:
+        yield {"base": base, "result": result, "folder": folder}
+    finally:
+        _stop(proc)
+
+
+def _start_ui(tracking_uri: str, port: int, log: Path) -> tuple[subprocess.Popen, str]:
+    """`autolr ui` on ``port``, once it answers."""
+    with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "autolr.cli", "ui", "--port", str(port), "--tracking-uri", tracking_uri],
             stdout=out,
@@ -87,9 +97,10 @@ def ui(tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(proc, base, log)
-        yield {"base": base, "result": result, "folder": folder}
-    finally:
+    except BaseException:
         _stop(proc)
+        raise
+    return proc, base
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -137,3 +148,74 @@ def test_experiment_page_loads_in_headless_chromium(ui, tmp_path) -> None:
     dom = done.stdout
     assert "MLflow" in dom, done.stderr[-2000:]
     assert "ui-study" in dom  # rendered by the page's scripts from the REST API, not in the static HTML
+
+
+DYING_TASK = """
+import os
+import signal
+import time
+import urllib.request
+
+from autolr.tasks import wine_mlp
+
+built = 0
+
+
+def factory(**kwargs):
+    global built
+    built += 1
+    if built == 3:  # the pre-flight build, trial 0, then trial 1 starts: the tracking server goes away
+        os.killpg(int(os.environ["AUTOLR_TEST_SERVER_PGID"]), signal.SIGTERM)  # `autolr ui` stops MLflow's session
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(os.environ["AUTOLR_TEST_SERVER"] + "/health", timeout=1)
+            except OSError:
+                break
+            time.sleep(0.1)
+    return wine_mlp(**kwargs)
+"""
+
+
+def test_server_dying_mid_study_loses_nothing(tmp_path, monkeypatch, caplog) -> None:
+    """The server is killed as trial 1 starts: the study finishes on time, every trial in Optuna; the
+    writer holds the points, keeps them in the spool folder at exit, and the next run writes them."""
+    (tmp_path / "dying_task.py").write_text(textwrap.dedent(DYING_TASK))
+    study = textwrap.dedent(STUDY).replace("task: wine_mlp", "task: dying_task:factory").replace("trials: 3", "trials: 4")
+    (tmp_path / "study.yaml").write_text(study.replace("name: ui-study", "name: dying"))
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    port = _free_port()
+    proc, base = _start_ui(store, port, tmp_path / "ui.log")
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("AUTOLR_SPOOL_DIR", str(spool))
+    monkeypatch.setenv("AUTOLR_TEST_SERVER_PGID", str(proc.pid))
+    monkeypatch.setenv("AUTOLR_TEST_SERVER", base)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    try:
+        result = autolr.tune(tmp_path / "study.yaml", storage=storage, tracking_uri=base)
+        assert proc.wait(30) is not None, "the task was to stop the server"
+    finally:
+        _stop(proc)
+    assert result.count(optuna.trial.TrialState.COMPLETE) == 4
+    log = caplog.text
+    assert "stopped answering" in log and "could not be written" in log and str(spool) in log
+    assert list(spool.glob("*/*.pkl")), "the unsent points were kept on disk"
+
+    proc, base = _start_ui(store, port, tmp_path / "ui.log")  # the server is back, on the same store
+    try:
+        again = autolr.tune(tmp_path / "study.yaml", storage=storage, tracking_uri=base)  # target met: it only writes what was kept
+        assert again.parent_run_id is None
+    finally:
+        _stop(proc)
+    assert not list(spool.glob("*/*.pkl"))
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("dying").experiment_id])
+    trials = {int(r.data.tags["autolr.trial"]): r for r in runs if r.data.tags.get("autolr.role") == "trial"}
+    assert sorted(trials) == [0, 1, 2, 3]
+    assert all(r.info.status != "RUNNING" for r in runs)
+    by_number = {t.number: t for t in optuna.load_study(study_name="dying", storage=storage).trials}
+    for number, run in trials.items():
+        assert run.data.tags["autolr.state"] == "COMPLETE"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert steps == list(range(by_number[number].user_attrs["autolr.steps"]))
+        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2  # one point per epoch
