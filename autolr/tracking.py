@@ -956,29 +956,45 @@ def _unreachable(exc: BaseException | None) -> bool:
 class _Spool:
     """Held entries that outlived their writer: one pickle file per writer that stopped with some,
     in a folder per tracking store (``AUTOLR_SPOOL_DIR``, default ``~/.cache/autolr/unsent``). The
-    next writer for the same store loads them first, and removes a file once all of it is written."""
+    next writer for the same store claims them first (renames them ``<name>.<pid>.claimed``, so that
+    two writers starting together never both write one file; a dead claimant's files are claimed
+    again), and removes a file once all of it is written."""
 
     def __init__(self, tracking_uri: str) -> None:
         import hashlib
 
         root = Path(os.environ.get("AUTOLR_SPOOL_DIR") or Path.home() / ".cache" / "autolr" / "unsent")
         self.folder = root / hashlib.sha1(tracking_uri.encode()).hexdigest()[:16]
-        self.files: dict[Path, set] = {}  # loaded file -> its keys not written yet
+        self.files: dict[Path, set] = {}  # claimed file -> its keys not written yet
 
     def pending(self) -> bool:
-        return self.folder.is_dir() and any(self.folder.glob("*.pkl"))
+        return bool(self._claimable())
+
+    def _claimable(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        free = list(self.folder.glob("*.pkl"))
+        for path in self.folder.glob("*.claimed"):
+            pid = path.suffixes[-2][1:] if len(path.suffixes) >= 2 else ""
+            if not (pid.isdigit() and _alive(int(pid))):
+                free.append(path)
+        return sorted(free)
 
     def load(self) -> list[tuple[Any, dict]]:
         out = []
-        for path in sorted(self.folder.glob("*.pkl")) if self.folder.is_dir() else []:
+        for path in self._claimable():
+            claimed = self.folder / f"{path.name.split('.')[0]}.pkl.{os.getpid()}.claimed"
             try:
-                entries = pickle.loads(path.read_bytes())
+                path.rename(claimed)  # atomic: of two writers, one gets it
+                entries = pickle.loads(claimed.read_bytes())
+            except FileNotFoundError:
+                continue
             except Exception:  # noqa: BLE001 - a truncated file: keep it for a person to look at
                 logger.exception("could not read the unsent MLflow points in %s", path)
                 continue
-            keys = {("spool", path.name, i) for i in range(len(entries))}
-            self.files[path] = set(keys)
-            out += [(("spool", path.name, i), entry) for i, entry in enumerate(entries)]
+            keys = [("spool", claimed.name, i) for i in range(len(entries))]
+            self.files[claimed] = set(keys)
+            out += list(zip(keys, entries))
         return out
 
     def done(self, key: Any) -> None:
@@ -989,7 +1005,7 @@ class _Spool:
                 del self.files[path]
 
     def save(self, held: Mapping[Any, dict]) -> Path:
-        """All of ``held`` into one new file (replacing the loaded files it includes)."""
+        """All of ``held`` into one new file (replacing the claimed files it includes)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.pkl"
         tmp = path.with_suffix(".tmp")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -229,3 +230,25 @@ def test_keyboard_interrupt_mid_trial_leaves_nothing_running(write_study, stores
     assert parent.info.status == "KILLED"
     killed = [r for r in trials if r.info.status == "KILLED"][0]
     assert 0 < len(client.get_metric_history(killed.info.run_id, "train_loss")) < 12
+
+
+def test_spooled_points_are_claimed_by_one_writer_only(tmp_path, monkeypatch) -> None:
+    """Unsent entries kept on disk go to exactly one of several writers starting together (``--jobs``),
+    and back to the next one if their claimant dies."""
+    from autolr.tracking import _Spool
+
+    monkeypatch.setenv("AUTOLR_SPOOL_DIR", str(tmp_path))
+    entry = {"run_id": "r1", "new_run": None, "points": [("train_loss", 1.0, 0, 0)], "tags": {}, "end": None}
+    saved = _Spool("http://example:5000").save({0: entry})
+    first, second = _Spool("http://example:5000"), _Spool("http://example:5000")
+    assert first.pending() and [e for _, e in first.load()] == [entry]
+    assert not second.pending() and second.load() == []
+    (claimed,) = first.files
+    dead = claimed.with_name(claimed.name.replace(f".{os.getpid()}.", ".999999999."))  # a pid no process has
+    claimed.rename(dead)
+    third = _Spool("http://example:5000")
+    assert [e for _, e in third.load()] == [entry]
+    (key,) = third.files[next(iter(third.files))]
+    third.done(key)
+    assert not list(tmp_path.rglob("*")) or all(p.is_dir() for p in tmp_path.rglob("*"))
+    assert not saved.exists() and _Spool("http://other:5000").load() == []
