@@ -413,9 +413,10 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
 
     try:
         tracker.flush()  # the plots read back every point of this invocation's trials
-        if not tracker.reachable():
-            logger.error("the best configuration and the plots are not logged this time (the MLflow store does not "
-                         "answer); the next invocation that reaches it draws the study's plots again")  # fmt: skip
+        if tracker.store_down is not None or not tracker.reachable():
+            logger.error("this invocation's best configuration and plots are not logged to MLflow (the store does not "
+                         "answer); `autolr export` reads the best configuration from the Optuna storage, and the "
+                         "next invocation that runs trials draws the study's plots again")  # fmt: skip
             return
         study = open_study(config, storage_url, create=False)
         export = best_export(config, study)

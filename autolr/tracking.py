@@ -29,7 +29,11 @@ holds between torch ops. So a trial run's SQL work all happens in one writer pro
    anything it cannot take;
 5. the writer watches gradient health on the way (:class:`autolr.monitor.GradientMonitor`) and tags it;
 6. if the training process dies, the writer sees its pipe close and ends every open run KILLED; if the
-   writer dies, :meth:`Tracker.close` ends, from the training process, the runs it knows of.
+   writer dies, :meth:`Tracker.close` ends, from the training process, the runs it knows of;
+7. if the store stops answering (connection refused or timed out), the writer holds what it cannot
+   write, per run and in order, tries again every ``RETRY_S`` and at every barrier, and at exit keeps
+   what is still held in a spool file that the next writer for the store writes first (:class:`_Spool`).
+   Held points count as handled for ``flush`` and the backlog: training never waits for a dead store.
 
 The writer runs in a session of its own, so a Ctrl-C in the terminal reaches the training process only;
 the interrupted trial ends KILLED through the normal path. SQLite stores are switched to WAL (readers
@@ -81,7 +85,7 @@ FLUSH_INTERVAL_S = 0.1  # points wait at most this long in the training process.
 WRITE_DELAY_S = 0.05  # ... and at most this long in the writer before they are committed,
 WRITE_POINTS = 20_000  # or until this many are pending
 RETRY_S = 10.0  # while the store does not answer, the writer holds what it gets and tries again this often
-MAX_BACKLOG_POINTS = 1_000_000  # beyond this many unwritten points, training waits for the writer
+MAX_BACKLOG_POINTS = 1_000_000  # beyond this many points not handled yet, training waits for the writer
 WRITER_MODES = ("process", "thread")
 STUDY_UID_TAG = "autolr.study_uid"
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
@@ -219,7 +223,8 @@ class Tracker:
     def parent_run(self, run_name: str, *, params: Mapping[str, Any], tags: Mapping[str, str], description: str = "") -> Iterator[str]:
         """The invocation's run; ends KILLED on Ctrl-C, FAILED on an error, FINISHED otherwise.
 
-        Before it ends, every trial run sent to the writer is written and closed.
+        Before it ends, every trial run sent to the writer is written and closed (or held, with the
+        parent's own end, while the store does not answer).
         """
         all_tags = {**tags, "autolr.pid": str(os.getpid()), "autolr.host": socket.gethostname()}  # see close_orphans
         if self.study_uid:
@@ -248,10 +253,16 @@ class Tracker:
 
     def _terminate(self, run_id: str, status: str) -> None:
         """End a run of this process; while the store is down, the writer holds the end with the rest."""
+        end_ms = int(time.time() * 1000)
         if self.store_down is None and self.reachable():
-            self.client.set_terminated(run_id, status=status)
-            return
-        self._send(("terminate", run_id, status, int(time.time() * 1000)))
+            try:
+                self.client.set_terminated(run_id, status=status, end_time=end_ms)
+                return
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                self.store_down = str(exc)
+        self._send(("terminate", run_id, status, end_ms))
 
     def write_unsent(self) -> None:
         """Write what an earlier writer for this store had to keep when the store stopped answering."""
@@ -360,8 +371,6 @@ class Tracker:
         experiment's when no ``study_uid`` is set), or only those of one parent run, or only those in
         one status (``RUNNING``, ``FINISHED``, ...)."""
         query = "tags.`autolr.role` = 'trial'"
-        if self.study_uid:
-            query += f" and tags.`{STUDY_UID_TAG}` = '{self.study_uid}'"
         if parent_run_id:
             query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
         if status:
@@ -371,6 +380,8 @@ class Tracker:
         while True:
             page = self.client.search_runs([self.experiment_id], query, max_results=1000, page_token=token)
             for run in page:
+                if self.study_uid and run.data.tags.get(STUDY_UID_TAG, self.study_uid) != self.study_uid:
+                    continue  # another storage's study of the same name (runs from before uids count)
                 number = int(run.data.tags.get("autolr.trial", -1))
                 if number not in runs or run.info.start_time > runs[number][0]:
                     runs[number] = (run.info.start_time, run.info.run_id)
@@ -393,7 +404,8 @@ class Tracker:
         return TrialRun(self, key)
 
     def flush(self, timeout_s: float = 300.0) -> bool:
-        """Wait until every point sent so far is committed and every ended trial run is closed.
+        """Wait until every point sent so far is committed and every ended trial run is closed (or,
+        while the store does not answer, held for a retry: see :attr:`store_down`).
 
         Returns False (and logs why) when the writer did not get there within ``timeout_s``.
         """
@@ -629,9 +641,9 @@ class _Writer:
         elif kind == "terminate":  # a run of the training process itself (its parent run), while the store is down
             run_id, status, end_ms = args
             self._write(_OpenRun(run_id), end=(status, end_ms), key=("run", run_id))
-        elif kind == "barrier":
+        elif kind == "barrier":  # the training process waits: worth one more try if the store is back
             self.write_pending()
-            self.retry_held()
+            self.retry_held(force=True)
             self.reply(("done", args[0]))
         else:
             logger.error("unknown message %r", kind)
@@ -675,13 +687,23 @@ class _Writer:
             self.reply(("up",))
 
     def finish(self) -> None:
-        """The writer stops: one last try for what is held (unless the store is known to be down), then
-        the spool folder keeps the rest."""
-        if self.down_since is None:
-            self.retry_held(force=True)
-        if self.held:
+        """The writer stops: what is held goes to the spool folder first (a writer killed during the last
+        try loses nothing), then one last try; the file goes once everything in it is written."""
+        if not self.held:
+            return
+        before = len(self.held)
+        try:
             path = self.spool.save(self.held)
-            self.reply(("unsent", sum(len(e["points"]) for e in self.held.values()), len(self.held), str(path)))
+        except Exception:  # noqa: BLE001 - an unwritable spool folder: say what is lost
+            logger.exception("could not keep the unsent MLflow points on disk")
+            path = None
+        self.retry_held(force=True)
+        if path is not None and len(self.held) < before:  # some of it went: keep only the rest
+            path.unlink(missing_ok=True)
+            path = self.spool.save(self.held) if self.held else None
+        if self.held:
+            points = sum(len(e["points"]) for e in self.held.values())
+            self.reply(("unsent", points, len(self.held), str(path or "nowhere (see the error above)")))
 
     def kill_open_runs(self) -> None:
         """The training process is gone (or closed the tracker mid-trial): open runs end KILLED."""
@@ -698,15 +720,12 @@ class _Writer:
         self._oldest = self._oldest or time.monotonic()
 
     def _create_through_api(self, new_run: dict) -> str | None:
-        """The run's id; None (logged) when the store rejects it. Raises when the store is unreachable."""
+        """The run's id (its params still to log); None (logged) when the store rejects it. Raises when
+        the store is unreachable."""
         try:
-            run_id = self.client.create_run(
+            return self.client.create_run(
                 new_run["experiment_id"], start_time=new_run["start_ms"], run_name=new_run["run_name"], tags=new_run["tags"]
             ).info.run_id
-            items = [Param(k, v) for k, v in new_run["params"].items()]
-            for i in range(0, len(items), TAG_LIMIT):
-                self.client.log_batch(run_id, params=items[i : i + TAG_LIMIT])
-            return run_id
         except Exception as exc:  # noqa: BLE001 - the trial goes on untracked rather than failing
             if _unreachable(exc):
                 raise
@@ -776,12 +795,15 @@ class _Writer:
                     entry.update(run_id=row["run"]["run_uuid"], new_run=None, points=[], tags={}, end=None)
                     self._created(key, entry["run_id"])
                     return
-            entry["run_id"], entry["new_run"] = self._create_through_api(new_run), None
+            # created at once (so a failure after this point never creates it twice), params to follow
+            entry.update(run_id=self._create_through_api(new_run), new_run=None, params=dict(new_run["params"]))
             self._created(key, entry["run_id"])
         if entry["run_id"] is None:  # its creation was refused (logged): the trial goes on untracked
             return
-        if self.fast is None or not self.fast.write(entry["run_id"], entry["points"], entry["tags"], entry["end"]):
-            self._write_through_api(entry["run_id"], entry["points"], entry["tags"], entry["end"])
+        if not entry.get("params") and self.fast is not None and self.fast.write(entry["run_id"], entry["points"], entry["tags"], entry["end"]):
+            entry.update(points=[], tags={}, end=None)
+            return
+        self._write_through_api(entry)
 
     def _created(self, key: Any, run_id: str | None) -> None:
         if isinstance(key, int):  # a trial run of the training process (not one read back from the spool)
@@ -794,6 +816,7 @@ class _Writer:
             return
         held["points"].extend(entry["points"])
         held["tags"].update(entry["tags"])
+        held.setdefault("params", {}).update(entry.get("params") or {})
         held["end"] = entry["end"] or held["end"]
         held["run_id"] = held["run_id"] or entry["run_id"]
 
@@ -803,17 +826,34 @@ class _Writer:
             self.down_since = time.time()
             self.reply(("down", f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]))
 
-    def _write_through_api(self, run_id: str, points: list[Point], tags: dict[str, str], end: tuple[str, int] | None) -> None:
+    def _write_through_api(self, entry: dict) -> None:
+        """Params, points, tags and end of an entry through MLflow's API, taking each call's share off
+        the entry once it succeeds: a retry sends only the rest. A run whose data the store refuses is
+        still ended."""
+        run_id, params, points, tags = entry["run_id"], entry.get("params") or {}, entry["points"], entry["tags"]
         try:
-            metrics = [Metric(*p) for p in points]
-            for i in range(0, len(metrics), BATCH_LIMIT):
-                self.client.log_batch(run_id, metrics=metrics[i : i + BATCH_LIMIT])
-            items = [RunTag(k, v) for k, v in tags.items()]
-            for i in range(0, len(items), TAG_LIMIT):
-                self.client.log_batch(run_id, tags=items[i : i + TAG_LIMIT])
-        finally:
-            if end is not None:
-                self.client.set_terminated(run_id, status=end[0], end_time=end[1])
+            while params:
+                items = list(params.items())[:TAG_LIMIT]
+                self.client.log_batch(run_id, params=[Param(k, v) for k, v in items])
+                for k, _ in items:
+                    del params[k]
+            while points:
+                self.client.log_batch(run_id, metrics=[Metric(*p) for p in points[:BATCH_LIMIT]])
+                del points[:BATCH_LIMIT]
+            while tags:
+                items = list(tags.items())[:TAG_LIMIT]
+                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in items])
+                for k, _ in items:
+                    del tags[k]
+        except Exception as exc:
+            if entry["end"] is not None and not _unreachable(exc):
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(run_id, status=entry["end"][0], end_time=entry["end"][1])
+                entry["end"] = None
+            raise
+        if entry["end"] is not None:
+            self.client.set_terminated(run_id, status=entry["end"][0], end_time=entry["end"][1])
+            entry["end"] = None
 
 
 class _SqlFastPath:
@@ -936,18 +976,18 @@ _MAX_FLOAT = sys.float_info.max
 
 def _unreachable(exc: BaseException | None) -> bool:
     """Whether an error (or one it was raised from) says the store did not answer, as opposed to
-    refusing what it was sent: connection errors and timeouts, 5xx answers, SQL errors of the database
-    itself (locked, gone)."""
+    refusing what it was sent: connection errors and timeouts, a gateway's 502/503/504, an SQLite file
+    that is locked or cannot be opened."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         kind = f"{type(exc).__module__}.{type(exc).__name__}"
         if isinstance(exc, (ConnectionError, TimeoutError)) or kind.startswith(("requests.exceptions.", "urllib3.exceptions.")):
             return True
-        if kind == "sqlalchemy.exc.OperationalError":
+        if kind in ("sqlalchemy.exc.OperationalError", "sqlite3.OperationalError") and re.search(r"locked|unable to open|disk I/O", str(exc)):
             return True
         status = getattr(exc, "get_http_status_code", None)
-        if callable(status) and type(exc).__name__ == "RestException" and status() >= 500:
+        if callable(status) and type(exc).__name__ == "RestException" and status() in (502, 503, 504):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -963,8 +1003,18 @@ class _Spool:
     def __init__(self, tracking_uri: str) -> None:
         import hashlib
 
-        root = Path(os.environ.get("AUTOLR_SPOOL_DIR") or Path.home() / ".cache" / "autolr" / "unsent")
-        self.folder = root / hashlib.sha1(tracking_uri.encode()).hexdigest()[:16]
+        root = os.environ.get("AUTOLR_SPOOL_DIR")
+        if not root:
+            try:
+                root = Path.home() / ".cache" / "autolr" / "unsent"
+            except RuntimeError:  # no home directory
+                import tempfile
+
+                root = Path(tempfile.gettempdir()) / "autolr-unsent"
+        identity = tracking_uri
+        if tracking_uri.startswith("sqlite:///"):  # one store whatever the working directory
+            identity = f"sqlite:///{_sqlite_path(tracking_uri).resolve()}"
+        self.folder = Path(root) / hashlib.sha1(identity.encode()).hexdigest()[:16]
         self.files: dict[Path, set] = {}  # claimed file -> its keys not written yet
 
     def pending(self) -> bool:
@@ -1048,12 +1098,17 @@ def _serve(tracking_uri: str, inbox: "queue.Queue[tuple | None]", reply: Callabl
                 except Exception:  # noqa: BLE001
                     logger.exception("the MLflow writer could not apply %r", msg[0])
             if stopping or writer.time_to_write() == 0.0:
-                writer.write_pending()
-                writer.retry_held()
+                try:
+                    writer.write_pending()
+                    writer.retry_held()
+                except Exception:  # noqa: BLE001 - keep the writer alive for the next batch
+                    logger.exception("the MLflow writer could not write its pending points")
     finally:
-        writer.kill_open_runs()
-        writer.finish()
-        reply(("exit",))
+        try:
+            writer.kill_open_runs()
+        finally:
+            writer.finish()
+            reply(("exit",))
 
 
 class _ThreadLink:
@@ -1220,10 +1275,18 @@ def _writer_main(tracking_uri: str) -> None:
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_commands, args=(sys.stdin.buffer, inbox), daemon=True).start()
 
+    gone = False
+
     def reply(msg: tuple) -> None:
+        nonlocal gone
+        if gone:
+            return
         data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        replies.write(len(data).to_bytes(4, "big") + data)
-        replies.flush()
+        try:
+            replies.write(len(data).to_bytes(4, "big") + data)
+            replies.flush()
+        except OSError:  # the training process is gone: go on closing its runs, quietly
+            gone = True
 
     _serve(tracking_uri, inbox, reply)
 

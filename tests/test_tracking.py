@@ -252,3 +252,40 @@ def test_spooled_points_are_claimed_by_one_writer_only(tmp_path, monkeypatch) ->
     third.done(key)
     assert not list(tmp_path.rglob("*")) or all(p.is_dir() for p in tmp_path.rglob("*"))
     assert not saved.exists() and _Spool("http://other:5000").load() == []
+
+
+def test_training_process_dying_while_the_store_is_down_keeps_its_points(tmp_path) -> None:
+    """No server at the URI and the training process killed mid-trial: the writer still ends the run
+    KILLED and keeps it, with its points, in the spool folder for the next writer."""
+    import pickle
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    script = textwrap.dedent(
+        f"""
+        import os
+        from autolr.tracking import Tracker
+        tracker = Tracker("http://127.0.0.1:{port}", experiment="gone")
+        tracker._experiment_id = "1"  # no server to ask
+        for number in (0, 1):
+            run = tracker.trial_run(None, number, {{"lr": 0.1}})
+            run.log_steps(0, {{"train_loss": [1.0, 0.9], "lr": [0.1, 0.1], "grad_norm": [1.0, 1.0]}})
+            run.flush()
+        tracker.flush()
+        os._exit(3)  # no end, no close: as if killed
+        """
+    )
+    env = {**os.environ, "AUTOLR_SPOOL_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 3, done.stderr
+    deadline = time.monotonic() + 90
+    while not list(tmp_path.glob("*/*.pkl")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (path,) = tmp_path.glob("*/*.pkl")
+    entries = pickle.loads(path.read_bytes())
+    assert sorted(e["new_run"]["run_name"] for e in entries) == ["trial-0", "trial-1"]
+    for e in entries:
+        assert e["end"][0] == "KILLED" and e["tags"]["autolr.state"] == "FAIL"
+        assert sorted((p[0], p[3]) for p in e["points"]) == sorted((k, s) for k in ("train_loss", "lr", "grad_norm") for s in (0, 1))
