@@ -53,6 +53,7 @@ def trial_curves(series: Mapping[str, Series], *, title: str, metric: str, path:
         steps, values = _finite(*series.get(key, ((), ())))
         ax.plot(steps, values, lw=1.0, marker="o" if xlabel == "epoch" else None, ms=3)
         ax.set(title=label, xlabel=xlabel)
+        ax.locator_params(axis="x", nbins=5)
         _log_if_wide(ax, values)
         if not steps:
             _note(ax, "no finite points")
@@ -259,6 +260,7 @@ def _log_if_wide(ax, values: Sequence[float]) -> None:
     finite = [v for v in values if _is_finite(v)]
     if finite and min(finite) > 0 and max(finite) / min(finite) > 100:
         ax.set_yscale("log")
+        ax.minorticks_off()  # a log axis's minor ticks cost more to lay out than the rest of the panel
 
 
 def _colours(names: Sequence[str]) -> dict[str, Any]:
