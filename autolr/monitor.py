@@ -6,9 +6,11 @@ relative, because a "large" gradient norm means nothing across models:
 
 1. reference: the median global gradient norm of the first ``reference_steps`` finite steps;
 2. exploding: the first step whose global norm is non-finite or above ``explode_factor`` x reference;
-3. vanishing: the first step whose global norm fell below ``vanish_factor`` x reference, or a layer-stats
-   step where some layer's gradient norm fell below ``vanish_factor`` x that layer's first one (one layer
-   going quiet while the others learn is the classic vanishing gradient).
+3. vanishing: the first of ``vanish_steps`` consecutive steps whose global norm is below
+   ``vanish_factor`` x reference (one mini-batch the model already fits perfectly gives one such step,
+   which is not vanishing), or a layer-stats step where some layer's gradient norm fell below
+   ``vanish_factor`` x that layer's first one (one layer going quiet while the others learn is the
+   classic vanishing gradient).
 """
 
 from __future__ import annotations
@@ -33,13 +35,18 @@ class GradientFlag:
 class GradientMonitor:
     """Watches one run's gradient norms; :attr:`flags` holds at most one flag of each kind."""
 
-    def __init__(self, *, explode_factor: float = 10.0, vanish_factor: float = 1e-3, reference_steps: int = 10) -> None:
+    def __init__(self, *, explode_factor: float = 10.0, vanish_factor: float = 1e-3, reference_steps: int = 10, vanish_steps: int = 10) -> None:
         if not explode_factor > 1.0:
             raise ValueError(f"explode_factor must be > 1, got {explode_factor}")
         if not 0.0 < vanish_factor < 1.0:
             raise ValueError(f"vanish_factor must be in (0, 1), got {vanish_factor}")
         if reference_steps < 1:
             raise ValueError(f"reference_steps must be >= 1, got {reference_steps}")
+        if vanish_steps < 1:
+            raise ValueError(f"vanish_steps must be >= 1, got {vanish_steps}")
+        self.vanish_steps = vanish_steps
+        self._quiet_since: int | None = None  # the first of the current run of steps below the vanishing line
+        self._quiet_steps = 0
         self.explode_factor = explode_factor
         self.vanish_factor = vanish_factor
         self.reference_steps = reference_steps
@@ -91,10 +98,19 @@ class GradientMonitor:
         if "exploding" not in self.flags and norm > self.explode_factor * ref:
             reason = f"exploding: grad_norm {norm:.3g} at step {step} is {norm / ref:.3g}x the first steps' median {ref:.3g}"
             return self._raise("exploding", step, reason)
-        if "vanishing" not in self.flags and ref > 0 and norm < self.vanish_factor * ref:
-            reason = f"vanishing: grad_norm {norm:.3g} at step {step} is {norm / ref:.2g}x the first steps' median {ref:.3g}"
-            return self._raise("vanishing", step, reason)
-        return None
+        if "vanishing" in self.flags or not ref > 0:
+            return None
+        if norm >= self.vanish_factor * ref:
+            self._quiet_since, self._quiet_steps = None, 0
+            return None
+        self._quiet_since = step if self._quiet_since is None else self._quiet_since
+        self._quiet_steps += 1
+        if self._quiet_steps < self.vanish_steps:
+            return None
+        start = self._quiet_since
+        reason = (f"vanishing: grad_norm below {self.vanish_factor:.2g}x the first steps' median {ref:.3g} "
+                  f"for {self._quiet_steps} steps from step {start}")  # fmt: skip
+        return self._raise("vanishing", start, reason)
 
     def _raise(self, kind: str, step: int, reason: str) -> GradientFlag:
         flag = GradientFlag(kind, step, reason)

@@ -31,9 +31,15 @@ def test_non_finite_norm_is_exploding_even_before_the_reference() -> None:
 
 
 def test_vanishing_global_norm() -> None:
-    monitor = GradientMonitor(vanish_factor=1e-3, reference_steps=2)
-    flags = monitor.observe_steps(0, [2.0, 2.0, 1e-2, 1e-3, 1e-4])
-    assert [(f.kind, f.step) for f in flags] == [("vanishing", 3)]
+    monitor = GradientMonitor(vanish_factor=1e-3, reference_steps=2, vanish_steps=3)
+    flags = monitor.observe_steps(0, [2.0, 2.0, 1e-2, 1e-3, 1e-4, 1e-4, 1e-5])
+    assert [(f.kind, f.step) for f in flags] == [("vanishing", 3)]  # the first of three quiet steps in a row
+    assert "for 3 steps from step 3" in flags[0].reason
+
+
+def test_one_perfectly_fitted_batch_is_not_vanishing() -> None:
+    monitor = GradientMonitor(vanish_factor=1e-3, reference_steps=2, vanish_steps=3)
+    assert monitor.observe_steps(0, [2.0, 2.0, 1e-4, 0.5, 1e-4, 1e-4, 0.4]) == []
 
 
 def test_vanishing_layer_while_others_learn() -> None:
