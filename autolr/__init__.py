@@ -15,11 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from autolr.config import StudyConfig, load_study
-from autolr.errors import StudyFileError, TrackingUnavailableError
+from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
 from autolr.tasks import Task
 
 __all__ = [
     "BestConfig",
+    "InputError",
     "StudyConfig",
     "StudyFileError",
     "Task",

@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from autolr.config import DEFAULT_TRACKING_URI
-from autolr.errors import StudyFileError, TrackingUnavailableError
+from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
 
 __all__ = ["main"]
 
@@ -46,15 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--json", action="store_true", help="print one JSON object")
 
     export = study_command("export", "write the best configuration")
-    export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    export.add_argument("--format", choices=("yaml", "json"), default=None, help="default: json for an -o file ending .json, else yaml")
     export.add_argument("-o", "--output", help="file to write (default: stdout)")
 
     show = study_command("show", "top trials, states, prune reasons")
     show.add_argument("--top", type=_positive_int, default=10)
 
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
-    ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"the MLflow store to serve (default: {DEFAULT_TRACKING_URI})")
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
     return parser
 
 
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return _COMMANDS[args.command](args)
-    except (StudyFileError, TrackingUnavailableError) as exc:
+    except (StudyFileError, InputError, TrackingUnavailableError) as exc:
         print(f"autolr: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -109,6 +109,7 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("optuna", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("optuna").addFilter(_no_interrupt_traceback)
     warnings.filterwarnings("ignore", message=r".*(experimental|ExperimentalWarning).*")
     warnings.filterwarnings("ignore", module=r"optuna\..*", category=FutureWarning)
     try:
@@ -120,18 +121,26 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _no_interrupt_traceback(record: logging.LogRecord) -> bool:
+    """Optuna logs a Ctrl-C inside a trial as a failure with its traceback; autolr says it in one line."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)) and "KeyboardInterrupt" not in record.getMessage()
+
+
 def _tune(args) -> int:
     import autolr
     from autolr.study import trial_row
 
     config = autolr.load_study(args.study)
     target = args.trials or config.trials
-    bar = _progress(target, initial=_finished_so_far(config, args.storage))
+    finished = _finished_so_far(config, args.storage)
+    bar = _progress(target, initial=finished)
 
     def on_trial(trial) -> None:
         row = trial_row(trial)
         bar.set_postfix_str(f"#{row['trial']} {row['state']} {_fmt(row['value'])}", refresh=False)
         bar.update(1 if row["state"] in ("COMPLETE", "PRUNED") else 0)
+        if bar.n >= target and not args.no_tracking:  # the plots take a few seconds: say so
+            bar.set_postfix_str(f"#{row['trial']} {row['state']} {_fmt(row['value'])}; drawing the MLflow plots")
 
     try:
         result = autolr.tune(
@@ -146,6 +155,9 @@ def _tune(args) -> int:
         )
     finally:
         bar.close()
+    if finished >= target:
+        print(f"study {result.study_name} already holds its target of {target} finished trials; "
+              f"--trials N (or trials: in the study file) runs more", file=sys.stderr)  # fmt: skip
     print(_summary(result))
     return 0
 
@@ -163,7 +175,7 @@ def _finished_so_far(config, storage: str | None) -> int:
 
     try:
         result = autolr.study_results(config, storage=storage)
-    except RuntimeError:  # no such study yet
+    except InputError:  # no such study yet
         return 0
     return result.count(TrialState.COMPLETE) + result.count(TrialState.PRUNED)
 
@@ -219,7 +231,8 @@ def _fmt(value) -> str:
 def _export(args) -> int:
     import autolr
 
-    text = autolr.export_best(args.study, storage=args.storage, path=args.output, fmt=args.format)
+    fmt = args.format or ("json" if str(args.output or "").lower().endswith(".json") else "yaml")
+    text = autolr.export_best(args.study, storage=args.storage, path=args.output, fmt=fmt)
     if args.output is None:
         sys.stdout.write(text)
     else:
@@ -250,6 +263,7 @@ def _ui(args) -> int:
     """The MLflow UI (pages + REST API) on 127.0.0.1 until Ctrl-C; however autolr stops, the UI and its
     workers stop with it (they run in a session of their own, which autolr ends)."""
     import signal
+    import socket
     import subprocess
 
     from autolr.tracking import artifact_root_for
@@ -259,15 +273,24 @@ def _ui(args) -> int:
     root = artifact_root_for(args.tracking_uri)
     if root:
         cmd += ["--default-artifact-root", root]
+    with socket.socket() as probe:  # say it now, not in a server log line after a misleading banner
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closed port in TIME_WAIT is free
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError as exc:
+            print(f"autolr: error: --port {args.port}: 127.0.0.1:{args.port} is not free ({exc.strerror}); choose another port", file=sys.stderr)
+            return 2
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {args.tracking_uri} (Ctrl-C to stop)", file=sys.stderr)
     proc = subprocess.Popen(cmd, start_new_session=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        return proc.wait()
+        code = proc.wait()
     except KeyboardInterrupt:
         return 0
     finally:
         _stop_session(proc)
+    print(f"autolr: error: the MLflow UI stopped by itself (exit code {code}); its log is above", file=sys.stderr)
+    return code or 1
 
 
 def _stop_session(proc) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["StudyFileError", "TrackingUnavailableError"]
+__all__ = ["InputError", "StudyFileError", "TrackingUnavailableError"]
 
 
 class StudyFileError(ValueError):
@@ -18,6 +18,11 @@ class StudyFileError(ValueError):
         self.given = given
         given_text = given if isinstance(given, str) and given.startswith("<") else repr(given)
         super().__init__(f"{self.path}: {key}: expected {expected}, got {given_text}")
+
+
+class InputError(ValueError):
+    """A flag or argument that cannot work: a storage URL no driver takes, a study that is not in the
+    storage named. One line, saying what to do instead."""
 
 
 class TrackingUnavailableError(RuntimeError):

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr._filelock import file_lock
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
-from autolr.errors import StudyFileError
+from autolr.errors import InputError, StudyFileError
 from autolr.objective import ERROR_ATTR, PARAMS_ATTR, REASON_ATTR, STEPS_ATTR, Objective
 from autolr.sampler import DIVERGED_ATTR, make_sampler
 from autolr.space import LrBounds, grid_search_space
@@ -85,8 +85,14 @@ def _storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def _rdb(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
+    import sqlalchemy.exc
+
     with _experimental_ok():
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
+            raise InputError(f"--storage {url}: not a storage URL SQLAlchemy can open ({exc}); e.g. sqlite:///study.db "
+                             "or postgresql://user@host/db") from None  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -154,7 +160,7 @@ def open_study(
     """
     url = storage or default_storage_url(config)
     if not create and not _exists(config.name, url):
-        raise RuntimeError(f"no study {config.name!r} in {url}; run `autolr tune {config.path}` first (or pass --storage)")
+        raise InputError(f"no study {config.name!r} in {url}; run `autolr tune {config.path}` first (or pass --storage)")
     study = optuna.create_study(
         storage=_storage(url),
         study_name=config.name,
@@ -184,7 +190,7 @@ def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int) -> optu
 def _exists(name: str, url: str) -> bool:
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
         return False  # do not create an empty database file just to look
-    return name in optuna.study.get_all_study_names(storage=url)
+    return name in optuna.study.get_all_study_names(storage=_rdb(url, {}))
 
 
 def fixed_lr_bounds(config: StudyConfig) -> LrBounds:

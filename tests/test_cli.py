@@ -59,7 +59,7 @@ def test_quickstart_tune_export_and_mlflow_layout(stores, tmp_path, capsys) -> N
             assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 8  # one per epoch
 
     out_path = tmp_path / "best.json"
-    assert main(["export", QUICKSTART, "--format", "json", "-o", str(out_path), "--storage", stores["storage"]]) == 0
+    assert main(["export", QUICKSTART, "-o", str(out_path), "--storage", stores["storage"]]) == 0  # json: by the file's name
     export = json.loads(out_path.read_text())
     assert {"study", "metric", "direction", "value", "trial", "params", "epochs", "batch_size"} <= set(export)
     assert {"optimizer", "lr", "schedule", "warmup"} <= set(export["params"])
@@ -81,7 +81,9 @@ def test_rerun_resumes_up_to_the_target(stores, write_study, capsys) -> None:
     assert "3/5" in capsys.readouterr().err  # the progress bar starts where the study stands
     study = optuna.load_study(study_name="small", storage=stores["storage"])
     assert len(study.trials) == 5
-    assert main(["tune", path, "--trials", "5", *_args(stores)]) == 0  # already there: runs nothing
+    capsys.readouterr()
+    assert main(["tune", path, "--trials", "5", *_args(stores)]) == 0  # already there: runs nothing, says so
+    assert "already holds its target of 5 finished trials" in capsys.readouterr().err
     assert len(optuna.load_study(study_name="small", storage=stores["storage"]).trials) == 5
     _, parents, _ = _runs(stores, "small")
     assert len(parents) == 2  # one per invocation that ran trials
@@ -188,8 +190,40 @@ def test_bad_study_files_exit_2_with_one_line_and_write_nothing(write_study, tmp
 
 def test_export_before_any_trial_says_what_to_do(write_study, stores, capsys) -> None:
     path = str(write_study(SMALL))
-    assert main(["export", path, "--storage", stores["storage"]]) == 1
+    assert main(["export", path, "--storage", stores["storage"]]) == 2
     assert "no study 'small'" in capsys.readouterr().err
+
+
+def test_a_storage_url_no_driver_takes_is_bad_input(write_study, capsys) -> None:
+    path = str(write_study(SMALL))
+    assert main(["show", path, "--storage", "foo://x"]) == 2
+    err = capsys.readouterr().err
+    assert "--storage foo://x: not a storage URL" in err and "Traceback" not in err
+
+
+def test_ui_on_a_port_in_use_says_so_and_exits_2(capsys) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["ui", "--port", str(port)]) == 2
+    assert f"127.0.0.1:{port} is not free" in capsys.readouterr().err
+
+
+def test_optuna_logs_no_traceback_for_a_ctrl_c() -> None:
+    import logging
+    import sys
+
+    from autolr.cli import _no_interrupt_traceback
+
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        interrupted = logging.LogRecord("optuna", logging.WARNING, "", 0, "Trial 3 failed", (), sys.exc_info())
+    other = logging.LogRecord("optuna", logging.WARNING, "", 0, "Trial 4 failed because of the following error: ValueError()", (), None)
+    assert not _no_interrupt_traceback(interrupted) and _no_interrupt_traceback(other)
 
 
 def test_unreachable_tracking_server_fails_fast_before_any_trial(write_study, stores, capsys) -> None:
