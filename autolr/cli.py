@@ -109,7 +109,7 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("optuna", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("optuna").addFilter(_no_interrupt_traceback)
+    logging.getLogger("optuna.study._optimize").addFilter(_no_interrupt_traceback)  # where Optuna logs a trial's error
     warnings.filterwarnings("ignore", message=r".*(experimental|ExperimentalWarning).*")
     warnings.filterwarnings("ignore", module=r"optuna\..*", category=FutureWarning)
     try:
