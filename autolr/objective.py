@@ -34,6 +34,7 @@ PARAMS_ATTR = "autolr.params"
 REASON_ATTR = "autolr.prune_reason"
 STEP_ATTR = "autolr.divergence_step"
 STEPS_ATTR = "autolr.steps"
+LOSS_RATIO_ATTR = "autolr.loss_ratio"  # smoothed training loss at the end / at the start: above 1, no progress
 ERROR_ATTR = "autolr.error"
 
 
@@ -58,10 +59,23 @@ class _Report(TrainerCallback):
         self.run = run
         self.metric = metric
         self.curve_pruning = curve_pruning
+        self.first_loss: float | None = None  # mean training loss of the first window
+        self.smoothed_loss: float | None = None  # EMA (0.9) of the training loss since
 
     def on_steps(self, first_step: int, values: Mapping[str, Sequence[float]]) -> None:
         if self.run is not None:
             self.run.log_steps(first_step, values)
+        losses = [v for v in values.get("train_loss", ()) if math.isfinite(v)]
+        if losses and self.first_loss is None:
+            self.first_loss = sum(losses) / len(losses)
+        for v in losses:
+            self.smoothed_loss = v if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * v
+
+    def loss_ratio(self) -> float | None:
+        """Where training ended against where it started (a run can get worse without diverging)."""
+        if self.first_loss is None or self.smoothed_loss is None or not self.first_loss > 0:
+            return None
+        return self.smoothed_loss / self.first_loss
 
     def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
         if self.run is not None:
@@ -113,7 +127,7 @@ class Objective:
             batch_size=cfg.train.batch_size,
             device=pick_device(cfg.train.device),
             guard=DivergenceGuard(cfg.pruning.loss_factor) if cfg.pruning.divergence else None,
-            callbacks=[_Report(trial, run, metric, cfg.pruning.curve != "none")],
+            callbacks=[report := _Report(trial, run, metric, cfg.pruning.curve != "none")],
             layer_stats_every=cfg.tracking.layer_stats_every if run is not None else 0,
             grad_clip=cfg.train.grad_clip,
             monitor=metric,
@@ -129,9 +143,13 @@ class Objective:
             self._record_prune(trial, run, exc.reason, divergence_step=exc.step, diverged=True)
             raise optuna.TrialPruned(exc.reason) from None
         except optuna.TrialPruned as exc:
+            if (ratio := report.loss_ratio()) is not None:
+                trial.set_user_attr(LOSS_RATIO_ATTR, ratio)
             self._record_prune(trial, run, str(exc), divergence_step=None, diverged=False)
             raise
         trial.set_user_attr(STEPS_ATTR, result.steps)
+        if (ratio := report.loss_ratio()) is not None:
+            trial.set_user_attr(LOSS_RATIO_ATTR, ratio)
         value = result.final[metric]
         if not math.isfinite(value):  # only reachable with the guard off: still divergence, not a bug
             reason = f"diverged: {metric} {value} after the last epoch"

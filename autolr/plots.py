@@ -38,8 +38,12 @@ SQUARE = (10.0, 7.5)
 
 def max_stable_lr(rows: Sequence[Row]) -> float | None:
     """The highest learning rate among trials that finished without diverging (COMPLETE, or pruned for
-    their curve), or None when there is none."""
-    stable = [r["lr"] for r in rows if r.get("lr") is not None and r["state"] in ("COMPLETE", "PRUNED") and not r.get("diverged")]
+    their curve) and ended with a lower training loss than they started with (``loss_ratio`` <= 1,
+    where known), or None when there is none."""
+    stable = [
+        r["lr"] for r in rows
+        if r.get("lr") is not None and r["state"] in ("COMPLETE", "PRUNED") and not r.get("diverged") and not (r.get("loss_ratio") or 0.0) > 1.0
+    ]  # fmt: skip
     return max(stable) if stable else None
 
 

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autolr._filelock import file_lock
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.errors import InputError, StudyFileError
-from autolr.objective import ERROR_ATTR, PARAMS_ATTR, REASON_ATTR, STEPS_ATTR, Objective
+from autolr.objective import ERROR_ATTR, LOSS_RATIO_ATTR, PARAMS_ATTR, REASON_ATTR, STEPS_ATTR, Objective
 from autolr.sampler import DIVERGED_ATTR, make_sampler
 from autolr.space import LrBounds, grid_search_space
 
@@ -496,6 +496,7 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "warmup": params.get("warmup"),
         "steps": t.user_attrs.get(STEPS_ATTR),
         "diverged": bool(t.user_attrs.get(DIVERGED_ATTR)),
+        "loss_ratio": t.user_attrs.get(LOSS_RATIO_ATTR),
         "reason": t.user_attrs.get(REASON_ATTR, ""),
     }
 

@@ -67,6 +67,10 @@ def test_max_stable_lr_is_the_highest_lr_that_did_not_diverge() -> None:
     assert plots.max_stable_lr([r for r in ROWS if r["optimizer"] == "adam"]) == 1e-3
     assert plots.max_stable_lr([row(0, "PRUNED", lr=1.0, diverged=True)]) is None
     assert plots.max_stable_lr([]) is None
+    # one that got worse without tripping the guard (its training loss ended above where it began)
+    worse = [row(0, "PRUNED", lr=0.5, diverged=False), row(1, "COMPLETE", lr=0.1, diverged=False)]
+    worse[0]["loss_ratio"], worse[1]["loss_ratio"] = 4.0, 0.05
+    assert plots.max_stable_lr(worse) == 0.1
 
 
 def test_top_trials_follow_the_direction() -> None:

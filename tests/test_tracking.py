@@ -168,6 +168,8 @@ def test_tuned_study_holds_plots_best_config_and_curves(write_study, stores) -> 
     assert "best_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "autolr study `layout`" in parent.data.tags["mlflow.note.content"]
     assert parent.data.params["best.lr"] == repr(result.best.user_attrs["autolr.params"]["lr"])
+    complete = [t for t in result.trials if t.state.name == "COMPLETE"]
+    assert complete and all(t.user_attrs["autolr.loss_ratio"] > 0 for t in complete)  # where training ended / began
     for run in trials:
         assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {"plots/curves.png"}
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "lr")]
