@@ -71,11 +71,11 @@ class _Report(TrainerCallback):
         for v in losses:
             self.smoothed_loss = v if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * v
 
-    def loss_ratio(self) -> float | None:
-        """Where training ended against where it started (a run can get worse without diverging)."""
-        if self.first_loss is None or self.smoothed_loss is None or not self.first_loss > 0:
-            return None
-        return self.smoothed_loss / self.first_loss
+    def record_loss_ratio(self) -> None:
+        """Where training ended against where it started, as a trial attr (a run can get worse without
+        diverging); nothing when no finite loss was seen."""
+        if self.first_loss is not None and self.smoothed_loss is not None and self.first_loss > 0:
+            self.trial.set_user_attr(LOSS_RATIO_ATTR, self.smoothed_loss / self.first_loss)
 
     def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
         if self.run is not None:
@@ -143,13 +143,11 @@ class Objective:
             self._record_prune(trial, run, exc.reason, divergence_step=exc.step, diverged=True)
             raise optuna.TrialPruned(exc.reason) from None
         except optuna.TrialPruned as exc:
-            if (ratio := report.loss_ratio()) is not None:
-                trial.set_user_attr(LOSS_RATIO_ATTR, ratio)
+            report.record_loss_ratio()
             self._record_prune(trial, run, str(exc), divergence_step=None, diverged=False)
             raise
         trial.set_user_attr(STEPS_ATTR, result.steps)
-        if (ratio := report.loss_ratio()) is not None:
-            trial.set_user_attr(LOSS_RATIO_ATTR, ratio)
+        report.record_loss_ratio()
         value = result.final[metric]
         if not math.isfinite(value):  # only reachable with the guard off: still divergence, not a bug
             reason = f"diverged: {metric} {value} after the last epoch"

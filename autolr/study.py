@@ -346,6 +346,8 @@ def _run(config, study, storage_url, tracker, jobs, timeout_s, on_trial) -> str 
             train(parent_run_id)
 
     def train(parent_run_id: str | None) -> None:
+        if tracker is not None and jobs <= 1:  # its start-up overlaps the range test or the first trial (workers have their own)
+            tracker.start_writer()
         lr_bounds, run_study = fixed_lr_bounds(config), study
         if config.search.lr.auto:  # inside the parent run: the range-test runs nest under it
             lr_bounds = _auto_lr_bounds(config, study, tracker, parent_run_id)

@@ -234,8 +234,6 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         run_id = run.info.run_id
         status = "FINISHED"
-        if self._link is None:  # trial runs follow: the writer's start-up (imports) overlaps the first trial's
-            self._start_writer()
         try:
             self.log_params(run_id, params)
             yield run_id
@@ -264,11 +262,16 @@ class Tracker:
                 self.store_down = str(exc)
         self._send(("terminate", run_id, status, end_ms))
 
+    def start_writer(self) -> None:
+        """Start the writer now rather than with the first trial run (its start-up, imports, then overlaps
+        other work); it writes any spooled points first."""
+        if self._link is None:
+            self._start_writer()
+
     def write_unsent(self) -> None:
         """Write what an earlier writer for this store had to keep when the store stopped answering."""
         if _Spool(self.tracking_uri).pending():
-            if self._link is None:
-                self._start_writer()  # it reads the spool first
+            self.start_writer()
             self.flush()
 
     def reachable(self, timeout_s: float = 5.0) -> bool:
@@ -625,8 +628,7 @@ class _Writer:
         self.down_since: float | None = None
         self.next_try = 0.0
         self.spool = _Spool(tracking_uri)
-        for key, entry in self.spool.load():
-            self.held[key] = entry
+        self.held.update(self.spool.load())
 
     def apply(self, msg: tuple) -> None:
         kind, args = msg[0], msg[1:]
