@@ -1,198 +1,183 @@
-"""Part 2 (and 3): refit the suggestion rule on seeds 0-15, evaluate on held-out seeds by training
-at the rule's exact rates (cached).  Needs compute.py train sweep_train (and heldout).
+"""How the probe verdict and the suggestion constants were chosen (digits_mlp), from cached runs.
 
-    python bench/suggestion_rule/fit.py [--heldout 100 ... 107] [--no-train]
+Needs ``compute.py`` (grids and dense curves; about 35 minutes on two processes the first time).
+Every case (optimizer, epochs, seed) has its validation loss at the 25 grid rates and at 24 rates per
+decade within +-0.75 decade of the grid's best; a rule's rate is scored by interpolating that curve
+(log lr -> log(val loss / grid best)), so that any rule can be scored without training again.
+``bench/finder.py`` then trains at the shipped rule's exact rates on the held-out seeds.
 
-Fitting uses, per training case, the validation loss at 27 fractions of the case's max_stable_lr
-(12 per decade, 0.0032..0.46, each a real run), interpolated linearly in log(fraction) -> log(ratio).
+1. Verdict variants (the module constants of ``autolr.finder``): the seed-to-seed spread of
+   ``max_stable_lr`` (the seeds change the initial weights and the batch order, not the data, so the
+   limit should hardly move), and the hits within 1.05x of the grid's best of a fraction rule refitted
+   per variant, 5-fold cross-validated by seed over 40 seeds; beside them the ceiling of any rule that
+   reads the range test on digits: one fixed rate per (optimizer, epochs), also cross-validated.
+2. The shipped constants: a shared decay and a fraction per family fitted on seeds 0-15 and 200-215
+   (Adam, SGD momentum 0.9), the fractions at momentum 0 and 0.5 and RMSprop's on seeds 0-9, the
+   momentum exponent through the three SGD points; scored on the held-out seeds 100-107.
+
+    python bench/suggestion_rule/fit.py
 """
 
 from __future__ import annotations
 
-import argparse
-import itertools
+import contextlib
 import json
 import math
 import statistics
 
 import numpy as np
 
+import autolr.finder as F
 import study_lib as L
-from compute import FRACTIONS, HELDOUT, TRAIN
+from compute import FIT, HELDOUT, MORE_OPTS, MORE_SEEDS, dense_rates
 
-LOGF = np.log(FRACTIONS)
-CURRENT = {"adam": (0.027, 0.6), "sgd": (0.1 * 0.1**0.75, 0.6)}  # effective at_1000 at momentum 0.9, decay
-A_GRID = np.geomspace(0.001, 0.5, 217)  # 80 per decade
-D_GRID = np.round(np.arange(0.0, 1.51, 0.05), 2)
-
-
-def fraction(a: float, d: float, epochs: int, cap: float = 0.5) -> float:
-    return min(cap, a * (1000 / (epochs * L.STEPS_PER_EPOCH)) ** d)
-
-
-class Cases:
-    """Per case: grid best, max_stable_lr, the sweep's log ratios (for interpolation)."""
-
-    def __init__(self, store: L.Store, seeds) -> None:
-        self.store = store
-        self.items = []
-        for o, e, s in L.cases(seeds):
-            grid = store.grid(o, e, s)
-            rt = store.rangetest(o, e, s)
-            msl = rt["max_stable_lr"]
-            best = min(grid)
-            sweep = np.array([store.val(o, e, s, s, msl * f) / best for f in FRACTIONS]) if all(store.has(o, e, s, s, msl * f) for f in FRACTIONS) else None
-            self.items.append(dict(opt=o, epochs=e, seed=s, best=best, best_lr=L.GRID[int(np.argmin(grid))], msl=msl, rt=rt, grid=grid,
-                                   logr=None if sweep is None else np.log(np.minimum(sweep, 1e6))))  # fmt: skip
-
-    def subset(self, opt=None, epochs=None):
-        return [c for c in self.items if (opt is None or c["opt"] == opt) and (epochs is None or c["epochs"] == epochs)]
+VARIANTS = {  # name: (START_RISE, CLIMB_SHARE)
+    "before (rise 1.25, climb share 0.2)": (1.25, 0.2),
+    "rise above the start, climb share 0.35": (1.0, 0.35),
+    "shipped (rise above the start, climb share 0.5)": (F.START_RISE, F.CLIMB_SHARE),
+    "rise above the start, no climb test": (1.0, math.inf),
+}
+ALL_SEEDS = FIT + HELDOUT
+A_GRID = np.geomspace(0.002, 1.0, 260)
+DECAYS = np.round(np.arange(0.4, 0.91, 0.1), 2)
+MSL_FILE = L.CACHE / "msl.json"
 
 
-def interp_ratio(case, f: float) -> float:
-    return float(np.exp(np.interp(math.log(f), LOGF, case["logr"])))
+@contextlib.contextmanager
+def verdict(start_rise: float, climb_share: float):
+    saved = F.START_RISE, F.CLIMB_SHARE
+    F.START_RISE, F.CLIMB_SHARE = start_rise, climb_share
+    try:
+        yield
+    finally:
+        F.START_RISE, F.CLIMB_SHARE = saved
 
 
-def score(ratios) -> tuple[int, float]:
-    return sum(r <= 1.05 for r in ratios), statistics.median(ratios)
+class Limits:
+    """max_stable_lr per (variant, optimizer, seed), cached; the limit does not depend on the epochs."""
+
+    def __init__(self) -> None:
+        self.data = json.loads(MSL_FILE.read_text()) if MSL_FILE.exists() else {}
+
+    def __call__(self, variant: tuple[float, float], opt: str, seed: int) -> float:
+        key = f"{variant}|{opt}|{seed}"
+        if key not in self.data:
+            with verdict(*variant):
+                self.data[key] = L.rangetest(opt, 10, seed)["max_stable_lr"]
+            MSL_FILE.write_text(json.dumps(self.data))
+        return self.data[key]
 
 
-def fit_family(cases, d_values) -> tuple[float, float, int, float]:
-    """Best (a, d) for one family: most interpolated hits, then lowest median, then the middle of the
-    best plateau in a (robust to the knife edge)."""
+class Curves:
+    def __init__(self, store: L.Store) -> None:
+        self.store, self.cache = store, {}
+
+    def ratio(self, case: tuple[str, int, int], lr: float) -> float:
+        if case not in self.cache:
+            o, e, s = case
+            grid = self.store.grid(o, e, s)
+            rates = sorted(set(dense_rates(L.GRID[int(np.argmin(grid))])) | set(L.GRID))
+            points = sorted((math.log(r), math.log(min(self.store.val(o, e, s, s, r) / min(grid), 1e6))) for r in rates if self.store.has(o, e, s, s, r))
+            self.cache[case] = (np.array([p[0] for p in points]), np.array([p[1] for p in points]))
+        x, y = self.cache[case]
+        return float(math.exp(np.interp(math.log(lr), x, y)))
+
+
+def fraction(a: float, d: float, epochs: int) -> float:
+    return min(0.5, a * (1000 / (epochs * L.STEPS_PER_EPOCH)) ** d)
+
+
+def hits(ratios) -> int:
+    return sum(r <= 1.05 for r in ratios)
+
+
+def best_a(curves, limit, opt, seeds, d):
+    """The fraction at 1000 steps with the most hits (smoothed over +-3 of 80 per decade), then the lowest median."""
+    cases = [(opt, e, s) for e in L.EPOCHS for s in seeds]
+    table = np.array([[curves.ratio(c, limit(opt, c[2]) * fraction(a, d, c[1])) for c in cases] for a in A_GRID])
+    score = np.convolve((table <= 1.05).sum(1).astype(float), np.ones(7) / 7, mode="same") - 1e-2 * np.median(table, 1)
+    k = int(np.argmax(score))
+    return float(A_GRID[k]), float(score[k])
+
+
+def fit_shared(curves, limit, seeds):
+    """One decay for Adam and SGD (momentum 0.9), a fraction each."""
     best = None
-    for d in d_values:
-        rows = []
-        for a in A_GRID:
-            hits, med = score([interp_ratio(c, fraction(a, d, c["epochs"])) for c in cases])
-            rows.append((hits, -med, a))
-        top = max(r[0] for r in rows)
-        plateau = [r for r in rows if r[0] == top]
-        # the a with the best median among those within one hit of the top, smoothed over neighbours
-        hits_arr = np.array([r[0] for r in rows], dtype=float)
-        smooth = np.convolve(hits_arr, np.ones(9) / 9, mode="same")  # +-4/80 decade ~ +-12%
-        k = int(np.argmax(smooth + 1e-3 * np.array([r[1] for r in rows])))
-        cand = (smooth[k], rows[k][0], -rows[k][1], A_GRID[k], d)
-        if best is None or cand[:2] > best[:2]:
-            best = cand
-    _, hits, med, a, d = best
-    return a, d, hits, med
+    for d in DECAYS:
+        fits = {o: best_a(curves, limit, o, seeds, d) for o in L.OPTS}
+        total = sum(v[1] for v in fits.values())
+        if best is None or total > best[0]:
+            best = (total, float(d), {o: v[0] for o, v in fits.items()})
+    return best[1], best[2]
 
 
-def free_fraction(cases) -> dict:
-    """Best fraction per (opt, epochs) alone (smoothed over +-12%)."""
-    out = {}
-    for o, e in itertools.product(L.OPTS, L.EPOCHS):
-        sub = [c for c in cases if c["opt"] == o and c["epochs"] == e]
-        hits = np.array([score([interp_ratio(c, a) for c in sub])[0] for a in A_GRID], dtype=float)
-        meds = np.array([score([interp_ratio(c, a) for c in sub])[1] for a in A_GRID])
-        sm = np.convolve(hits, np.ones(9) / 9, mode="same")
-        out[(o, e)] = float(A_GRID[int(np.argmax(sm - 1e-3 * meds))])
-    return out
+def scored(curves, limit, rule, seeds):
+    d, a = rule
+    return [curves.ratio((o, e, s), limit(o, s) * fraction(a[o], d, e)) for o in L.OPTS for e in L.EPOCHS for s in seeds]
 
 
-def exact_eval(store, cases, lr_of, label: str, runs=True):
-    """Train at each case's rate (cached) and score against the grid's best."""
-    specs = [(c["opt"], c["epochs"], c["seed"], c["seed"], lr_of(c)) for c in cases]
-    if runs:
-        store.ensure(specs, label)
-    ratios = [store.val(*s) / c["best"] for s, c in zip(specs, cases)]
-    out = {"all": score(ratios)}
-    for o in L.OPTS:
-        out[o] = score([r for r, c in zip(ratios, cases) if c["opt"] == o])
-    for e in L.EPOCHS:
-        out[e] = score([r for r, c in zip(ratios, cases) if c["epochs"] == e])
-    return out, ratios
+def part1(curves, limits):
+    print(f"== 1. verdict variants: Adam and SGD (momentum 0.9), 10/20/30 epochs, 5-fold CV by seed over {len(ALL_SEEDS)} seeds")
+    folds = [ALL_SEEDS[i::5] for i in range(5)]
+    for name, variant in VARIANTS.items():
+        limit = lambda o, s, v=variant: limits(v, o, s)  # noqa: E731
+        spread = {o: math.exp(float(np.std([math.log(limit(o, s)) for s in ALL_SEEDS]))) for o in L.OPTS}
+        ratios = []
+        for fold in folds:
+            rule = fit_shared(curves, limit, [s for s in ALL_SEEDS if s not in fold])
+            ratios += scored(curves, limit, rule, fold)
+        print(f"{name:50s} limit spread (x, 1 sd) adam {spread['adam']:.2f} sgd {spread['sgd']:.2f}; CV hits {hits(ratios)}/{len(ratios)}, "
+              f"median {statistics.median(ratios):.3f}", flush=True)  # fmt: skip
+    ratios = []
+    rates = np.geomspace(1e-4, 1.0, 145)
+    for fold in folds:
+        train = [s for s in ALL_SEEDS if s not in fold]
+        for o in L.OPTS:
+            for e in L.EPOCHS:
+                table = np.array([[curves.ratio((o, e, s), r) for s in train] for r in rates])
+                score = np.convolve((table <= 1.05).sum(1).astype(float), np.ones(5) / 5, mode="same") - 1e-2 * np.median(table, 1)
+                ratios += [curves.ratio((o, e, s), float(rates[int(np.argmax(score))])) for s in fold]
+    print(f"{'ceiling: one fixed rate per (optimizer, epochs)':50s} CV hits {hits(ratios)}/{len(ratios)}, median {statistics.median(ratios):.3f}")
 
 
-def fmt(res) -> str:
-    h, m = res["all"]
-    parts = [f"{k}: {res[k][0]}" for k in (*L.OPTS, *L.EPOCHS)]
-    return f"hits {h:2d}, median {m:.3f}   ({', '.join(parts)})"
+def part2(curves, limits):
+    shipped = (F.START_RISE, F.CLIMB_SHARE)
+    limit = lambda o, s: limits(shipped, o, s)  # noqa: E731
+    d, a = fit_shared(curves, limit, FIT)
+    print(f"\n== 2. the shipped verdict, fitted on seeds {FIT[0]}-{FIT[15]} and {FIT[16]}-{FIT[-1]}")
+    print(f"decay {d:.2f}; at 1000 steps: adam {a['adam']:.4f}, sgd momentum 0.9 {a['sgd']:.4f}")
+    family = {"sgd-plain": 0.0, "sgd-m0.5": 0.5, "sgd": 0.9}
+    more = {o: best_a(curves, limit, o, MORE_SEEDS, d)[0] for o in MORE_OPTS}
+    for o in MORE_OPTS:
+        print(f"  {o:9s} (seeds {MORE_SEEDS[0]}-{MORE_SEEDS[-1]}): at 1000 steps {more[o]:.4f}")
+    points = {0.0: more["sgd-plain"], 0.5: more["sgd-m0.5"], 0.9: a["sgd"]}
+    k, c = np.polyfit(np.log([1 - m for m in points]), np.log(list(points.values())), 1)
+    print(f"  sgd: {math.exp(c):.4f} * (1 - momentum) ** {k:.2f} through momentum 0, 0.5 (seeds {MORE_SEEDS[0]}-{MORE_SEEDS[-1]}) and 0.9")
+    shipped_rule = (F.SUGGESTION_DECAY, {"adam": F.ADAPTIVE_RULE.fraction(1000), "sgd": F.SGD_RULE.fraction(1000, 0.9)})
+    for label, rule in (("fitted here", (d, a)), ("shipped (rounded)", shipped_rule)):
+        fit_r, held_r = scored(curves, limit, rule, FIT), scored(curves, limit, rule, HELDOUT)
+        print(f"{label:18s} fit seeds: hits {hits(fit_r)}/{len(fit_r)}, median {statistics.median(fit_r):.3f}; "
+              f"held-out {HELDOUT[0]}-{HELDOUT[-1]}: hits {hits(held_r)}/{len(held_r)}, median {statistics.median(held_r):.3f}")  # fmt: skip
+    for o in MORE_OPTS:
+        rule = F.suggestion_rule(_optimizer(o))
+        r = [curves.ratio((o, e, s), limit(o, s) * rule.fraction(e * L.STEPS_PER_EPOCH, family.get(o, 0.0))) for e in L.EPOCHS for s in MORE_SEEDS]
+        print(f"shipped, {o:9s} (in-sample): hits {hits(r)}/{len(r)}, median {statistics.median(r):.3f}")
+
+
+def _optimizer(name: str):
+    import torch
+
+    opt, hparams = L.bf.OPTIMIZERS[name]
+    from autolr.optimizers import build_optimizer
+
+    return build_optimizer(opt, [torch.nn.Parameter(torch.zeros(1))], 1e-3, hparams)
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--heldout", type=int, nargs="+", default=HELDOUT)
-    p.add_argument("--no-train", action="store_true", help="only what is cached")
-    args = p.parse_args()
     store = L.Store()
-    train = Cases(store, TRAIN)
-    held = Cases(store, args.heldout)
-    n_tr = len(train.items)
-
-    rules = {"current (0.027 / sgd 0.1*(0.1)^0.75, decay 0.6)": {o: CURRENT[o] for o in L.OPTS}}
-    print(f"== fit on seeds {TRAIN[0]}-{TRAIN[-1]} ({n_tr} cases), interpolated in-sample scores")
-    cur_train = [interp_ratio(c, fraction(*CURRENT[c["opt"]], c["epochs"])) for c in train.items]
-    print(f"current rule (interp.)          : hits {score(cur_train)[0]}/{n_tr}, median {score(cur_train)[1]:.3f}")
-    cur_exact, _ = exact_eval(store, train.items, lambda c: c["rt"]["suggestion"], "current on train", runs=not args.no_train)
-    print(f"current rule (exact)            : {fmt(cur_exact)}")
-
-    # shared decay
-    best_shared = None
-    for d in D_GRID:
-        fam = {o: fit_family(train.subset(o), [d]) for o in L.OPTS}
-        tot = sum(v[2] for v in fam.values())
-        med = statistics.median([interp_ratio(c, fraction(*fam[c["opt"]][:2], c["epochs"])) for c in train.items])
-        if best_shared is None or (tot, -med) > best_shared[:2]:
-            best_shared = (tot, -med, d, fam)
-    tot, negmed, d, fam = best_shared
-    print(f"shared decay  : decay {d:.2f}, adam at_1000 {fam['adam'][0]:.4f}, sgd at_1000 (m=0.9) {fam['sgd'][0]:.4f}"
-          f" (= {fam['sgd'][0] / 0.1**0.75:.4f} at momentum_exponent 0.75): hits {tot}/{n_tr}, median {-negmed:.3f}")  # fmt: skip
-    rules[f"refit, shared decay {d:.2f}"] = {o: fam[o][:2] for o in L.OPTS}
-    # per-family decay
-    fam2 = {o: fit_family(train.subset(o), D_GRID) for o in L.OPTS}
-    print("per-family decay: " + ", ".join(f"{o}: at_1000 {v[0]:.4f}, decay {v[1]:.2f}, hits {v[2]}, median {v[3]:.3f}" for o, v in fam2.items()))
-    rules["refit, per-family decay"] = {o: fam2[o][:2] for o in L.OPTS}
-    # decay sweep table, for the record
-    print("hits (interp., train) by shared decay, a refit per family:")
-    line = []
-    for dd in (0.0, 0.3, 0.6, 0.9, 1.2):
-        f3 = {o: fit_family(train.subset(o), [dd]) for o in L.OPTS}
-        line.append(f"d={dd:.1f}: {sum(v[2] for v in f3.values())}")
-    print("   " + ", ".join(line))
-    free = free_fraction(train.items)
-    print("free fraction per (opt, epochs): " + ", ".join(f"{o}/{e}: {v:.4f}" for (o, e), v in free.items()))
-    free_tr = [interp_ratio(c, free[(c["opt"], c["epochs"])]) for c in train.items]
-    print(f"   in-sample (interp.) hits {score(free_tr)[0]}/{n_tr}, median {score(free_tr)[1]:.3f}")
-
-    print()
-    print(f"== held-out seeds {args.heldout[0]}-{args.heldout[-1]} ({len(held.items)} cases): trained at the rule's exact rate")
-    results = {}
-    cur, cur_r = exact_eval(store, held.items, lambda c: c["rt"]["suggestion"], "current held-out", runs=not args.no_train)
-    print(f"{'current (from range_test)':44s}: {fmt(cur)}")
-    results["current"] = cur
-    for name, rule in list(rules.items())[1:]:
-        res, _ = exact_eval(store, held.items, lambda c, rule=rule: c["msl"] * fraction(*rule[c["opt"]], c["epochs"]), name, runs=not args.no_train)
-        print(f"{name:44s}: {fmt(res)}")
-        results[name] = res
-    res, _ = exact_eval(store, held.items, lambda c: c["msl"] * free[(c["opt"], c["epochs"])], "free", runs=not args.no_train)
-    print(f"{'free fraction per (opt, epochs), fit on train':44s}: {fmt(res)}")
-    # the first 4 held-out seeds alone, for comparison with the bench's figures
-    first4 = [c for c in held.items if c["seed"] in args.heldout[:4]]
-    r4 = [r for r, c in zip(cur_r, held.items) if c["seed"] in args.heldout[:4]]
-    print(f"   (current on seeds {args.heldout[0]}-{args.heldout[3]} only: hits {score(r4)[0]}/{len(first4)}, median {score(r4)[1]:.3f})")
-
-    # fixed rate per (opt, epochs) from the 25-rate grid, ignoring the range test (needs no new runs)
-    fixed = {}
-    for o, e in itertools.product(L.OPTS, L.EPOCHS):
-        sub = train.subset(o, e)
-        counts = [(sum(c["grid"][i] <= 1.05 * c["best"] for c in sub), -statistics.median(c["grid"][i] / c["best"] for c in sub), i) for i in range(len(L.GRID))]
-        fixed[(o, e)] = max(counts)[2]
-    fr = [c["grid"][fixed[(c["opt"], c["epochs"])]] / c["best"] for c in held.items]
-    fr_tr = [c["grid"][fixed[(c["opt"], c["epochs"])]] / c["best"] for c in train.items]
-    print(f"{'baseline: one fixed grid rate per (opt, epochs)':44s}: hits {score(fr)[0]:2d}, median {score(fr)[1]:.3f}"
-          f"   (train in-sample {score(fr_tr)[0]}/{n_tr}; rates {', '.join(f'{o}/{e}: {L.GRID[i]:.2g}' for (o, e), i in fixed.items())})")  # fmt: skip
-
-    # oracles on the held-out seeds themselves (in-sample there, upper bounds), from the held-out sweep
-    if all(c["logr"] is not None for c in held.items):
-        free_h = free_fraction(held.items)
-        orc = [interp_ratio(c, free_h[(c["opt"], c["epochs"])]) for c in held.items]
-        print(f"{'oracle: best fraction per (opt, epochs) ON held-out (interp.)':44s}: hits {score(orc)[0]}, median {score(orc)[1]:.3f}")
-        per_case = [float(np.exp(c["logr"].min())) for c in held.items]
-        print(f"{'oracle: best of the 27 fractions per case':44s}: hits {score(per_case)[0]}, median {score(per_case)[1]:.3f}")
-    json.dump({"rules": {k: {o: list(v) for o, v in r.items()} for k, r in rules.items()}, "free": {f"{o}/{e}": v for (o, e), v in free.items()}},
-              open(L.CACHE / "fit.json", "w"), indent=1)  # fmt: skip
+    curves, limits = Curves(store), Limits()
+    part1(curves, limits)
+    part2(curves, limits)
 
 
 if __name__ == "__main__":
