@@ -303,6 +303,19 @@ def test_suggestion_shrinks_with_the_run_and_stays_below_half_the_limit():
     assert 0 < rates[-1] < rates[-2]
 
 
+def test_the_run_is_counted_in_samples():
+    # the best rate follows the samples a run sees: half the steps at twice the batch is the same run
+    assert suggest_lr(1.0, 500, batch_size=128) == pytest.approx(suggest_lr(1.0, 1000, batch_size=64))
+    assert suggest_lr(1.0, 1000, batch_size=32) > suggest_lr(1.0, 1000, batch_size=64)
+
+
+def test_full_batch_run_is_counted_in_the_dataset_s_samples():
+    task = build_task("least_squares", {}, seed=0)
+    optimizer = build_optimizer("sgd", task.model.parameters(), 1e-3, {"momentum": 0.0})
+    found = range_test(task.model, optimizer, task.loss_fn, task.train_data, batch_size=10**6, run_steps=200)
+    assert found.suggestion == pytest.approx(suggest_lr(found.max_stable_lr, 200, optimizer=optimizer, batch_size=len(task.train_data)))
+
+
 def optimizer_of(name: str, **hparams):
     return build_optimizer(name, [nn.Parameter(torch.zeros(1))], 1e-3, hparams)
 
