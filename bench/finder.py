@@ -16,12 +16,14 @@
    batch orders (same initial weights) / the grid's best - how often the best rate itself repeats
    within 1.05x (the grid's best is the minimum of 25 noisy runs, so it is biased low). autolr's suggestion rules were fitted on seeds 0-15 and
    200-215; the default seeds (100 ..) are held out. ``--tasks`` runs the same on other built-in tasks (make_classification,
-   breast cancer), where the rules were checked, not fitted.
+   breast cancer), where the rules were checked, not fitted; ``--batch`` trains them at another batch
+   size, and then adds the suggestion with the run counted in steps (autolr counts it in samples,
+   steps of 64) beside it.
 3. ``lr: auto``: a 30-trial study on least squares (the setting of ``bench/tuner.py``), 5 seeds: the
    best loss found / the exact optimum.
 
     python bench/finder.py [--seeds 8] [--first-seed 100] [--epochs 10 20 30] [--optimizers adam sgd]
-                           [--tasks digits_mlp] [--jobs 2]
+                           [--tasks digits_mlp] [--jobs 2] [--batch 32]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import time
 import numpy as np
 import torch
 
-from autolr.finder import classic_sweep, common_rules, range_test
+from autolr.finder import REFERENCE_BATCH, classic_sweep, common_rules, range_test, suggest_lr
 from autolr.optimizers import build_optimizer
 from autolr.scheduler import StepScheduler
 from autolr.tasks import build_task
@@ -49,6 +51,7 @@ DECADES = GRID[::6]  # 1e-4, 1e-3, .., 1: the coarse grid
 BATCH = {"digits_mlp": 64, "make_classification": 64, "breast_cancer_mlp": 32}
 LSQ_RUN_STEPS = 200
 RULES = ("autolr", "steepest", "valley", "min_over_ten")
+STEPS_RULE = "autolr, run in steps"  # at batch sizes other than 64: the suggestion with the run counted in steps
 RERUNS = 2  # the noise floor: the grid's best rate trained again with this many other batch orders
 
 
@@ -154,6 +157,8 @@ def rule_rates(task_name: str, optimizer: str, epochs: int, seed: int) -> tuple[
     classic = classic_sweep(task.model, opt, task.loss_fn, task.train_data, batch_size=batch, seed=seed)
     rates = {"autolr": found.suggestion, **common_rules(classic.lrs, classic.losses)}
     cost = {"autolr": found.samples + found.forward_samples / 3, **{r: float(classic.samples) for r in RULES[1:]}}
+    if batch != REFERENCE_BATCH:  # the rule before it counted the run in samples: the same limit, the run in steps
+        rates[STEPS_RULE], cost[STEPS_RULE] = suggest_lr(found.max_stable_lr, run_steps, optimizer=opt), cost["autolr"]
     return rates, cost
 
 
@@ -205,6 +210,8 @@ def summary_lines(cases: list[dict]) -> list[str]:
     head = f"{'rule':22s} {'median':>7s} {'worst':>8s} {'<=1.05x':>8s} {'<=1.05x decades':>16s}   {'share of 25-rate grid':>21s}   {'share of decade grid':>20s}"
     lines = [head, f"{'':22s} {'':>7s} {'':>8s} {'':>8s} {'':>16s}   {'median':>10s} {'most':>10s}   {'median':>9s} {'most':>10s}"]
     groups = [(r, r, cases) for r in RULES]
+    if all(STEPS_RULE in c["ratios"] for c in cases):
+        groups.append((STEPS_RULE, STEPS_RULE, cases))
     optimizers = sorted({c["optimizer"] for c in cases})
     if len(optimizers) > 1:
         groups[1:1] = [(f"  autolr, {o}", "autolr", [c for c in cases if c["optimizer"] == o]) for o in optimizers]
@@ -245,8 +252,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", nargs="+", default=["digits_mlp"], choices=sorted(BATCH))
     parser.add_argument("--skip-least-squares", action="store_true", help="only the classification tasks")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes for the training runs")
+    parser.add_argument("--batch", type=int, help="batch size for every task (default: digits and make_classification 64, breast cancer 32)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.batch is not None:  # set before the pool starts: its workers read it
+        BATCH.update({name: args.batch for name in BATCH})
     started = time.perf_counter()
     if not args.skip_least_squares:
         print("\n".join(least_squares_section(5)), flush=True)
