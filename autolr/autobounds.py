@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHE_ATTR = "autolr.range_test.{optimizer}"  # study user attr holding one optimizer's range test
-FINDER_VERSION = 2  # part of the cache key: a new detector or rule measures afresh
+FINDER_VERSION = 3  # part of the cache key: a new detector or rule measures afresh
 BOUNDS_BELOW_SUGGESTION = 10.0  # the searched range starts this factor below the suggestion
 MIN_STEPS = 30
 

@@ -29,11 +29,13 @@ the rate (on digits, one standard deviation of the limit found from seed to seed
    exact, so there it goes on to 1.1x. All told
    about 45 steps on digits (under 1% of a 25-rate grid of 10-epoch runs).
 3. Suggestion: a fraction of ``max_stable_lr`` that depends on the optimizer's family and shrinks with
-   the length of the run (:func:`suggest_lr`), fitted on the benchmark tasks in ``bench/finder.py``.
+   the length of the run in samples (:func:`suggest_lr`), fitted on digits (``bench/suggestion_rule/``)
+   and checked on the other tasks of ``bench/finder.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -217,7 +219,7 @@ def range_test(
     max_stable = stable_lr if unstable_lr is None else math.sqrt(stable_lr * unstable_lr)
     lrs, losses, norms = _curve(probes)
     result = RangeTestResult(
-        suggestion=suggest_lr(max_stable, run_steps, optimizer=optimizer, batch_size=min(batch_size, len(train_data))),
+        suggestion=suggest_lr(max_stable, run_steps, optimizer=optimizer, batch_size=None if full_batch else batch_size),
         max_stable_lr=max_stable,
         stable_lr=stable_lr,
         unstable_lr=unstable_lr,
@@ -290,8 +292,10 @@ def _curve(probes: Sequence[Probe]) -> tuple[tuple[float, ...], tuple[float, ...
 class SuggestionRule:
     """``suggestion = max_stable_lr * min(cap, at_1000_steps * (1 - momentum) ** momentum_exponent
     * (1000 / run_steps) ** decay)``: the fraction of the limit to train at. The run is counted in steps
-    of :data:`REFERENCE_BATCH` samples (``run_steps * batch_size / REFERENCE_BATCH``): the fractions
-    were fitted at that batch size, and the best rate follows the samples a run sees, not its steps."""
+    of :data:`REFERENCE_BATCH` samples (``run_steps`` becomes ``run_steps * batch_size /
+    REFERENCE_BATCH``): the fractions were fitted at that batch size, and with mini-batches the best
+    rate follows the samples a run sees, not its steps. :func:`range_test` counts a full-batch run in
+    steps (``batch_size`` None): without batch noise nothing says a bigger dataset wants a smaller rate."""
 
     at_1000_steps: float
     decay: float
@@ -322,7 +326,7 @@ class SuggestionRule:
 #   SGD gains (12 of 12 against 10), Adam loses (1 of 12 against 3: its best fraction there is lower
 #   than on digits however the run is counted).
 REFERENCE_BATCH = 64  # the batch size the fractions were fitted at
-SUGGESTION_DECAY = 0.6  # every family's fraction falls as run_steps ** -0.6 (digits, 220 to 660 steps)
+SUGGESTION_DECAY = 0.6  # every family's fraction falls as (steps of 64) ** -0.6 (digits, 220 to 660 steps)
 ADAPTIVE_RULE = SuggestionRule(at_1000_steps=0.024, decay=SUGGESTION_DECAY)
 RMSPROP_RULE = SuggestionRule(at_1000_steps=0.12, decay=SUGGESTION_DECAY, momentum_exponent=0.4)
 SGD_RULE = SuggestionRule(at_1000_steps=0.09, decay=SUGGESTION_DECAY, momentum_exponent=0.75)  # 0.016 at momentum 0.9
@@ -348,6 +352,8 @@ def suggest_lr(max_stable_lr: float, run_steps: int | None = None, *, optimizer:
     """
     if not (max_stable_lr > 0 and math.isfinite(max_stable_lr)):
         raise ValueError(f"max_stable_lr: expected a finite number > 0, got {max_stable_lr!r}")
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size: expected an integer >= 1 or None, got {batch_size!r}")
     momentum = float(optimizer.param_groups[0].get("momentum", 0.0)) if optimizer is not None else 0.0
     return max_stable_lr * suggestion_rule(optimizer).fraction(run_steps, momentum, batch_size)
 
@@ -392,6 +398,15 @@ class _Runner:
         self.optimizer.load_state_dict(copy.deepcopy(self.optimizer_state))
         self.model.train(self.was_training)
 
+    @contextlib.contextmanager
+    def _same_randomness(self) -> Iterator[None]:
+        """Every pass draws the same random numbers (dropout masks, augmentations) step for step, so that
+        a probe's first loss is its reference's exactly and later ones differ by the rate alone; the
+        caller's random state is put back afterwards."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            yield
+
     @torch.no_grad()
     def starting_losses(self, n_batches: int) -> list[float]:
         """The loss at the starting weights on each of the first ``n_batches`` batches, forward only."""
@@ -400,10 +415,11 @@ class _Runner:
         batches = self._endless_batches()
         full_batch = self.batch_size >= len(self.data)  # the same batch every step: one pass will do
         losses = []
-        for _ in range(1 if full_batch else n_batches):
-            x, y = next(batches)
-            losses.append(self.loss_fn(self.model(x), y).detach().reshape(()))
-            self.forward_samples += len(x)
+        with self._same_randomness():
+            for _ in range(1 if full_batch else n_batches):
+                x, y = next(batches)
+                losses.append(self.loss_fn(self.model(x), y).detach().reshape(()))
+                self.forward_samples += len(x)
         self.restore()  # the forward passes moved BatchNorm's running statistics
         values = torch.stack(losses).float().tolist()
         return values * n_batches if full_batch else values
@@ -416,14 +432,15 @@ class _Runner:
         batches = self._endless_batches()
         losses: list[float] = []
         norms: list[float] = []
-        for first in range(0, len(lrs), check_every):
-            window = [self._step(lr, *next(batches)) for lr in lrs[first : first + check_every]]
-            host = torch.stack([torch.stack(values) for values in window]).float().tolist()  # one sync per window
-            losses += [h[0] for h in host]
-            norms += [h[1] for h in host]
-            if not all(math.isfinite(v) for h in host for v in h) or stop(losses):
-                break
-        return losses, norms
+        with self._same_randomness():
+            for first in range(0, len(lrs), check_every):
+                window = [self._step(lr, *next(batches)) for lr in lrs[first : first + check_every]]
+                host = torch.stack([torch.stack(values) for values in window]).float().tolist()  # one sync per window
+                losses += [h[0] for h in host]
+                norms += [h[1] for h in host]
+                if not all(math.isfinite(v) for h in host for v in h) or stop(losses):
+                    break
+            return losses, norms
 
     def _endless_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = Batches(self.data, self.batch_size, self.device, seed=self.seed)

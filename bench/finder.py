@@ -130,12 +130,12 @@ def lr_auto_section(seeds: int) -> list[str]:
 # --- digits (and other classification tasks) --------------------------------------------------------
 
 
-def train_val_loss(task_name: str, optimizer: str, lr: float, epochs: int, seed: int, order_seed: int | None = None) -> float:
+def train_val_loss(task_name: str, optimizer: str, lr: float, epochs: int, seed: int, order_seed: int | None = None, batch: int | None = None) -> float:
     """Validation loss after a constant-rate run (inf when it diverged); ``order_seed``: the same
     initial weights, another batch order."""
     torch.set_num_threads(1)
     task = build_task(task_name, {}, seed=seed)
-    trainer = Trainer(epochs=epochs, batch_size=BATCH[task_name], device=torch.device("cpu"), seed=seed if order_seed is None else order_seed)
+    trainer = Trainer(epochs=epochs, batch_size=batch or BATCH[task_name], device=torch.device("cpu"), seed=seed if order_seed is None else order_seed)
     opt = build_optimizer(*_optimizer(optimizer, task, lr))
     scheduler = StepScheduler(opt, total_steps=epochs * trainer.steps_per_epoch(task), schedule="constant")
     value = trainer.fit(task, opt, scheduler).final["val_loss"]
@@ -165,12 +165,13 @@ def rule_rates(task_name: str, optimizer: str, epochs: int, seed: int) -> tuple[
 def task_cases(pool, task_name: str, optimizers: list[str], epochs_list: list[int], seeds: list[int]) -> list[dict]:
     """Every grid run is queued first, the range tests run here meanwhile, then the rules' runs."""
     keys = [(o, e, s) for o in optimizers for e in epochs_list for s in seeds]
-    grids = {k: [pool.submit(train_val_loss, task_name, k[0], lr, k[1], k[2]) for lr in GRID] for k in keys}
+    batch = BATCH[task_name]  # passed on: a worker that imports this module afresh would not see --batch
+    grids = {k: [pool.submit(train_val_loss, task_name, k[0], lr, k[1], k[2], batch=batch) for lr in GRID] for k in keys}
     rates = {k: rule_rates(task_name, *k) for k in keys}
-    runs = {k: {r: pool.submit(train_val_loss, task_name, k[0], lr, k[1], k[2]) for r, lr in rates[k][0].items() if lr is not None} for k in keys}
+    runs = {k: {r: pool.submit(train_val_loss, task_name, k[0], lr, k[1], k[2], batch=batch) for r, lr in rates[k][0].items() if lr is not None} for k in keys}
     grids = {k: [job.result() for job in jobs] for k, jobs in grids.items()}
     # the noise floor: the grid's best rate trained again, same initial weights, other batch orders
-    reruns = {k: [pool.submit(train_val_loss, task_name, k[0], GRID[grid.index(min(grid))], k[1], k[2], k[2] + 1000 * (i + 1)) for i in range(RERUNS)]
+    reruns = {k: [pool.submit(train_val_loss, task_name, k[0], GRID[grid.index(min(grid))], k[1], k[2], k[2] + 1000 * (i + 1), batch) for i in range(RERUNS)]
               for k, grid in grids.items()}  # fmt: skip
     n_train = len(build_task(task_name, {}, seed=0).train_data)
     values = {k: {**{r: job.result() for r, job in runs[k].items()}, **{f"rerun{i}": job.result() for i, job in enumerate(reruns[k])}} for k in keys}
@@ -255,7 +256,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, help="batch size for every task (default: digits and make_classification 64, breast cancer 32)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.batch is not None:  # set before the pool starts: its workers read it
+    if args.batch is not None:
         BATCH.update({name: args.batch for name in BATCH})
     started = time.perf_counter()
     if not args.skip_least_squares:

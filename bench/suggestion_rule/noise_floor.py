@@ -1,4 +1,4 @@
-"""Part 1: is 1.05x of the grid's best at the noise floor?  (needs compute.py heldout)
+"""Is 1.05x of the grid's best at the noise floor?  (needs compute.py grids noise)
 
     python bench/suggestion_rule/noise_floor.py [--seeds 100 101 ...]
 """
