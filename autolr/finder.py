@@ -9,9 +9,8 @@ the others still shrink, so the loss turns up, or overshoots its starting value,
 explodes; below the limit it only falls. A probe is unstable when its loss or gradient norm turns
 non-finite, its loss comes back above the starting loss on the same batches, or climbs back 1.25x from
 its minimum, winning back at least half of its drop (a fifth at full batch, where losses do not
-wobble; means over windows of 3 steps, and each loss
-divided by its own batch's starting loss, so that one noisy mini-batch decides nothing). Both
-thresholds are set against mini-batch noise: once the loss is down at a fifth of its start, batch to
+wobble). Losses are means over windows of 3 steps, each divided by its own batch's starting loss, so
+that one noisy mini-batch decides nothing. Both thresholds are set against mini-batch noise: once the loss is down at a fifth of its start, batch to
 batch it wobbles by 2x, and a climb test that fired on a quarter of the drop judged the wobble, not
 the rate (on digits, one standard deviation of the limit found from seed to seed was 1.32x for Adam,
 1.28x for SGD; with these thresholds 1.12x and 1.20x; bench/suggestion_rule/fit.py).
@@ -26,8 +25,8 @@ the rate (on digits, one standard deviation of the limit found from seed to seed
    geometric middle. With mini-batches the limit found moves by 12-20% with the batch order, so the
    bisection stops at 1.5x: on digits, going on to 1.25x costs 12 steps more (56 instead of 44) and
    leaves the spread as it was (1.13x for Adam, 1.20x for SGD, over 24 seeds). Full-batch verdicts are
-   exact, so there it goes on to 1.1x. All told
-   about 45 steps on digits (under 1% of a 25-rate grid of 10-epoch runs).
+   exact, so there it goes on to 1.1x. All told about 45 steps on digits (under 1% of a 25-rate grid
+   of 10-epoch runs).
 3. Suggestion: a fraction of ``max_stable_lr`` that depends on the optimizer's family and shrinks with
    the length of the run in samples (:func:`suggest_lr`), fitted on digits (``bench/suggestion_rule/``)
    and checked on the other tasks of ``bench/finder.py``.
@@ -208,18 +207,17 @@ def range_test(
         seed: batch order (the same batches for every probe).
     """
     _check_arguments(batch_size=batch_size, steps=steps, start_lr=start_lr, end_lr=end_lr, tolerance=tolerance, run_steps=run_steps)
-    full_batch = batch_size >= len(train_data)
-    if tolerance is None:
-        tolerance = FULL_BATCH_TOLERANCE if full_batch else MINI_BATCH_TOLERANCE
     runner = _Runner(model, optimizer, loss_fn, train_data, batch_size=batch_size, grad_clip=grad_clip, seed=seed)
+    if tolerance is None:
+        tolerance = FULL_BATCH_TOLERANCE if runner.full_batch else MINI_BATCH_TOLERANCE
     try:
-        stable_lr, unstable_lr, probes = _measure(runner, steps, start_lr, end_lr, run_steps, tolerance, FULL_BATCH_CLIMB_SHARE if full_batch else CLIMB_SHARE)
+        stable_lr, unstable_lr, probes = _measure(runner, steps, start_lr, end_lr, run_steps, tolerance)
     finally:
         runner.restore()
     max_stable = stable_lr if unstable_lr is None else math.sqrt(stable_lr * unstable_lr)
     lrs, losses, norms = _curve(probes)
     result = RangeTestResult(
-        suggestion=suggest_lr(max_stable, run_steps, optimizer=optimizer, batch_size=None if full_batch else batch_size),
+        suggestion=suggest_lr(max_stable, run_steps, optimizer=optimizer, batch_size=None if runner.full_batch else batch_size),
         max_stable_lr=max_stable,
         stable_lr=stable_lr,
         unstable_lr=unstable_lr,
@@ -235,11 +233,11 @@ def range_test(
     return result
 
 
-def _measure(runner: "_Runner", steps: int, start_lr: float, end_lr: float, run_steps: int | None, tolerance: float, climb_share: float):
+def _measure(runner: "_Runner", steps: int, start_lr: float, end_lr: float, run_steps: int | None, tolerance: float):
     """The descent, then the bisection, within a budget of ``steps`` optimizer steps. Returns
     ``(highest stable lr, lowest unstable lr or None, probes)``."""
     probe_steps = min(PROBE_STEPS, run_steps or PROBE_STEPS)
-    judge = _Judge(runner, reference=_finite_starting_losses(runner, probe_steps), climb_share=climb_share)
+    judge = _Judge(runner, reference=_finite_starting_losses(runner, probe_steps))
     affordable = lambda: runner.steps + probe_steps <= steps  # noqa: E731 - unstable probes end early
     probes = _descend(judge.probe, probe_steps, start_lr=start_lr, end_lr=end_lr, affordable=affordable)
     stable = max((p.lr for p in probes if p.stable), default=None)
@@ -377,6 +375,7 @@ class _Runner:
     def __init__(self, model, optimizer, loss_fn, data, *, batch_size: int, grad_clip: float | None, seed: int) -> None:
         self.model, self.optimizer, self.loss_fn, self.data = model, optimizer, loss_fn, data
         self.batch_size, self.grad_clip, self.seed = batch_size, grad_clip, seed
+        self.full_batch = batch_size >= len(data)  # the same batch every step
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("model: expected trainable parameters, got none (all frozen?)")
@@ -413,16 +412,15 @@ class _Runner:
         self.restore()
         self.model.train()  # as in a step: batch statistics, dropout
         batches = self._endless_batches()
-        full_batch = self.batch_size >= len(self.data)  # the same batch every step: one pass will do
         losses = []
         with self._same_randomness():
-            for _ in range(1 if full_batch else n_batches):
+            for _ in range(1 if self.full_batch else n_batches):  # full batch: one pass will do
                 x, y = next(batches)
                 losses.append(self.loss_fn(self.model(x), y).detach().reshape(()))
                 self.forward_samples += len(x)
         self.restore()  # the forward passes moved BatchNorm's running statistics
         values = torch.stack(losses).float().tolist()
-        return values * n_batches if full_batch else values
+        return values * n_batches if self.full_batch else values
 
     def run(self, lrs: Sequence[float], stop: Callable[[list[float]], bool], *, check_every: int = CHECK_EVERY) -> tuple[list[float], list[float]]:
         """Loss and gradient norm of one step at each rate, from the starting state, until ``stop(losses)``
@@ -440,7 +438,7 @@ class _Runner:
                 norms += [h[1] for h in host]
                 if not all(math.isfinite(v) for h in host for v in h) or stop(losses):
                     break
-            return losses, norms
+        return losses, norms
 
     def _endless_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = Batches(self.data, self.batch_size, self.device, seed=self.seed)
@@ -477,11 +475,11 @@ class _Judge:
 
     runner: _Runner
     reference: Sequence[float]
-    climb_share: float = CLIMB_SHARE
 
     def probe(self, lr: float) -> Probe:
         losses, norms = self.runner.run([lr] * len(self.reference), stop=self._clearly_unstable, check_every=PROBE_CHECK_EVERY)
-        reason = probe_verdict(losses, norms, reference=self.reference, climb_share=self.climb_share)
+        climb_share = FULL_BATCH_CLIMB_SHARE if self.runner.full_batch else CLIMB_SHARE
+        reason = probe_verdict(losses, norms, reference=self.reference, climb_share=climb_share)
         width = _window(len(self.reference))
         return Probe(lr=lr, stable=not reason, reason=reason, steps=len(losses), end_loss=_tail_mean(losses, width), end_grad_norm=_tail_mean(norms, width))
 
@@ -504,10 +502,10 @@ def probe_verdict(losses: Sequence[float], grad_norms: Sequence[float] = (), *, 
     (:data:`START_RISE`); or the loss climbing back :data:`PROBE_RISE` times its minimum, winning back
     ``climb_share`` of its drop (:data:`CLIMB_SHARE`; :func:`range_test` passes
     :data:`FULL_BATCH_CLIMB_SHARE` at full batch, whose losses do not wobble). Each loss is divided by
-    ``reference``, the loss at the starting weights on the same batch (default: the first loss, for every step), so
-    that easy and hard mini-batches compare fairly, and means are taken over windows of a quarter of
-    the run, so that one noisy batch decides nothing. Losses that are not all positive are checked for
-    non-finite values only.
+    ``reference``, the loss at the starting weights on the same batch (default: the first loss, for
+    every step), so that easy and hard mini-batches compare fairly, and means are taken over windows of
+    a quarter of the run, so that one noisy batch decides nothing. Losses that are not all positive are
+    checked for non-finite values only.
     """
     for name, values in (("loss", losses), ("grad_norm", grad_norms)):
         for step, value in enumerate(values):
