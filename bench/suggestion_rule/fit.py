@@ -26,9 +26,11 @@ import math
 import statistics
 
 import numpy as np
+import torch
 
 import autolr.finder as F
 import study_lib as L
+from autolr.optimizers import build_optimizer
 from compute import FIT, HELDOUT, MORE_OPTS, MORE_SEEDS, dense_rates
 
 VARIANTS = {  # name: (START_RISE, CLIMB_SHARE)
@@ -84,7 +86,8 @@ class Curves:
 
 
 def fraction(a: float, d: float, epochs: int) -> float:
-    return min(0.5, a * (1000 / (epochs * L.STEPS_PER_EPOCH)) ** d)
+    """The fraction of the limit a rule with these constants gives a run of ``epochs`` at batch 64."""
+    return F.SuggestionRule(at_1000_steps=a, decay=d).fraction(epochs * L.STEPS_PER_EPOCH)
 
 
 def hits(ratios) -> int:
@@ -146,7 +149,6 @@ def part2(curves, limits):
     d, a = fit_shared(curves, limit, FIT)
     print(f"\n== 2. the shipped verdict, fitted on seeds {FIT[0]}-{FIT[15]} and {FIT[16]}-{FIT[-1]}")
     print(f"decay {d:.2f}; at 1000 steps: adam {a['adam']:.4f}, sgd momentum 0.9 {a['sgd']:.4f}")
-    family = {"sgd-plain": 0.0, "sgd-m0.5": 0.5, "sgd": 0.9}
     more = {o: best_a(curves, limit, o, MORE_SEEDS, d)[0] for o in MORE_OPTS}
     for o in MORE_OPTS:
         print(f"  {o:9s} (seeds {MORE_SEEDS[0]}-{MORE_SEEDS[-1]}): at 1000 steps {more[o]:.4f}")
@@ -159,17 +161,13 @@ def part2(curves, limits):
         print(f"{label:18s} fit seeds: hits {hits(fit_r)}/{len(fit_r)}, median {statistics.median(fit_r):.3f}; "
               f"held-out {HELDOUT[0]}-{HELDOUT[-1]}: hits {hits(held_r)}/{len(held_r)}, median {statistics.median(held_r):.3f}")  # fmt: skip
     for o in MORE_OPTS:
-        rule = F.suggestion_rule(_optimizer(o))
-        r = [curves.ratio((o, e, s), limit(o, s) * rule.fraction(e * L.STEPS_PER_EPOCH, family.get(o, 0.0))) for e in L.EPOCHS for s in MORE_SEEDS]
+        opt = _optimizer(o)  # the shipped rule reads family and momentum off the optimizer itself
+        r = [curves.ratio((o, e, s), F.suggest_lr(limit(o, s), e * L.STEPS_PER_EPOCH, optimizer=opt)) for e in L.EPOCHS for s in MORE_SEEDS]
         print(f"shipped, {o:9s} (in-sample): hits {hits(r)}/{len(r)}, median {statistics.median(r):.3f}")
 
 
-def _optimizer(name: str):
-    import torch
-
+def _optimizer(name: str) -> torch.optim.Optimizer:
     opt, hparams = L.bf.OPTIMIZERS[name]
-    from autolr.optimizers import build_optimizer
-
     return build_optimizer(opt, [torch.nn.Parameter(torch.zeros(1))], 1e-3, hparams)
 
 

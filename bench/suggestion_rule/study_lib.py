@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -24,9 +23,7 @@ sys.path.insert(0, str(HERE.parent))  # bench/ : bench/finder.py as module ``fin
 import finder as bf  # noqa: E402  (bench/finder.py)
 from autolr.finder import range_test  # noqa: E402
 from autolr.optimizers import build_optimizer  # noqa: E402
-from autolr.scheduler import StepScheduler  # noqa: E402
 from autolr.tasks import build_task  # noqa: E402
-from autolr.trainer import Trainer  # noqa: E402
 
 CACHE = Path(os.environ.get("DIGITS_STUDY_DIR", "/tmp/digits_study"))
 CACHE.mkdir(parents=True, exist_ok=True)
@@ -47,13 +44,7 @@ def run_key(opt, epochs, task_seed, trainer_seed, lr) -> str:
 
 def train(opt: str, epochs: int, task_seed: int, trainer_seed: int, lr: float) -> float:
     """bench/finder.py's train_val_loss with the init (task seed) and batch order (trainer seed) apart."""
-    torch.set_num_threads(1)
-    task = build_task(TASK, {}, seed=task_seed)
-    trainer = Trainer(epochs=epochs, batch_size=BATCH, device=torch.device("cpu"), seed=trainer_seed)
-    optimizer = build_optimizer(*bf._optimizer(opt, task, float(f"{lr:.6g}")))
-    scheduler = StepScheduler(optimizer, total_steps=epochs * trainer.steps_per_epoch(task), schedule="constant")
-    value = trainer.fit(task, optimizer, scheduler).final["val_loss"]
-    return value if math.isfinite(value) else math.inf
+    return bf.train_val_loss(TASK, opt, float(f"{lr:.6g}"), epochs, task_seed, order_seed=trainer_seed, batch=BATCH)
 
 
 def rangetest(opt: str, epochs: int, seed: int) -> dict:
