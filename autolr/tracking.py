@@ -828,25 +828,26 @@ class _Writer:
             self.down_since = time.time()
             self.reply(("down", f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]))
 
+    def _log_and_take(self, run_id: str, items: dict[str, str], field: str, entity: type) -> None:
+        """Log ``items`` as params or tags, ``TAG_LIMIT`` a call, removing each call's share once it
+        succeeded."""
+        while items:
+            chunk = list(items.items())[:TAG_LIMIT]
+            self.client.log_batch(run_id, **{field: [entity(k, v) for k, v in chunk]})
+            for k, _ in chunk:
+                del items[k]
+
     def _write_through_api(self, entry: dict) -> None:
         """Params, points, tags and end of an entry through MLflow's API, taking each call's share off
         the entry once it succeeds: a retry sends only the rest. A run whose data the store refuses is
         still ended."""
         run_id, params, points, tags = entry["run_id"], entry.get("params") or {}, entry["points"], entry["tags"]
         try:
-            while params:
-                items = list(params.items())[:TAG_LIMIT]
-                self.client.log_batch(run_id, params=[Param(k, v) for k, v in items])
-                for k, _ in items:
-                    del params[k]
+            self._log_and_take(run_id, params, "params", Param)
             while points:
                 self.client.log_batch(run_id, metrics=[Metric(*p) for p in points[:BATCH_LIMIT]])
                 del points[:BATCH_LIMIT]
-            while tags:
-                items = list(tags.items())[:TAG_LIMIT]
-                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in items])
-                for k, _ in items:
-                    del tags[k]
+            self._log_and_take(run_id, tags, "tags", RunTag)
         except Exception as exc:
             if entry["end"] is not None and not _unreachable(exc):
                 with contextlib.suppress(Exception):
