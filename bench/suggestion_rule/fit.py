@@ -14,6 +14,7 @@ decade within +-0.75 decade of the grid's best; a rule's rate is scored by inter
 2. The shipped constants: a shared decay and a fraction per family fitted on seeds 0-15 and 200-215
    (Adam, SGD momentum 0.9), the fractions at momentum 0 and 0.5 and RMSprop's on seeds 0-9, the
    momentum exponent through the three SGD points; scored on the held-out seeds 100-107.
+3. What is left: each seed's own best rate against the others', and what of the range test follows it.
 
     python bench/suggestion_rule/fit.py
 """
@@ -141,6 +142,13 @@ def part1(curves, limits):
                 score = np.convolve((table <= 1.05).sum(1).astype(float), np.ones(5) / 5, mode="same") - 1e-2 * np.median(table, 1)
                 ratios += [curves.ratio((o, e, s), float(rates[int(np.argmax(score))])) for s in fold]
     print(f"{'ceiling: one fixed rate per (optimizer, epochs)':50s} CV hits {hits(ratios)}/{len(ratios)}, median {statistics.median(ratios):.3f}")
+    seeds = FIT[:16] + HELDOUT
+    for tolerance in (None, 1.25):  # the bisection's end with mini-batches: 1.5x (the default) or 1.25x
+        tests = {o: [L.rangetest(o, 10, s, tolerance=tolerance) for s in seeds] for o in L.OPTS}
+        spread = {o: math.exp(float(np.std([math.log(t["max_stable_lr"]) for t in ts]))) for o, ts in tests.items()}
+        steps = statistics.median(t["steps"] for ts in tests.values() for t in ts)
+        print(f"shipped verdict, bisection to {tolerance or F.MINI_BATCH_TOLERANCE}x ({len(seeds)} seeds): limit spread adam {spread['adam']:.2f} "
+              f"sgd {spread['sgd']:.2f}; {steps:.0f} steps (median)")  # fmt: skip
 
 
 def part2(curves, limits):
@@ -166,6 +174,46 @@ def part2(curves, limits):
         print(f"shipped, {o:9s} (in-sample): hits {hits(r)}/{len(r)}, median {statistics.median(r):.3f}")
 
 
+def part3(curves, limits):
+    """What the suggestion misses: how far each seed's best rate sits from the others', whether that
+    holds across run lengths, and whether anything the range test measures follows it."""
+    print(f"\n== 3. the seed's own best rate ({len(ALL_SEEDS)} seeds): centre of the rates within 1.05x of the grid's best, "
+          "less the mean over seeds at each length, averaged over the lengths")  # fmt: skip
+    for o in L.OPTS:
+        centres = []
+        for s in ALL_SEEDS:
+            row = []
+            for e in L.EPOCHS:
+                curves.ratio((o, e, s), 1e-3)  # fills the cache
+                x, y = curves.cache[(o, e, s)]
+                row.append(float(np.mean(x[y <= math.log(1.05)])))
+            centres.append(row)
+        shift = np.array(centres) - np.mean(centres, axis=0)
+        per_seed = shift.mean(axis=1)
+        features = {
+            "limit (shipped verdict)": [math.log(limits((F.START_RISE, F.CLIMB_SHARE), o, s)) for s in ALL_SEEDS],
+            "limit (verdict before)": [math.log(limits(VARIANTS["before (rise 1.25, climb share 0.2)"], o, s)) for s in ALL_SEEDS],
+            "starting loss": [math.log(_starting_loss(s)) for s in ALL_SEEDS],
+            "end loss of the top stable probe": [math.log(_top_stable_end_loss(L.rangetest(o, 10, s))) for s in ALL_SEEDS],
+        }
+        corr = ", ".join(f"{name} {np.corrcoef(v, per_seed)[0, 1]:+.2f}" for name, v in features.items())
+        print(f"{o}: spread {math.exp(float(np.std(per_seed))):.2f}x (1 sd); correlation of the 10- and 30-epoch shifts "
+              f"{np.corrcoef(shift[:, 0], shift[:, -1])[0, 1]:.2f}; correlation with {corr}")  # fmt: skip
+
+
+def _starting_loss(seed: int) -> float:
+    from autolr.tasks import build_task
+
+    task = build_task(L.TASK, {}, seed=seed)
+    x, y = task.train_data.tensors
+    with torch.no_grad():
+        return float(task.loss_fn(task.model(x), y))
+
+
+def _top_stable_end_loss(test: dict) -> float:
+    return max((p for p in test["probes"] if p["stable"]), key=lambda p: p["lr"])["end_loss"]
+
+
 def _optimizer(name: str) -> torch.optim.Optimizer:
     opt, hparams = L.bf.OPTIMIZERS[name]
     return build_optimizer(opt, [torch.nn.Parameter(torch.zeros(1))], 1e-3, hparams)
@@ -176,6 +224,7 @@ def main():
     curves, limits = Curves(store), Limits()
     part1(curves, limits)
     part2(curves, limits)
+    part3(curves, limits)
 
 
 if __name__ == "__main__":

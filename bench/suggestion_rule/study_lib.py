@@ -47,12 +47,12 @@ def train(opt: str, epochs: int, task_seed: int, trainer_seed: int, lr: float) -
     return bf.train_val_loss(TASK, opt, float(f"{lr:.6g}"), epochs, task_seed, order_seed=trainer_seed, batch=BATCH)
 
 
-def rangetest(opt: str, epochs: int, seed: int) -> dict:
+def rangetest(opt: str, epochs: int, seed: int, tolerance: float | None = None) -> dict:
     """bench/finder.py's range test (rule_rates' autolr part), with the whole result kept."""
     torch.set_num_threads(1)
     task = build_task(TASK, {}, seed=seed)
     optimizer = build_optimizer(*bf._optimizer(opt, task, 1e-3))
-    found = range_test(task.model, optimizer, task.loss_fn, task.train_data, batch_size=BATCH, run_steps=epochs * STEPS_PER_EPOCH, seed=seed)
+    found = range_test(task.model, optimizer, task.loss_fn, task.train_data, batch_size=BATCH, run_steps=epochs * STEPS_PER_EPOCH, seed=seed, tolerance=tolerance)
     out = found.to_dict()
     out["cost"] = found.samples + found.forward_samples / 3
     return out
