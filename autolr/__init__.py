@@ -8,15 +8,15 @@ Public API::
     best = autolr.load_best("best.yaml")                    # in your own script
     optimizer = best.build_optimizer(model.parameters())
     scheduler = best.build_scheduler(optimizer, total_steps)
+
+Every name loads on first use (PEP 562): ``import autolr`` imports neither torch, optuna nor mlflow,
+so a process that needs one subpackage (the MLflow writer needs ``autolr.tracking`` only) starts fast.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from autolr.config import StudyConfig, load_study
-from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
-from autolr.tasks import Task
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "BestConfig",
@@ -36,8 +36,13 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-# optuna and mlflow load only when a function that needs them is called: `import autolr` stays light.
 _LAZY = {
+    "StudyConfig": "autolr.config",
+    "load_study": "autolr.config",
+    "InputError": "autolr.errors",
+    "StudyFileError": "autolr.errors",
+    "TrackingUnavailableError": "autolr.errors",
+    "Task": "autolr.tasks",
     "tune": "autolr.study",
     "study_results": "autolr.study",
     "export_best": "autolr.study",
@@ -47,10 +52,22 @@ _LAZY = {
     "find_lr": "autolr.autobounds",
 }
 
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from autolr.autobounds import find_lr
+    from autolr.config import StudyConfig, load_study
+    from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
+    from autolr.export import BestConfig, load_best
+    from autolr.study import TuneResult, export_best, study_results, tune
+    from autolr.tasks import Task
+
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'autolr' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

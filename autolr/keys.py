@@ -1,0 +1,90 @@
+"""Every reserved name autolr writes into a store, in one place (as MLflow's ``utils/mlflow_tags.py``).
+
+Optuna user attrs, MLflow tags and the logged metric names cross processes and outlive the code that
+wrote them: they are a schema. A name is defined here once and imported everywhere else; a new one
+is added here first. This module imports nothing, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BEST_TRIAL",
+    "BEST_VALUE",
+    "DIVERGED",
+    "DIVERGENCE_STEP",
+    "ERROR",
+    "EXPLODING",
+    "EXPLODING_STEP",
+    "GRADIENTS",
+    "HOST",
+    "LOSS_RATIO",
+    "OPTIMIZER",
+    "PARAMS",
+    "PID",
+    "PRUNE_REASON",
+    "RANGE_TEST_CACHE",
+    "ROLE",
+    "ROLE_RANGE_TEST",
+    "ROLE_STUDY",
+    "ROLE_TRIAL",
+    "SOURCE",
+    "STATE",
+    "STEPS",
+    "STORAGE",
+    "STUDY",
+    "STUDY_UID",
+    "TRIAL",
+    "UID",
+    "VALUE",
+    "VANISHING",
+    "VANISHING_STEP",
+    "gradient_flag",
+    "val_metric",
+]
+
+# --- Optuna trial user attrs (also mirrored as MLflow tags where a trial run exists) ----------------
+PARAMS = "autolr.params"  # the flat configuration the trial trained (defaults included)
+PRUNE_REASON = "autolr.prune_reason"  # "diverged: loss inf at step 37", "curve: ..."
+DIVERGENCE_STEP = "autolr.divergence_step"
+DIVERGED = "autolr.diverged"  # read by the sampler's ceiling
+STEPS = "autolr.steps"  # optimisation steps the trial ran
+LOSS_RATIO = "autolr.loss_ratio"  # smoothed training loss at the end / at the start: above 1, no progress
+ERROR = "autolr.error"  # "TypeError: ..." of a FAIL trial
+SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test")
+
+# --- Optuna study user attrs ------------------------------------------------------------------------
+UID = "autolr.uid"  # the study's own id, kept across invocations
+RANGE_TEST_CACHE = "autolr.range_test.{optimizer}"  # one optimizer's cached range test
+
+# --- MLflow run tags ----------------------------------------------------------------------------------
+ROLE = "autolr.role"
+ROLE_STUDY = "study"  # the parent run of one invocation
+ROLE_TRIAL = "trial"
+ROLE_RANGE_TEST = "range_test"
+STUDY = "autolr.study"
+STUDY_UID = "autolr.study_uid"  # = the study's UID attr: one study name in two storages never mixes runs
+STORAGE = "autolr.storage"
+HOST = "autolr.host"
+PID = "autolr.pid"
+TRIAL = "autolr.trial"
+STATE = "autolr.state"  # COMPLETE / PRUNED / FAIL / KILLED / RUNNING
+VALUE = "autolr.value"
+OPTIMIZER = "autolr.optimizer"  # of a range-test run
+BEST_TRIAL = "autolr.best_trial"
+BEST_VALUE = "autolr.best_value"
+GRADIENTS = "autolr.gradients"  # "exploding" / "vanishing"
+EXPLODING = "autolr.exploding"  # the reason, when the gradient norm exploded
+EXPLODING_STEP = "autolr.exploding_step"
+VANISHING = "autolr.vanishing"
+VANISHING_STEP = "autolr.vanishing_step"
+
+
+def gradient_flag(kind: str) -> tuple[str, str]:
+    """The (reason, step) tag names of a gradient flag ``kind`` ("exploding" or "vanishing")."""
+    names = {"exploding": (EXPLODING, EXPLODING_STEP), "vanishing": (VANISHING, VANISHING_STEP)}
+    return names[kind]
+
+
+def val_metric(name: str) -> str:
+    """The logged name of a validation metric: ``accuracy`` -> ``val_accuracy``; ``val_loss`` stays."""
+    return name if name.startswith("val_") else f"val_{name}"
