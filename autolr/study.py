@@ -14,7 +14,6 @@ import logging
 import multiprocessing
 import os
 import socket
-import sqlite3
 import time
 import uuid
 import warnings
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr._filelock import file_lock
+from autolr import sqlite
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.errors import InputError, StudyFileError
 from autolr.objective import ERROR_ATTR, LOSS_RATIO_ATTR, PARAMS_ATTR, REASON_ATTR, STEPS_ATTR, Objective
@@ -75,11 +74,7 @@ def default_storage_url(config: StudyConfig) -> str:
 
 def _storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///") :])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(f"{path}.lock"):  # the first process creates the tables, the others wait
-            with sqlite3.connect(path) as conn:  # WAL: readers never block the writer; persists in the file
-                conn.execute("PRAGMA journal_mode=WAL")
+        with sqlite.prepared(sqlite.sqlite_path(url)):  # the first process creates the tables, the others wait
             return _rdb(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
     return _rdb(url, {"pool_pre_ping": True})
 

@@ -70,7 +70,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from autolr._filelock import file_lock
+from autolr import sqlite
 from autolr.config import DEFAULT_TRACKING_URI
 from autolr.errors import TrackingUnavailableError
 from autolr.monitor import GradientMonitor
@@ -110,19 +110,8 @@ def _open_client(tracking_uri: str) -> MlflowClient:
     processes opening a fresh store at the same moment would both create them, and one would fail."""
     if not tracking_uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=tracking_uri)
-    path = _sqlite_path(tracking_uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(f"{path}.lock"):
-        _use_wal(path)
+    with sqlite.prepared(_sqlite_path(tracking_uri)):
         return MlflowClient(tracking_uri=tracking_uri)  # creates and migrates the tables
-
-
-def _use_wal(path: Path) -> None:
-    try:
-        with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as exc:  # e.g. a read-only store: MLflow will say what is wrong
-        logger.warning("could not switch %s to WAL: %s", path, exc)
 
 
 def _alive(pid: int) -> bool:
