@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
+from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.errors import StudyFileError
 from autolr.finder import RangeTestResult, range_test
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CACHE_ATTR = "autolr.range_test.{optimizer}"  # study user attr holding one optimizer's range test
 FINDER_VERSION = 3  # part of the cache key: a new detector or rule measures afresh
 BOUNDS_BELOW_SUGGESTION = 10.0  # the searched range starts this factor below the suggestion
 MIN_STEPS = 30
@@ -186,7 +186,7 @@ def auto_lr_bounds(
     bounds = {}
     for name in config.search.optimizers:
         key = _cache_key(config, name, None)
-        result = _cached_result(study.user_attrs.get(CACHE_ATTR.format(optimizer=name)), key)
+        result = _cached_result(study.user_attrs.get(keys.RANGE_TEST_CACHE.format(optimizer=name)), key)
         if result is not None:
             logger.info("lr: auto: %s bounds from the cached range test", name)
             bounds[name] = lr_bounds_from(result)
@@ -196,7 +196,7 @@ def auto_lr_bounds(
         if tracker is not None:
             log_range_test(tracker, parent_run_id, config, name, result, bounds[name])
         _enqueue_suggestion(study, config, name, result.suggestion)
-        study.set_user_attr(CACHE_ATTR.format(optimizer=name), {"key": key, "result": result.to_dict()})
+        study.set_user_attr(keys.RANGE_TEST_CACHE.format(optimizer=name), {"key": key, "result": result.to_dict()})
         logger.info("lr: auto: %s in [%.3g, %.3g], suggestion %.3g enqueued", name, *bounds[name], result.suggestion)
     return bounds
 
@@ -279,16 +279,11 @@ def _cached_result(entry: object, key: str) -> RangeTestResult | None:
 
 def _read_only_cache(config: StudyConfig, storage: str | None) -> dict[str, object]:
     """The cached range tests of the study, per optimizer, or nothing when the study is not stored."""
-    from autolr.study import default_storage_url
-
-    url = storage or default_storage_url(config)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
-        return {}  # do not create an empty database just to look
-    try:
-        attrs = optuna.load_study(study_name=config.name, storage=url).user_attrs
-    except KeyError:  # no such study in that storage
-        return {}
-    return {name: attrs.get(CACHE_ATTR.format(optimizer=name)) for name in config.search.optimizers}
+    url = storage or store.default_storage_url(config)
+    if not store.exists(config.name, url):
+        return {}  # nothing cached (and no empty database created just to look)
+    attrs = store.load(config, url).user_attrs
+    return {name: attrs.get(keys.RANGE_TEST_CACHE.format(optimizer=name)) for name in config.search.optimizers}
 
 
 def _enqueue_suggestion(study: optuna.Study, config: StudyConfig, optimizer: str, lr: float) -> None:
@@ -297,4 +292,4 @@ def _enqueue_suggestion(study: optuna.Study, config: StudyConfig, optimizer: str
     params: dict[str, Any] = {"lr": lr}
     if len(config.search.optimizers) > 1:  # a single optimizer is not a searched parameter (autolr.space)
         params["optimizer"] = optimizer
-    study.enqueue_trial(params, user_attrs={"autolr.source": "range_test"}, skip_if_exists=True)
+    study.enqueue_trial(params, user_attrs={keys.SOURCE: "range_test"}, skip_if_exists=True)

@@ -128,7 +128,7 @@ def _no_interrupt_traceback(record: logging.LogRecord) -> bool:
 
 def _tune(args) -> int:
     import autolr
-    from autolr.study import trial_row
+    from autolr.store import trial_row
 
     config = autolr.load_study(args.study)
     target = args.trials or config.trials
@@ -183,7 +183,7 @@ def _finished_so_far(config, storage: str | None) -> int:
 def _summary(result, top: int = 5) -> str:
     from optuna.trial import TrialState
 
-    from autolr.study import trial_row
+    from autolr.store import trial_row
 
     lines = [
         f"study {result.study_name}: {result.count(TrialState.COMPLETE)} complete, "

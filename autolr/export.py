@@ -20,8 +20,10 @@ from typing import Any, Iterable, Mapping
 import torch
 import yaml
 
+from autolr import keys
 from autolr.hparams import RunConfig
 from autolr.scheduler import StepScheduler
+from autolr.store import best_trial
 
 __all__ = ["BestConfig", "best_export", "load_best", "to_yaml", "write_export"]
 
@@ -30,22 +32,19 @@ _REQUIRED = ("study", "metric", "direction", "value", "trial", "params", "epochs
 
 def best_export(config, study) -> dict[str, Any] | None:
     """The export object for the best COMPLETE trial of ``study`` (None when there is none yet)."""
-    from autolr.objective import PARAMS_ATTR, STEPS_ATTR
-    from autolr.study import best_trial
-
     best = best_trial(study)
     if best is None:
         return None
     return {
         "study": config.name,
-        "metric": config.metric if config.metric.startswith("val_") else f"val_{config.metric}",  # as logged
+        "metric": keys.val_metric(config.metric),  # as logged
         "direction": config.direction,
         "value": float(best.value),
         "trial": best.number,
-        "params": dict(best.user_attrs[PARAMS_ATTR]),
+        "params": dict(best.user_attrs[keys.PARAMS]),
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
-        "total_steps": best.user_attrs.get(STEPS_ATTR),
+        "total_steps": best.user_attrs.get(keys.STEPS),
         "task": config.task,
         "task_args": dict(config.task_args),
         "seed": config.seed,

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import optuna
 
+from autolr import keys
 from autolr.config import StudyConfig
 from autolr.errors import StudyFileError
 from autolr.hparams import RunConfig
-from autolr.sampler import DIVERGED_ATTR
 from autolr.space import LrBounds, suggest_run
 from autolr.tasks import build_task
 from autolr.trainer import Diverged, DivergenceGuard, Trainer, TrainerCallback, pick_device
@@ -30,12 +30,6 @@ if TYPE_CHECKING:  # mlflow loads only where tracking is on
 
 logger = logging.getLogger(__name__)
 
-PARAMS_ATTR = "autolr.params"
-REASON_ATTR = "autolr.prune_reason"
-STEP_ATTR = "autolr.divergence_step"
-STEPS_ATTR = "autolr.steps"
-LOSS_RATIO_ATTR = "autolr.loss_ratio"  # smoothed training loss at the end / at the start: above 1, no progress
-ERROR_ATTR = "autolr.error"
 
 
 def resolve_metric(config: StudyConfig, task) -> str:
@@ -44,10 +38,9 @@ def resolve_metric(config: StudyConfig, task) -> str:
     Raises:
         StudyFileError: the task logs no such metric.
     """
-    available = ["val_loss", *(f"val_{m}" for m in task.metrics)]
-    for name in (config.metric, f"val_{config.metric}"):
-        if name in available:
-            return name
+    available = ["val_loss", *(keys.val_metric(m) for m in task.metrics)]
+    if keys.val_metric(config.metric) in available:
+        return keys.val_metric(config.metric)
     raise StudyFileError(config.path, "objective.metric", f"one of {available} (from task {config.task})", config.metric)
 
 
@@ -75,7 +68,7 @@ class _Report(TrainerCallback):
         """Where training ended against where it started, as a trial attr (a run can get worse without
         diverging); nothing when no finite loss was seen."""
         if self.first_loss is not None and self.smoothed_loss is not None and self.first_loss > 0:
-            self.trial.set_user_attr(LOSS_RATIO_ATTR, self.smoothed_loss / self.first_loss)
+            self.trial.set_user_attr(keys.LOSS_RATIO, self.smoothed_loss / self.first_loss)
 
     def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
         if self.run is not None:
@@ -88,7 +81,7 @@ class _Report(TrainerCallback):
         value = metrics[self.metric]
         self.trial.report(value, epoch)
         if self.curve_pruning and self.trial.should_prune():
-            self.trial.set_user_attr(STEPS_ATTR, step)
+            self.trial.set_user_attr(keys.STEPS, step)
             raise optuna.TrialPruned(f"curve: {self.metric} {value:.4g} at epoch {epoch} fell behind earlier trials")
 
 
@@ -105,7 +98,7 @@ class Objective:
         cfg = self.config
         run_config = suggest_run(trial, cfg.search, self.lr_bounds, grid=cfg.sampler == "grid")
         flat = run_config.flat()
-        trial.set_user_attr(PARAMS_ATTR, flat)
+        trial.set_user_attr(keys.PARAMS, flat)
         run = self.tracker.trial_run(self.parent_run_id, trial.number, flat) if self.tracker else None
         try:
             if run is None:
@@ -115,7 +108,7 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:500])
+            trial.set_user_attr(keys.ERROR, f"{type(exc).__name__}: {exc}"[:500])
             raise
 
     def _train(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> float:
@@ -146,7 +139,7 @@ class Objective:
             report.record_loss_ratio()
             self._record_prune(trial, run, str(exc), divergence_step=None, diverged=False)
             raise
-        trial.set_user_attr(STEPS_ATTR, result.steps)
+        trial.set_user_attr(keys.STEPS, result.steps)
         report.record_loss_ratio()
         value = result.final[metric]
         if not math.isfinite(value):  # only reachable with the guard off: still divergence, not a bug
@@ -154,17 +147,17 @@ class Objective:
             self._record_prune(trial, run, reason, divergence_step=result.steps - 1, diverged=True)
             raise optuna.TrialPruned(reason)
         if run is not None:
-            run.end("COMPLETE", {"autolr.value": value})
+            run.end("COMPLETE", {keys.VALUE: value})
         return value
 
     def _record_prune(self, trial, run, reason: str, *, divergence_step: int | None, diverged: bool) -> None:
-        trial.set_user_attr(REASON_ATTR, reason)
-        trial.set_user_attr(DIVERGED_ATTR, diverged)
+        trial.set_user_attr(keys.PRUNE_REASON, reason)
+        trial.set_user_attr(keys.DIVERGED, diverged)
         if divergence_step is not None:
-            trial.set_user_attr(STEP_ATTR, divergence_step)
-            trial.set_user_attr(STEPS_ATTR, divergence_step + 1)
+            trial.set_user_attr(keys.DIVERGENCE_STEP, divergence_step)
+            trial.set_user_attr(keys.STEPS, divergence_step + 1)
         if run is not None:
-            tags = {"autolr.prune_reason": reason}
+            tags = {keys.PRUNE_REASON: reason}
             if divergence_step is not None:
-                tags["autolr.divergence_step"] = divergence_step
+                tags[keys.DIVERGENCE_STEP] = divergence_step
             run.end("PRUNED", tags)

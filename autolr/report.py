@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from autolr import plots
+from autolr import keys, plots
 
 __all__ = ["STUDY_PLOTS", "TOP_K", "metric_key", "record_study", "record_trial_curves", "top_trials"]
 
@@ -34,7 +34,7 @@ TRIAL_PLOT = "curves.png"
 
 def metric_key(metric: str) -> str:
     """The logged name of the objective metric (``accuracy`` is logged as ``val_accuracy``)."""
-    return metric if metric.startswith("val_") else f"val_{metric}"
+    return keys.val_metric(metric)
 
 
 def top_trials(rows: Sequence[Mapping[str, Any]], direction: str, k: int = TOP_K) -> list[Mapping[str, Any]]:
@@ -87,10 +87,10 @@ def record_trial_curves(tracker, parent_run_id: str, *, metric: str) -> int:
         for number, run_id in sorted(tracker.trial_runs(parent_run_id).items()):
             series = {name: tracker.metric_history(run_id, name) for name in ("train_loss", "lr", "grad_norm", key)}
             tags = tracker.run_tags(run_id)
-            flags = {kind: int(tags[f"autolr.{kind}_step"]) for kind in ("exploding", "vanishing") if f"autolr.{kind}_step" in tags}
-            title = f"trial {number}: {tags.get('autolr.state', '?')}"
-            if tags.get("autolr.prune_reason"):
-                title += f" ({tags['autolr.prune_reason']})"
+            flags = {kind: int(tags[keys.gradient_flag(kind)[1]]) for kind in ("exploding", "vanishing") if keys.gradient_flag(kind)[1] in tags}
+            title = f"trial {number}: {tags.get(keys.STATE, '?')}"
+            if tags.get(keys.PRUNE_REASON):
+                title += f" ({tags[keys.PRUNE_REASON]})"
             path = plots.trial_curves(series, title=title, metric=key, path=Path(tmp) / str(number) / TRIAL_PLOT, flags=flags)
             tracker.log_artifact(run_id, path, PLOTS_DIR)
             done += 1

@@ -20,13 +20,18 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["DIVERGED_ATTR", "CeilingSampler", "lr_ceiling", "make_sampler", "risky_band"]
+from autolr import keys
 
-DIVERGED_ATTR = "autolr.diverged"
+__all__ = ["CeilingSampler", "lr_ceiling", "make_sampler", "risky_band"]
 
 
-def make_sampler(name: str, *, seed: int, grid_space: dict | None = None, ceiling: bool = True) -> BaseSampler:
-    """The sampler named in a study file, seeded; wrapped with the ceiling unless it is grid or random."""
+def make_sampler(name: str, *, seed: int, grid_space: dict | None = None, ceiling: bool = True, parallel: bool = False) -> BaseSampler:
+    """The sampler named in a study file, seeded; wrapped with the ceiling unless it is grid or random.
+
+    ``parallel``: other processes run trials of the study at the same time (``--jobs``). TPE then
+    treats their running trials as bad ones (``constant_liar``), so that workers do not all propose
+    the same promising point; with one process there is nothing running to lie about.
+    """
     if name == "grid":
         return optuna.samplers.GridSampler(grid_space, seed=seed)
     if name == "random":
@@ -34,7 +39,9 @@ def make_sampler(name: str, *, seed: int, grid_space: dict | None = None, ceilin
     if name == "tpe":
         with warnings.catch_warnings():  # multivariate/group are 'experimental' since Optuna 2.2; chosen on purpose
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, group=True)
+            base = optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=8, multivariate=True, group=True, constant_liar=parallel
+            )
     elif name == "gp":
         base = optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
     elif name == "cmaes":
@@ -57,7 +64,7 @@ def lr_ceiling(trials: Sequence[FrozenTrial], optimizer: str | None) -> tuple[fl
         lr = t.params.get("lr")
         if lr is None or (optimizer is not None and t.params.get("optimizer", optimizer) != optimizer):
             continue
-        runs.append((lr, bool(t.user_attrs.get(DIVERGED_ATTR))))
+        runs.append((lr, bool(t.user_attrs.get(keys.DIVERGED))))
     stable = [lr for lr, diverged in runs if not diverged]
     stable_max = max(stable) if stable else None
     runs.sort(reverse=True)

@@ -1,9 +1,10 @@
-"""Running a study: storage, sampler, pruner, workers, resume to the target, the summary.
+"""Running a study: sampler, workers, resume to the target, the summary (the Python API's ``tune``).
 
 ``trials`` is the study's total target of finished (COMPLETE or PRUNED) trials: every invocation
 counts what the storage already holds and runs only the rest, so re-running a command resumes it.
 Several worker processes (``jobs``) share one storage; a killed worker's trial is failed by the
-storage heartbeat and the study goes on.
+storage heartbeat and the study goes on. Where the study is stored and how it is read back is
+:mod:`autolr.store`'s; this module drives it.
 """
 
 from __future__ import annotations
@@ -15,40 +16,32 @@ import multiprocessing
 import os
 import socket
 import time
-import uuid
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr import sqlite
+from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
-from autolr.errors import InputError, StudyFileError
-from autolr.objective import ERROR_ATTR, LOSS_RATIO_ATTR, PARAMS_ATTR, REASON_ATTR, STEPS_ATTR, Objective
-from autolr.sampler import DIVERGED_ATTR, make_sampler
+from autolr.errors import StudyFileError
+from autolr.objective import Objective
+from autolr.pruning import make_pruner
+from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
 
-__all__ = ["TuneResult", "default_storage_url", "export_best", "open_study", "study_results", "tune"]
+__all__ = ["TuneResult", "export_best", "open_study", "study_results", "tune"]
 
 if TYPE_CHECKING:
     from autolr.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# A worker's running trial writes a heartbeat every HEARTBEAT_S; one silent for GRACE_S (a killed
-# worker) is marked FAIL by whoever starts the next trial, so a crash never blocks the target.
-HEARTBEAT_S = int(os.environ.get("AUTOLR_HEARTBEAT_S", "5"))
-GRACE_S = int(os.environ.get("AUTOLR_GRACE_S", str(3 * HEARTBEAT_S)))
 # Torch threads of a process running trials (AUTOLR_TORCH_THREADS). The small models tuned on a CPU
 # train fastest on one thread, and OpenMP's spinning threads slow down badly when anything else (the
 # MLflow writer, another worker) wants a core. Raise it for large models on many cores.
 TORCH_THREADS = int(os.environ.get("AUTOLR_TORCH_THREADS", "1"))
-SQLITE_TIMEOUT_S = 300  # writers wait this long for the lock instead of losing the trial
 MAX_CONSECUTIVE_FAILS = 3
-UID_ATTR = "autolr.uid"
 
 
 @dataclasses.dataclass
@@ -66,39 +59,6 @@ class TuneResult:
         return sum(1 for t in self.trials if t.state == state)
 
 
-def default_storage_url(config: StudyConfig) -> str:
-    """``sqlite:///<folder of the study file>/<study name>.db``."""
-    folder = Path(config.path).resolve().parent
-    return f"sqlite:///{folder / (config.file_stem + '.db')}"
-
-
-def _storage(url: str) -> optuna.storages.BaseStorage:
-    if url.startswith("sqlite:///"):
-        with sqlite.prepared(sqlite.sqlite_path(url)):  # the first process creates the tables, the others wait
-            return _rdb(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
-    return _rdb(url, {"pool_pre_ping": True})
-
-
-def _rdb(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
-    import sqlalchemy.exc
-
-    with _experimental_ok():
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-        except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
-            raise InputError(f"--storage {url}: not a storage URL SQLAlchemy can open ({exc}); e.g. sqlite:///study.db "
-                             "or postgresql://user@host/db") from None  # fmt: skip
-
-
-@contextlib.contextmanager
-def _experimental_ok():
-    """Heartbeats and stale-trial checks are 'experimental' in Optuna since v2.9; we rely on them on
-    purpose, and the warning at every trial would bury the user's own output."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
-
-
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run the block with ``n`` torch threads, then restore the caller's setting."""
@@ -112,94 +72,37 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def study_uid(study: optuna.Study) -> str:
-    """The study's own id, kept in its user attrs (set on first use): its MLflow runs carry it, so that
-    two studies of one name in different storages, which share an MLflow experiment, never mix runs.
-    (Two invocations creating the same study at the same instant can each keep their own; at worst,
-    the plots of one then miss the other's runs.)"""
-    uid = study.user_attrs.get(UID_ATTR)
-    if uid is None:
-        study.set_user_attr(UID_ATTR, uuid.uuid4().hex)
-        uid = study.user_attrs[UID_ATTR]  # re-read: of two racing writers, both keep the last one's
-    return uid
-
-
-def _fail_stale_trials(study: optuna.Study) -> None:
-    with _experimental_ok():
-        optuna.storages.fail_stale_trials(study)
-
-
-def _pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    p = config.pruning
-    if p.curve == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs)
-    if p.curve == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.warmup_epochs), max_resource=config.train.epochs)
-    return optuna.pruners.NopPruner()
-
-
-def open_study(
-    config: StudyConfig,
-    storage: str | None = None,
-    lr_bounds: LrBounds | None = None,
-    *,
-    create: bool = True,
-    worker: int = 0,
-) -> optuna.Study:
+def open_study(config: StudyConfig, storage: str | None = None, lr_bounds: LrBounds | None = None, *, worker: int = 0, parallel: bool = False) -> optuna.Study:
     """Create (or load) the study in its storage, with the sampler and pruner of the study file.
 
     The sampler's seed mixes the study's seed with the number of trials already stored and the worker's
     index: a fresh study with one worker is reproducible, while a resumed study or a second worker
     does not replay the random start-up proposals already tried (identical, since training is seeded).
-    With ``create=False`` a study missing from the storage is an error that says how to create it.
     """
-    url = storage or default_storage_url(config)
-    if not create and not _exists(config.name, url):
-        raise InputError(f"no study {config.name!r} in {url}; run `autolr tune {config.path}` first (or pass --storage)")
-    study = optuna.create_study(
-        storage=_storage(url),
-        study_name=config.name,
-        direction=config.direction,
-        pruner=_pruner(config),
-        load_if_exists=True,
-    )
-    if study.direction.name.lower() != config.direction:
-        raise StudyFileError(
-            config.path, "objective.direction", f"{study.direction.name.lower()} (the study {config.name!r} in {url} "
-            "was created so; rename the study to start afresh)", config.direction,
-        )  # fmt: skip
+    url = storage or store.default_storage_url(config)
+    study = store.create_or_load(config, url, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(config))
     seed = config.seed + 1_000_003 * len(study.get_trials(deepcopy=False)) + 7_919 * worker
-    study.sampler = _sampler(config, lr_bounds, seed)
+    study.sampler = _sampler(config, lr_bounds, seed, parallel=parallel)
     return study
 
 
-def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int) -> optuna.samplers.BaseSampler:
+def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, parallel: bool) -> optuna.samplers.BaseSampler:
     if lr_bounds is None and not config.search.lr.auto:
         lr_bounds = fixed_lr_bounds(config)
     if config.sampler == "grid" and lr_bounds is None:  # reading only: the grid is not known yet
         return optuna.samplers.RandomSampler(seed=seed)
     grid = grid_search_space(config.search, lr_bounds) if config.sampler == "grid" else None
-    return make_sampler(config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence)
-
-
-def _exists(name: str, url: str) -> bool:
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
-        return False  # do not create an empty database file just to look
-    return name in optuna.study.get_all_study_names(storage=_rdb(url, {}))
+    return make_sampler(config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence, parallel=parallel)
 
 
 def fixed_lr_bounds(config: StudyConfig) -> LrBounds:
     return {name: (config.search.lr.low, config.search.lr.high) for name in config.search.optimizers}
 
 
-def _n_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-
 def _n_claimed(study: optuna.Study) -> int:
     """Finished trials plus those running now (in any worker), stale ones failed first."""
-    _fail_stale_trials(study)
-    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+    store.fail_stale_trials(study)
+    return len(study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.RUNNING)))
 
 
 def run_trials(
@@ -223,7 +126,7 @@ def run_trials(
         fails = fails + 1 if last.state == TrialState.FAIL else 0
         if fails >= MAX_CONSECUTIVE_FAILS:
             raise RuntimeError(
-                f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get(ERROR_ATTR, '(see the log above)')}"
+                f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get(keys.ERROR, '(see the log above)')}"
             )
 
 
@@ -232,18 +135,35 @@ def _grid_exhausted(study: optuna.Study) -> bool:
     return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
 
-def _worker(config: StudyConfig, storage: str, lr_bounds: LrBounds, tracking_uri: str | None, parent_run_id, target, deadline_s, worker: int) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """One invocation's run of a study, as every process running its trials needs it (picklable)."""
+
+    config: StudyConfig
+    storage_url: str
+    tracking_uri: str | None
+    jobs: int
+    timeout_s: float | None
+
+    @property
+    def parallel(self) -> bool:
+        return self.jobs > 1
+
+
+def _worker(plan: _Plan, lr_bounds: LrBounds, parent_run_id: str | None, index: int) -> None:
+    """One of ``--jobs`` worker processes: its own study handle and tracker, the shared target."""
     import torch
 
     torch.set_num_threads(TORCH_THREADS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(config, storage, lr_bounds, worker=worker)
-    tracker = open_tracker(tracking_uri, config.name)
+    study = open_study(plan.config, plan.storage_url, lr_bounds, worker=index, parallel=True)
+    tracker = open_tracker(plan.tracking_uri, plan.config.name)
     if tracker is not None:
-        tracker.study_uid = study_uid(study)
-    deadline = time.monotonic() + deadline_s if deadline_s else None
+        tracker.study_uid = store.study_uid(study)
+    deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
+    objective = Objective(plan.config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
     try:
-        run_trials(config, study, Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id), target=target, deadline=deadline)
+        run_trials(plan.config, study, objective, target=plan.config.trials, deadline=deadline)
     finally:
         if tracker is not None:
             tracker.close()  # every trial run written and closed before the worker exits
@@ -279,31 +199,31 @@ def tune(
     if seed is not None:
         overrides["seed"] = seed
     config = dataclasses.replace(config, **overrides)
-    storage_url = storage or default_storage_url(config)
+    plan = _Plan(config, storage or store.default_storage_url(config), tracking_uri, jobs, timeout_s)
     _preflight(config)  # before any store is created: bad input writes nothing
     tracker = open_tracker(tracking_uri, config.name)
     if tracker is not None:
         tracker.check_reachable()
         tracker.write_unsent()
 
-    opt_study = open_study(config, storage_url)
+    opt_study = open_study(config, plan.storage_url)
     if tracker is not None:
-        tracker.study_uid = study_uid(opt_study)
+        tracker.study_uid = store.study_uid(opt_study)
         _close_orphan_runs(opt_study, tracker)
 
     parent_run_id = None
     try:
-        if _n_finished(opt_study) < config.trials:
-            parent_run_id = _run(config, opt_study, storage_url, tracker, jobs, timeout_s, on_trial)
+        if store.n_finished(opt_study) < config.trials:
+            parent_run_id = _run(plan, opt_study, tracker, on_trial)
     finally:
         if tracker is not None:
             tracker.close()  # stops the MLflow writer once every trial run is written and closed
-    return summarize(config, storage_url, tracking_uri, parent_run_id)
+    return summarize(config, plan.storage_url, tracking_uri, parent_run_id)
 
 
 def _close_orphan_runs(study: optuna.Study, tracker: Tracker) -> None:
     """Trials of killed workers are failed by the heartbeat; their MLflow runs are closed to match."""
-    _fail_stale_trials(study)
+    store.fail_stale_trials(study)
     dead = {t.number: "worker died (no heartbeat)" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     try:
         closed = tracker.close_orphans(dead)
@@ -333,25 +253,29 @@ def _preflight(config: StudyConfig) -> None:
     resolve_metric(config, task)
 
 
-def _run(config, study, storage_url, tracker, jobs, timeout_s, on_trial) -> str | None:
-    deadline = time.monotonic() + timeout_s if timeout_s else None
+def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | None, on_trial) -> str | None:
+    """Run the study's remaining trials inside this invocation's parent run; returns its id."""
+    config = plan.config
 
     def work(parent_run_id: str | None) -> None:
         with torch_threads(TORCH_THREADS):
             train(parent_run_id)
 
     def train(parent_run_id: str | None) -> None:
-        if tracker is not None and jobs <= 1:  # its start-up overlaps the range test or the first trial (workers have their own)
+        if tracker is not None and not plan.parallel:  # its start-up overlaps the range test or the first trial (workers have their own)
             tracker.start_writer()
         lr_bounds, run_study = fixed_lr_bounds(config), study
         if config.search.lr.auto:  # inside the parent run: the range-test runs nest under it
-            lr_bounds = _auto_lr_bounds(config, study, tracker, parent_run_id)
-            run_study = open_study(config, storage_url, lr_bounds)
-        if jobs <= 1:
-            objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
-            run_trials(config, run_study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
+            from autolr.autobounds import auto_lr_bounds
+
+            lr_bounds = auto_lr_bounds(config, study, tracker, parent_run_id)
+            run_study = open_study(config, plan.storage_url, lr_bounds)
+        if plan.parallel:
+            _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial)
         else:
-            _run_workers(config, run_study, storage_url, lr_bounds, tracker, parent_run_id, jobs, timeout_s, on_trial)
+            objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
+            deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
+            run_trials(config, run_study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
 
     if tracker is None:
         work(None)
@@ -361,24 +285,20 @@ def _run(config, study, storage_url, tracker, jobs, timeout_s, on_trial) -> str 
         params={"study": config.name, "task": config.task, "sampler": config.sampler, "target_trials": config.trials,
                 "epochs": config.train.epochs, "batch_size": config.train.batch_size, "seed": config.seed,
                 "metric": config.metric, "direction": config.direction},  # fmt: skip
-        tags={"autolr.study": config.name, "autolr.storage": storage_url, "autolr.role": "study",
-              "autolr.host": socket.gethostname(), "autolr.pid": str(os.getpid())},  # fmt: skip
+        tags={keys.STUDY: config.name, keys.STORAGE: plan.storage_url, keys.ROLE: keys.ROLE_STUDY,
+              keys.HOST: socket.gethostname(), keys.PID: str(os.getpid())},  # fmt: skip
         description=f"autolr study `{config.name}`: {config.task}, {config.sampler} sampler, target {config.trials} trials.",
     ) as parent_run_id:
         try:
             work(parent_run_id)
         finally:
-            _finish_parent(config, storage_url, tracker, parent_run_id)
+            _finish_parent(config, plan.storage_url, tracker, parent_run_id)
     return parent_run_id
 
 
-def _run_workers(config, study, storage_url, lr_bounds, tracker, parent_run_id, jobs, timeout_s, on_trial) -> None:
+def _run_workers(plan: _Plan, study: optuna.Study, lr_bounds: LrBounds, parent_run_id: str | None, on_trial) -> None:
     ctx = multiprocessing.get_context("spawn")
-    tracking_uri = tracker.tracking_uri if tracker else None
-    procs = [
-        ctx.Process(target=_worker, args=(config, storage_url, dict(lr_bounds), tracking_uri, parent_run_id, config.trials, timeout_s, i), daemon=False)
-        for i in range(jobs)
-    ]
+    procs = [ctx.Process(target=_worker, args=(plan, dict(lr_bounds), parent_run_id, i), daemon=False) for i in range(plan.jobs)]
     for p in procs:
         p.start()
     seen: set[int] = set()
@@ -392,21 +312,15 @@ def _run_workers(config, study, storage_url, lr_bounds, tracker, parent_run_id, 
     _report_new(study, seen, on_trial)
     failed = [p.exitcode for p in procs if p.exitcode]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {jobs} workers exited with an error (exit codes {failed}); see the log above")
+        raise RuntimeError(f"{len(failed)} of {plan.jobs} workers exited with an error (exit codes {failed}); see the log above")
 
 
 def _report_new(study: optuna.Study, seen: set[int], on_trial) -> None:
-    for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL)):
+    for t in study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.FAIL)):
         if t.number not in seen:
             seen.add(t.number)
             if on_trial is not None:
                 on_trial(t)
-
-
-def _auto_lr_bounds(config: StudyConfig, study: optuna.Study, tracker: Tracker | None, parent_run_id: str | None) -> LrBounds:
-    from autolr.autobounds import auto_lr_bounds
-
-    return auto_lr_bounds(config, study, tracker, parent_run_id)
 
 
 def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, parent_run_id: str) -> None:
@@ -421,11 +335,11 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
                          "answer); `autolr export` reads the best configuration from the Optuna storage, and the "
                          "next invocation that runs trials draws the study's plots again")  # fmt: skip
             return
-        study = open_study(config, storage_url, create=False)
+        study = store.load(config, storage_url)
         export = best_export(config, study)
         if export is not None:
             tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in export["params"].items()})
-            tracker.set_tags(parent_run_id, {"autolr.best_trial": export["trial"], "autolr.best_value": export["value"]})
+            tracker.set_tags(parent_run_id, {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"]})
             tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")
     except Exception:  # noqa: BLE001 - the study itself is safe in its storage
         logger.exception("could not record the best configuration on the parent run")
@@ -441,7 +355,7 @@ def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, pa
     from autolr import report
 
     trials = study.get_trials(deepcopy=False)
-    rows = [dict(trial_row(t), last_value=_last_reported(t)) for t in trials]
+    rows = [dict(store.trial_row(t), last_value=_last_reported(t)) for t in trials]
     importances, note = _importances(study)
     summary = f"({config.task}, {config.sampler} sampler, target {config.trials} trials)"
     report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction,
@@ -465,43 +379,16 @@ def _importances(study: optuna.Study) -> tuple[dict[str, float], str]:
         return {}, f"parameter importances unavailable: {exc}"
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial in the study's direction, or None when there is none yet."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-    return pick(complete, key=lambda t: t.value)
-
-
 def summarize(config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None) -> TuneResult:
-    study = open_study(config, storage_url, create=False)
+    study = store.load(config, storage_url)
     trials = study.get_trials(deepcopy=False)
-    return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, best_trial(study), trials, parent_run_id)
-
-
-def trial_row(t: FrozenTrial) -> dict[str, Any]:
-    """One trial as a flat row for tables: number, state, value, params, prune reason."""
-    params = t.user_attrs.get(PARAMS_ATTR, t.params)
-    return {
-        "trial": t.number,
-        "state": t.state.name,
-        "value": t.value,
-        "optimizer": params.get("optimizer"),
-        "lr": params.get("lr"),
-        "schedule": params.get("schedule"),
-        "warmup": params.get("warmup"),
-        "steps": t.user_attrs.get(STEPS_ATTR),
-        "diverged": bool(t.user_attrs.get(DIVERGED_ATTR)),
-        "loss_ratio": t.user_attrs.get(LOSS_RATIO_ATTR),
-        "reason": t.user_attrs.get(REASON_ATTR, ""),
-    }
+    return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, store.best_trial(study), trials, parent_run_id)
 
 
 def study_results(study: str | Path | StudyConfig, *, storage: str | None = None) -> TuneResult:
     """The trials of a study already in its storage (nothing is run or created)."""
     config = study if isinstance(study, StudyConfig) else load_study(study)
-    return summarize(config, storage or default_storage_url(config), None)
+    return summarize(config, storage or store.default_storage_url(config), None)
 
 
 def export_best(
@@ -511,8 +398,8 @@ def export_best(
     from autolr.export import best_export, write_export
 
     config = study if isinstance(study, StudyConfig) else load_study(study)
-    url = storage or default_storage_url(config)
-    export = best_export(config, open_study(config, url, create=False))
+    url = storage or store.default_storage_url(config)
+    export = best_export(config, store.load(config, url))
     if export is None:
         raise RuntimeError(f"study {config.name!r} in {url} has no COMPLETE trial yet; run `autolr tune {config.path}`")
     return write_export(export, path, fmt)

@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 
 import autolr
 import autolr.autobounds as autobounds
-from autolr.autobounds import CACHE_ATTR, lr_bounds_from
+from autolr.autobounds import lr_bounds_from
+from autolr.keys import RANGE_TEST_CACHE as CACHE_ATTR
 from autolr.cli import main
 from autolr.finder import Probe, RangeTestResult
 

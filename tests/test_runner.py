@@ -14,7 +14,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from autolr import study as study_module
+from autolr import store
 from autolr.cli import main
 
 FLAKY_TASK = '''
@@ -140,8 +140,8 @@ def test_a_killed_worker_loses_only_its_trial_and_its_runs_get_closed(write_stud
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     time.sleep(2.5)  # the dead worker's heartbeat goes stale
-    monkeypatch.setattr(study_module, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(study_module, "GRACE_S", 2)
+    monkeypatch.setattr(store, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(store, "GRACE_S", 2)
     (tmp_path / "killed.count").write_text("x" * 50)  # no sleeping in the rerun
     assert main(["tune", path, *_args(stores)]) == 0
     study = optuna.load_study(study_name="killed", storage=stores["storage"])

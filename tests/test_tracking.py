@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 import autolr
 from autolr.report import STUDY_PLOTS
-from autolr.study import UID_ATTR
+from autolr.keys import UID as UID_ATTR
 from autolr.tracking import STUDY_UID_TAG, Tracker
 
 STEPS = 103  # not a multiple of the window: the last window is short
