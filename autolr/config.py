@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 from autolr.errors import StudyFileError
-from autolr.params import Choice, Fixed, ParamSpec, Range, Setting
+from autolr.params import LR, MAX_WARMUP, WARMUP, Choice, Fixed, ParamSpec, Range, Setting
 
 __all__ = [
     "FinderConfig",
@@ -205,6 +205,12 @@ class _Checker:
             raise self.fail(key, f"a number in [{low}, {high}]", value)
         return float(value)
 
+    def param(self, value: object, key: str, spec: ParamSpec) -> Any:
+        """A declared hyperparameter's value, checked with the words every other entry uses."""
+        if not spec.valid(value):
+            raise self.fail(key, spec.expected, value)
+        return spec.kind(value)
+
     def choice(self, value: object, key: str, options: tuple[str, ...]) -> str:
         if value not in options:
             raise self.fail(key, f"one of {list(options)}", value)
@@ -301,9 +307,7 @@ def _parse_lr(c: _Checker, lr: object) -> LrSearch:
     c.mapping(lr, "search.lr", {"low", "high"})
     if "low" not in lr or "high" not in lr:
         raise c.fail("search.lr", "both low and high", lr)
-    low, high = c.number(lr["low"], "search.lr.low"), c.number(lr["high"], "search.lr.high")
-    if low <= 0:
-        raise c.fail("search.lr.low", "a number > 0 (the range is log-uniform)", lr["low"])
+    low, high = c.param(lr["low"], "search.lr.low", LR), c.param(lr["high"], "search.lr.high", LR)
     if low >= high:
         raise c.fail("search.lr", "low < high", lr)
     return LrSearch(low, high)
@@ -314,12 +318,12 @@ def _parse_warmup(c: _Checker, warmup: object) -> Setting:
         return Fixed(0.0)
     if isinstance(warmup, dict):
         c.mapping(warmup, "search.warmup", {"low", "high"})
-        low = c.number(warmup.get("low", 0.0), "search.warmup.low", low=0.0, high=0.9)
-        high = c.number(warmup.get("high"), "search.warmup.high", low=0.0, high=0.9)
+        low = c.param(warmup.get("low", 0.0), "search.warmup.low", WARMUP)
+        high = c.param(warmup.get("high"), "search.warmup.high", WARMUP)
         if low >= high:
-            raise c.fail("search.warmup", "low < high (fractions of the total steps, below 0.9)", warmup)
+            raise c.fail("search.warmup", f"low < high (fractions of the total steps, at most {MAX_WARMUP})", warmup)
         return Range(low, high)
-    return Fixed(c.number(warmup, "search.warmup", low=0.0, high=0.9))
+    return Fixed(c.param(warmup, "search.warmup", WARMUP))
 
 
 def _parse_entries(
@@ -367,13 +371,7 @@ def _parse_setting(c: _Checker, value: object, key: str, spec: ParamSpec) -> Set
 
 
 def _parse_fixed(c: _Checker, value: object, key: str, spec: ParamSpec) -> Any:
-    if spec.kind is bool:
-        if not isinstance(value, bool):
-            raise c.fail(key, "true or false", value)
-        return value
-    if spec.kind is int:
-        return c.integer(value, key, minimum=int(spec.low if spec.low is not None else -(2**31)))
-    return c.number(value, key, low=spec.low, high=spec.high)
+    return c.param(value, key, spec)
 
 
 def _parse_pruning(c: _Checker, pruning: object) -> PruningConfig:

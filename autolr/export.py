@@ -106,6 +106,9 @@ def load_best(path: str | Path) -> BestConfig:
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise ValueError(f"{path}: expected the keys {list(_REQUIRED)} of an autolr export; missing {missing}")
-    RunConfig.from_flat(data["params"])  # validate now, not at the first build
+    try:
+        RunConfig.from_flat(data["params"])  # validate now, with the study file's bounds, not at the first build
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
     known = {f.name for f in dataclasses.fields(BestConfig)} - {"extra"}
     return BestConfig(**{k: v for k, v in data.items() if k in known}, extra={k: v for k, v in data.items() if k not in known})

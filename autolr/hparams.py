@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from autolr.optimizers import OPTIMIZERS, build_optimizer
-from autolr.params import resolve
+from autolr.params import LR, WARMUP, resolve
 from autolr.scheduler import StepScheduler
 from autolr.schedules import SCHEDULES
 
@@ -37,8 +37,9 @@ class RunConfig:
             raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {sorted(SCHEDULES)}, got {self.schedule!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        LR.check(self.lr, owner="params")
+        WARMUP.check(self.warmup, owner="params")
+        self.flat()  # every optimizer and schedule parameter within its declared bounds, now, not at the first build
 
     def flat(self) -> dict[str, Any]:
         """Every value the run used, defaults included, under flat names."""

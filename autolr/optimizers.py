@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from autolr.params import ParamSpec, resolve
+from autolr.params import LR, ParamSpec, resolve
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer"]
 
@@ -82,5 +82,6 @@ def build_optimizer(
     """Build optimizer ``name`` at peak rate ``lr``; hyperparameters not in ``params`` take their defaults."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
+    LR.check(lr, owner=f"optimizer {name!r}")
     kwargs = resolve(OPTIMIZERS[name].params, params, owner=f"optimizer {name!r}")
     return OPTIMIZERS[name].build(parameters, lr, **kwargs)

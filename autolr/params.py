@@ -7,9 +7,10 @@ A study file entry may fix a declared hyperparameter (``momentum: 0.0``), give i
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Sequence, Union
 
-__all__ = ["Choice", "Fixed", "ParamSpec", "Range", "Setting", "resolve"]
+__all__ = ["LR", "MAX_WARMUP", "WARMUP", "Choice", "Fixed", "ParamSpec", "Range", "Setting", "resolve"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,38 @@ class ParamSpec:
     high: float | None = None
     search: "Range | None" = None
     doc: str = ""
+
+    @property
+    def expected(self) -> str:
+        """What a valid value looks like, in the words every error message uses."""
+        if self.kind is bool:
+            return "true or false"
+        what = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return f"{what} in [{self.low:g}, {self.high:g}]"
+        if self.low is not None:
+            return f"{what} >= {self.low:g}"
+        return what
+
+    def valid(self, value: object) -> bool:
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.kind is int and value != int(value):
+            return False
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    def check(self, value: object, *, owner: str) -> Any:
+        """``value`` as this parameter's kind.
+
+        Raises:
+            ValueError: ``value`` is not valid, naming ``owner``, the parameter, what was expected and
+                what was given (the same words as a study file's error).
+        """
+        if not self.valid(value):
+            raise ValueError(f"{owner}: {self.name} expected {self.expected}, got {value!r}")
+        return self.kind(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,4 +93,11 @@ def resolve(specs: Sequence[ParamSpec], given: Mapping[str, Any] | None, *, owne
     unknown = set(given) - {p.name for p in specs}
     if unknown:
         raise ValueError(f"{owner} has no parameter(s) {sorted(unknown)}; expected {[p.name for p in specs]}")
-    return {p.name: p.kind(given.get(p.name, p.default)) for p in specs}
+    return {p.name: p.check(given.get(p.name, p.default), owner=owner) for p in specs}
+
+
+# The parameters every run has, whatever its optimizer and schedule: declared once, checked at every
+# entry (the study file, RunConfig, load_best, StepScheduler) with the same bounds and words.
+MAX_WARMUP = 0.9  # past 90% of the run in warmup, no schedule is left to search
+LR = ParamSpec("lr", None, float, 1e-12, 1e6, doc="peak learning rate (beyond 1e6, updates overflow float32)")
+WARMUP = ParamSpec("warmup", 0.0, float, 0.0, MAX_WARMUP, doc="fraction of all steps in linear warmup")

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
-from autolr.params import resolve
+from autolr.params import WARMUP, resolve
 from autolr.schedules import SCHEDULES, PlateauState, lr_at, warmup_steps_for
 
 __all__ = ["StepScheduler"]
@@ -44,8 +44,7 @@ class StepScheduler(torch.optim.lr_scheduler.LRScheduler):
             raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)}")
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if not 0.0 <= warmup < 1.0:
-            raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup}")
+        WARMUP.check(warmup, owner="StepScheduler")
         self.schedule = schedule
         self.params = resolve(SCHEDULES[schedule].params, params, owner=f"schedule {schedule!r}")
         self.total_steps = total_steps

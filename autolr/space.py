@@ -16,7 +16,7 @@ import optuna
 from autolr.config import SearchSpace
 from autolr.hparams import RunConfig
 from autolr.optimizers import OPTIMIZERS
-from autolr.params import Choice, Fixed, ParamSpec, Range, Setting
+from autolr.params import WARMUP, Choice, Fixed, ParamSpec, Range, Setting
 from autolr.schedules import SCHEDULES
 
 __all__ = ["LrBounds", "grid_search_space", "suggest_run"]
@@ -39,8 +39,7 @@ def suggest_run(trial: optuna.Trial, space: SearchSpace, lr_bounds: LrBounds, *,
         name: _suggest(trial, f"{schedule}.{name}", setting, sched_specs[name], grid)
         for name, setting in space.schedules[schedule].items()
     }
-    warmup_spec = ParamSpec("warmup", 0.0, float, 0.0, 0.9)
-    warmup = _suggest(trial, "warmup", space.warmup, warmup_spec, grid)
+    warmup = _suggest(trial, "warmup", space.warmup, WARMUP, grid)
     return RunConfig(optimizer, lr, schedule, warmup, optimizer_params, schedule_params)
 
 

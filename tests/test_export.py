@@ -6,9 +6,11 @@ import json
 
 import pytest
 import torch
+import yaml
 
 import autolr
 from autolr.hparams import RunConfig
+from autolr.optimizers import build_optimizer
 
 EXPORT = {
     "study": "s", "metric": "val_loss", "direction": "minimize", "value": 0.1, "trial": 3,
@@ -48,7 +50,30 @@ def test_load_best_rejects_what_is_not_an_export(tmp_path) -> None:
 
 
 def test_run_config_validates() -> None:
-    with pytest.raises(ValueError, match="lr: expected a number > 0, got 0"):
+    with pytest.raises(ValueError, match=r"params: lr expected a number in \[1e-12, 1e\+06\], got 0"):
         RunConfig("sgd", 0, "constant")
     with pytest.raises(ValueError, match=r"schedule: expected one of \[.*\], got 'linear'"):
         RunConfig("sgd", 0.1, "linear")
+
+
+@pytest.mark.parametrize(
+    "flat, words",
+    [
+        ({"momentum": 1.5}, r"momentum expected a number in \[0, 0.9999\], got 1.5"),
+        ({"warmup": 0.95}, r"warmup expected a number in \[0, 0.9\], got 0.95"),
+        ({"lr": 1e300}, r"lr expected a number in \[1e-12, 1e\+06\], got 1e\+300"),
+        ({"nesterov": "yes"}, r"nesterov expected true or false, got 'yes'"),
+    ],
+)
+def test_bounds_are_enforced_at_every_entry_with_the_study_files_words(tmp_path, flat, words) -> None:
+    params = {"optimizer": "sgd", "lr": 0.1, "schedule": "cosine", **flat}
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump({"study": "s", "metric": "val_loss", "direction": "minimize", "value": 1.0,
+                                    "trial": 0, "params": params, "epochs": 1, "batch_size": 8}))  # fmt: skip
+    with pytest.raises(ValueError, match=rf"best.yaml: .*{words}"):
+        autolr.load_best(path)
+    with pytest.raises(ValueError, match=words):
+        RunConfig.from_flat(params)
+    if "lr" in flat or "momentum" in flat:
+        with pytest.raises(ValueError, match=words):
+            build_optimizer("sgd", torch.nn.Linear(2, 1).parameters(), params["lr"], {"momentum": params.get("momentum", 0.9)})

@@ -131,5 +131,5 @@ def test_unknown_schedule_and_parameter_are_rejected() -> None:
         StepScheduler(opt, total_steps=10, schedule="cosin")
     with pytest.raises(ValueError, match=r"schedule 'cosine' has no parameter\(s\) \['gamma'\]"):
         StepScheduler(opt, total_steps=10, schedule="cosine", params={"gamma": 0.1})
-    with pytest.raises(ValueError, match="warmup must be a fraction"):
+    with pytest.raises(ValueError, match=r"StepScheduler: warmup expected a number in \[0, 0.9\], got 1.0"):
         StepScheduler(opt, total_steps=10, schedule="cosine", warmup=1.0)
