@@ -15,8 +15,9 @@ import json
 import logging
 import math
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 

@@ -13,8 +13,9 @@ import logging
 import math
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
+from autolr import __version__
 from autolr.config import DEFAULT_TRACKING_URI
 from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
 
@@ -24,6 +25,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autolr", description="Tune the learning rate and its schedule.")
+    parser.add_argument("--version", action="version", version=f"autolr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def study_command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -170,8 +172,9 @@ def _progress(total: int, initial: int = 0):
 
 def _finished_so_far(config, storage: str | None) -> int:
     """Finished trials already stored, so that a resumed study's bar starts where it stands."""
-    import autolr
     from optuna.trial import TrialState
+
+    import autolr
 
     try:
         result = autolr.study_results(config, storage=storage)

@@ -9,7 +9,8 @@ and scheduler through this one class, so a user's script rebuilds exactly what w
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -49,7 +50,7 @@ class RunConfig:
         return flat
 
     @classmethod
-    def from_flat(cls, flat: Mapping[str, Any]) -> "RunConfig":
+    def from_flat(cls, flat: Mapping[str, Any]) -> RunConfig:
         """Inverse of :meth:`flat`; unknown keys are an error (a typo would otherwise be ignored)."""
         missing = [k for k in ("optimizer", "lr", "schedule") if k not in flat]
         if missing:

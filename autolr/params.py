@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
 
 __all__ = ["LR", "MAX_WARMUP", "WARMUP", "Choice", "Fixed", "ParamSpec", "Range", "Setting", "resolve"]
 
@@ -26,7 +27,7 @@ class ParamSpec:
     kind: type  # float, int or bool
     low: float | None = None  # hard bounds of valid values (inclusive)
     high: float | None = None
-    search: "Range | None" = None
+    search: Range | None = None
     doc: str = ""
 
     @property
@@ -80,7 +81,7 @@ class Choice:
     values: tuple
 
 
-Setting = Union[Fixed, Range, Choice]
+Setting = Fixed | Range | Choice
 
 
 def resolve(specs: Sequence[ParamSpec], given: Mapping[str, Any] | None, *, owner: str) -> dict[str, Any]:

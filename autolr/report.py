@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from autolr import keys, plots
 

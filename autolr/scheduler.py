@@ -8,7 +8,8 @@ learning-rate curve that was tuned.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

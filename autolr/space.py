@@ -9,14 +9,14 @@ distribution, while the run's flat params (:meth:`RunConfig.flat`) drop it.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import optuna
 
 from autolr.config import SearchSpace
 from autolr.hparams import RunConfig
 from autolr.optimizers import OPTIMIZERS
-from autolr.params import WARMUP, Choice, Fixed, ParamSpec, Range, Setting
+from autolr.params import WARMUP, Choice, Fixed, ParamSpec, Setting
 from autolr.schedules import SCHEDULES
 
 __all__ = ["LrBounds", "grid_search_space", "suggest_run"]

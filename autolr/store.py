@@ -12,8 +12,9 @@ import contextlib
 import os
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState

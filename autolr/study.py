@@ -16,8 +16,9 @@ import multiprocessing
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -405,7 +406,7 @@ def export_best(
     return write_export(export, path, fmt)
 
 
-def open_tracker(tracking_uri: str | None, experiment: str) -> "Tracker | None":
+def open_tracker(tracking_uri: str | None, experiment: str) -> Tracker | None:
     """The study's tracker (mlflow is imported only here, when tracking is on)."""
     if not tracking_uri:
         return None

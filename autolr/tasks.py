@@ -11,7 +11,8 @@ import dataclasses
 import importlib
 import inspect
 import random
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             for name, fn in (
-                ("plain optuna tpe", lambda: plain_optuna(seed, args.trials, args.condition, args.epochs)),
-                ("autolr", lambda: autolr_tune(seed, args.trials, args.condition, args.epochs, Path(tmp))),
+                ("plain optuna tpe", lambda seed=seed: plain_optuna(seed, args.trials, args.condition, args.epochs)),
+                ("autolr", lambda seed=seed: autolr_tune(seed, args.trials, args.condition, args.epochs, Path(tmp))),
             ):
                 best, diverged, total = fn()
                 rows[name].append((best / optimum, diverged / total))

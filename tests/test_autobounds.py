@@ -11,9 +11,9 @@ from mlflow.tracking import MlflowClient
 import autolr
 import autolr.autobounds as autobounds
 from autolr.autobounds import lr_bounds_from
-from autolr.keys import RANGE_TEST_CACHE as CACHE_ATTR
 from autolr.cli import main
 from autolr.finder import Probe, RangeTestResult
+from autolr.keys import RANGE_TEST_CACHE as CACHE_ATTR
 
 LEAST_SQUARES = """
 name: {name}
