@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 __all__ = ["LR", "MAX_WARMUP", "WARMUP", "Choice", "Fixed", "ParamSpec", "Range", "Setting", "resolve"]
 
