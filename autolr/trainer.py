@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset
 
+from autolr.batches import Batches
 from autolr.guard import Diverged, DivergenceGuard
 from autolr.tasks import Task
 
@@ -52,42 +53,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-class Batches:
-    """Shuffled mini-batches. Tensor datasets live on the device and are sliced directly (no per-sample
-    collation); a batch size of at least the dataset's size is full-batch training."""
-
-    def __init__(self, data: Dataset, batch_size: int, device: torch.device, *, seed: int, shuffle: bool = True) -> None:
-        self.batch_size = batch_size
-        self.device = device
-        self.n = len(data)
-        self.shuffle = shuffle and batch_size < self.n
-        self.generator = torch.Generator().manual_seed(seed)
-        if isinstance(data, TensorDataset) and len(data.tensors) == 2:
-            self.tensors = tuple(t.to(device) for t in data.tensors)
-            self.loader = None
-        else:
-            self.tensors = None
-            self.loader = DataLoader(data, batch_size=batch_size, shuffle=self.shuffle, generator=self.generator)
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.loader is not None:
-            for x, y in self.loader:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            return
-        x, y = self.tensors
-        if not self.shuffle:
-            for start in range(0, self.n, self.batch_size):
-                yield x[start : start + self.batch_size], y[start : start + self.batch_size]
-            return
-        order = torch.randperm(self.n, generator=self.generator).to(self.device)
-        for start in range(0, self.n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield x[idx], y[idx]
 
 
 def grad_norms(parameters: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
