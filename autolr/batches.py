@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["Batches", "LoaderBatches", "batch_size", "move_to_device"]
+__all__ = ["Batches", "LoaderBatches", "batch_size", "describe_batch", "move_to_device"]
 
 
 def move_to_device(batch: Any, device: torch.device | str, *, non_blocking: bool = False) -> Any:
@@ -47,7 +47,7 @@ def batch_size(batch: Any) -> int:
     (depth first, in order)."""
     tensor = _first_tensor(batch)
     if tensor is None:
-        raise TypeError(f"batch: expected a tensor somewhere in it (to count its samples), got {_describe(batch)}")
+        raise TypeError(f"batch: expected a tensor somewhere in it (to count its samples), got {describe_batch(batch)}")
     if tensor.dim() == 0:
         raise TypeError("batch: expected its first tensor to have a leading batch dimension, got a 0-dimensional tensor")
     return int(tensor.shape[0])
@@ -64,7 +64,8 @@ def _first_tensor(batch: Any) -> torch.Tensor | None:
     return None
 
 
-def _describe(batch: Any) -> str:
+def describe_batch(batch: Any) -> str:
+    """What a batch is, for error messages: ``a dict with keys [...]``, ``a tuple of 3: (Tensor, ...)``."""
     if isinstance(batch, Mapping):
         return f"a {type(batch).__name__} with keys {list(batch)}"
     if isinstance(batch, (tuple, list)):
