@@ -30,6 +30,7 @@ __all__ = [
     "find_lr",
     "load_best",
     "load_study",
+    "range_test",
     "study_results",
     "tune",
 ]
@@ -50,6 +51,7 @@ _LAZY = {
     "load_best": "autolr.export",
     "BestConfig": "autolr.export",
     "find_lr": "autolr.autobounds",
+    "range_test": "autolr.finder",
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly

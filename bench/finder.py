@@ -34,11 +34,16 @@ import math
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from autolr.finder import REFERENCE_BATCH, classic_sweep, common_rules, range_test, suggest_lr
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: classic_sweep.py, run as a script or imported
+
+from classic_sweep import classic_sweep, common_rules
+
+from autolr.finder import REFERENCE_BATCH, range_test, suggest_lr
 from autolr.optimizers import build_optimizer
 from autolr.scheduler import StepScheduler
 from autolr.tasks import build_task
@@ -64,7 +69,7 @@ def least_squares_ratios(seed: int, batch_size: int) -> tuple[float, float]:
     task = build_task("least_squares", {"split_seed": seed}, seed=seed)
     limit = 2.0 / task.info["max_eig"]
     optimizer = build_optimizer("sgd", task.model.parameters(), 1e-3, {"momentum": 0.0})
-    found = range_test(task.model, optimizer, task.loss_fn, task.train_data, batch_size=batch_size, run_steps=LSQ_RUN_STEPS, seed=seed)
+    found = range_test(task.model, optimizer, task.train_data, loss_fn=task.loss_fn, batch_size=batch_size, run_steps=LSQ_RUN_STEPS, seed=seed)
     classic = classic_sweep(task.model, optimizer, task.loss_fn, task.train_data, batch_size=batch_size, seed=seed)
     stopped = classic.stopped_at if classic.stopped_at is not None else math.inf
     return found.max_stable_lr / limit, stopped / limit
@@ -153,7 +158,7 @@ def rule_rates(task_name: str, optimizer: str, epochs: int, seed: int) -> tuple[
     batch = BATCH[task_name]
     opt = build_optimizer(*_optimizer(optimizer, task, 1e-3))
     run_steps = epochs * math.ceil(len(task.train_data) / batch)
-    found = range_test(task.model, opt, task.loss_fn, task.train_data, batch_size=batch, run_steps=run_steps, seed=seed)
+    found = range_test(task.model, opt, task.train_data, loss_fn=task.loss_fn, batch_size=batch, run_steps=run_steps, seed=seed)
     classic = classic_sweep(task.model, opt, task.loss_fn, task.train_data, batch_size=batch, seed=seed)
     rates = {"autolr": found.suggestion, **common_rules(classic.lrs, classic.losses)}
     cost = {"autolr": found.samples + found.forward_samples / 3, **{r: float(classic.samples) for r in RULES[1:]}}

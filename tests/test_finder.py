@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,19 +17,23 @@ from torch.utils.data import TensorDataset
 from autolr.finder import (
     FULL_BATCH_CLIMB_SHARE,
     RangeTestResult,
-    classic_sweep,
-    common_rules,
-    min_over_ten_lr,
     probe_verdict,
     range_test,
-    steepest_lr,
     suggest_lr,
-    valley_lr,
 )
 from autolr.optimizers import build_optimizer
 from autolr.scheduler import StepScheduler
 from autolr.tasks import build_task
 from autolr.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # the classic sweep, for comparison
+from classic_sweep import (
+    classic_sweep,
+    common_rules,
+    min_over_ten_lr,
+    steepest_lr,
+    valley_lr,
+)
 
 FULL_BATCH = 10**6
 
@@ -43,7 +49,7 @@ def _one_thread():
 def quadratic(seed: int = 0, *, max_eig: float = 1.0, momentum: float = 0.0, batch_size: int = FULL_BATCH, **kwargs):
     task = build_task("least_squares", {"split_seed": seed, "max_eig": max_eig}, seed=seed)
     optimizer = build_optimizer("sgd", task.model.parameters(), 1e-3, {"momentum": momentum})
-    result = range_test(task.model, optimizer, task.loss_fn, task.train_data, batch_size=batch_size, seed=seed, **kwargs)
+    result = range_test(task.model, optimizer, task.train_data, loss_fn=task.loss_fn, batch_size=batch_size, seed=seed, **kwargs)
     return task, result
 
 
@@ -155,7 +161,7 @@ def nan_task():
 def test_nan_losses_never_reach_the_curve_or_the_suggestion():
     model, data = nan_task()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = range_test(model, optimizer, nn.functional.mse_loss, data, batch_size=32)
+    result = range_test(model, optimizer, data, loss_fn=nn.functional.mse_loss, batch_size=32)
     assert all(math.isfinite(v) for v in result.losses + result.lrs + result.grad_norms)
     assert math.isfinite(result.suggestion) and 0 < result.suggestion <= result.max_stable_lr
     reasons = [p.reason for p in result.probes if not p.stable]
@@ -173,7 +179,7 @@ def test_a_loss_that_is_nan_from_the_start_is_an_error():
     data = TensorDataset(torch.full((16, 4), math.nan), torch.zeros(16, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"loss_fn: the loss at the starting weights is nan, before any step"):
-        range_test(model, optimizer, nn.functional.mse_loss, data, batch_size=8)
+        range_test(model, optimizer, data, loss_fn=nn.functional.mse_loss, batch_size=8)
 
 
 # --- the verdict -----------------------------------------------------------------------------------
@@ -234,7 +240,7 @@ def test_state_is_restored_after_a_run():
     task, optimizer = adam_with_state()
     task.model.eval()
     before = snapshot(task.model, optimizer)
-    range_test(task.model, optimizer, task.loss_fn, task.train_data, batch_size=64)
+    range_test(task.model, optimizer, task.train_data, loss_fn=task.loss_fn, batch_size=64)
     assert_same_state(task.model, optimizer, before)
     assert not task.model.training
     assert optimizer.param_groups[0]["lr"] == 3e-3
@@ -252,7 +258,7 @@ def test_state_is_restored_after_an_exception_inside_the_test():
         return nn.functional.mse_loss(outputs, targets)
 
     with pytest.raises(RuntimeError, match="boom"):
-        range_test(task.model, optimizer, failing_loss, task.train_data, batch_size=64)
+        range_test(task.model, optimizer, task.train_data, loss_fn=failing_loss, batch_size=64)
     assert_same_state(task.model, optimizer, before)
 
 
@@ -260,7 +266,7 @@ def test_param_groups_keep_their_ratios_and_their_rates():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 1e-2}, {"params": model[2].parameters(), "lr": 1e-3}])
     data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
-    range_test(model, optimizer, nn.functional.mse_loss, data, batch_size=16)
+    range_test(model, optimizer, data, loss_fn=nn.functional.mse_loss, batch_size=16)
     assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-3]
 
 
@@ -268,7 +274,7 @@ def test_batchnorm_statistics_are_restored():
     task = build_task("digits_cnn", {"channels": 4}, seed=0)
     optimizer = build_optimizer("adam", task.model.parameters(), 1e-3)
     before = snapshot(task.model, optimizer)
-    range_test(task.model, optimizer, task.loss_fn, task.train_data, batch_size=128, steps=40)
+    range_test(task.model, optimizer, task.train_data, loss_fn=task.loss_fn, batch_size=128, steps=40)
     assert_same_state(task.model, optimizer, before)
 
 
@@ -290,7 +296,7 @@ def test_bad_arguments_say_what_was_expected(kwargs, message):
     optimizer = build_optimizer("sgd", task.model.parameters(), 1e-3)
     kwargs = {"batch_size": 32, **kwargs}
     with pytest.raises(ValueError, match=message):
-        range_test(task.model, optimizer, task.loss_fn, task.train_data, **kwargs)
+        range_test(task.model, optimizer, task.train_data, loss_fn=task.loss_fn, **kwargs)
 
 
 # --- the suggestion and the classic rules ----------------------------------------------------------
@@ -313,7 +319,7 @@ def test_a_full_batch_run_is_counted_in_steps():
     # no batch noise: nothing says a bigger dataset wants a smaller rate at the same number of steps
     task = build_task("least_squares", {}, seed=0)
     optimizer = build_optimizer("sgd", task.model.parameters(), 1e-3, {"momentum": 0.0})
-    found = range_test(task.model, optimizer, task.loss_fn, task.train_data, batch_size=10**6, run_steps=200)
+    found = range_test(task.model, optimizer, task.train_data, loss_fn=task.loss_fn, batch_size=10**6, run_steps=200)
     assert found.suggestion == pytest.approx(suggest_lr(found.max_stable_lr, 200, optimizer=optimizer))
 
 
@@ -331,7 +337,7 @@ def test_dropout_does_not_make_small_rates_unstable():
     model = nn.Sequential(task.model[0], nn.Dropout(0.5), *list(task.model)[1:])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     before = torch.random.get_rng_state()
-    found = range_test(model, optimizer, task.loss_fn, task.train_data, batch_size=64, start_lr=1e-7, end_lr=1e-4, run_steps=200)
+    found = range_test(model, optimizer, task.train_data, loss_fn=task.loss_fn, batch_size=64, start_lr=1e-7, end_lr=1e-4, run_steps=200)
     assert all(p.stable for p in found.probes), [p.reason for p in found.probes]
     assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random state is left as it was
 
@@ -405,7 +411,7 @@ def digits_range_test(optimizer: str, seed: int):
     task = build_task("digits_mlp", {}, seed=seed)
     opt = build_optimizer(optimizer, task.model.parameters(), 1e-3, DIGITS_OPTIMIZERS[optimizer])
     run_steps = DIGITS_EPOCHS * math.ceil(len(task.train_data) / DIGITS_BATCH)
-    found = range_test(task.model, opt, task.loss_fn, task.train_data, batch_size=DIGITS_BATCH, run_steps=run_steps, seed=seed)
+    found = range_test(task.model, opt, task.train_data, loss_fn=task.loss_fn, batch_size=DIGITS_BATCH, run_steps=run_steps, seed=seed)
     classic = classic_sweep(task.model, opt, task.loss_fn, task.train_data, batch_size=DIGITS_BATCH, seed=seed)
     return found, classic, DIGITS_EPOCHS * len(task.train_data)  # samples of one training run
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-
 import study_lib as L
 
-FIT = list(range(0, 16)) + list(range(200, 216))
+FIT = list(range(16)) + list(range(200, 216))
 HELDOUT = list(range(100, 108))
 MORE_OPTS = ("sgd-plain", "sgd-m0.5", "rmsprop")
-MORE_SEEDS = list(range(0, 10))
+MORE_SEEDS = list(range(10))
 NOISE_REPS = (1000, 2000, 3000)
 DENSE_PER_DECADE = 24  # the 25-rate grid (6 per decade) is every fourth of these
 DENSE_HALF_WIDTH = 18  # rates each side of the grid's best: +-0.75 decade

@@ -6,7 +6,7 @@ decade within +-0.75 decade of the grid's best; a rule's rate is scored by inter
 (log lr -> log(val loss / grid best)), so that any rule can be scored without training again.
 ``bench/finder.py`` then trains at the shipped rule's exact rates on the held-out seeds.
 
-1. Verdict variants (the module constants of ``autolr.finder``): the seed-to-seed spread of
+1. Verdict variants (the module constants of ``autolr.finder._verdict``): the seed-to-seed spread of
    ``max_stable_lr`` (the seeds change the initial weights and the batch order, not the data, so the
    limit should hardly move), and the hits within 1.05x of the grid's best of a fraction rule refitted
    per variant, 5-fold cross-validated by seed over 40 seeds; beside them the ceiling of any rule that
@@ -27,12 +27,14 @@ import math
 import statistics
 
 import numpy as np
+import study_lib as L
 import torch
+from compute import FIT, HELDOUT, MORE_OPTS, MORE_SEEDS, dense_rates
 
 import autolr.finder as F
-import study_lib as L
+from autolr.finder import _verdict
+from autolr.finder._range_test import MINI_BATCH_TOLERANCE
 from autolr.optimizers import build_optimizer
-from compute import FIT, HELDOUT, MORE_OPTS, MORE_SEEDS, dense_rates
 
 VARIANTS = {  # name: (START_RISE, CLIMB_SHARE)
     "before (rise 1.25, climb share 0.2)": (1.25, 0.2),
@@ -48,12 +50,12 @@ MSL_FILE = L.CACHE / "msl.json"
 
 @contextlib.contextmanager
 def verdict(start_rise: float, climb_share: float):
-    saved = F.START_RISE, F.CLIMB_SHARE
-    F.START_RISE, F.CLIMB_SHARE = start_rise, climb_share
+    saved = _verdict.START_RISE, _verdict.CLIMB_SHARE  # read by the verdict at each probe, from its own module
+    _verdict.START_RISE, _verdict.CLIMB_SHARE = start_rise, climb_share
     try:
         yield
     finally:
-        F.START_RISE, F.CLIMB_SHARE = saved
+        _verdict.START_RISE, _verdict.CLIMB_SHARE = saved
 
 
 class Limits:
@@ -124,7 +126,7 @@ def part1(curves, limits):
     print(f"== 1. verdict variants: Adam and SGD (momentum 0.9), 10/20/30 epochs, 5-fold CV by seed over {len(ALL_SEEDS)} seeds")
     folds = [ALL_SEEDS[i::5] for i in range(5)]
     for name, variant in VARIANTS.items():
-        limit = lambda o, s, v=variant: limits(v, o, s)  # noqa: E731
+        limit = lambda o, s, v=variant: limits(v, o, s)
         spread = {o: math.exp(float(np.std([math.log(limit(o, s)) for s in ALL_SEEDS]))) for o in L.OPTS}
         ratios = []
         for fold in folds:
@@ -147,13 +149,13 @@ def part1(curves, limits):
         tests = {o: [L.rangetest(o, 10, s, tolerance=tolerance) for s in seeds] for o in L.OPTS}
         spread = {o: math.exp(float(np.std([math.log(t["max_stable_lr"]) for t in ts]))) for o, ts in tests.items()}
         steps = statistics.median(t["steps"] for ts in tests.values() for t in ts)
-        print(f"shipped verdict, bisection to {tolerance or F.MINI_BATCH_TOLERANCE}x ({len(seeds)} seeds): limit spread adam {spread['adam']:.2f} "
+        print(f"shipped verdict, bisection to {tolerance or MINI_BATCH_TOLERANCE}x ({len(seeds)} seeds): limit spread adam {spread['adam']:.2f} "
               f"sgd {spread['sgd']:.2f}; {steps:.0f} steps (median)")  # fmt: skip
 
 
 def part2(curves, limits):
     shipped = (F.START_RISE, F.CLIMB_SHARE)
-    limit = lambda o, s: limits(shipped, o, s)  # noqa: E731
+    limit = lambda o, s: limits(shipped, o, s)
     d, a = fit_shared(curves, limit, FIT)
     print(f"\n== 2. the shipped verdict, fitted on seeds {FIT[0]}-{FIT[15]} and {FIT[16]}-{FIT[-1]}")
     print(f"decay {d:.2f}; at 1000 steps: adam {a['adam']:.4f}, sgd momentum 0.9 {a['sgd']:.4f}")

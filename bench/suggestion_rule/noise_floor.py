@@ -9,7 +9,6 @@ import argparse
 import statistics
 
 import numpy as np
-
 import study_lib as L
 from compute import NOISE_REPS
 
@@ -44,7 +43,7 @@ def main():
         n = len(rows["second"])
         if n == 0:
             continue
-        hit = lambda v: f"{sum(x <= 1.05 for x in v)}/{len(v)} ({np.mean(np.array(v) <= 1.05):.0%})"  # noqa: E731
+        hit = lambda v: f"{sum(x <= 1.05 for x in v)}/{len(v)} ({np.mean(np.array(v) <= 1.05):.0%})"
         print(f"== {label}: {n} cases (adam, sgd x 10/20/30 epochs), {len(NOISE_REPS)} re-runs each at the grid's best rate")
         print(f"re-run, same init, other batch order : within 1.05x {hit(rows['order'])}, median {statistics.median(rows['order']):.3f}, "
               f"p90 {np.percentile(rows['order'], 90):.3f}")

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # bench/ : bench/finder.py as module ``finder``
+sys.path.insert(0, str(HERE.parent))  # bench/ : bench/finder.py as module ``finder``, bench/classic_sweep.py
 
-import finder as bf  # noqa: E402  (bench/finder.py)
-from autolr.finder import range_test  # noqa: E402
-from autolr.optimizers import build_optimizer  # noqa: E402
-from autolr.tasks import build_task  # noqa: E402
+import finder as bf
+
+from autolr.finder import range_test
+from autolr.optimizers import build_optimizer
+from autolr.tasks import build_task
 
 CACHE = Path(os.environ.get("DIGITS_STUDY_DIR", "/tmp/digits_study"))
 CACHE.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def rangetest(opt: str, epochs: int, seed: int, tolerance: float | None = None) 
     torch.set_num_threads(1)
     task = build_task(TASK, {}, seed=seed)
     optimizer = build_optimizer(*bf._optimizer(opt, task, 1e-3))
-    found = range_test(task.model, optimizer, task.loss_fn, task.train_data, batch_size=BATCH, run_steps=epochs * STEPS_PER_EPOCH, seed=seed, tolerance=tolerance)
+    found = range_test(task.model, optimizer, task.train_data, loss_fn=task.loss_fn, batch_size=BATCH, run_steps=epochs * STEPS_PER_EPOCH, seed=seed, tolerance=tolerance)
     out = found.to_dict()
     out["cost"] = found.samples + found.forward_samples / 3
     return out
