@@ -3,7 +3,8 @@
 Public API::
 
     autolr.tune("studies/quickstart.yaml", trials=20)       # run or resume a study
-    autolr.find_lr("studies/quickstart.yaml")               # LR range test
+    autolr.find_lr("studies/quickstart.yaml")               # LR range test of a study
+    autolr.range_test(model, optimizer, loader)             # ... or of your own model
     autolr.export_best("studies/quickstart.yaml", path="best.yaml")
     best = autolr.load_best("best.yaml")                    # in your own script
     optimizer = best.build_optimizer(model.parameters())
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from autolr.config import StudyConfig, load_study
     from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
     from autolr.export import BestConfig, load_best
+    from autolr.finder import range_test
     from autolr.study import TuneResult, export_best, study_results, tune
     from autolr.tasks import Task
 

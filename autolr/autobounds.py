@@ -24,7 +24,7 @@ import optuna
 from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.errors import StudyFileError
-from autolr.finder import RangeTestResult, range_test
+from autolr.finder import MIN_RANGE_TEST_STEPS, RangeTestResult, range_test
 from autolr.optimizers import OPTIMIZERS, build_optimizer
 from autolr.params import Fixed
 from autolr.space import _representative
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 FINDER_VERSION = 3  # part of the cache key: a new detector or rule measures afresh
 BOUNDS_BELOW_SUGGESTION = 10.0  # the searched range starts this factor below the suggestion
-MIN_STEPS = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +120,8 @@ def range_test_for(config: StudyConfig, optimizer: str, *, steps: int | None = N
         return range_test(
             model,
             opt,
-            task.loss_fn,
             task.train_data,
+            loss_fn=task.loss_fn,
             batch_size=config.train.batch_size,
             steps=steps or config.finder.steps,
             start_lr=config.finder.start_lr,
@@ -150,12 +149,12 @@ def find_lr(
     ``tracking_uri`` is None. Nothing is written to the study's storage.
 
     Raises:
-        StudyFileError: ``optimizer`` is not one of the study's, or ``steps`` is below 30.
+        StudyFileError: ``optimizer`` is not one of the study's, or ``steps`` is below ``MIN_RANGE_TEST_STEPS``.
     """
     config = study if isinstance(study, StudyConfig) else load_study(study)
     names = _optimizers(config, optimizer)
-    if steps is not None and steps < MIN_STEPS:
-        raise StudyFileError(config.path, "--steps", f"an integer >= {MIN_STEPS} (enough for a few probes)", steps)
+    if steps is not None and steps < MIN_RANGE_TEST_STEPS:
+        raise StudyFileError(config.path, "--steps", f"an integer >= {MIN_RANGE_TEST_STEPS} (enough for a few probes)", steps)
     cache = _read_only_cache(config, storage)
     run_steps = _run_steps(config)
     from autolr.study import open_tracker

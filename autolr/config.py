@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from autolr.errors import StudyFileError
-from autolr.params import LR, MAX_WARMUP, WARMUP, Choice, Fixed, ParamSpec, Range, Setting
+from autolr.params import FINDER_STEPS, LR, MAX_WARMUP, WARMUP, Choice, Fixed, ParamSpec, Range, Setting
 
 __all__ = [
     "FinderConfig",
@@ -395,7 +395,7 @@ def _parse_finder(c: _Checker, finder: object) -> FinderConfig:
     end = c.number(f.get("end_lr", FinderConfig.end_lr), "finder.end_lr", low=1e-12)
     if start >= end:
         raise c.fail("finder", "start_lr < end_lr", f)
-    return FinderConfig(steps=c.integer(f.get("steps", FinderConfig.steps), "finder.steps", minimum=30), start_lr=start, end_lr=end)
+    return FinderConfig(steps=c.integer(f.get("steps", FinderConfig.steps), "finder.steps", minimum=FINDER_STEPS.low), start_lr=start, end_lr=end)
 
 
 def _parse_tracking(c: _Checker, tracking: object) -> TrackingConfig:

@@ -19,10 +19,11 @@ import optuna
 from autolr import keys
 from autolr.config import StudyConfig
 from autolr.errors import StudyFileError
+from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
 from autolr.space import LrBounds, suggest_run
 from autolr.tasks import build_task
-from autolr.trainer import Diverged, DivergenceGuard, Trainer, TrainerCallback, pick_device
+from autolr.trainer import Trainer, TrainerCallback, pick_device
 
 __all__ = ["Objective", "resolve_metric"]
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["LR", "MAX_WARMUP", "WARMUP", "Choice", "Fixed", "ParamSpec", "Range", "Setting", "resolve"]
+__all__ = ["FINDER_STEPS", "LR", "MAX_WARMUP", "WARMUP", "Choice", "Fixed", "ParamSpec", "Range", "Setting", "resolve"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,3 +102,5 @@ def resolve(specs: Sequence[ParamSpec], given: Mapping[str, Any] | None, *, owne
 MAX_WARMUP = 0.9  # past 90% of the run in warmup, no schedule is left to search
 LR = ParamSpec("lr", None, float, 1e-12, 1e6, doc="peak learning rate (beyond 1e6, updates overflow float32)")
 WARMUP = ParamSpec("warmup", 0.0, float, 0.0, MAX_WARMUP, doc="fraction of all steps in linear warmup")
+# The LR range test's budget in optimizer steps: 30 affords the descent and a bisection.
+FINDER_STEPS = ParamSpec("steps", 100, int, 30, doc="the most optimizer steps the range test's probes take together")

@@ -24,6 +24,7 @@ __all__ = [
     "max_stable_lr",
     "optimization_history",
     "param_importances",
+    "draw_range_test",
     "plot_range_test",
     "stability_frontier",
     "trial_curves",
@@ -208,10 +209,28 @@ def plot_range_test(
     bounds: tuple[float, float] | None = None,
     title: str = "LR range test",
 ) -> Path:
-    """An LR range test: the probes' final loss against lr (log scale), its probes (``lr``, ``end_loss``,
-    ``stable``) as dots, the suggestion and the stability limit as lines, the searched bounds shaded."""
-    fig, axes = _figure(1, 1, WIDE)
-    ax = axes[0, 0]
+    """:func:`draw_range_test` on a figure of its own, saved to ``path``."""
+    fig = draw_range_test(None, lrs, losses, suggestion=suggestion, max_stable_lr=max_stable_lr, probes=probes, bounds=bounds, title=title)
+    return _save(fig, path)
+
+
+def draw_range_test(
+    ax,
+    lrs: Sequence[float],
+    losses: Sequence[float],
+    *,
+    suggestion: float,
+    max_stable_lr: float,
+    probes: Sequence[Row] = (),
+    bounds: tuple[float, float] | None = None,
+    title: str = "LR range test",
+):
+    """An LR range test on ``ax`` (a new figure when None): the probes' final loss against lr (log
+    scale), its probes (``lr``, ``end_loss``, ``stable``) as dots, the suggestion and the stability limit
+    as lines, the searched bounds shaded. Returns the ``Figure``."""
+    if ax is None:
+        _, axes = _figure(1, 1, WIDE)
+        ax = axes[0, 0]
     ax.plot(*_finite(lrs, losses), lw=1.2, color="C0", label="probes: final loss at each constant rate")
     for stable, colour, label in ((True, "C2", "probe: stable"), (False, "C3", "probe: unstable")):
         dots = [(p["lr"], p["end_loss"]) for p in probes if bool(p["stable"]) is stable and _is_finite(p.get("end_loss"))]
@@ -225,7 +244,7 @@ def plot_range_test(
     _log_if_wide(ax, losses)
     ax.set(title=title, xlabel="learning rate", ylabel="training loss")
     ax.legend(fontsize="small", loc="best")
-    return _save(fig, path)
+    return ax.figure
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from autolr.trainer import FlatGradients
+from autolr.grads import FlatGradients
 
 
 def _model() -> nn.Module:

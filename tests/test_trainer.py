@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from autolr.batches import Batches
+from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
 from autolr.tasks import Task, build_task, least_squares
-from autolr.trainer import Batches, Diverged, DivergenceGuard, Trainer, TrainerCallback
+from autolr.trainer import Trainer, TrainerCallback
 
 
 class Recorder(TrainerCallback):

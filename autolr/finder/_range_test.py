@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,12 +40,13 @@ from autolr.finder._result import Probe, RangeTestResult
 from autolr.finder._runner import Runner, Step
 from autolr.finder._suggestion import suggest_lr
 from autolr.finder._verdict import Judge
+from autolr.params import FINDER_STEPS
 
 __all__ = ["MIN_RANGE_TEST_STEPS", "range_test"]
 
 logger = logging.getLogger(__name__)
 
-MIN_RANGE_TEST_STEPS = 30  # the smallest budget that affords a few probes (the descent and a bisection)
+MIN_RANGE_TEST_STEPS = FINDER_STEPS.low  # the smallest budget that affords a few probes (the descent and a bisection)
 PROBE_STEPS = 12  # steps of one constant-rate probe (never more than the run itself)
 DESCENT = 4.0  # each rate of the descent is this factor below the last
 FULL_BATCH_TOLERANCE = 1.1  # the bisection's default end: exact verdicts are worth narrowing down ...
@@ -57,7 +57,6 @@ def range_test(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | OptimizerFactory,
     data: Any,
-    *old_order: Any,
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     training_step: Step | None = None,
     batch_size: int | None = None,
@@ -106,8 +105,6 @@ def range_test(
         TypeError: ``data``, ``optimizer`` or a batch of a kind the test cannot use (a batch that is not
             ``(inputs, targets)`` needs ``training_step``).
     """
-    if old_order:
-        loss_fn, data = _from_old_order(data, old_order, loss_fn)
     _check_arguments(steps=steps, start_lr=start_lr, end_lr=end_lr, tolerance=tolerance, run_steps=run_steps)
     step = step_for(loss_fn, training_step)
     probe_steps = min(PROBE_STEPS, run_steps or PROBE_STEPS)
@@ -137,15 +134,6 @@ def range_test(
     )
     logger.info("range test: max stable lr %.4g, suggestion %.4g, %d steps", max_stable, result.suggestion, runner.steps)
     return result
-
-
-def _from_old_order(data: Any, rest: tuple[Any, ...], loss_fn: Any) -> tuple[Any, Any]:
-    """``range_test(model, optimizer, loss_fn, train_data, ...)``, the order before user data: still
-    read (autolr.autobounds calls it so) with a DeprecationWarning, until its callers move."""
-    if len(rest) != 1 or not callable(data) or loss_fn is not None:
-        raise TypeError(f"range_test: expected (model, optimizer, data) and keyword arguments, got {3 + len(rest)} positional arguments")
-    warnings.warn("range_test(model, optimizer, loss_fn, train_data): pass range_test(model, optimizer, train_data, loss_fn=loss_fn)", DeprecationWarning, stacklevel=3)
-    return data, rest[0]
 
 
 def _measure(runner: Runner, steps: int, start_lr: float, end_lr: float, run_steps: int | None, tolerance: float):

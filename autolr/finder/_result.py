@@ -71,9 +71,10 @@ class RangeTestResult:
         """Loss against lr (log scale), the probes as dots, the suggestion and the limit as lines: a
         matplotlib ``Figure`` (drawn on ``ax`` when given, else a new one). matplotlib is imported here
         only, when a plot is asked for."""
-        from autolr.finder._plot import draw_range_test
+        from autolr import plots
 
-        return draw_range_test(self, ax)
+        probes = [p.to_dict() for p in self.probes]
+        return plots.draw_range_test(ax, self.lrs, self.losses, suggestion=self.suggestion, max_stable_lr=self.max_stable_lr, probes=probes)
 
     @property
     def lr_range(self) -> tuple[float, float]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from autolr.batches import batch_size
-from autolr.trainer import grad_norms
+from autolr.grads import grad_norms
 
 __all__ = ["BatchSource", "Runner", "Step", "same_randomness"]
 
