@@ -29,7 +29,7 @@ from autolr.optimizers import OPTIMIZERS, build_optimizer
 from autolr.params import Fixed
 from autolr.space import _representative
 from autolr.tasks import build_task
-from autolr.trainer import pick_device
+from autolr.trainer import as_loss, pick_device
 
 __all__ = ["FindLrReport", "auto_lr_bounds", "find_lr", "lr_bounds_from", "range_test_for"]
 
@@ -121,7 +121,8 @@ def range_test_for(config: StudyConfig, optimizer: str, *, steps: int | None = N
             model,
             opt,
             task.train_data,
-            loss_fn=task.loss_fn,
+            loss_fn=task.loss_fn if task.training_step is None else None,
+            training_step=None if task.training_step is None else (lambda m, b: as_loss(task.training_step(m, b))),
             batch_size=config.train.batch_size,
             steps=steps or config.finder.steps,
             start_lr=config.finder.start_lr,
@@ -131,7 +132,7 @@ def range_test_for(config: StudyConfig, optimizer: str, *, steps: int | None = N
             seed=config.seed,
         )
     except ValueError as exc:  # the task itself is broken (e.g. a NaN loss before any step): say where
-        raise RuntimeError(f"{config.path}: the range test of {optimizer} on task {config.task} failed: {exc}") from exc
+        raise RuntimeError(f"{config.path}: the range test of {optimizer} on task {config.code_label} failed: {exc}") from exc
 
 
 def find_lr(
@@ -172,7 +173,7 @@ def find_lr(
     finally:
         if tracker is not None:
             tracker.close()
-    return FindLrReport(config.name, config.task, names[0], run_steps, results, bounds, cached, run_ids)
+    return FindLrReport(config.name, config.code_label, names[0], run_steps, results, bounds, cached, run_ids)
 
 
 def auto_lr_bounds(
@@ -259,7 +260,7 @@ def _run_steps(config: StudyConfig, n_train: int | None = None) -> int:
 def _cache_key(config: StudyConfig, optimizer: str, steps: int | None) -> str:
     """Everything that shapes a range test's result, as one canonical string."""
     key = {
-        "version": FINDER_VERSION, "task": config.task, "task_args": dict(config.task_args), "optimizer": optimizer,
+        "version": FINDER_VERSION, "task": config.code_label, "task_args": dict(config.task_args), "optimizer": optimizer,
         "hparams": _fixed_hparams(config, optimizer), "epochs": config.train.epochs, "batch_size": config.train.batch_size,
         "device": config.train.device, "grad_clip": config.train.grad_clip, "seed": config.seed,
         "steps": steps or config.finder.steps, "start_lr": config.finder.start_lr, "end_lr": config.finder.end_lr,

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,23 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # the embedded MLflow store
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes")
 CURVE_PRUNERS = ("none", "median", "hyperband")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+# autolr.tasks.BUILTIN_TASKS by name, so that reading a study file imports no torch (a test keeps the two equal)
+BUILTIN_TASK_NAMES = ("digits_mlp", "digits_cnn", "wine_mlp", "breast_cancer_mlp", "diabetes_mlp", "make_classification", "classification_mlp", "least_squares")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """The budget and the mechanics of every trial (autolr's trainer; a ``loop:`` reads what it wants)."""
+
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int = 64  # for Datasets; a task's own DataLoader keeps its own
     device: str = "auto"
     grad_clip: float | None = None
+    precision: str = "fp32"  # bf16/fp16: autocast; fp16 with a gradient scaler (CUDA only)
+    accumulate: int = 1  # micro-batches per optimizer step
+    max_steps: int | None = None  # a step budget beside epochs: training stops at whichever comes first
+    steps_per_epoch: int | None = None  # batches per epoch, for data without a length (iterable datasets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +101,13 @@ class TrackingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
+    """A validated study file. Exactly one of ``task`` (autolr's trainer) and ``loop`` (the user's own
+    training loop) is set: a ``"package.module:function"`` string from the file, a built-in task name,
+    or a callable handed to :func:`autolr.tune`."""
+
     path: str
     name: str
-    task: str
+    task: str | Callable[..., Any] | None
     task_args: Mapping[str, Any]
     train: TrainConfig
     metric: str
@@ -106,6 +119,22 @@ class StudyConfig:
     pruning: PruningConfig
     finder: FinderConfig = FinderConfig()
     tracking: TrackingConfig = TrackingConfig()
+    loop: str | Callable[..., Any] | None = None
+
+    @property
+    def code(self) -> str | Callable[..., Any]:
+        """What trains a trial: the task or the loop."""
+        return self.task if self.task is not None else self.loop
+
+    @property
+    def code_key(self) -> str:
+        return "task" if self.task is not None else "loop"
+
+    @property
+    def code_label(self) -> str:
+        """The task or loop as text: ``mytasks:make``, or ``notebook:make`` for a callable."""
+        code = self.code
+        return code if isinstance(code, str) else f"{getattr(code, '__module__', '?')}:{getattr(code, '__qualname__', repr(code))}"
 
     @property
     def file_stem(self) -> str:
@@ -128,11 +157,14 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_study(path: str | Path) -> StudyConfig:
+def load_study(path: str | Path, *, task: Callable[..., Any] | None = None, loop: Callable[..., Any] | None = None) -> StudyConfig:
     """Read and validate a study file.
 
-    The study file's folder and the working directory are importable, so that ``task: "mytasks:make"``
-    finds ``mytasks.py`` beside the study or where autolr is run (appended: they never shadow packages).
+    ``task`` or ``loop``, a callable (a factory or a training loop defined in a notebook or script),
+    stands in for the file's ``task:``/``loop:`` key. No user code is imported here: a study file
+    names code that ``autolr tune`` runs, like a Python script, and reading one (``show``,
+    ``export``) must not run it. The study file's folder and the working directory are importable when
+    that code is run (appended: they never shadow packages).
     """
     path = Path(path)
     for folder in (str(Path.cwd()), str(path.resolve().parent)):
@@ -146,7 +178,7 @@ def load_study(path: str | Path) -> StudyConfig:
         raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as exc:
         raise StudyFileError(path, "(yaml)", "valid YAML with plain values only", f"<{_yaml_problem(exc)}>") from None
-    return parse_study(raw, path=str(path))
+    return parse_study(raw, path=str(path), task=task, loop=loop)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -159,7 +191,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 # --- validation ------------------------------------------------------------------------------------
 
 _TOP_KEYS = {
-    "name", "task", "task_args", "train", "objective", "trials", "seed", "sampler", "search", "pruning",
+    "name", "task", "loop", "task_args", "train", "objective", "trials", "seed", "sampler", "search", "pruning",
     "finder", "tracking",
 }  # fmt: skip
 _TOP = "(top level)"
@@ -223,17 +255,21 @@ class _Checker:
         return value
 
 
-def parse_study(raw: object, *, path: str = "study.yaml") -> StudyConfig:
+def parse_study(raw: object, *, path: str = "study.yaml", task: Callable[..., Any] | None = None, loop: Callable[..., Any] | None = None) -> StudyConfig:
     """Validate a study already read from YAML (a dict) into a :class:`StudyConfig`."""
     c = _Checker(path)
     doc = c.mapping(raw, _TOP, _TOP_KEYS)
     name = _parse_name(c, doc.get("name", Path(path).stem))
-    task = _parse_task(c, doc.get("task"), c.mapping(doc.get("task_args"), "task_args"))
+    task, loop = _parse_code(c, doc, task, loop)
     objective = c.mapping(doc.get("objective"), "objective", {"metric", "direction"})
+    search = _parse_search(c, c.mapping(doc.get("search"), "search", {"lr", "optimizer", "schedule", "warmup"}))
+    if loop is not None and search.lr.auto:
+        raise c.fail("search.lr", "{low: L, high: H} with loop: (the range test of lr: auto needs a task:, whose batches autolr sees)", "auto")
     return StudyConfig(
         path=path,
         name=name,
         task=task,
+        loop=loop,
         task_args=dict(c.mapping(doc.get("task_args"), "task_args")),
         train=_parse_train(c, c.mapping(doc.get("train"), "train", {f.name for f in dataclasses.fields(TrainConfig)})),
         metric=c.string(objective.get("metric", "val_loss"), "objective.metric"),
@@ -241,7 +277,7 @@ def parse_study(raw: object, *, path: str = "study.yaml") -> StudyConfig:
         trials=c.integer(doc.get("trials", 20), "trials", minimum=1),
         seed=c.integer(doc.get("seed", 0), "seed", minimum=0),
         sampler=c.choice(doc.get("sampler", "tpe"), "sampler", SAMPLERS),
-        search=_parse_search(c, c.mapping(doc.get("search"), "search", {"lr", "optimizer", "schedule", "warmup"})),
+        search=search,
         pruning=_parse_pruning(c, doc.get("pruning")),
         finder=_parse_finder(c, doc.get("finder")),
         tracking=_parse_tracking(c, doc.get("tracking")),
@@ -255,30 +291,48 @@ def _parse_name(c: _Checker, name: object) -> str:
     return name
 
 
-def _parse_task(c: _Checker, task: object, task_args: Mapping[str, Any]) -> str:
-    from autolr.tasks import check_task_args, resolve_factory
+_CODE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 
-    task = c.string(task, "task")
-    try:
-        factory = resolve_factory(task)
-    except ValueError as exc:
-        raise c.fail("task", str(exc), task) from None
-    except Exception as exc:  # noqa: BLE001 - any import-time failure of the user's module
-        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        raise c.fail("task", "an importable 'package.module:factory' (is it on PYTHONPATH?)", f"<{task}: {reason}>") from None
-    problem = check_task_args(factory, task_args)
-    if problem:
-        raise c.fail("task_args", f"arguments accepted by {task}", f"<{problem}>")
-    return task
+
+def _parse_code(c: _Checker, doc: dict, task: object, loop: object) -> tuple[Any, Any]:
+    """``task`` or ``loop``: exactly one, from the file or as a callable; named, never imported here."""
+    for key, given in (("task", task), ("loop", loop)):
+        if given is not None and not callable(given):
+            raise c.fail(key, "a callable (a task factory or a training loop)", f"<{type(given).__name__}>")
+    if task is not None or loop is not None:  # a callable from the Python API replaces the file's key
+        if task is not None and loop is not None:
+            raise c.fail("task", "a task factory or a loop, not both", "<both given>")
+        return task, loop
+    if ("task" in doc) == ("loop" in doc):
+        given = "<both>" if "task" in doc else "<neither>"
+        raise c.fail("task", "either task: (a built-in task or 'package.module:factory') or loop: ('package.module:function')", given)
+    if "loop" in doc:
+        if doc.get("task_args"):
+            raise c.fail("task_args", "no task_args with loop: (a loop reads its own settings)", doc["task_args"])
+        return None, _parse_code_name(c, doc["loop"], "loop", builtins=())
+    return _parse_code_name(c, doc["task"], "task", builtins=BUILTIN_TASK_NAMES), None
+
+
+def _parse_code_name(c: _Checker, value: object, key: str, *, builtins: tuple[str, ...]) -> str:
+    value = c.string(value, key)
+    if value in builtins or _CODE_RE.match(value):
+        return value
+    if builtins:
+        raise c.fail(key, f"a built-in task {sorted(builtins)} or 'package.module:factory'", value)
+    raise c.fail(key, "'package.module:function'", value)
 
 
 def _parse_train(c: _Checker, train: dict) -> TrainConfig:
-    clip = train.get("grad_clip")
+    clip, max_steps, per_epoch = train.get("grad_clip"), train.get("max_steps"), train.get("steps_per_epoch")
     return TrainConfig(
         epochs=c.integer(train.get("epochs", TrainConfig.epochs), "train.epochs", minimum=1),
         batch_size=c.integer(train.get("batch_size", TrainConfig.batch_size), "train.batch_size", minimum=1),
         device=c.choice(train.get("device", "auto"), "train.device", DEVICES),
         grad_clip=None if clip is None else c.number(clip, "train.grad_clip", low=1e-12),
+        precision=c.choice(train.get("precision", "fp32"), "train.precision", PRECISIONS),
+        accumulate=c.integer(train.get("accumulate", 1), "train.accumulate", minimum=1),
+        max_steps=None if max_steps is None else c.integer(max_steps, "train.max_steps", minimum=1),
+        steps_per_epoch=None if per_epoch is None else c.integer(per_epoch, "train.steps_per_epoch", minimum=1),
     )
 
 

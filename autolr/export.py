@@ -46,7 +46,7 @@ def best_export(config, study) -> dict[str, Any] | None:
         "epochs": config.train.epochs,
         "batch_size": config.train.batch_size,
         "total_steps": best.user_attrs.get(keys.STEPS),
-        "task": config.task,
+        config.code_key: config.code_label,
         "task_args": dict(config.task_args),
         "seed": config.seed,
     }

@@ -1,4 +1,5 @@
-"""The Optuna objective: one trial = suggest a run, build the task, train, report, record.
+"""The Optuna objective: one trial = suggest a run, train it (autolr's trainer on the task, or the
+user's own loop with an :class:`autolr.Trial`), report, record.
 
 Outcomes, each recorded the same way in Optuna (state, user attrs) and MLflow (tags, run status):
 - COMPLETE: the objective metric after the last epoch is the trial's value;
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -22,8 +23,9 @@ from autolr.errors import StudyFileError
 from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
 from autolr.space import LrBounds, suggest_run
-from autolr.tasks import build_task
-from autolr.trainer import Trainer, TrainerCallback, pick_device
+from autolr.tasks import build_task, resolve_callable, seed_everything
+from autolr.trainer import Trainer, pick_device
+from autolr.trial import Pruned, Trial, TrialReport
 
 __all__ = ["Objective", "resolve_metric"]
 
@@ -40,51 +42,12 @@ def resolve_metric(config: StudyConfig, task) -> str:
     Raises:
         StudyFileError: the task logs no such metric.
     """
+    if task.validation_step is not None:  # its keys are known once it ran: the pre-flight checks them
+        return keys.val_metric(config.metric)
     available = ["val_loss", *(keys.val_metric(m) for m in task.metrics)]
     if keys.val_metric(config.metric) in available:
         return keys.val_metric(config.metric)
-    raise StudyFileError(config.path, "objective.metric", f"one of {available} (from task {config.task})", config.metric)
-
-
-class _Report(TrainerCallback):
-    """Trainer -> Optuna (curve pruning) and MLflow (batched points)."""
-
-    def __init__(self, trial: optuna.Trial, run: TrialRun | None, metric: str, curve_pruning: bool) -> None:
-        self.trial = trial
-        self.run = run
-        self.metric = metric
-        self.curve_pruning = curve_pruning
-        self.first_loss: float | None = None  # mean training loss of the first window
-        self.smoothed_loss: float | None = None  # EMA (0.9) of the training loss since
-
-    def on_steps(self, first_step: int, values: Mapping[str, Sequence[float]]) -> None:
-        if self.run is not None:
-            self.run.log_steps(first_step, values)
-        losses = [v for v in values.get("train_loss", ()) if math.isfinite(v)]
-        if losses and self.first_loss is None:
-            self.first_loss = sum(losses) / len(losses)
-        for v in losses:
-            self.smoothed_loss = v if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * v
-
-    def record_loss_ratio(self) -> None:
-        """Where training ended against where it started, as a trial attr (a run can get worse without
-        diverging); nothing when no finite loss was seen."""
-        if self.first_loss is not None and self.smoothed_loss is not None and self.first_loss > 0:
-            self.trial.set_user_attr(keys.LOSS_RATIO, self.smoothed_loss / self.first_loss)
-
-    def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
-        if self.run is not None:
-            self.run.log_metrics(step, stats)
-
-    def on_epoch_end(self, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
-        if self.run is not None:
-            self.run.log_metrics(epoch, metrics)
-            self.run.flush()
-        value = metrics[self.metric]
-        self.trial.report(value, epoch)
-        if self.curve_pruning and self.trial.should_prune():
-            self.trial.set_user_attr(keys.STEPS, step)
-            raise optuna.TrialPruned(f"curve: {self.metric} {value:.4g} at epoch {epoch} fell behind earlier trials")
+    raise StudyFileError(config.path, "objective.metric", f"one of {available} (from task {config.code_label})", config.metric)
 
 
 class Objective:
@@ -115,42 +78,55 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> float:
         cfg = self.config
-        task = build_task(cfg.task, cfg.task_args, seed=cfg.seed)
-        metric = resolve_metric(cfg, task)
-        trainer = Trainer(
-            epochs=cfg.train.epochs,
-            batch_size=cfg.train.batch_size,
-            device=pick_device(cfg.train.device),
-            guard=DivergenceGuard(cfg.pruning.loss_factor) if cfg.pruning.divergence else None,
-            callbacks=[report := _Report(trial, run, metric, cfg.pruning.curve != "none")],
-            layer_stats_every=cfg.tracking.layer_stats_every if run is not None else 0,
-            grad_clip=cfg.train.grad_clip,
-            monitor=metric,
-            seed=cfg.seed,
-        )
-        total_steps = cfg.train.epochs * trainer.steps_per_epoch(task)
-        optimizer = run_config.build_optimizer(task.model.parameters())
-        mode = "min" if cfg.direction == "minimize" else "max"
-        scheduler = run_config.build_scheduler(optimizer, total_steps, mode=mode)
         try:
-            result = trainer.fit(task, optimizer, scheduler)
-        except Diverged as exc:
-            self._record_prune(trial, run, exc.reason, divergence_step=exc.step, diverged=True)
-            raise optuna.TrialPruned(exc.reason) from None
-        except optuna.TrialPruned as exc:
-            report.record_loss_ratio()
-            self._record_prune(trial, run, str(exc), divergence_step=None, diverged=False)
+            if cfg.loop is not None:
+                report, value, steps = self._run_loop(trial, run_config, run)
+            else:
+                report, value, steps = self._run_task(trial, run_config, run)
+        except Pruned as exc:
+            if not exc.diverged:
+                self._report.record_loss_ratio()
+            self._record_prune(trial, run, exc.reason, divergence_step=exc.step, diverged=exc.diverged)
             raise
-        trial.set_user_attr(keys.STEPS, result.steps)
+        trial.set_user_attr(keys.STEPS, steps)
         report.record_loss_ratio()
-        value = result.final[metric]
         if not math.isfinite(value):  # only reachable with the guard off: still divergence, not a bug
-            reason = f"diverged: {metric} {value} after the last epoch"
-            self._record_prune(trial, run, reason, divergence_step=result.steps - 1, diverged=True)
-            raise optuna.TrialPruned(reason)
+            reason = f"diverged: {report.metric} {value} after the last epoch"
+            self._record_prune(trial, run, reason, divergence_step=steps - 1, diverged=True)
+            raise Pruned(reason, step=steps - 1, diverged=True)
         if run is not None:
             run.end("COMPLETE", {keys.VALUE: value})
         return value
+
+    def _run_task(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> tuple[TrialReport, float, int]:
+        """autolr's trainer on the study's task."""
+        cfg = self.config
+        task = build_task(cfg.task, cfg.task_args, seed=cfg.seed)
+        metric = resolve_metric(cfg, task)
+        self._report = report = TrialReport(trial, run, metric, cfg.pruning.curve != "none")
+        trainer = make_trainer(cfg, callbacks=[report], layer_stats_every=cfg.tracking.layer_stats_every if run is not None else 0, monitor=metric)
+        optimizer = run_config.build_optimizer(task.model.parameters())
+        mode = "min" if cfg.direction == "minimize" else "max"
+        scheduler = run_config.build_scheduler(optimizer, trainer.total_steps(task), mode=mode)
+        try:
+            result = trainer.fit(task, optimizer, scheduler)
+        except Diverged as exc:
+            raise Pruned(exc.reason, step=exc.step, diverged=True) from None
+        return report, result.final[metric], result.steps
+
+    def _run_loop(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> tuple[TrialReport, float, int]:
+        """The user's own loop, handed an :class:`autolr.Trial`; its return value is the trial's."""
+        cfg = self.config
+        loop = resolve_loop(cfg.loop)
+        metric = keys.val_metric(cfg.metric)
+        self._report = report = TrialReport(trial, run, metric, cfg.pruning.curve != "none")
+        guard = DivergenceGuard(cfg.pruning.loss_factor) if cfg.pruning.divergence else None
+        handle = Trial(trial, run_config, report, guard=guard, layer_stats_every=cfg.tracking.layer_stats_every if run is not None else 0,
+                       direction=cfg.direction)  # fmt: skip
+        seed_everything(cfg.seed)
+        returned = loop(handle)
+        handle.finish()
+        return report, _loop_value(returned, metric, report), handle.steps
 
     def _record_prune(self, trial, run, reason: str, *, divergence_step: int | None, diverged: bool) -> None:
         trial.set_user_attr(keys.PRUNE_REASON, reason)
@@ -163,3 +139,41 @@ class Objective:
             if divergence_step is not None:
                 tags[keys.DIVERGENCE_STEP] = divergence_step
             run.end("PRUNED", tags)
+
+
+def make_trainer(config: StudyConfig, **kwargs: Any) -> Trainer:
+    """autolr's trainer with the study file's budget and mechanics (``train:``, ``pruning:``)."""
+    t = config.train
+    return Trainer(
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        device=pick_device(t.device),
+        guard=DivergenceGuard(config.pruning.loss_factor) if config.pruning.divergence else None,
+        grad_clip=t.grad_clip,
+        seed=config.seed,
+        precision=t.precision,
+        accumulate=t.accumulate,
+        max_steps=t.max_steps,
+        steps_per_epoch=t.steps_per_epoch,
+        **kwargs,
+    )
+
+
+def resolve_loop(loop: str | Callable[..., Any]) -> Callable[..., Any]:
+    """The user's training loop: a callable as it is, or the function a ``"package.module:function"`` names."""
+    return loop if callable(loop) else resolve_callable(loop)
+
+
+def _loop_value(returned: Any, metric: str, report: TrialReport) -> float:
+    """The trial's value: what the loop returned (a number, or a dict holding the objective's metric),
+    or the metric of its last ``trial.epoch`` when it returned nothing."""
+    if isinstance(returned, Mapping):
+        for name in (metric, metric.removeprefix("val_")):
+            if name in returned:
+                return float(returned[name])
+        raise KeyError(f"loop: returned a dict without the objective's metric {metric!r}: {sorted(returned)}")
+    if returned is not None:
+        return float(returned)
+    if metric in report.last_metrics:
+        return report.last_metrics[metric]
+    raise ValueError(f"loop: returned None and reported no {metric!r} through trial.epoch(...); return the objective's value")

@@ -25,8 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
-from autolr.errors import StudyFileError
 from autolr.objective import Objective
+from autolr.preflight import check_crosses_processes, preflight
 from autolr.pruning import make_pruner
 from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
@@ -180,11 +180,16 @@ def tune(
     tracking_uri: str | None = DEFAULT_TRACKING_URI,
     seed: int | None = None,
     on_trial: Callable[[FrozenTrial], None] | None = None,
+    task: Callable[..., Any] | None = None,
+    loop: Callable[..., Any] | None = None,
 ) -> TuneResult:
     """Run (or resume) a study until it holds ``trials`` finished trials (the study file's by default).
 
     Args:
         study: a study file path or a loaded :class:`StudyConfig`.
+        task: a task factory (``factory(**task_args) -> autolr.Task``), e.g. defined in a notebook;
+            stands in for the study file's ``task:``.
+        loop: a training loop (``loop(trial: autolr.Trial) -> value``); stands in for ``loop:``.
         trials: overrides the study file's target.
         timeout_s: stop starting new trials after this many seconds.
         jobs: worker processes sharing the storage (1: run in this process).
@@ -193,7 +198,7 @@ def tune(
         seed: overrides the study file's seed.
         on_trial: called with each finished trial (in this process only).
     """
-    config = study if isinstance(study, StudyConfig) else load_study(study)
+    config = _config(study, task=task, loop=loop)
     overrides: dict[str, Any] = {}
     if trials is not None:
         overrides["trials"] = trials
@@ -201,7 +206,8 @@ def tune(
         overrides["seed"] = seed
     config = dataclasses.replace(config, **overrides)
     plan = _Plan(config, storage or store.default_storage_url(config), tracking_uri, jobs, timeout_s)
-    _preflight(config)  # before any store is created: bad input writes nothing
+    check_crosses_processes(config, jobs)
+    preflight(config)  # before any store is created: bad input writes nothing
     tracker = open_tracker(tracking_uri, config.name)
     if tracker is not None:
         tracker.check_reachable()
@@ -235,23 +241,12 @@ def _close_orphan_runs(study: optuna.Study, tracker: Tracker) -> None:
         logger.warning("closed %d MLflow run(s) left RUNNING by a process that died", closed)
 
 
-def _preflight(config: StudyConfig) -> None:
-    """Build the task once before any trial: a factory that fails, a wrong metric name or a device
-    that is not there are input errors (exit 2), not three failed trials."""
-    from autolr.objective import resolve_metric
-    from autolr.tasks import build_task
-
-    if config.train.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise StudyFileError(config.path, "train.device", "auto or cpu (torch sees no CUDA device here)", "cuda")
-    try:
-        task = build_task(config.task, config.task_args, seed=config.seed)
-    except Exception as exc:  # noqa: BLE001 - the user's factory: report it, on one line
-        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        raise StudyFileError(config.path, "task", f"a factory that builds an autolr.Task from {dict(config.task_args)}", f"<{reason}>") from None
-    resolve_metric(config, task)
+def _config(study: str | Path | StudyConfig, *, task: Callable[..., Any] | None, loop: Callable[..., Any] | None) -> StudyConfig:
+    if not isinstance(study, StudyConfig):
+        return load_study(study, task=task, loop=loop)
+    if task is not None or loop is not None:
+        return dataclasses.replace(study, task=task, loop=loop, task_args=study.task_args if task is not None else {})
+    return study
 
 
 def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | None, on_trial) -> str | None:
@@ -283,12 +278,12 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | None, on_trial) ->
         return None
     with tracker.parent_run(
         f"{config.name}@{time.strftime('%Y-%m-%d %H:%M:%S')}",
-        params={"study": config.name, "task": config.task, "sampler": config.sampler, "target_trials": config.trials,
+        params={"study": config.name, "task": config.code_label, "sampler": config.sampler, "target_trials": config.trials,
                 "epochs": config.train.epochs, "batch_size": config.train.batch_size, "seed": config.seed,
                 "metric": config.metric, "direction": config.direction},  # fmt: skip
         tags={keys.STUDY: config.name, keys.STORAGE: plan.storage_url, keys.ROLE: keys.ROLE_STUDY,
               keys.HOST: socket.gethostname(), keys.PID: str(os.getpid())},  # fmt: skip
-        description=f"autolr study `{config.name}`: {config.task}, {config.sampler} sampler, target {config.trials} trials.",
+        description=f"autolr study `{config.name}`: {config.code_label}, {config.sampler} sampler, target {config.trials} trials.",
     ) as parent_run_id:
         try:
             work(parent_run_id)
@@ -358,7 +353,7 @@ def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, pa
     trials = study.get_trials(deepcopy=False)
     rows = [dict(store.trial_row(t), last_value=_last_reported(t)) for t in trials]
     importances, note = _importances(study)
-    summary = f"({config.task}, {config.sampler} sampler, target {config.trials} trials)"
+    summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
     report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction,
                         importances=importances, importance_note=note, summary=summary)  # fmt: skip
     report.record_trial_curves(tracker, parent_run_id, metric=config.metric)

@@ -17,36 +17,62 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["BUILTIN_TASKS", "Task", "build_task", "resolve_factory", "seed_everything"]
+__all__ = ["BUILTIN_TASKS", "Task", "TrainingStep", "ValidationStep", "build_task", "resolve_factory", "seed_everything"]
+
+
+TrainingStep = Callable[[nn.Module, Any], Any]
+ValidationStep = Callable[[nn.Module, Any], Mapping[str, Any]]
 
 
 @dataclasses.dataclass
 class Task:
-    """A model and its data.
+    """A model and its data, and how a batch becomes a loss.
 
-    ``train_data`` and ``val_data`` are datasets of ``(input, target)``; ``loss_fn(outputs, targets)``
-    returns a scalar tensor; ``metrics`` maps names to ``fn(outputs, targets) -> float``, computed on
-    the whole validation set each epoch.
+    The simple form: ``train_data``/``val_data`` are ``Dataset``s of ``(inputs..., target)`` and
+    ``loss_fn(outputs, targets)`` returns a scalar tensor; ``metrics`` maps names to ``fn(outputs,
+    targets) -> float``, computed on the validation set each epoch.
+
+    Any other model (its own batches, its own loss):
+
+    - ``train_data``/``val_data`` may be the user's own ``DataLoader`` (its collate, workers and batch
+      size used as they are) or any iterable of batches (an iterable dataset: set
+      ``train.steps_per_epoch``); batches may be tuples, lists, dicts or nested, moved to the device
+      recursively;
+    - ``training_step(model, batch)`` returns the loss: a scalar tensor, or anything with a ``loss``
+      (a Hugging Face ``ModelOutput``, a dict with ``"loss"``);
+    - ``validation_step(model, batch)`` returns ``{"loss": ..., name: ...}`` for one batch; the values
+      are averaged over the validation set weighted by batch size (never all outputs at once) and
+      logged as ``val_loss``, ``val_<name>``. Without it, ``training_step`` (or ``loss_fn``) gives
+      ``val_loss``.
+
+    ``loss_fn`` is then optional.
     """
 
     model: nn.Module
-    train_data: Dataset
-    val_data: Dataset
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    metrics: Mapping[str, Callable[[torch.Tensor, torch.Tensor], float]] = dataclasses.field(default_factory=dict)
+    train_data: Any
+    val_data: Any
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
+    metrics: Mapping[str, Callable[[Any, Any], float]] = dataclasses.field(default_factory=dict)
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # facts a benchmark may check against
+    training_step: TrainingStep | None = None
+    validation_step: ValidationStep | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
-            raise TypeError(f"Task.model must be a torch.nn.Module, got {type(self.model).__name__}")
+            raise TypeError(f"Task.model: expected a torch.nn.Module, got {type(self.model).__name__}")
         for name in ("train_data", "val_data"):
             data = getattr(self, name)
-            if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
-                raise TypeError(f"Task.{name} must be a torch Dataset with __len__, got {type(data).__name__}")
-        if not callable(self.loss_fn):
-            raise TypeError("Task.loss_fn must be callable as loss_fn(outputs, targets)")
+            if not (isinstance(data, (Dataset, DataLoader)) or hasattr(data, "__iter__") or hasattr(data, "__getitem__")):
+                raise TypeError(f"Task.{name}: expected a Dataset, a DataLoader or an iterable of batches, got {type(data).__name__}")
+        for name in ("loss_fn", "training_step", "validation_step"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise TypeError(f"Task.{name}: expected a callable, got {type(getattr(self, name)).__name__}")
+        if self.loss_fn is None and self.training_step is None:
+            raise TypeError("Task: expected loss_fn(outputs, targets) or training_step(model, batch) -> loss, got neither")
+        if self.metrics and self.loss_fn is None:
+            raise TypeError("Task.metrics: fn(outputs, targets) needs loss_fn's form; return metrics from validation_step instead")
 
 
 def seed_everything(seed: int) -> None:
@@ -209,23 +235,30 @@ BUILTIN_TASKS: Mapping[str, Callable[..., Task]] = {
 }
 
 
-def resolve_factory(name: str) -> Callable[..., Task]:
-    """The factory for a built-in name or ``"package.module:function"``.
+def resolve_factory(name: str | Callable[..., Task]) -> Callable[..., Task]:
+    """The factory for a built-in name, a ``"package.module:function"``, or a callable (returned as is).
 
     Raises:
         ImportError: the module cannot be imported or lacks the function.
         ValueError: the name is neither a built-in nor of the form ``module:function``.
     """
+    if callable(name):
+        return name
     if name in BUILTIN_TASKS:
         return BUILTIN_TASKS[name]
+    return resolve_callable(name, what=f"a built-in task {sorted(BUILTIN_TASKS)} or 'package.module:factory'")
+
+
+def resolve_callable(name: str, *, what: str = "'package.module:function'") -> Callable[..., Any]:
+    """The function a ``"package.module:function"`` names, importing its module."""
     module_name, sep, attr = name.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"a built-in task {sorted(BUILTIN_TASKS)} or 'package.module:factory'")
+        raise ValueError(what)
     module = importlib.import_module(module_name)
-    factory = getattr(module, attr, None)
-    if not callable(factory):
+    function = getattr(module, attr, None)
+    if not callable(function):
         raise ImportError(f"module {module_name!r} has no callable {attr!r}")
-    return factory
+    return function
 
 
 def check_task_args(factory: Callable[..., Task], task_args: Mapping[str, Any]) -> str | None:
@@ -239,7 +272,7 @@ def check_task_args(factory: Callable[..., Task], task_args: Mapping[str, Any]) 
     return None
 
 
-def build_task(name: str, task_args: Mapping[str, Any], *, seed: int) -> Task:
+def build_task(name: str | Callable[..., Task], task_args: Mapping[str, Any], *, seed: int) -> Task:
     """Seed torch, numpy and random with ``seed``, then build the task."""
     factory = resolve_factory(name)
     seed_everything(seed)

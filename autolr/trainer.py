@@ -1,26 +1,38 @@
 """The training loop. Imports torch only; whoever watches hooks in through :class:`TrainerCallback`.
 
-One loop that reads top to bottom: batches, forward, backward, gradient norm, optimizer step,
-scheduler step; every ``check_every`` steps the window of losses and gradient norms comes to the host
-in one transfer, where the :class:`DivergenceGuard` looks at it and callbacks receive it; at each epoch
-end the validation metrics are computed and handed to callbacks, which may stop the run by raising.
+One loop that reads top to bottom: batches, forward (the task's ``training_step``, or ``loss_fn`` on
+``(inputs..., target)``), backward (``accumulate`` micro-batches per step, under autocast when
+``precision`` asks), gradient norm, optimizer step, scheduler step; every ``check_every`` steps the
+window of losses and gradient norms comes to the host in one transfer (:class:`~autolr.steps.StepRecorder`),
+where the divergence guard looks at it and callbacks receive it; at each epoch end the validation
+metrics are computed and handed to callbacks, which may stop the run by raising.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from autolr.batches import Batches
-from autolr.grads import FlatGradients, grad_norms
+from autolr.batches import Batches, LoaderBatches, batch_size, describe_batch
+from autolr.grads import FlatGradients
 from autolr.guard import Diverged, DivergenceGuard
+from autolr.steps import StepRecorder
 from autolr.tasks import Task
 
-__all__ = ["TrainResult", "Trainer", "TrainerCallback", "evaluate", "pick_device"]
+__all__ = ["PRECISIONS", "BatchError", "TrainResult", "Trainer", "TrainerCallback", "as_loss", "evaluate", "pick_device", "training_step_of", "validation_batch_metrics"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class BatchError(TypeError):
+    """A batch the task's steps cannot take; the message names the hook to write."""
 
 
 class TrainerCallback:
@@ -54,29 +66,165 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# --- from a batch to a loss ------------------------------------------------------------------------
+
+
+def as_loss(value: Any, hook: str = "training_step") -> torch.Tensor:
+    """The scalar loss in what a step returned: a tensor, or anything with a ``loss`` (a Hugging Face
+    ``ModelOutput``, a dict with ``"loss"``)."""
+    loss = value if isinstance(value, torch.Tensor) else value.get("loss") if isinstance(value, Mapping) else getattr(value, "loss", None)
+    if not isinstance(loss, torch.Tensor):
+        raise BatchError(f"{hook}: expected a scalar loss tensor (or an object with .loss), got {type(value).__name__}")
+    if loss.numel() != 1:
+        raise BatchError(f"{hook}: expected a scalar loss, got a tensor of shape {tuple(loss.shape)} (reduce it, e.g. .mean())")
+    return loss.reshape(())
+
+
+def _split(batch: Any) -> tuple[tuple[Any, ...], Any]:
+    """``(inputs..., target)`` of a tuple or list batch, for ``loss_fn(model(*inputs), target)``."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return tuple(batch[:-1]), batch[-1]
+    raise BatchError(
+        f"the batches are {describe_batch(batch)}; loss_fn(model(inputs), target) needs (inputs..., target) "
+        "tuples: give the Task a training_step(model, batch) -> loss (and a validation_step(model, batch) -> {'loss': ...})"
+    )
+
+
+def training_step_of(task: Task) -> Callable[[torch.nn.Module, Any], torch.Tensor]:
+    """The task's step from a batch to its scalar loss."""
+    if task.training_step is not None:
+        user_step = task.training_step
+        return lambda model, batch: as_loss(user_step(model, batch))
+    loss_fn = task.loss_fn
+
+    def step(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        inputs, target = _split(batch)
+        return as_loss(loss_fn(model(*inputs), target), "loss_fn")
+
+    return step
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+
 @torch.no_grad()
-def evaluate(task: Task, data: Dataset, device: torch.device, *, batch_size: int = 4096) -> dict[str, float]:
-    """``val_loss`` and each task metric as ``val_<name>``, over the whole dataset at once."""
+def evaluate(task: Task, data: Any, device: torch.device, *, batch_size: int = 4096, autocast: Any = None) -> dict[str, float]:
+    """``val_loss`` and each metric as ``val_<name>``, the model in eval mode (put back in train mode).
+
+    A ``Dataset`` of ``(inputs, target)`` with ``loss_fn`` is evaluated as a whole (its outputs
+    concatenated, so a metric such as an AUC sees every sample at once); anything else streams batch by
+    batch, each value averaged over the set weighted by batch size.
+    """
     task.model.eval()
     try:
-        outputs, targets = [], []
-        for x, y in Batches(data, batch_size, device, seed=0, shuffle=False):
-            outputs.append(task.model(x))
-            targets.append(y)
-        out, tgt = torch.cat(outputs), torch.cat(targets)
-        metrics = {"val_loss": float(task.loss_fn(out, tgt))}
-        for name, fn in task.metrics.items():
-            metrics[f"val_{name}"] = float(fn(out, tgt))
-        return metrics
+        with autocast or contextlib.nullcontext():
+            if task.validation_step is None and task.loss_fn is not None and _is_map_dataset(data):
+                return _evaluate_whole(task, data, device, batch_size)
+            return _evaluate_streaming(task, _batches_of(data, batch_size, device, shuffle=False), device)
     finally:
         task.model.train()
+
+
+@torch.no_grad()
+def validation_batch_metrics(task: Task, size: int, device: torch.device) -> dict[str, float]:
+    """The validation metrics of the first validation batch alone (the pre-flight's check)."""
+    task.model.eval()
+    try:
+        first = itertools.islice(_batches_of(task.val_data, size, device, shuffle=False), 1)
+        return _evaluate_streaming(task, first, device)
+    finally:
+        task.model.train()
+
+
+def _evaluate_whole(task: Task, data: Dataset, device: torch.device, size: int) -> dict[str, float]:
+    outputs, targets = [], []
+    for batch in Batches(data, size, device, seed=0, shuffle=False):
+        inputs, target = _split(batch)
+        outputs.append(task.model(*inputs))
+        targets.append(target)
+    out, tgt = torch.cat(outputs), torch.cat(targets)
+    metrics = {"val_loss": float(task.loss_fn(out, tgt))}
+    for name, fn in task.metrics.items():
+        metrics[f"val_{name}"] = float(fn(out, tgt))
+    return metrics
+
+
+def _evaluate_streaming(task: Task, batches: Iterable[Any], device: torch.device) -> dict[str, float]:
+    step = _validation_step_of(task)
+    sums: dict[str, Any] = {}
+    seen = 0
+    for batch in batches:
+        n = batch_size(batch)
+        for name, value in step(task.model, batch).items():
+            value = value.detach().float().reshape(()) if isinstance(value, torch.Tensor) else float(value)
+            sums[name] = sums.get(name, 0.0) + value * n  # tensors stay on the device: one sync at the end
+        seen += n
+    if not seen:
+        raise BatchError("val_data: expected at least one validation batch, got none")
+    if "loss" not in sums:
+        raise BatchError(f"validation_step: expected a dict with 'loss', got keys {sorted(sums)}")
+    return {("val_loss" if name == "loss" else f"val_{name}"): float(total) / seen for name, total in sums.items()}
+
+
+def _validation_step_of(task: Task) -> Callable[[torch.nn.Module, Any], Mapping[str, Any]]:
+    if task.validation_step is not None:
+        user_step = task.validation_step
+
+        def checked(model: torch.nn.Module, batch: Any) -> Mapping[str, Any]:
+            values = user_step(model, batch)
+            if not isinstance(values, Mapping):
+                raise BatchError(f"validation_step: expected a dict {{'loss': ..., name: ...}}, got {type(values).__name__}")
+            return values
+
+        return checked
+    if task.loss_fn is not None and task.training_step is None:
+
+        def by_loss_fn(model: torch.nn.Module, batch: Any) -> Mapping[str, Any]:
+            inputs, target = _split(batch)
+            out = model(*inputs)
+            return {"loss": task.loss_fn(out, target), **{name: fn(out, target) for name, fn in task.metrics.items()}}
+
+        return by_loss_fn
+    train_step = training_step_of(task)
+    return lambda model, batch: {"loss": train_step(model, batch)}
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def _is_map_dataset(data: Any) -> bool:
+    return isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__")
+
+
+def _batches_of(data: Any, size: int, device: torch.device, *, shuffle: bool, seed: int = 0, steps_per_epoch: int | None = None):
+    """autolr's own batches of a ``Dataset``; a ``DataLoader`` or other iterable used as it is."""
+    if _is_map_dataset(data):
+        return Batches(data, size, device, seed=seed, shuffle=shuffle)
+    if isinstance(data, IterableDataset):  # samples, not batches: the default collate makes them batches
+        data = DataLoader(data, batch_size=size)
+    return LoaderBatches(data, device, steps_per_epoch=steps_per_epoch)
+
+
+def _chunks(batches: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Consecutive groups of ``n`` batches (the last one may be shorter)."""
+    group: list[Any] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+# --- the trainer --------------------------------------------------------------------------------------
 
 
 class Trainer:
     """Trains ``task.model`` with a built optimizer and per-step scheduler.
 
     Args:
-        epochs, batch_size: the budget.
+        epochs, batch_size: the budget (``batch_size`` for ``Dataset``s; a ``DataLoader`` keeps its own).
         device: where to train (``pick_device()`` by default).
         guard: a :class:`DivergenceGuard`, or None to train through anything.
         callbacks: watchers (tracking, pruning), called in order.
@@ -86,6 +234,10 @@ class Trainer:
         grad_clip: clip the global gradient norm to this (None: no clipping).
         monitor: the validation metric given to ``scheduler.report`` (plateau schedules).
         seed: seeds the batch order.
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast with a gradient scaler; CUDA only).
+        accumulate: micro-batches per optimizer step (their mean loss is the step's ``train_loss``).
+        max_steps: stop after this many optimizer steps (the epoch under way is still validated).
+        steps_per_epoch: batches per epoch for data without a length (an iterable dataset).
     """
 
     def __init__(
@@ -101,6 +253,10 @@ class Trainer:
         grad_clip: float | None = None,
         monitor: str = "val_loss",
         seed: int = 0,
+        precision: str = "fp32",
+        accumulate: int = 1,
+        max_steps: int | None = None,
+        steps_per_epoch: int | None = None,
     ) -> None:
         self.epochs = epochs
         self.batch_size = batch_size
@@ -112,46 +268,79 @@ class Trainer:
         self.grad_clip = grad_clip
         self.monitor = monitor
         self.seed = seed
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision: fp16 needs CUDA (its gradient scaler); on the CPU use bf16")
+        if accumulate < 1:
+            raise ValueError(f"accumulate: expected an integer >= 1, got {accumulate!r}")
+        self.precision, self.accumulate = precision, accumulate
+        self.max_steps, self.data_steps_per_epoch = max_steps, steps_per_epoch
+
+    def train_batches(self, task: Task):
+        return _batches_of(task.train_data, self.batch_size, self.device, shuffle=True, seed=self.seed, steps_per_epoch=self.data_steps_per_epoch)
 
     def steps_per_epoch(self, task: Task) -> int:
-        return math.ceil(len(task.train_data) / self.batch_size)
+        """Optimizer steps per epoch."""
+        return math.ceil(len(self.train_batches(task)) / self.accumulate)
+
+    def total_steps(self, task: Task) -> int:
+        """Optimizer steps of the whole run: epochs, or ``max_steps`` if that comes first."""
+        total = self.epochs * self.steps_per_epoch(task)
+        return total if self.max_steps is None else min(total, self.max_steps)
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     def fit(self, task: Task, optimizer: torch.optim.Optimizer, scheduler) -> TrainResult:
         model = task.model.to(self.device)
         _move_optimizer_state(optimizer, self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        batches = Batches(task.train_data, self.batch_size, self.device, seed=self.seed)
-        total_steps = self.epochs * len(batches)
+        batches = self.train_batches(task)
+        per_epoch = math.ceil(len(batches) / self.accumulate)
+        total_steps = self.total_steps(task)
         for cb in self.callbacks:
-            cb.on_train_start(total_steps, len(batches))
+            cb.on_train_start(total_steps, per_epoch)
 
+        step_loss = training_step_of(task)
+        scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        recorder = StepRecorder(params, names, guard=self.guard, watchers=self.callbacks, check_every=self.check_every,
+                                layer_stats_every=self.layer_stats_every, ignore_nonfinite_grad_norm=scaler is not None)  # fmt: skip
         model.train()
         grads = FlatGradients(params)
         history: list[dict[str, float]] = []
-        window: list[tuple[torch.Tensor, float, torch.Tensor]] = []
-        step = 0
         for epoch in range(1, self.epochs + 1):
-            for x, y in batches:
+            for group in _chunks(batches, self.accumulate):
                 lr = optimizer.param_groups[0]["lr"]  # a Python float: no device sync
                 grads.zero(optimizer)
-                loss = task.loss_fn(model(x), y)
-                loss.backward()
+                loss = torch.zeros((), device=self.device)
+                for batch in group:
+                    with self.autocast():
+                        micro = step_loss(model, batch)
+                    scaled = micro / len(group)
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    loss = loss + micro.detach().float() / len(group)
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
                 total_norm = grads.total_norm()  # one op once the flat buffer is adopted
                 if self.grad_clip is not None:
                     torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, total_norm)
-                snapshot = self._layer_snapshot(step, params)
-                norms = grad_norms(params) if snapshot is not None else []
-                optimizer.step()
+                recorder.before_update()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 scheduler.step()
-                if snapshot is not None:
-                    self._emit_layer_stats(step, names, params, norms, snapshot)
-                window.append((loss.detach(), lr, total_norm))
-                step += 1
-                if len(window) == self.check_every:
-                    self._flush(step - len(window), window)
-            self._flush(step - len(window), window)
-            metrics = evaluate(task, task.val_data, self.device)
+                recorder.record(loss, lr, total_norm)
+                if recorder.step >= total_steps:
+                    break
+            recorder.flush()
+            metrics = self._validate(task, optimizer)
+            step = recorder.step
             if self.guard is not None and not math.isfinite(metrics["val_loss"]):
                 raise Diverged(step - 1, f"diverged: val_loss {metrics['val_loss']} after epoch {epoch}")
             if hasattr(scheduler, "report"):
@@ -159,44 +348,22 @@ class Trainer:
             history.append(metrics)
             for cb in self.callbacks:
                 cb.on_epoch_end(epoch, step, metrics)
-        return TrainResult(history=history, steps=step)
+            if step >= total_steps:
+                break
+        return TrainResult(history=history, steps=recorder.step)
 
-    def _flush(self, first_step: int, window: list) -> None:
-        """One host transfer for the whole window, then the guard, then the callbacks."""
-        if not window:
-            return
-        n = len(window)
-        host = torch.stack([w[0] for w in window] + [w[2] for w in window]).float().tolist()  # the one sync point per window
-        values = {"train_loss": host[:n], "lr": [w[1] for w in window], "grad_norm": host[n:]}
-        window.clear()
-        diverged = self.guard.check(first_step, values["train_loss"], values["grad_norm"]) if self.guard else None
-        if diverged is not None:
-            cut = diverged.step - first_step + 1  # the watchers see the curve up to the divergent step
-            values = {k: v[:cut] for k, v in values.items()}
-        for cb in self.callbacks:
-            cb.on_steps(first_step, values)
-        if diverged is not None:
-            raise diverged
-
-    def _layer_snapshot(self, step: int, params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor] | None:
-        if not self.layer_stats_every or step % self.layer_stats_every:
-            return None
-        return [p.detach().clone() for p in params]
-
-    def _emit_layer_stats(self, step, names, params, norms, before) -> None:
-        with torch.no_grad():
-            weight = torch.stack(torch._foreach_norm([p.detach() for p in params]))
-            update = torch.stack(torch._foreach_norm(torch._foreach_sub([p.detach() for p in params], before)))
-            grad = torch.stack(norms) if len(norms) == len(params) else torch.zeros_like(weight)
-            ratio = update / weight.clamp_min(1e-12)
-            rows = torch.stack([grad, weight, ratio]).tolist()
-        stats = {}
-        for i, name in enumerate(names):
-            stats[f"grad_norm/{name}"] = rows[0][i]
-            stats[f"weight_norm/{name}"] = rows[1][i]
-            stats[f"update_ratio/{name}"] = rows[2][i]
-        for cb in self.callbacks:
-            cb.on_layer_stats(step, stats)
+    def _validate(self, task: Task, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Validation metrics; an optimizer with its own train/eval weights (schedule-free) in eval."""
+        switch = callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
+        if switch:
+            optimizer.eval()
+        try:
+            data = task.val_data
+            size = 4096 if task.validation_step is None and task.loss_fn is not None else self.batch_size
+            return evaluate(task, data, self.device, batch_size=size, autocast=self.autocast())
+        finally:
+            if switch:
+                optimizer.train()
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -7,6 +7,7 @@ import pytest
 from autolr.config import LrSearch, load_study, safe_name
 from autolr.errors import StudyFileError
 from autolr.params import Fixed, Range
+from autolr.preflight import preflight
 
 GOOD = """
 name: digits-mlp
@@ -70,10 +71,13 @@ BAD = [
     ("warmup too long", GOOD.replace("high: 0.1}", "high: 0.95}"), r"search.warmup.high: expected a number in \[0, 0.9\]"),
     ("name with ..", GOOD.replace("name: digits-mlp", "name: ../../etc/evil"), r"name: expected letters, digits.*no '\.\.'.*got '\.\./\.\./etc/evil'"),
     ("name with slash", GOOD.replace("name: digits-mlp", "name: a/b"), r"name: expected .*no path separators"),
-    ("missing task module", GOOD.replace("task: digits_mlp", "task: no_such_pkg.tasks:make"), r"task: expected an importable 'package.module:factory'.*ModuleNotFoundError"),
-    ("missing task function", GOOD.replace("task: digits_mlp", "task: 'autolr.tasks:nope'"), r"task: expected an importable .*has no callable 'nope'"),
     ("unknown builtin task", GOOD.replace("task: digits_mlp", "task: mnist"), r"task: expected a built-in task \[.*'digits_mlp'.*\] or 'package.module:factory', got 'mnist'"),
-    ("bad task args", GOOD.replace("hidden: 16", "hiddn: 16"), r"task_args: expected arguments accepted by digits_mlp, got <got an unexpected keyword argument 'hiddn'>"),
+    ("task and loop", GOOD.replace("task: digits_mlp", "task: digits_mlp\nloop: 'mod:train'"), r"task: expected either task: .* or loop: .*, got <both>"),
+    ("neither task nor loop", GOOD.replace("task: digits_mlp", ""), r"task: expected either task: .* or loop: .*, got <neither>"),
+    ("loop not a name", GOOD.replace("task: digits_mlp", "loop: 'train()'").replace("task_args: {hidden: 16}", ""), r"loop: expected 'package.module:function', got 'train\(\)'"),
+    ("lr auto with a loop", GOOD.replace("task: digits_mlp", "loop: 'mod:train'").replace("task_args: {hidden: 16}", "").replace("lr: {low: 1e-5, high: 1}", "lr: auto"), r"search.lr: expected \{low: L, high: H\} with loop:"),
+    ("fp16 typo", GOOD.replace("batch_size: 64}", "batch_size: 64, precision: half}"), r"train.precision: expected one of \['fp32', 'bf16', 'fp16'\], got 'half'"),
+    ("accumulate zero", GOOD.replace("batch_size: 64}", "batch_size: 64, accumulate: 0}"), r"train.accumulate: expected an integer >= 1, got 0"),
     ("not a mapping", "- just\n- a list\n", r"\(top level\): expected a mapping"),
     ("broken yaml", "name: x\nsearch: {lr: [1, 2\n", r"\(yaml\): expected valid YAML with plain values only, got <.*line \d+, column \d+>"),
     ("python tag", "name: !!python/object/apply:os.system ['echo pwned']\ntask: digits_mlp\n", r"\(yaml\): expected valid YAML .*could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
@@ -88,6 +92,29 @@ def test_bad_study_file_is_one_line_naming_file_key_and_expectation(write_study,
     text = str(info.value)
     assert "\n" not in text
     assert text.startswith(str(path))
+
+
+PREFLIGHT_BAD = [
+    ("missing task module", GOOD.replace("task: digits_mlp", "task: no_such_pkg.tasks:make"), r"task: expected an importable 'package.module:factory'.*ModuleNotFoundError"),
+    ("missing task function", GOOD.replace("task: digits_mlp", "task: 'autolr.tasks:nope'"), r"task: expected an importable .*has no callable 'nope'"),
+    ("bad task args", GOOD.replace("hidden: 16", "hiddn: 16"), r"task_args: expected arguments accepted by digits_mlp, got <got an unexpected keyword argument 'hiddn'>"),
+]
+
+
+@pytest.mark.parametrize("label, text, message", PREFLIGHT_BAD, ids=[b[0] for b in PREFLIGHT_BAD])
+def test_task_code_is_checked_before_the_first_trial_not_when_the_file_is_read(write_study, label, text, message) -> None:
+    path = write_study(text)
+    config = load_study(path)  # reading a study file imports no user code (show, export)
+    with pytest.raises(StudyFileError, match=message) as info:
+        preflight(config)
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(path))
+
+
+def test_reading_a_study_file_never_runs_its_code(write_study, tmp_path) -> None:
+    marker = tmp_path / "imported"
+    (tmp_path / "sideeffect.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef make():\n    pass\n")
+    load_study(write_study(GOOD.replace("task: digits_mlp", "task: 'sideeffect:make'").replace("task_args: {hidden: 16}", "")))
+    assert not marker.exists()
 
 
 def test_missing_file(tmp_path) -> None:

@@ -54,3 +54,9 @@ def test_every_ready_study_file_loads_and_its_task_builds(path: Path) -> None:
 
 def test_the_ready_studies_are_all_there() -> None:
     assert {p.stem for p in STUDIES} >= {"quickstart", "digits_cnn", "wine", "breast_cancer", "diabetes", "classification", "least_squares"}
+
+
+def test_study_files_know_every_builtin_task_by_name_without_importing_torch() -> None:
+    from autolr.config import BUILTIN_TASK_NAMES
+
+    assert set(BUILTIN_TASK_NAMES) == set(BUILTIN_TASKS)

@@ -1,0 +1,122 @@
+"""Before the first trial: does the study's code run at all?
+
+A study file names code (``task:`` or ``loop:``) that ``autolr tune`` imports and runs, like a Python
+script; reading a study file (``show``, ``export``) never does. Here, once per invocation and before
+any store is written, the task is imported, built, and run for one training step and one validation
+batch: a factory that fails, arguments it does not take, a batch its steps cannot take or a metric it
+does not report is one line naming the key (and the hook to write), exit 2, instead of three failed
+trials. A loop cannot be run without running a whole trial; it is imported and checked to be callable.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import sys
+from typing import Any
+
+import torch
+
+from autolr.config import StudyConfig
+from autolr.errors import InputError, StudyFileError
+from autolr.objective import make_trainer, resolve_loop, resolve_metric
+from autolr.tasks import Task, build_task, check_task_args, resolve_factory
+from autolr.trainer import BatchError, training_step_of, validation_batch_metrics
+
+__all__ = ["check_crosses_processes", "preflight"]
+
+logger = logging.getLogger(__name__)
+
+
+def preflight(config: StudyConfig) -> Task | None:
+    """Check the study's code; returns the task it built (None for a loop).
+
+    Raises:
+        StudyFileError: the code cannot be imported, built or run on its own data.
+    """
+    if config.train.device == "cuda" and not torch.cuda.is_available():
+        raise StudyFileError(config.path, "train.device", "auto or cpu (torch sees no CUDA device here)", "cuda")
+    if config.loop is not None:
+        _import(config, "loop", lambda: resolve_loop(config.loop))
+        logger.info("loop %s: a loop cannot be pre-flighted (autolr sees its batches only as it runs); its first trial is its check", config.code_label)
+        return None
+    factory = _import(config, "task", lambda: resolve_factory(config.task))
+    problem = check_task_args(factory, config.task_args)
+    if problem:
+        raise StudyFileError(config.path, "task_args", f"arguments accepted by {config.code_label}", f"<{problem}>")
+    try:
+        task = build_task(config.task, config.task_args, seed=config.seed)
+    except Exception as exc:  # noqa: BLE001 - the user's factory: report it, on one line
+        raise StudyFileError(config.path, "task", f"a factory that builds an autolr.Task from {dict(config.task_args)}", f"<{_reason(exc)}>") from None
+    _one_step(config, task)
+    return task
+
+
+def check_crosses_processes(config: StudyConfig, jobs: int) -> None:
+    """With ``jobs`` > 1, the task or loop must reach worker processes, which start afresh (spawn) and
+    import it by name: a function defined in a notebook, a lambda or a nested function cannot.
+
+    Raises:
+        InputError: it cannot cross, with what to do instead.
+    """
+    code = config.code
+    if jobs <= 1 or isinstance(code, str):
+        return
+    why = None
+    if getattr(code, "__module__", None) == "__main__" and not getattr(sys.modules.get("__main__"), "__file__", None):
+        why = "it is defined in a notebook or an interactive session, which worker processes cannot import"
+    else:
+        try:
+            pickle.dumps(code)
+        except Exception as exc:  # noqa: BLE001 - pickle raises several kinds for this
+            why = f"worker processes receive it by name and it has none they can import ({_reason(exc)})"
+    if why:
+        raise InputError(
+            f"jobs={jobs}: the {config.code_key} {config.code_label} cannot cross to a worker process: {why}. "
+            f"Put it in a .py module and pass it from there (or name it as {config.code_key}: 'module:function'), or run with jobs=1"
+        )
+
+
+def _import(config: StudyConfig, key: str, resolve) -> Any:
+    try:
+        return resolve()
+    except ValueError as exc:
+        raise StudyFileError(config.path, key, str(exc), config.code_label) from None
+    except Exception as exc:  # noqa: BLE001 - any import-time failure of the user's module
+        what = "factory" if key == "task" else "function"
+        raise StudyFileError(config.path, key, f"an importable 'package.module:{what}' (is it on PYTHONPATH?)", f"<{config.code_label}: {_reason(exc)}>") from None
+
+
+def _one_step(config: StudyConfig, task: Task) -> None:
+    """One training step (forward, backward) and one validation batch, as a trial would run them."""
+    metric = resolve_metric(config, task)
+    try:
+        trainer = make_trainer(config)
+    except ValueError as exc:  # e.g. fp16 without CUDA
+        raise StudyFileError(config.path, "train.precision", "bf16 or fp32 on this machine", f"<{exc}>") from None
+    model = task.model.to(trainer.device)
+    try:
+        batch = _first(trainer.train_batches(task), "train_data")
+        with trainer.autocast():
+            loss = training_step_of(task)(model, batch)
+        if not loss.requires_grad:
+            raise BatchError("training_step: expected a loss computed from the model's parameters, got one without gradient")
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        values = validation_batch_metrics(task, config.train.batch_size, trainer.device)
+    except (BatchError, TypeError, ValueError, RuntimeError, KeyError, IndexError, AttributeError) as exc:
+        raise StudyFileError(config.path, "task", "batches that the task's steps take", f"<{_reason(exc)}>") from None
+    finally:
+        model.train()
+    if metric not in values:
+        raise StudyFileError(config.path, "objective.metric", f"one of {sorted(values)} (what task {config.code_label} reports)", config.metric)
+
+
+def _first(batches, name: str) -> Any:
+    for batch in batches:
+        return batch
+    raise BatchError(f"{name}: expected at least one batch, got none")
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")

@@ -1,0 +1,60 @@
+"""The progress bar of a study: trials finished, and where the running trial stands.
+
+``trials:  8/14 [#9 epoch 3/20, step 130/440, loss 0.231]``: the bar counts finished trials and,
+while one trains, shows its epoch, step and latest training loss, redrawn at most every
+``REFRESH_S`` (one ``time.monotonic()`` per window of steps otherwise: nothing measurable). tqdm's
+``auto`` picks a notebook widget in Jupyter and text on a terminal; it writes to stderr. A study run
+without a bar gets :class:`NullProgress`, which does nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+__all__ = ["NullProgress", "Progress", "REFRESH_S"]
+
+REFRESH_S = 0.5
+
+
+class NullProgress:
+    """No bar: every call does nothing."""
+
+    def steps(self, trial: int, step: int, total_steps: int | None, epoch: int, epochs: int | None, loss: float | None) -> None: ...
+
+    def trial_finished(self, text: str, counted: bool) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Progress(NullProgress):
+    """A bar over ``target`` finished trials, starting at ``initial``."""
+
+    def __init__(self, target: int, *, initial: int = 0) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=target, initial=min(initial, target), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
+        self._last = 0.0
+
+    def steps(self, trial: int, step: int, total_steps: int | None, epoch: int, epochs: int | None, loss: float | None) -> None:
+        now = time.monotonic()
+        if now - self._last < REFRESH_S:
+            return
+        self._last = now
+        of_steps = f"/{total_steps}" if total_steps else ""
+        of_epochs = f"/{epochs}" if epochs else ""
+        loss_text = "" if loss is None else f", loss {loss:.4g}"
+        self.bar.set_postfix_str(f"#{trial} epoch {epoch}{of_epochs}, step {step}{of_steps}{loss_text}")
+
+    def trial_finished(self, text: str, counted: bool) -> None:
+        self._last = 0.0
+        self.bar.set_postfix_str(text, refresh=False)
+        self.bar.update(1 if counted else 0)
+
+    def note(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        self.bar.close()

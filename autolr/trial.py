@@ -1,0 +1,229 @@
+"""One trial as its training code sees it: the report to Optuna and MLflow, and ``autolr.Trial``.
+
+:class:`TrialReport` is the watcher every trial trains under, whoever runs the loop: per-step points
+and per-layer statistics to MLflow, each epoch's metrics to MLflow and to Optuna's pruner.
+
+:class:`Trial` is what ``loop:`` hands a user's own training loop: the suggested configuration
+(``params``), its optimizer and per-step scheduler, and two calls that give the loop everything
+autolr's own trainer has (the divergence guard, per-step and per-layer tracking, curve pruning)::
+
+    def train(trial):
+        model = MyModel()
+        optimizer = trial.build_optimizer(model)              # or model.parameters()
+        scheduler = trial.build_scheduler(optimizer, total_steps=epochs * len(loader))
+        for epoch in range(epochs):
+            for batch in loader:
+                optimizer.zero_grad(); loss = my_loss(model, batch); loss.backward()
+                trial.step(loss)          # after backward: guard, train_loss, lr, grad_norm
+                optimizer.step(); scheduler.step()
+            trial.epoch({"val_loss": validate(model)})  # curve pruning, per-epoch tracking
+        return validate(model)
+
+``step`` and ``epoch`` raise :class:`Pruned` (an ``optuna.TrialPruned``) when the run diverged or its
+curve fell behind; the loop lets it propagate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+
+from autolr import keys
+from autolr.grads import grad_norms
+from autolr.guard import Diverged, DivergenceGuard
+from autolr.hparams import RunConfig
+from autolr.scheduler import StepScheduler
+from autolr.steps import StepRecorder
+from autolr.trainer import TrainerCallback
+
+if TYPE_CHECKING:
+    from autolr.tracking import TrialRun
+
+__all__ = ["Pruned", "Trial", "TrialReport"]
+
+
+class Pruned(optuna.TrialPruned):
+    """The trial stops here: it diverged (``diverged``, at ``step``) or its curve fell behind."""
+
+    def __init__(self, reason: str, *, step: int | None = None, diverged: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.step, self.diverged = reason, step, diverged
+
+
+class TrialReport(TrainerCallback):
+    """Training -> Optuna (curve pruning) and MLflow (batched points)."""
+
+    def __init__(self, trial: optuna.Trial, run: TrialRun | None, metric: str, curve_pruning: bool) -> None:
+        self.trial = trial
+        self.run = run
+        self.metric = metric
+        self.curve_pruning = curve_pruning
+        self.first_loss: float | None = None  # mean training loss of the first window
+        self.smoothed_loss: float | None = None  # EMA (0.9) of the training loss since
+        self.last_metrics: dict[str, float] = {}
+
+    def on_steps(self, first_step: int, values: Mapping[str, Sequence[float]]) -> None:
+        if self.run is not None:
+            self.run.log_steps(first_step, values)
+        losses = [v for v in values.get("train_loss", ()) if math.isfinite(v)]
+        if losses and self.first_loss is None:
+            self.first_loss = sum(losses) / len(losses)
+        for v in losses:
+            self.smoothed_loss = v if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * v
+
+    def record_loss_ratio(self) -> None:
+        """Where training ended against where it started, as a trial attr (a run can get worse without
+        diverging); nothing when no finite loss was seen."""
+        if self.first_loss is not None and self.smoothed_loss is not None and self.first_loss > 0:
+            self.trial.set_user_attr(keys.LOSS_RATIO, self.smoothed_loss / self.first_loss)
+
+    def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
+        if self.run is not None:
+            self.run.log_metrics(step, stats)
+
+    def on_epoch_end(self, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+        self.last_metrics = dict(metrics)
+        if self.run is not None:
+            self.run.log_metrics(epoch, metrics)
+            self.run.flush()
+        value = metrics[self.metric]
+        self.trial.report(value, epoch)
+        if self.curve_pruning and self.trial.should_prune():
+            self.trial.set_user_attr(keys.STEPS, step)
+            raise Pruned(f"curve: {self.metric} {value:.4g} at epoch {epoch} fell behind earlier trials")
+
+
+class Trial:
+    """One trial of a study, handed to a user's own training loop (``loop:`` in the study file).
+
+    Attributes:
+        number: the Optuna trial number.
+        params: the flat configuration under test (``optimizer``, ``lr``, ``schedule``, ``warmup`` and
+            their parameters), as exported.
+        run_config: the same as a :class:`~autolr.hparams.RunConfig`.
+        metric: the objective's metric name (``val_loss``, ``val_accuracy``, ...).
+    """
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        run_config: RunConfig,
+        report: TrialReport,
+        *,
+        guard: DivergenceGuard | None,
+        layer_stats_every: int = 0,
+        check_every: int = 4,
+        direction: str = "minimize",
+    ) -> None:
+        self.number = trial.number
+        self.params: dict[str, Any] = run_config.flat()
+        self.run_config = run_config
+        self.metric = report.metric
+        self._report, self._guard = report, guard
+        self._layer_stats_every, self._check_every = layer_stats_every, check_every
+        self._mode = "min" if direction == "minimize" else "max"
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._named: list[tuple[str, torch.nn.Parameter]] = []
+        self._recorder: StepRecorder | None = None
+        self._epoch = 0
+
+    def build_optimizer(self, parameters: torch.nn.Module | Iterable[Any]) -> torch.optim.Optimizer:
+        """The trial's optimizer at its peak rate over ``parameters``: a model (per-layer statistics get
+        its parameter names), ``model.parameters()``, ``(name, parameter)`` pairs or param groups."""
+        named, plain = _named_parameters(parameters)
+        self._named = named
+        self._optimizer = self.run_config.build_optimizer(plain)
+        return self._optimizer
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> StepScheduler:
+        """The trial's per-step schedule over ``total_steps`` optimizer steps: ``step()`` it after every
+        ``optimizer.step()`` (for ``plateau``, also ``report(metric)`` each epoch)."""
+        self._report.trial.set_user_attr(keys.STEPS, int(total_steps))
+        return self.run_config.build_scheduler(optimizer, total_steps, mode=self._mode)
+
+    def step(self, loss: torch.Tensor | float) -> None:
+        """Record one optimisation step, after ``loss.backward()`` and before ``optimizer.step()``.
+
+        Raises:
+            Pruned: the run diverged (its loss or gradient norm is not finite, or blew up); checked
+                once per window of a few steps, so the loop never waits on the GPU step by step.
+        """
+        recorder = self._recorder or self._start()
+        loss_t = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+        params = [p for _, p in self._named]
+        norms = grad_norms(params)
+        total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=loss_t.device)
+        recorder.before_update()
+        try:
+            recorder.record(loss_t, self._optimizer.param_groups[0]["lr"], total)
+        except Diverged as exc:
+            raise self._diverged(exc) from None
+
+    def epoch(self, metrics: Mapping[str, float]) -> None:
+        """Report an epoch's validation metrics (``{"val_loss": ...}``); they are logged per epoch and
+        the objective's metric goes to Optuna's pruner.
+
+        Raises:
+            Pruned: the run diverged, or its curve fell behind earlier trials.
+        """
+        self._epoch += 1
+        values = {name: float(value) for name, value in metrics.items()}
+        if self._recorder is not None:
+            try:
+                self._recorder.flush()
+            except Diverged as exc:
+                raise self._diverged(exc) from None
+        metric = self._find_metric(values)
+        if self._guard is not None and not math.isfinite(values[metric]):
+            raise Pruned(f"diverged: {metric} {values[metric]} after epoch {self._epoch}", step=self.steps - 1, diverged=True)
+        self._report.on_epoch_end(self._epoch, self.steps, {**values, self.metric: values[metric]})
+
+    @property
+    def steps(self) -> int:
+        """Optimisation steps recorded so far."""
+        return self._recorder.step if self._recorder is not None else 0
+
+    def finish(self) -> None:
+        """The last steps' window, when the loop ends without a final ``epoch``."""
+        if self._recorder is not None:
+            try:
+                self._recorder.flush()
+            except Diverged as exc:
+                raise self._diverged(exc) from None
+
+    def _start(self) -> StepRecorder:
+        if self._optimizer is None:
+            raise RuntimeError("trial.step: build the optimizer with trial.build_optimizer(model) first")
+        names = [name for name, _ in self._named]
+        self._recorder = StepRecorder([p for _, p in self._named], names, guard=self._guard, watchers=[self._report],
+                                      check_every=self._check_every, layer_stats_every=self._layer_stats_every,
+                                      recorded_after_update=False)  # fmt: skip
+        return self._recorder
+
+    def _diverged(self, exc: Diverged) -> Pruned:
+        return Pruned(exc.reason, step=exc.step, diverged=True)
+
+    def _find_metric(self, values: Mapping[str, float]) -> str:
+        for name in (self.metric, self.metric.removeprefix("val_")):
+            if name in values:
+                return name
+        raise KeyError(f"trial.epoch: expected the objective's metric {self.metric!r} among the metrics, got {sorted(values)}")
+
+
+def _named_parameters(parameters: Any) -> tuple[list[tuple[str, torch.nn.Parameter]], Any]:
+    """``(named trainable parameters, what the optimizer takes)`` from a model, parameters, pairs or groups."""
+    if isinstance(parameters, torch.nn.Module):
+        named = [(n, p) for n, p in parameters.named_parameters() if p.requires_grad]
+        return named, [p for _, p in named]
+    items = list(parameters)
+    if items and isinstance(items[0], dict):  # param groups
+        named = [(f"group{g}.{i}", p) for g, group in enumerate(items) for i, p in enumerate(group["params"]) if p.requires_grad]
+        return named, items
+    if items and isinstance(items[0], tuple):
+        named = [(n, p) for n, p in items if p.requires_grad]
+        return named, [p for _, p in named]
+    return [(f"param{i}", p) for i, p in enumerate(items) if p.requires_grad], items
