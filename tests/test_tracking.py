@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 import autolr
 from autolr.report import STUDY_PLOTS
 from autolr.study import UID_ATTR
-from autolr.tracking import STUDY_UID_TAG, Tracker
+from autolr.keys import STUDY_UID as STUDY_UID_TAG
+from autolr.tracking import Tracker
 
 STEPS = 103  # not a multiple of the window: the last window is short
 
@@ -237,10 +238,11 @@ def test_keyboard_interrupt_mid_trial_leaves_nothing_running(write_study, stores
 def test_spooled_points_are_claimed_by_one_writer_only(tmp_path, monkeypatch) -> None:
     """Unsent entries kept on disk go to exactly one of several writers starting together (``--jobs``),
     and back to the next one if their claimant dies."""
-    from autolr.tracking import _Spool
+    from autolr.tracking._messages import RunBatch
+    from autolr.tracking._spool import Spool as _Spool
 
     monkeypatch.setenv("AUTOLR_SPOOL_DIR", str(tmp_path))
-    entry = {"run_id": "r1", "new_run": None, "points": [("train_loss", 1.0, 0, 0)], "tags": {}, "end": None}
+    entry = RunBatch("r1", points=[("train_loss", 1.0, 0, 0)])
     saved = _Spool("http://example:5000").save({0: entry})
     first, second = _Spool("http://example:5000"), _Spool("http://example:5000")
     assert first.pending() and [e for _, e in first.load()] == [entry]
@@ -261,6 +263,8 @@ def test_training_process_dying_while_the_store_is_down_keeps_its_points(tmp_pat
     KILLED and keeps it, with its points, in the spool folder for the next writer."""
     import pickle
     import socket
+
+    from autolr.tracking._spool import SPOOL_VERSION
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -289,5 +293,5 @@ def test_training_process_dying_while_the_store_is_down_keeps_its_points(tmp_pat
     entries = pickle.loads(path.read_bytes())
     assert sorted(e["new_run"]["run_name"] for e in entries) == ["trial-0", "trial-1"]
     for e in entries:
-        assert e["end"][0] == "KILLED" and e["tags"]["autolr.state"] == "FAIL"
+        assert e["version"] == SPOOL_VERSION and e["end"]["status"] == "KILLED" and e["tags"]["autolr.state"] == "FAIL"
         assert sorted((p[0], p[3]) for p in e["points"]) == sorted((k, s) for k in ("train_loss", "lr", "grad_norm") for s in (0, 1))
