@@ -14,17 +14,18 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import autolr
+from autolr import keys
 from autolr.report import STUDY_PLOTS
 from autolr.study import UID_ATTR
-from autolr.keys import STUDY_UID as STUDY_UID_TAG
 from autolr.tracking import Tracker
 
 STEPS = 103  # not a multiple of the window: the last window is short
 
 
-@pytest.fixture(params=["process", "thread"])
+@pytest.fixture(params=[("process", True), ("thread", True), ("process", False)], ids=["process", "thread", "public-log-batch"])
 def tracker(request, stores):
-    tracker = Tracker(stores["tracking_uri"], experiment="points", writer=request.param)
+    writer, fast_path = request.param
+    tracker = Tracker(stores["tracking_uri"], experiment="points", writer=writer, fast_path=fast_path)
     yield tracker
     tracker.close()
 
@@ -120,7 +121,7 @@ def test_runs_end_killed_when_the_training_process_dies(stores, tmp_path) -> Non
         os._exit(3)  # no end, no close, no atexit: as if killed
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 3, done.stderr
     run_id = done.stdout.strip().splitlines()[-1]
     client = MlflowClient(stores["tracking_uri"])
@@ -189,11 +190,11 @@ def test_two_storages_with_one_study_name_never_mix_runs(write_study, stores, tm
         uids.append(optuna.load_study(study_name="twin", storage=storage).user_attrs[UID_ATTR])
     assert uids[0] != uids[1]
     _, parents, trials = _runs(stores["tracking_uri"], "twin")
-    assert sorted(r.data.tags[STUDY_UID_TAG] for r in parents) == sorted(uids)
+    assert sorted(r.data.tags[keys.STUDY_UID] for r in parents) == sorted(uids)
     for uid in uids:
         tracker = Tracker(stores["tracking_uri"], experiment="twin")
         tracker.study_uid = uid
-        own = {r.info.run_id for r in trials if r.data.tags[STUDY_UID_TAG] == uid}
+        own = {r.info.run_id for r in trials if r.data.tags[keys.STUDY_UID] == uid}
         assert len(own) == 2 and set(tracker.trial_runs().values()) == own
 
 
@@ -231,7 +232,7 @@ def test_keyboard_interrupt_mid_trial_leaves_nothing_running(write_study, stores
     states = sorted((int(r.data.tags["autolr.trial"]), r.info.status, r.data.tags["autolr.state"]) for r in trials)
     assert states == [(0, "FINISHED", "COMPLETE"), (1, "FINISHED", "COMPLETE"), (2, "KILLED", "FAIL")]
     assert parent.info.status == "KILLED"
-    killed = [r for r in trials if r.info.status == "KILLED"][0]
+    killed = next(r for r in trials if r.info.status == "KILLED")
     assert 0 < len(client.get_metric_history(killed.info.run_id, "train_loss")) < 12
 
 
@@ -284,7 +285,7 @@ def test_training_process_dying_while_the_store_is_down_keeps_its_points(tmp_pat
         """
     )
     env = {**os.environ, "AUTOLR_SPOOL_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, check=False)
     assert done.returncode == 3, done.stderr
     deadline = time.monotonic() + 90
     while not list(tmp_path.glob("*/*.pkl")) and time.monotonic() < deadline:
