@@ -18,7 +18,10 @@ import sys
 import uuid
 from collections.abc import Sequence
 
+import mlflow
 import sqlalchemy as sa
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+from mlflow.utils.uri import append_to_uri_path
 
 from autolr.tracking._messages import CreateRun, Point, RunBatch
 
@@ -61,8 +64,6 @@ class SqlFastPath:
     @classmethod
     def for_client(cls, client) -> SqlFastPath | None:
         """The fast path of ``client``'s store, or None (logged at debug) when it cannot take it."""
-        import mlflow
-
         if not verified(mlflow.__version__):
             logger.debug("MLflow %s: the SQL fast path is verified on %s only; writing through log_batch", mlflow.__version__, VERIFIED_MLFLOW)
             return None
@@ -149,14 +150,12 @@ def _latest(run_id: str, rows: list[tuple]) -> list[dict]:
 def _run_rows(new_run: CreateRun, artifact_root: str | None) -> dict:
     """The rows of a RUNNING run with its tags and params, as ``SqlAlchemyStore.create_run`` and
     ``log_batch`` would write them."""
-    from mlflow.utils.uri import append_to_uri_path
-
     run_id = uuid.uuid4().hex
     run = {"run_uuid": run_id, "name": new_run.run_name, "source_type": "UNKNOWN", "source_name": "", "entry_point_name": "",
-           "user_id": new_run.tags.get("mlflow.user", "unknown"), "status": "RUNNING", "start_time": new_run.start_ms,
+           "user_id": new_run.tags.get(MLFLOW_USER, "unknown"), "status": "RUNNING", "start_time": new_run.start_ms,
            "end_time": None, "deleted_time": None, "source_version": "", "lifecycle_stage": "active",
            "experiment_id": int(new_run.experiment_id), "artifact_uri": append_to_uri_path(artifact_root, run_id, "artifacts")}  # fmt: skip
-    tags = {"mlflow.runName": new_run.run_name, **new_run.tags}
+    tags = {MLFLOW_RUN_NAME: new_run.run_name, **new_run.tags}
     return {
         "run": run,
         "tags": [{"run_uuid": run_id, "key": k, "value": v[:8000]} for k, v in tags.items()],

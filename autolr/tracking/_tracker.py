@@ -22,6 +22,8 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID as PARENT
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE as NOTE
 
 from autolr import keys
 from autolr.config import DEFAULT_TRACKING_URI
@@ -57,8 +59,6 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKLOG_POINTS = 1_000_000  # beyond this many points not handled yet, training waits for the writer
 WRITER_MODES = ("process", "thread")
-NOTE = "mlflow.note.content"
-PARENT = "mlflow.parentRunId"
 
 
 def _param_text(value: Any) -> str:
