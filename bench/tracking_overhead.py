@@ -20,6 +20,9 @@ threads collapse when any other process wants a core).
    starting the writer process, once per ``autolr tune`` invocation, and the curves plot drawn for each
    trial at the end of the invocation (both reported below).
 4. tracked (thread writer, informational): the same with ``Tracker(writer="thread")``.
+4b. tracked (public log_batch): the same writer process with its SQL fast path off
+   (``Tracker(fast_path=False)``): every point through MLflow's public ``log_batch``. Set beside 3., it
+   says what the fast path into MLflow's private tables is worth.
 5. naive: the minimal loop plus the global gradient norm and one ``MlflowClient.log_metric`` call per
    point (``train_loss``, ``lr``, ``grad_norm`` each step; validation each epoch), the run created and
    closed inside the timed span. ``NAIVE_REPEATS`` repeats only: it is slow.
@@ -179,10 +182,13 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp(prefix="autolr-bench-"))
-    times: dict[str, list[float]] = {"untracked": [], "autolr trainer, untracked": [], "tracked": [], "tracked (thread writer)": [], "naive": []}
+    order = ["untracked", "autolr trainer, untracked", "tracked", "tracked (public log_batch)", "tracked (thread writer)"]
+    times: dict[str, list[float]] = {name: [] for name in [*order, "naive"]}
     row: dict[str, list[float]] = {"untracked": [], "tracked": []}
     process = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench")
     thread = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench", writer="thread")
+    public = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench", fast_path=False)
+    trackers = {"tracked": process, "tracked (public log_batch)": public, "tracked (thread writer)": thread}
     with process.parent_run("bench", params={}, tags={}) as parent:
         start = time.perf_counter()
         process.trial_run(parent, -1, {}).end("COMPLETE")  # starts the writer process
@@ -190,18 +196,19 @@ def main() -> None:
         writer_start_s = time.perf_counter() - start
         thread.trial_run(parent, -2, {}).end("COMPLETE")
         thread.flush()
-        untracked(), tracked(process, parent, -3)  # warm-up: allocator, caches, lazy imports
+        public.trial_run(parent, -4, {}).end("COMPLETE")
+        public.flush()
+        untracked(), tracked(process, parent, -3), tracked(public, parent, -5)  # warm-up: allocator, caches, lazy imports
         number = 0
         for r in range(REPEATS):
-            order = ["untracked", "autolr trainer, untracked", "tracked", "tracked (thread writer)"]
-            for name in order[r % 4 :] + order[: r % 4]:
+            for name in order[r % len(order) :] + order[: r % len(order)]:
                 number += 1
                 if name == "untracked":
                     times[name].append(untracked())
                 elif name == "autolr trainer, untracked":
                     times[name].append(trainer_untracked())
                 else:
-                    times[name].append(tracked(process if name == "tracked" else thread, parent, number))
+                    times[name].append(tracked(trackers[name], parent, number))
             if r < STUDY_REPEATS:  # a study: each trial's writer tail overlaps the next trial
                 row["untracked"].append(in_a_row(lambda i: untracked(), IN_A_ROW))
                 number += IN_A_ROW
@@ -218,8 +225,8 @@ def main() -> None:
                 times["naive"].append(naive(process, parent, number))
         last = process.trial_runs(parent)[number if number in process.trial_runs(parent) else max(process.trial_runs(parent))]
         plot_s = statistics.median(_plot_cost(process, last, folder) for _ in range(3))
-    process.close()
-    thread.close()
+    for tracker in trackers.values():
+        tracker.close()
 
     steps = EPOCHS * 22
     base = statistics.median(times["untracked"])
@@ -233,6 +240,8 @@ def main() -> None:
           f"one wait at the end): tracked / untracked {in_row:.2f}x over {len(row['tracked'])} repeats")
     print(f"not in the trial: writer process start {writer_start_s:.2f} s once per invocation; "
           f"end-of-invocation curves plot {plot_s * 1000:.0f} ms per trial")  # fmt: skip
+    fast_vs_public = _paired(times["tracked"], times["tracked (public log_batch)"])
+    print(f"fast path / public log_batch, same writer process: {fast_vs_public:.3f}x (median of per-round ratios)")
     print(f"tracking overhead: {_paired(times['tracked'], times['untracked']):.2f}x")
 
 

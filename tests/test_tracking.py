@@ -14,16 +14,18 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import autolr
+from autolr import keys
 from autolr.report import STUDY_PLOTS
 from autolr.keys import UID as UID_ATTR
-from autolr.tracking import STUDY_UID_TAG, Tracker
+from autolr.tracking import Tracker
 
 STEPS = 103  # not a multiple of the window: the last window is short
 
 
-@pytest.fixture(params=["process", "thread"])
+@pytest.fixture(params=[("process", True), ("thread", True), ("process", False)], ids=["process", "thread", "public-log-batch"])
 def tracker(request, stores):
-    tracker = Tracker(stores["tracking_uri"], experiment="points", writer=request.param)
+    writer, fast_path = request.param
+    tracker = Tracker(stores["tracking_uri"], experiment="points", writer=writer, fast_path=fast_path)
     yield tracker
     tracker.close()
 
@@ -119,7 +121,7 @@ def test_runs_end_killed_when_the_training_process_dies(stores, tmp_path) -> Non
         os._exit(3)  # no end, no close, no atexit: as if killed
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 3, done.stderr
     run_id = done.stdout.strip().splitlines()[-1]
     client = MlflowClient(stores["tracking_uri"])
@@ -188,11 +190,11 @@ def test_two_storages_with_one_study_name_never_mix_runs(write_study, stores, tm
         uids.append(optuna.load_study(study_name="twin", storage=storage).user_attrs[UID_ATTR])
     assert uids[0] != uids[1]
     _, parents, trials = _runs(stores["tracking_uri"], "twin")
-    assert sorted(r.data.tags[STUDY_UID_TAG] for r in parents) == sorted(uids)
+    assert sorted(r.data.tags[keys.STUDY_UID] for r in parents) == sorted(uids)
     for uid in uids:
         tracker = Tracker(stores["tracking_uri"], experiment="twin")
         tracker.study_uid = uid
-        own = {r.info.run_id for r in trials if r.data.tags[STUDY_UID_TAG] == uid}
+        own = {r.info.run_id for r in trials if r.data.tags[keys.STUDY_UID] == uid}
         assert len(own) == 2 and set(tracker.trial_runs().values()) == own
 
 
@@ -230,17 +232,18 @@ def test_keyboard_interrupt_mid_trial_leaves_nothing_running(write_study, stores
     states = sorted((int(r.data.tags["autolr.trial"]), r.info.status, r.data.tags["autolr.state"]) for r in trials)
     assert states == [(0, "FINISHED", "COMPLETE"), (1, "FINISHED", "COMPLETE"), (2, "KILLED", "FAIL")]
     assert parent.info.status == "KILLED"
-    killed = [r for r in trials if r.info.status == "KILLED"][0]
+    killed = next(r for r in trials if r.info.status == "KILLED")
     assert 0 < len(client.get_metric_history(killed.info.run_id, "train_loss")) < 12
 
 
 def test_spooled_points_are_claimed_by_one_writer_only(tmp_path, monkeypatch) -> None:
     """Unsent entries kept on disk go to exactly one of several writers starting together (``--jobs``),
     and back to the next one if their claimant dies."""
-    from autolr.tracking import _Spool
+    from autolr.tracking._messages import RunBatch
+    from autolr.tracking._spool import Spool as _Spool
 
     monkeypatch.setenv("AUTOLR_SPOOL_DIR", str(tmp_path))
-    entry = {"run_id": "r1", "new_run": None, "points": [("train_loss", 1.0, 0, 0)], "tags": {}, "end": None}
+    entry = RunBatch("r1", points=[("train_loss", 1.0, 0, 0)])
     saved = _Spool("http://example:5000").save({0: entry})
     first, second = _Spool("http://example:5000"), _Spool("http://example:5000")
     assert first.pending() and [e for _, e in first.load()] == [entry]
@@ -262,6 +265,8 @@ def test_training_process_dying_while_the_store_is_down_keeps_its_points(tmp_pat
     import pickle
     import socket
 
+    from autolr.tracking._spool import SPOOL_VERSION
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
@@ -280,7 +285,7 @@ def test_training_process_dying_while_the_store_is_down_keeps_its_points(tmp_pat
         """
     )
     env = {**os.environ, "AUTOLR_SPOOL_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, check=False)
     assert done.returncode == 3, done.stderr
     deadline = time.monotonic() + 90
     while not list(tmp_path.glob("*/*.pkl")) and time.monotonic() < deadline:
@@ -289,5 +294,5 @@ def test_training_process_dying_while_the_store_is_down_keeps_its_points(tmp_pat
     entries = pickle.loads(path.read_bytes())
     assert sorted(e["new_run"]["run_name"] for e in entries) == ["trial-0", "trial-1"]
     for e in entries:
-        assert e["end"][0] == "KILLED" and e["tags"]["autolr.state"] == "FAIL"
+        assert e["version"] == SPOOL_VERSION and e["end"]["status"] == "KILLED" and e["tags"]["autolr.state"] == "FAIL"
         assert sorted((p[0], p[3]) for p in e["points"]) == sorted((k, s) for k in ("train_loss", "lr", "grad_norm") for s in (0, 1))

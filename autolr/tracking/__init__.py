@@ -1,0 +1,73 @@
+"""MLflow tracking: the one subpackage that imports mlflow.
+
+One experiment per study, one parent run per invocation, one nested run per trial. A run always ends
+in a final state: FINISHED (COMPLETE or PRUNED trials; ``autolr.state`` tells which), FAILED, or KILLED
+(interrupted). :class:`NullTracker` is the tracker that is off (it imports no mlflow).
+
+Why a writer process. MLflow's ``log_batch`` on its SQLAlchemy store spends ~50-70 us of CPU per metric
+point (an ORM object each, the latest-metrics update) plus a transaction per call; a small model's
+training step takes ~300-400 us and yields three points. Written in the training process, tracking
+would cost more than training; written from a thread, it would compete for the GIL the training loop
+holds between torch ops. So a trial run's SQL work all happens in one writer process per
+:class:`Tracker`, and the training process only appends to a list:
+
+1. the training process hands a trial's points to the writer at each epoch end, on prune, at the end of
+   the trial and at least every ``FLUSH_INTERVAL_S``: one pickled message (``_messages.py``) written to a
+   non-blocking pipe from the training thread itself (``_links.py``: no helper thread to wake);
+2. the writer (``_writer.py``) commits pending points once the oldest has waited ``WRITE_DELAY_S`` (or
+   ``WRITE_POINTS`` are pending), taking everything that arrived meanwhile into the same transaction, and
+   at once for a trial's end or a barrier; at most 20 commits a second per writer keeps the SQLite
+   file's write lock free for other workers. ``Tracker.flush()`` is a barrier;
+3. the writer creates, tags and closes each trial run in order, closing it in the transaction that
+   commits its last points: the training process never waits at the end of a trial;
+4. on SQLite and PostgreSQL stores, and the MLflow versions it was verified on, the writer may insert
+   rows into MLflow's own tables (``_fastpath.py``), falling back to ``log_batch`` for anything else;
+5. the writer watches gradient health on the way (:class:`autolr.monitor.GradientMonitor`) and tags it;
+6. if the training process dies, the writer sees its pipe close and ends every open run KILLED; if the
+   writer dies, :meth:`Tracker.close` ends, from the training process, the runs it knows of;
+7. if the store stops answering (``_errors.py`` tells which errors mean that), the writer holds what it
+   cannot write, per run and in order, tries again every ``RETRY_S`` and at every barrier, and at exit
+   keeps what is still held in a versioned spool file (``_spool.py``) that the next writer writes first.
+   Held points count as handled for ``flush`` and the backlog: training never waits for a dead store.
+
+The writer runs in a session of its own, so a Ctrl-C in the terminal reaches the training process only;
+the interrupted trial ends KILLED through the normal path.
+
+Every name loads on first use (PEP 562): ``from autolr.tracking import NullTracker`` imports no mlflow,
+and the writer process imports ``autolr.tracking._writer`` without the training side's modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["DEFAULT_TRACKING_URI", "NullTracker", "NullTrialRun", "Tracker", "TrialRun", "artifact_root_for"]
+
+_LAZY = {
+    "DEFAULT_TRACKING_URI": "autolr.config",
+    "NullTracker": "autolr.tracking._null",
+    "NullTrialRun": "autolr.tracking._null",
+    "Tracker": "autolr.tracking._tracker",
+    "TrialRun": "autolr.tracking._trial_run",
+    "artifact_root_for": "autolr.tracking._store",
+}
+
+if TYPE_CHECKING:
+    from autolr.config import DEFAULT_TRACKING_URI
+    from autolr.tracking._null import NullTracker, NullTrialRun
+    from autolr.tracking._store import artifact_root_for
+    from autolr.tracking._tracker import Tracker
+    from autolr.tracking._trial_run import TrialRun
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'autolr.tracking' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

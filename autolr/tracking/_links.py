@@ -1,0 +1,174 @@
+"""How the training process reaches its writer: a child process (default) or a thread.
+
+Both take messages with ``send``, move bytes with ``poll`` and hand replies to ``on_reply`` from the
+calling thread, and ``close`` delivers what is pending before the writer stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import queue
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from autolr.tracking._messages import FromWriter, ToWriter, WriterExited
+from autolr.tracking._writer import STOP, serve
+
+__all__ = ["ProcessLink", "ThreadLink", "writer_command"]
+
+logger = logging.getLogger(__name__)
+
+OnReply = Callable[[FromWriter], None]
+WRITER_MODULE = "autolr.tracking._writer"
+
+
+class ThreadLink:
+    """The writer as a thread of this process (the SQLAlchemy work then competes for the GIL)."""
+
+    def __init__(self, tracking_uri: str, on_reply: OnReply, *, fast_path: bool = True) -> None:
+        self.inbox: queue.Queue = queue.Queue()
+        self.replied = threading.Event()
+
+        def reply(msg: FromWriter) -> None:
+            on_reply(msg)
+            self.replied.set()
+
+        self.thread = threading.Thread(
+            target=serve, args=(tracking_uri, self.inbox, reply), kwargs={"fast_path": fast_path}, name="autolr-mlflow-writer", daemon=True
+        )
+        self.thread.start()
+
+    def send(self, msg: ToWriter) -> None:
+        self.inbox.put(msg)
+
+    def poll(self, timeout_s: float) -> None:
+        self.replied.wait(timeout_s)
+        self.replied.clear()
+
+    def close(self, timeout_s: float) -> None:
+        self.inbox.put(STOP)
+        self.thread.join(timeout_s)
+
+
+def writer_command(tracking_uri: str, *, fast_path: bool = True) -> list[str]:
+    return [sys.executable, "-m", WRITER_MODULE, tracking_uri, *([] if fast_path else ["--no-fast-path"])]
+
+
+def writer_env() -> dict[str, str]:
+    """The writer's environment: this autolr first on the path; MLflow's HTTP client gives up on a dead
+    server after seconds, not minutes (the writer holds and retries itself), and prints no "View run"
+    line per trial run."""
+    env = dict(os.environ)
+    package_parent = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    return env
+
+
+class ProcessLink:
+    """The writer as a child process: pickled messages to its stdin, length-prefixed replies from its
+    stdout, both pipes non-blocking and served from the calling thread.
+
+    Why no helper threads here: a thread woken to feed the pipe or read a reply needs the GIL, and the
+    training thread hands the GIL back and forth at every torch op; under CPU contention each handoff
+    can stall training for a scheduler tick. Writing a few kB to a pipe at each epoch end costs less.
+    """
+
+    def __init__(self, tracking_uri: str, on_reply: OnReply, *, fast_path: bool = True) -> None:
+        self.proc = subprocess.Popen(
+            writer_command(tracking_uri, fast_path=fast_path),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            env=writer_env(),
+            start_new_session=True,  # a Ctrl-C meant for training must not kill the writer mid-commit
+        )
+        self.to_writer, self.from_writer = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        os.set_blocking(self.to_writer, False)
+        os.set_blocking(self.from_writer, False)
+        self.on_reply = on_reply
+        self.outgoing = bytearray()  # bytes the pipe has not taken yet
+        self.incoming = bytearray()  # reply bytes not parsed yet
+        self.alive = True
+
+    def send(self, msg: ToWriter) -> None:
+        if not self.alive:
+            return
+        self.outgoing += pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        self._pump()
+        self._drain()
+
+    def poll(self, timeout_s: float) -> None:
+        """Move bytes both ways, waiting up to ``timeout_s`` for the writer to answer or take more."""
+        if not self.alive:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            select.select([self.from_writer], [self.to_writer] if self.outgoing else [], [], timeout_s)
+        self._pump()
+        self._drain()
+
+    def close(self, timeout_s: float) -> None:
+        """Deliver what is pending, then EOF: the writer finishes, closes what is open, and exits."""
+        deadline = time.monotonic() + timeout_s
+        while self.outgoing and self.alive and time.monotonic() < deadline:
+            self.poll(0.1)
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        while self.alive and time.monotonic() < deadline:
+            self.poll(0.1)
+        try:
+            self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.error("the MLflow writer (pid %d) did not stop within %.0f s; killing it", self.proc.pid, timeout_s)
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
+
+    def _pump(self) -> None:
+        while self.outgoing and self.alive:
+            try:
+                written = os.write(self.to_writer, self.outgoing)
+            except BlockingIOError:  # the writer is busy; the rest goes with a later send or poll
+                return
+            except OSError:
+                logger.error("the MLflow writer (pid %d) stopped reading; later points are lost", self.proc.pid)
+                self._lost()
+                return
+            del self.outgoing[:written]
+
+    def _drain(self) -> None:
+        while self.alive:
+            try:
+                chunk = os.read(self.from_writer, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._lost()
+                break
+            self.incoming += chunk
+        while len(self.incoming) >= 4:
+            size = int.from_bytes(self.incoming[:4], "big")
+            if len(self.incoming) < 4 + size:
+                break
+            msg = pickle.loads(self.incoming[4 : 4 + size])
+            del self.incoming[: 4 + size]
+            self.on_reply(msg)
+
+    def _lost(self) -> None:
+        if self.alive:
+            self.alive = False
+            self.on_reply(WriterExited())

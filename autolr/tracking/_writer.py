@@ -1,0 +1,442 @@
+"""The writer: applies the training process's messages to the MLflow store, in order.
+
+It owns all SQL work of trial runs (see ``autolr/tracking/__init__.py`` for why it is a process of its
+own). Pending points are committed once the oldest has waited ``WRITE_DELAY_S`` (or ``WRITE_POINTS``
+are pending), with whatever else arrived meanwhile in the same transaction, and at once for a trial's
+end or a barrier. While the store does not answer, what cannot be written is held per run, in order,
+retried every ``RETRY_S`` and at every barrier, and kept in the spool at exit (``_spool.py``).
+
+Run as ``python -m autolr.tracking._writer TRACKING_URI [--no-fast-path]``: messages arrive pickled on
+stdin, replies leave length-prefixed on stdout. It imports mlflow and no torch (``autolr`` and
+``autolr.tracking`` load their names lazily).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+
+from autolr import keys
+from autolr.monitor import GradientMonitor
+from autolr.tracking._errors import describe, unreachable
+from autolr.tracking._messages import (
+    Barrier,
+    BarrierDone,
+    CreateRun,
+    EndRun,
+    FromWriter,
+    LogPoints,
+    PointsUnsent,
+    PointsWritten,
+    RunBatch,
+    RunClosed,
+    RunCreated,
+    RunEnd,
+    SetTags,
+    StepSeries,
+    StoreDown,
+    StoreUp,
+    TerminateRun,
+    ToWriter,
+    TrialState,
+    WriterExited,
+)
+from autolr.tracking._spool import Spool
+from autolr.tracking._store import open_client
+
+__all__ = ["BATCH_LIMIT", "RETRY_S", "TAG_LIMIT", "Writer", "main", "serve"]
+
+logger = logging.getLogger(__name__)
+
+BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 entities (metrics + params + tags) a call
+TAG_LIMIT = 100  # ... and at most 100 params and 100 tags
+WRITE_DELAY_S = 0.05  # points wait at most this long in the writer before they are committed,
+WRITE_POINTS = 20_000  # or until this many are pending
+RETRY_S = 10.0  # while the store does not answer, the writer holds what it gets and tries again this often
+TAG_VALUE_LIMIT = 8000  # characters MLflow keeps of a tag value
+
+Reply = Callable[[FromWriter], None]
+
+
+@dataclasses.dataclass
+class _OpenRun:
+    run_id: str | None
+    new_run: CreateRun | None = None  # a creation not written yet (fast path: it goes with the first points)
+    monitor: GradientMonitor = dataclasses.field(default_factory=GradientMonitor)
+    points: list = dataclasses.field(default_factory=list)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def take(self, end: RunEnd | None = None) -> RunBatch:
+        """What is pending, as one batch; the run keeps nothing of it."""
+        tags = {k: v[:TAG_VALUE_LIMIT] for k, v in self.tags.items()}
+        batch = RunBatch(self.run_id, new_run=self.new_run, points=self.points, tags=tags, end=end)
+        self.points, self.tags, self.new_run = [], {}, None
+        return batch
+
+
+class Writer:
+    """Applies messages to the store, in order; see the module docstring."""
+
+    def __init__(self, tracking_uri: str, reply: Reply, *, fast_path: bool = True) -> None:
+        self.client = open_client(tracking_uri)
+        self.reply = reply
+        self.runs: dict[int, _OpenRun] = {}
+        self.fast = None
+        if fast_path:
+            from autolr.tracking._fastpath import (
+                SqlFastPath,  # optional: imports sqlalchemy
+            )
+
+            self.fast = SqlFastPath.for_client(self.client)
+        self._pending = 0  # points not yet written, over all runs
+        self._oldest: float | None = None  # when the oldest of them arrived
+        self._artifact_roots: dict[str, str] = {}
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            CreateRun: self._create,
+            LogPoints: self._points,
+            SetTags: self._set_tags,
+            EndRun: self._end,
+            TerminateRun: self._terminate,
+            Barrier: self._barrier,
+        }
+        # The store stopped answering: what could not be written waits here, per run, in order, and is
+        # retried every RETRY_S; what is still here when the writer stops goes to the spool.
+        self.held: dict[Any, RunBatch] = {}
+        self.down_since: float | None = None
+        self.next_try = 0.0
+        self.spool = Spool(tracking_uri)
+        self.held.update(self.spool.load())
+
+    def apply(self, msg: ToWriter) -> None:
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            logger.error("unknown message %r", type(msg).__name__)
+            return
+        handler(msg)
+
+    def write_pending(self) -> None:
+        for key, run in self.runs.items():
+            if run.points or run.tags or run.new_run:
+                self._write(key, run)
+        self._pending, self._oldest = 0, None
+
+    def time_to_write(self) -> float | None:
+        """Seconds until pending points are due (0: now), or None when nothing is pending."""
+        due = []
+        if self._oldest is not None:
+            due.append(0.0 if self._pending >= WRITE_POINTS else self._oldest + WRITE_DELAY_S - time.monotonic())
+        if self.held:
+            due.append(self.next_try - time.monotonic())
+        return max(0.0, min(due)) if due else None
+
+    def retry_held(self, *, force: bool = False) -> None:
+        """Write what the store refused while it was down, oldest run first (``force``: even before
+        the next retry is due)."""
+        if not self.held or (not force and time.monotonic() < self.next_try):
+            return
+        was_down = self.down_since is not None
+        for key in list(self.held):
+            batch = self.held[key]
+            try:
+                self._store(key, batch)
+            except Exception as exc:
+                if unreachable(exc):
+                    self._went_down(exc)
+                    return
+                logger.exception("could not write %d held points to the MLflow run %s", len(batch.points), batch.run_id)
+            del self.held[key]
+            if key in self.runs:
+                self.runs[key].run_id = batch.run_id
+            self.spool.done(key)
+        self.down_since = None
+        if was_down:
+            self.reply(StoreUp())
+
+    def finish(self) -> None:
+        """The writer stops: what is held goes to the spool first (a writer killed during the last try
+        loses nothing), then one last try; the file goes once everything in it is written."""
+        if not self.held:
+            return
+        before = len(self.held)
+        try:
+            path = self.spool.save(self.held)
+        except Exception:
+            logger.exception("could not keep the unsent MLflow points on disk")
+            path = None
+        self.retry_held(force=True)
+        if path is not None and len(self.held) < before:  # some of it went: keep only the rest
+            path.unlink(missing_ok=True)
+            path = self.spool.save(self.held) if self.held else None
+        if self.held:
+            points = sum(len(b.points) for b in self.held.values())
+            self.reply(PointsUnsent(points, len(self.held), str(path or "nowhere (see the error above)")))
+
+    def kill_open_runs(self) -> None:
+        """The training process is gone (or closed the tracker mid-trial): open runs end KILLED."""
+        for key in list(self.runs):
+            error = {keys.ERROR: "the training process stopped before the trial ended"}
+            self._end(EndRun(key, TrialState.KILLED, error, int(time.time() * 1000)))
+
+    # --- one handler per message ------------------------------------------------------------------------
+
+    def _create(self, msg: CreateRun) -> None:
+        # created with its first points (on the fast path in the same transaction: one commit less)
+        self.runs[msg.key] = _OpenRun(None, new_run=msg)
+        self._oldest = self._oldest or time.monotonic()
+
+    def _points(self, msg: LogPoints) -> None:
+        run = self._run(msg.key)
+        out = run.points
+        before = len(out)
+        if self._oldest is None:
+            self._oldest = time.monotonic()
+        for item in msg.items:
+            if isinstance(item, StepSeries):
+                for name, series in item.values.items():
+                    out.extend((name, float(v), item.timestamp_ms, item.first_step + i) for i, v in enumerate(series))
+                flags = run.monitor.observe_steps(item.first_step, item.values.get("grad_norm", ()))
+            else:
+                out.extend((name, float(v), item.timestamp_ms, item.step) for name, v in item.values.items())
+                flags = run.monitor.observe_layers(item.step, item.values)
+            for flag in flags:
+                reason_tag, step_tag = keys.gradient_flag(flag.kind)
+                run.tags[step_tag] = str(flag.step)
+                run.tags[reason_tag] = flag.reason
+        self._pending += len(out) - before
+
+    def _set_tags(self, msg: SetTags) -> None:
+        self._run(msg.key).tags.update(msg.tags)
+
+    def _end(self, msg: EndRun) -> None:
+        run = self.runs.pop(msg.key, None) or _OpenRun(None)
+        state = TrialState(msg.state)
+        run.tags.update({keys.STATE: state.optuna_state, keys.GRADIENTS: run.monitor.summary(), **msg.tags})
+        self._write(msg.key, run, RunEnd(state.run_status, msg.end_ms))
+        self.reply(RunClosed(msg.key))
+
+    def _terminate(self, msg: TerminateRun) -> None:
+        self._write(("run", msg.run_id), _OpenRun(msg.run_id), RunEnd(msg.status, msg.end_ms))
+
+    def _barrier(self, msg: Barrier) -> None:
+        # the training process waits: worth one more try if the store is back
+        self.write_pending()
+        self.retry_held(force=True)
+        self.reply(BarrierDone(msg.token))
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    def _run(self, key: int) -> _OpenRun:
+        return self.runs.setdefault(key, _OpenRun(None))
+
+    def _write(self, key: Any, run: _OpenRun, end: RunEnd | None = None) -> None:
+        """A run's creation if pending, its pending points and tags, and its end when given: one
+        transaction on the fast path, MLflow's API otherwise. While the store is down (or this run
+        already has points held) they are held, in order, for a retry."""
+        batch = run.take(end)
+        n = len(batch.points)
+        if key in self.held or (self.down_since is not None and time.monotonic() < self.next_try):
+            self._hold(key, batch)
+        else:
+            try:
+                self._store(key, batch)
+            except Exception as exc:
+                if not unreachable(exc):
+                    logger.exception("could not write %d points to the MLflow run %s", n, batch.run_id)
+                else:
+                    self._went_down(exc)
+                    self._hold(key, batch)
+            run.run_id = batch.run_id
+        self.reply(PointsWritten(n))
+
+    def _store(self, key: Any, batch: RunBatch) -> None:
+        """Write one batch; on failure ``batch`` keeps what is left to write."""
+        if batch.new_run is not None:
+            new_run = batch.new_run
+            if self.fast is not None:
+                run_id = self.fast.write(batch, artifact_root=self._artifact_root(new_run.experiment_id))
+                if run_id is not None:
+                    self._written(batch, run_id)
+                    self._created(key, run_id)
+                    return
+            # created at once (so a failure after this point never creates it twice), params to follow
+            batch.run_id, batch.new_run, batch.params = self._create_through_api(new_run), None, dict(new_run.params)
+            self._created(key, batch.run_id)
+        if batch.run_id is None:  # its creation was refused (logged): the trial goes on untracked
+            return
+        if not batch.params and self.fast is not None and self.fast.write(batch) is not None:
+            self._written(batch, batch.run_id)
+            return
+        self._write_through_api(batch)
+
+    @staticmethod
+    def _written(batch: RunBatch, run_id: str) -> None:
+        batch.run_id, batch.new_run, batch.points, batch.tags, batch.end = run_id, None, [], {}, None
+
+    def _created(self, key: Any, run_id: str | None) -> None:
+        if isinstance(key, int):  # a trial run of the training process (not one read back from the spool)
+            self.reply(RunCreated(key, run_id))
+
+    def _create_through_api(self, new_run: CreateRun) -> str | None:
+        """The run's id (its params still to log); None (logged) when the store rejects it. Raises when
+        the store is unreachable."""
+        try:
+            run = self.client.create_run(new_run.experiment_id, start_time=new_run.start_ms, run_name=new_run.run_name, tags=new_run.tags)
+        except Exception as exc:
+            if unreachable(exc):
+                raise
+            logger.exception("could not create the MLflow run %s", new_run.run_name)
+            return None
+        return run.info.run_id
+
+    def _artifact_root(self, experiment_id: str) -> str:
+        if experiment_id not in self._artifact_roots:
+            self._artifact_roots[experiment_id] = self.client.get_experiment(experiment_id).artifact_location
+        return self._artifact_roots[experiment_id]
+
+    def _write_through_api(self, batch: RunBatch) -> None:
+        """Params, points, tags and end through MLflow's public ``log_batch``, taking each call's share
+        off the batch once it succeeds: a retry sends only the rest. A run whose data the store refuses
+        is still ended."""
+        try:
+            self._log_and_take(batch.run_id, batch.params, "params", Param)
+            while batch.points:
+                self.client.log_batch(batch.run_id, metrics=[Metric(*p) for p in batch.points[:BATCH_LIMIT]])
+                del batch.points[:BATCH_LIMIT]
+            self._log_and_take(batch.run_id, batch.tags, "tags", RunTag)
+        except Exception as exc:
+            if batch.end is not None and not unreachable(exc):
+                with contextlib.suppress(Exception):
+                    self.client.set_terminated(batch.run_id, status=batch.end.status, end_time=batch.end.end_ms)
+                batch.end = None
+            raise
+        if batch.end is not None:
+            self.client.set_terminated(batch.run_id, status=batch.end.status, end_time=batch.end.end_ms)
+            batch.end = None
+
+    def _log_and_take(self, run_id: str, items: dict[str, str], field: str, entity: type) -> None:
+        """Log ``items`` as params or tags, ``TAG_LIMIT`` a call, removing each call's share once it
+        succeeded."""
+        while items:
+            chunk = list(items.items())[:TAG_LIMIT]
+            self.client.log_batch(run_id, **{field: [entity(k, v) for k, v in chunk]})
+            for k, _ in chunk:
+                del items[k]
+
+    def _hold(self, key: Any, batch: RunBatch) -> None:
+        if key in self.held:
+            self.held[key].merge(batch)
+        else:
+            self.held[key] = batch
+
+    def _went_down(self, exc: BaseException) -> None:
+        self.next_try = time.monotonic() + RETRY_S
+        if self.down_since is None:
+            self.down_since = time.time()
+            self.reply(StoreDown(describe(exc)))
+
+
+STOP = None  # in the inbox: stop (or the training process is gone)
+
+
+def serve(tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: bool = True) -> None:
+    """The writer loop: take what has arrived, apply it in order, and commit pending points once due
+    (ends and barriers commit at once), with whatever else has arrived by then in the same transaction."""
+    writer = Writer(tracking_uri, reply, fast_path=fast_path)
+    stopping = False
+    try:
+        while not stopping:
+            batch = []
+            with contextlib.suppress(queue.Empty):
+                batch.append(inbox.get(timeout=writer.time_to_write()))
+                while len(batch) < 10_000:
+                    batch.append(inbox.get_nowait())
+            for msg in batch:
+                if msg is STOP:
+                    stopping = True
+                    break
+                try:
+                    writer.apply(msg)
+                except Exception:
+                    logger.exception("the MLflow writer could not apply %s", type(msg).__name__)
+            if stopping or writer.time_to_write() == 0.0:
+                try:
+                    writer.write_pending()
+                    writer.retry_held()
+                except Exception:
+                    logger.exception("the MLflow writer could not write its pending points")
+    finally:
+        try:
+            writer.kill_open_runs()
+        finally:
+            writer.finish()
+            reply(WriterExited())
+
+
+# --- the writer process ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    """Entry point of the writer process: messages on stdin, replies on the original stdout."""
+    tracking_uri, fast_path = argv[0], "--no-fast-path" not in argv[1:]
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print from a library goes to stderr, not into the reply stream
+    logging.basicConfig(level=logging.WARNING, format="autolr writer %(levelname)s %(name)s: %(message)s")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    _commit_without_fsync(tracking_uri)
+    inbox: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_messages, args=(sys.stdin.buffer, inbox), daemon=True).start()
+    serve(tracking_uri, inbox, _replier(replies), fast_path=fast_path)
+
+
+def _replier(replies) -> Reply:
+    gone = False
+
+    def reply(msg: FromWriter) -> None:
+        nonlocal gone
+        if gone:
+            return
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            replies.write(len(data).to_bytes(4, "big") + data)
+            replies.flush()
+        except OSError:  # the training process is gone: go on closing its runs, quietly
+            gone = True
+
+    return reply
+
+
+def _read_messages(pipe, inbox: queue.Queue) -> None:
+    try:
+        while True:
+            inbox.put(pickle.load(pipe))
+    except Exception:  # noqa: BLE001 - EOF: stopped, or the training process is gone
+        inbox.put(STOP)
+
+
+def _commit_without_fsync(tracking_uri: str) -> None:
+    """WAL + synchronous=NORMAL on this process's SQLite connections (this process holds no others):
+    a commit survives any crash of the processes; only an OS crash can lose the last ones."""
+    if not tracking_uri.startswith("sqlite:"):
+        return
+    import sqlalchemy
+
+    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
+    def _pragmas(dbapi_connection, _record) -> None:
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        dbapi_connection.execute("PRAGMA busy_timeout=60000")  # other writers (workers, the UI) share the file
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
