@@ -29,12 +29,13 @@ from autolr.optimizers import OPTIMIZERS, build_optimizer
 from autolr.params import Fixed
 from autolr.space import _representative
 from autolr.tasks import build_task
+from autolr.tracking import open_tracker
 from autolr.trainer import as_loss, pick_device
 
 __all__ = ["FindLrReport", "auto_lr_bounds", "find_lr", "lr_bounds_from", "range_test_for"]
 
 if TYPE_CHECKING:
-    from autolr.tracking import Tracker
+    from autolr.tracking import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,6 @@ def find_lr(
         raise StudyFileError(config.path, "--steps", f"an integer >= {MIN_RANGE_TEST_STEPS} (enough for a few probes)", steps)
     cache = _read_only_cache(config, storage)
     run_steps = _run_steps(config)
-    from autolr.study import open_tracker
-
     tracker = open_tracker(tracking_uri, config.name)
     results, bounds, cached, run_ids = {}, {}, {}, {}
     try:
@@ -168,16 +167,17 @@ def find_lr(
             hit = _cached_result(cache.get(name), key)
             results[name] = hit or range_test_for(config, name, steps=steps)
             bounds[name], cached[name] = lr_bounds_from(results[name]), hit is not None
-            if tracker is not None and hit is None:
-                run_ids[name] = log_range_test(tracker, None, config, name, results[name], bounds[name])
+            if hit is None:
+                run_id = log_range_test(tracker, None, config, name, results[name], bounds[name])
+                if run_id is not None:
+                    run_ids[name] = run_id
     finally:
-        if tracker is not None:
-            tracker.close()
+        tracker.close()
     return FindLrReport(config.name, config.code_label, names[0], run_steps, results, bounds, cached, run_ids)
 
 
 def auto_lr_bounds(
-    config: StudyConfig, study: optuna.Study, tracker: Tracker | None, parent_run_id: str | None = None
+    config: StudyConfig, study: optuna.Study, tracker: Tracker | NullTracker, parent_run_id: str | None = None
 ) -> dict[str, tuple[float, float]]:
     """``search.lr: auto``: each optimizer's lr bounds from its range test, measured once per study.
 
@@ -194,8 +194,7 @@ def auto_lr_bounds(
             continue
         result = range_test_for(config, name)
         bounds[name] = lr_bounds_from(result)
-        if tracker is not None:
-            log_range_test(tracker, parent_run_id, config, name, result, bounds[name])
+        log_range_test(tracker, parent_run_id, config, name, result, bounds[name])
         _enqueue_suggestion(study, config, name, result.suggestion)
         study.set_user_attr(keys.RANGE_TEST_CACHE.format(optimizer=name), {"key": key, "result": result.to_dict()})
         logger.info("lr: auto: %s in [%.3g, %.3g], suggestion %.3g enqueued", name, *bounds[name], result.suggestion)
@@ -203,10 +202,12 @@ def auto_lr_bounds(
 
 
 def log_range_test(
-    tracker: Tracker, parent_run_id: str | None, config: StudyConfig, optimizer: str, result: RangeTestResult, bounds: tuple[float, float]
-) -> str:
+    tracker: Tracker | NullTracker, parent_run_id: str | None, config: StudyConfig, optimizer: str, result: RangeTestResult, bounds: tuple[float, float]
+) -> str | None:
     """The range test as an MLflow run: results and chosen bounds as params, the curve and the probes
-    as metrics, the plot of loss against lr as a PNG."""
+    as metrics, the plot of loss against lr as a PNG. Returns the run's id (None: tracking is off)."""
+    if not tracker.active:
+        return None
     params = {
         "optimizer": optimizer, "suggestion": result.suggestion, "max_stable_lr": result.max_stable_lr,
         "stable_lr": result.stable_lr, "unstable_lr": result.unstable_lr, "lr_low": bounds[0], "lr_high": bounds[1],

@@ -130,44 +130,24 @@ def _no_interrupt_traceback(record: logging.LogRecord) -> bool:
 
 def _tune(args) -> int:
     import autolr
-    from autolr.store import trial_row
 
     config = autolr.load_study(args.study)
     target = args.trials or config.trials
     finished = _finished_so_far(config, args.storage)
-    bar = _progress(target, initial=finished)
-
-    def on_trial(trial) -> None:
-        row = trial_row(trial)
-        bar.set_postfix_str(f"#{row['trial']} {row['state']} {_fmt(row['value'])}", refresh=False)
-        bar.update(1 if row["state"] in ("COMPLETE", "PRUNED") else 0)
-        if bar.n >= target and not args.no_tracking:  # the plots take a few seconds: say so
-            bar.set_postfix_str(f"#{row['trial']} {row['state']} {_fmt(row['value'])}; drawing the MLflow plots")
-
-    try:
-        result = autolr.tune(
-            config,
-            trials=args.trials,
-            timeout_s=args.timeout,
-            jobs=args.jobs,
-            storage=args.storage,
-            tracking_uri=None if args.no_tracking else args.tracking_uri,
-            seed=args.seed,
-            on_trial=on_trial,
-        )
-    finally:
-        bar.close()
+    result = autolr.tune(
+        config,
+        trials=args.trials,
+        timeout_s=args.timeout,
+        jobs=args.jobs,
+        storage=args.storage,
+        tracking_uri=None if args.no_tracking else args.tracking_uri,
+        seed=args.seed,
+    )
     if finished >= target:
         print(f"study {result.study_name} already holds its target of {target} finished trials; "
               f"--trials N (or trials: in the study file) runs more", file=sys.stderr)  # fmt: skip
     print(_summary(result))
     return 0
-
-
-def _progress(total: int, initial: int = 0):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=min(initial, total), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
 
 
 def _finished_so_far(config, storage: str | None) -> int:

@@ -22,6 +22,7 @@ from autolr.config import StudyConfig
 from autolr.errors import StudyFileError
 from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
+from autolr.progress import NullProgress
 from autolr.space import LrBounds, suggest_run
 from autolr.tasks import build_task, resolve_callable, seed_everything
 from autolr.trainer import Trainer, pick_device
@@ -30,7 +31,7 @@ from autolr.trial import Pruned, Trial, TrialReport
 __all__ = ["Objective", "resolve_metric"]
 
 if TYPE_CHECKING:  # mlflow loads only where tracking is on
-    from autolr.tracking import Tracker, TrialRun
+    from autolr.tracking import NullTracker, NullTrialRun, Tracker, TrialRun
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,11 @@ def resolve_metric(config: StudyConfig, task) -> str:
 class Objective:
     """Callable objective for ``study.optimize``; picklable, so worker processes can rebuild it."""
 
-    def __init__(self, config: StudyConfig, lr_bounds: LrBounds, *, tracker: Tracker | None, parent_run_id: str | None) -> None:
+    def __init__(
+        self, config: StudyConfig, lr_bounds: LrBounds, *, tracker: Tracker | NullTracker, parent_run_id: str | None, progress: NullProgress | None = None
+    ) -> None:
         self.config = config
+        self.progress = progress or NullProgress()
         self.lr_bounds = dict(lr_bounds)
         self.tracker = tracker
         self.parent_run_id = parent_run_id
@@ -64,10 +68,8 @@ class Objective:
         run_config = suggest_run(trial, cfg.search, self.lr_bounds, grid=cfg.sampler == "grid")
         flat = run_config.flat()
         trial.set_user_attr(keys.PARAMS, flat)
-        run = self.tracker.trial_run(self.parent_run_id, trial.number, flat) if self.tracker else None
+        run = self.tracker.trial_run(self.parent_run_id, trial.number, flat)
         try:
-            if run is None:
-                return self._train(trial, run_config, None)
             with run:
                 return self._train(trial, run_config, run)
         except optuna.TrialPruned:
@@ -76,7 +78,7 @@ class Objective:
             trial.set_user_attr(keys.ERROR, f"{type(exc).__name__}: {exc}"[:500])
             raise
 
-    def _train(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> float:
+    def _train(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | NullTrialRun) -> float:
         cfg = self.config
         try:
             if cfg.loop is not None:
@@ -94,17 +96,16 @@ class Objective:
             reason = f"diverged: {report.metric} {value} after the last epoch"
             self._record_prune(trial, run, reason, divergence_step=steps - 1, diverged=True)
             raise Pruned(reason, step=steps - 1, diverged=True)
-        if run is not None:
-            run.end("COMPLETE", {keys.VALUE: value})
+        run.end("COMPLETE", {keys.VALUE: value})
         return value
 
-    def _run_task(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> tuple[TrialReport, float, int]:
+    def _run_task(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | NullTrialRun) -> tuple[TrialReport, float, int]:
         """autolr's trainer on the study's task."""
         cfg = self.config
         task = build_task(cfg.task, cfg.task_args, seed=cfg.seed)
         metric = resolve_metric(cfg, task)
-        self._report = report = TrialReport(trial, run, metric, cfg.pruning.curve != "none")
-        trainer = make_trainer(cfg, callbacks=[report], layer_stats_every=cfg.tracking.layer_stats_every if run is not None else 0, monitor=metric)
+        self._report = report = TrialReport(trial, run, metric, cfg.pruning.curve != "none", progress=self.progress, epochs=cfg.train.epochs)
+        trainer = make_trainer(cfg, callbacks=[report], layer_stats_every=cfg.tracking.layer_stats_every if run.active else 0, monitor=metric)
         optimizer = run_config.build_optimizer(task.model.parameters())
         mode = "min" if cfg.direction == "minimize" else "max"
         scheduler = run_config.build_scheduler(optimizer, trainer.total_steps(task), mode=mode)
@@ -114,14 +115,14 @@ class Objective:
             raise Pruned(exc.reason, step=exc.step, diverged=True) from None
         return report, result.final[metric], result.steps
 
-    def _run_loop(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | None) -> tuple[TrialReport, float, int]:
+    def _run_loop(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | NullTrialRun) -> tuple[TrialReport, float, int]:
         """The user's own loop, handed an :class:`autolr.Trial`; its return value is the trial's."""
         cfg = self.config
         loop = resolve_loop(cfg.loop)
         metric = keys.val_metric(cfg.metric)
-        self._report = report = TrialReport(trial, run, metric, cfg.pruning.curve != "none")
+        self._report = report = TrialReport(trial, run, metric, cfg.pruning.curve != "none", progress=self.progress)
         guard = DivergenceGuard(cfg.pruning.loss_factor) if cfg.pruning.divergence else None
-        handle = Trial(trial, run_config, report, guard=guard, layer_stats_every=cfg.tracking.layer_stats_every if run is not None else 0,
+        handle = Trial(trial, run_config, report, guard=guard, layer_stats_every=cfg.tracking.layer_stats_every if run.active else 0,
                        direction=cfg.direction)  # fmt: skip
         seed_everything(cfg.seed)
         returned = loop(handle)
@@ -134,11 +135,10 @@ class Objective:
         if divergence_step is not None:
             trial.set_user_attr(keys.DIVERGENCE_STEP, divergence_step)
             trial.set_user_attr(keys.STEPS, divergence_step + 1)
-        if run is not None:
-            tags = {keys.PRUNE_REASON: reason}
-            if divergence_step is not None:
-                tags[keys.DIVERGENCE_STEP] = divergence_step
-            run.end("PRUNED", tags)
+        tags = {keys.PRUNE_REASON: reason}
+        if divergence_step is not None:
+            tags[keys.DIVERGENCE_STEP] = divergence_step
+        run.end("PRUNED", tags)
 
 
 def make_trainer(config: StudyConfig, **kwargs: Any) -> Trainer:

@@ -27,14 +27,16 @@ from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.objective import Objective
 from autolr.preflight import check_crosses_processes, preflight
+from autolr.progress import NullProgress, Progress
 from autolr.pruning import make_pruner
 from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
+from autolr.tracking import open_tracker
 
 __all__ = ["TuneResult", "export_best", "open_study", "study_results", "tune"]
 
 if TYPE_CHECKING:
-    from autolr.tracking import Tracker
+    from autolr.tracking import NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -159,15 +161,13 @@ def _worker(plan: _Plan, lr_bounds: LrBounds, parent_run_id: str | None, index: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(plan.config, plan.storage_url, lr_bounds, worker=index, parallel=True)
     tracker = open_tracker(plan.tracking_uri, plan.config.name)
-    if tracker is not None:
-        tracker.study_uid = store.study_uid(study)
+    tracker.study_uid = store.study_uid(study)
     deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
     objective = Objective(plan.config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
     try:
         run_trials(plan.config, study, objective, target=plan.config.trials, deadline=deadline)
     finally:
-        if tracker is not None:
-            tracker.close()  # every trial run written and closed before the worker exits
+        tracker.close()  # every trial run written and closed before the worker exits
 
 
 def tune(
@@ -182,6 +182,7 @@ def tune(
     on_trial: Callable[[FrozenTrial], None] | None = None,
     task: Callable[..., Any] | None = None,
     loop: Callable[..., Any] | None = None,
+    progress: bool = True,
 ) -> TuneResult:
     """Run (or resume) a study until it holds ``trials`` finished trials (the study file's by default).
 
@@ -197,6 +198,8 @@ def tune(
         tracking_uri: MLflow tracking URI; None turns tracking off.
         seed: overrides the study file's seed.
         on_trial: called with each finished trial (in this process only).
+        progress: a progress bar on stderr (a widget in a notebook): trials finished, and the running
+            trial's epoch, step and loss.
     """
     config = _config(study, task=task, loop=loop)
     overrides: dict[str, Any] = {}
@@ -209,23 +212,38 @@ def tune(
     check_crosses_processes(config, jobs)
     preflight(config)  # before any store is created: bad input writes nothing
     tracker = open_tracker(tracking_uri, config.name)
-    if tracker is not None:
-        tracker.check_reachable()
-        tracker.write_unsent()
+    tracker.check_reachable()
+    tracker.write_unsent()
 
     opt_study = open_study(config, plan.storage_url)
-    if tracker is not None:
-        tracker.study_uid = store.study_uid(opt_study)
-        _close_orphan_runs(opt_study, tracker)
+    tracker.study_uid = store.study_uid(opt_study)
+    _close_orphan_runs(opt_study, tracker)
 
     parent_run_id = None
+    done = store.n_finished(opt_study)
+    bar = Progress(config.trials, initial=done) if progress and done < config.trials else NullProgress()
     try:
-        if store.n_finished(opt_study) < config.trials:
-            parent_run_id = _run(plan, opt_study, tracker, on_trial)
+        if done < config.trials:
+            parent_run_id = _run(plan, opt_study, tracker, _Watch(bar, on_trial))
     finally:
-        if tracker is not None:
-            tracker.close()  # stops the MLflow writer once every trial run is written and closed
+        bar.close()
+        tracker.close()  # stops the MLflow writer once every trial run is written and closed
     return summarize(config, plan.storage_url, tracking_uri, parent_run_id)
+
+
+@dataclasses.dataclass
+class _Watch:
+    """Who hears of this invocation's progress: the bar and the caller's ``on_trial``."""
+
+    bar: NullProgress
+    on_trial: Callable[[FrozenTrial], None] | None
+
+    def __call__(self, trial: FrozenTrial) -> None:
+        row = store.trial_row(trial)
+        value = "" if row["value"] is None else f" {row['value']:.4g}"
+        self.bar.trial_finished(f"#{row['trial']} {row['state']}{value}", counted=trial.state in store.FINISHED)
+        if self.on_trial is not None:
+            self.on_trial(trial)
 
 
 def _close_orphan_runs(study: optuna.Study, tracker: Tracker) -> None:
@@ -249,7 +267,7 @@ def _config(study: str | Path | StudyConfig, *, task: Callable[..., Any] | None,
     return study
 
 
-def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | None, on_trial) -> str | None:
+def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_trial: _Watch) -> str | None:
     """Run the study's remaining trials inside this invocation's parent run; returns its id."""
     config = plan.config
 
@@ -258,7 +276,7 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | None, on_trial) ->
             train(parent_run_id)
 
     def train(parent_run_id: str | None) -> None:
-        if tracker is not None and not plan.parallel:  # its start-up overlaps the range test or the first trial (workers have their own)
+        if not plan.parallel:  # its start-up overlaps the range test or the first trial (workers have their own)
             tracker.start_writer()
         lr_bounds, run_study = fixed_lr_bounds(config), study
         if config.search.lr.auto:  # inside the parent run: the range-test runs nest under it
@@ -269,13 +287,10 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | None, on_trial) ->
         if plan.parallel:
             _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial)
         else:
-            objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
+            objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar)
             deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
             run_trials(config, run_study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
 
-    if tracker is None:
-        work(None)
-        return None
     with tracker.parent_run(
         f"{config.name}@{time.strftime('%Y-%m-%d %H:%M:%S')}",
         params={"study": config.name, "task": config.code_label, "sampler": config.sampler, "target_trials": config.trials,
@@ -288,6 +303,8 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | None, on_trial) ->
         try:
             work(parent_run_id)
         finally:
+            if tracker.active:
+                on_trial.bar.note("drawing the MLflow plots")  # a few seconds: say so
             _finish_parent(config, plan.storage_url, tracker, parent_run_id)
     return parent_run_id
 
@@ -324,6 +341,8 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
     on this invocation's trial runs; failures here lose nothing."""
     from autolr.export import best_export, to_yaml
 
+    if not tracker.active:  # nothing to record the best configuration and plots into
+        return
     try:
         tracker.flush()  # the plots read back every point of this invocation's trials
         if tracker.store_down is not None or not tracker.reachable():
@@ -399,12 +418,3 @@ def export_best(
     if export is None:
         raise RuntimeError(f"study {config.name!r} in {url} has no COMPLETE trial yet; run `autolr tune {config.path}`")
     return write_export(export, path, fmt)
-
-
-def open_tracker(tracking_uri: str | None, experiment: str) -> Tracker | None:
-    """The study's tracker (mlflow is imported only here, when tracking is on)."""
-    if not tracking_uri:
-        return None
-    from autolr.tracking import Tracker
-
-    return Tracker(tracking_uri, experiment=experiment)

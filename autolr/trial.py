@@ -36,12 +36,13 @@ from autolr import keys
 from autolr.grads import grad_norms
 from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
+from autolr.progress import NullProgress
 from autolr.scheduler import StepScheduler
 from autolr.steps import StepRecorder
 from autolr.trainer import TrainerCallback
 
 if TYPE_CHECKING:
-    from autolr.tracking import TrialRun
+    from autolr.tracking import NullTrialRun, TrialRun
 
 __all__ = ["Pruned", "Trial", "TrialReport"]
 
@@ -57,23 +58,35 @@ class Pruned(optuna.TrialPruned):
 class TrialReport(TrainerCallback):
     """Training -> Optuna (curve pruning) and MLflow (batched points)."""
 
-    def __init__(self, trial: optuna.Trial, run: TrialRun | None, metric: str, curve_pruning: bool) -> None:
+    def __init__(
+        self, trial: optuna.Trial, run: TrialRun | NullTrialRun, metric: str, curve_pruning: bool, *, progress: NullProgress | None = None, epochs: int | None = None
+    ) -> None:
         self.trial = trial
+        self.progress = progress or NullProgress()
+        self.epochs = epochs
+        self.total_steps: int | None = None
+        self.steps_per_epoch: int | None = None
         self.run = run
         self.metric = metric
         self.curve_pruning = curve_pruning
         self.first_loss: float | None = None  # mean training loss of the first window
         self.smoothed_loss: float | None = None  # EMA (0.9) of the training loss since
         self.last_metrics: dict[str, float] = {}
+        self.last_epochs: list[int] = []
+
+    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
 
     def on_steps(self, first_step: int, values: Mapping[str, Sequence[float]]) -> None:
-        if self.run is not None:
-            self.run.log_steps(first_step, values)
+        self.run.log_steps(first_step, values)
         losses = [v for v in values.get("train_loss", ()) if math.isfinite(v)]
         if losses and self.first_loss is None:
             self.first_loss = sum(losses) / len(losses)
         for v in losses:
             self.smoothed_loss = v if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * v
+        step = first_step + len(values.get("train_loss", ()))
+        epoch = (step - 1) // self.steps_per_epoch + 1 if self.steps_per_epoch else len(self.last_epochs) + 1
+        self.progress.steps(self.trial.number, step, self.total_steps, epoch, self.epochs, losses[-1] if losses else None)
 
     def record_loss_ratio(self) -> None:
         """Where training ended against where it started, as a trial attr (a run can get worse without
@@ -82,14 +95,13 @@ class TrialReport(TrainerCallback):
             self.trial.set_user_attr(keys.LOSS_RATIO, self.smoothed_loss / self.first_loss)
 
     def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
-        if self.run is not None:
-            self.run.log_metrics(step, stats)
+        self.run.log_metrics(step, stats)
 
     def on_epoch_end(self, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
         self.last_metrics = dict(metrics)
-        if self.run is not None:
-            self.run.log_metrics(epoch, metrics)
-            self.run.flush()
+        self.last_epochs.append(epoch)
+        self.run.log_metrics(epoch, metrics)
+        self.run.flush()
         value = metrics[self.metric]
         self.trial.report(value, epoch)
         if self.curve_pruning and self.trial.should_prune():
@@ -143,6 +155,7 @@ class Trial:
         """The trial's per-step schedule over ``total_steps`` optimizer steps: ``step()`` it after every
         ``optimizer.step()`` (for ``plateau``, also ``report(metric)`` each epoch)."""
         self._report.trial.set_user_attr(keys.STEPS, int(total_steps))
+        self._report.total_steps = int(total_steps)
         return self.run_config.build_scheduler(optimizer, total_steps, mode=self._mode)
 
     def step(self, loss: torch.Tensor | float) -> None:

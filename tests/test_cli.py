@@ -179,8 +179,10 @@ def test_bad_study_files_exit_2_with_one_line_and_write_nothing(write_study, tmp
     for label, text in cases.items():
         path = write_study(text, f"{label.replace(' ', '_')}.yaml")
         storage = f"sqlite:///{tmp_path / 'never.db'}"
-        for command in (["tune", str(path), "--storage", storage, "--tracking-uri", f"sqlite:///{tmp_path / 'never_ml.db'}"],
-                        ["export", str(path), "--storage", storage], ["show", str(path)]):
+        commands = [["tune", str(path), "--storage", storage, "--tracking-uri", f"sqlite:///{tmp_path / 'never_ml.db'}"]]
+        if label != "missing module":  # read-only commands never import task code: for them the file is valid
+            commands += [["export", str(path), "--storage", storage], ["show", str(path)]]
+        for command in commands:
             assert main(command) == 2, label
             err = capsys.readouterr().err.strip()
             assert err.count("\n") == 0 and err.startswith(f"autolr: error: {path}:"), (label, err)

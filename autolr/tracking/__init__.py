@@ -42,7 +42,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["DEFAULT_TRACKING_URI", "NullTracker", "NullTrialRun", "Tracker", "TrialRun", "artifact_root_for"]
+__all__ = ["DEFAULT_TRACKING_URI", "NullTracker", "NullTrialRun", "Tracker", "TrialRun", "artifact_root_for", "open_tracker"]
 
 _LAZY = {
     "DEFAULT_TRACKING_URI": "autolr.config",
@@ -59,6 +59,18 @@ if TYPE_CHECKING:
     from autolr.tracking._store import artifact_root_for
     from autolr.tracking._tracker import Tracker
     from autolr.tracking._trial_run import TrialRun
+
+
+def open_tracker(tracking_uri: str | None, experiment: str) -> Tracker | NullTracker:
+    """The study's tracker, or a :class:`NullTracker` when tracking is off (``tracking_uri`` None):
+    callers never ask which; mlflow is imported only when tracking is on."""
+    if not tracking_uri:
+        from autolr.tracking._null import NullTracker
+
+        return NullTracker()
+    from autolr.tracking._tracker import Tracker
+
+    return Tracker(tracking_uri, experiment=experiment)
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ class NullTrialRun:
     """A trial run that records nothing; ``run_id`` is None."""
 
     run_id: str | None = None
+    active = False
 
     def __init__(self, tracker: NullTracker | None = None, key: int = 0) -> None:
         self.tracker = tracker
@@ -57,6 +58,7 @@ class NullTracker:
     experiment_id: str | None = None
     study_uid: str | None = None
     store_down: str | None = None
+    active = False  # nothing is recorded: whatever exists only to be recorded (plots) is not drawn
 
     def check_reachable(self, timeout_s: float = 5.0) -> None:
         pass

@@ -83,6 +83,7 @@ class Tracker:
         self.experiment_name = experiment
         self.writer = writer
         self.fast_path = fast_path
+        self.active = True  # it records (a NullTracker does not)
         self.study_uid: str | None = None  # set by the study: its runs are tagged, and only they are read back
         self.store_down: str | None = None  # why the store stopped answering, while it does not
         self.client = open_client(tracking_uri)
@@ -125,7 +126,7 @@ class Tracker:
             return
         url = self.tracking_uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s):
+            with urllib.request.urlopen(url, timeout=timeout_s):  # noqa: S310 - an http(s) tracking URI, checked above
                 return
         except Exception as exc:  # noqa: BLE001
             raise TrackingUnavailableError(

@@ -43,6 +43,8 @@ class TrialRun:
     taken from how the block ended (KeyboardInterrupt -> KILLED, any other exception -> FAIL).
     """
 
+    active = True  # it records (a NullTrialRun does not)
+
     def __init__(self, tracker: Tracker, key: int) -> None:
         self.tracker = tracker
         self.key = key
