@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 
 import autolr
 from autolr import keys
-from autolr.report import STUDY_PLOTS
 from autolr.keys import UID as UID_ATTR
+from autolr.report import STUDY_PLOTS
 from autolr.tracking import Tracker
 
 STEPS = 103  # not a multiple of the window: the last window is short
