@@ -9,6 +9,7 @@ Public API::
     best = autolr.load_best("best.yaml")                    # in your own script
     optimizer = best.build_optimizer(model.parameters())
     scheduler = best.build_scheduler(optimizer, total_steps)
+    autolr.tune("study.yaml", loop=train)                  # your own loop: train(trial: autolr.Trial)
 
 Every name loads on first use (PEP 562): ``import autolr`` imports neither torch, optuna nor mlflow,
 so a process that needs one subpackage (the MLflow writer needs ``autolr.tracking`` only) starts fast.
@@ -26,6 +27,8 @@ __all__ = [
     "StudyFileError",
     "Task",
     "TrackingUnavailableError",
+    "Trial",
+    "TrialPruned",
     "TuneResult",
     "export_best",
     "find_lr",
@@ -52,6 +55,8 @@ _LAZY = {
     "load_best": "autolr.export",
     "BestConfig": "autolr.export",
     "find_lr": "autolr.autobounds",
+    "Trial": "autolr.trial",
+    "TrialPruned": "autolr.trial",
     "range_test": "autolr.finder",
 }
 
@@ -63,6 +68,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from autolr.finder import range_test
     from autolr.study import TuneResult, export_best, study_results, tune
     from autolr.tasks import Task
+    from autolr.trial import Trial, TrialPruned
 
 
 def __getattr__(name: str) -> Any:

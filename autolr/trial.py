@@ -19,7 +19,7 @@ autolr's own trainer has (the divergence guard, per-step and per-layer tracking,
             trial.epoch({"val_loss": validate(model)})  # curve pruning, per-epoch tracking
         return validate(model)
 
-``step`` and ``epoch`` raise :class:`Pruned` (an ``optuna.TrialPruned``) when the run diverged or its
+``step`` and ``epoch`` raise :class:`TrialPruned` (an ``optuna.TrialPruned``) when the run diverged or its
 curve fell behind; the loop lets it propagate.
 """
 
@@ -44,15 +44,19 @@ from autolr.trainer import TrainerCallback
 if TYPE_CHECKING:
     from autolr.tracking import NullTrialRun, TrialRun
 
-__all__ = ["Pruned", "Trial", "TrialReport"]
+__all__ = ["Pruned", "Trial", "TrialPruned", "TrialReport"]
 
 
-class Pruned(optuna.TrialPruned):
-    """The trial stops here: it diverged (``diverged``, at ``step``) or its curve fell behind."""
+class TrialPruned(optuna.TrialPruned):
+    """The trial stops here: it diverged (``diverged``, at ``step``) or its curve fell behind.
+    Raised by :meth:`Trial.step` and :meth:`Trial.epoch`; a loop lets it propagate."""
 
     def __init__(self, reason: str, *, step: int | None = None, diverged: bool = False) -> None:
         super().__init__(reason)
         self.reason, self.step, self.diverged = reason, step, diverged
+
+
+Pruned = TrialPruned  # the short name used inside autolr
 
 
 class TrialReport(TrainerCallback):
