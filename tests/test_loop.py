@@ -1,0 +1,169 @@
+"""Your own training loop (``loop:``): the loop's value is the trial's, divergence is PRUNED within a
+few steps, tracking and export are those of built-in trials; from the CLI and with a callable."""
+
+from __future__ import annotations
+
+import textwrap
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import autolr
+from autolr.cli import main
+
+LOOP = '''
+import torch
+from torch import nn
+
+CALLS = []
+
+
+def train(trial):
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = x @ torch.randn(8, 1)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    optimizer = trial.build_optimizer(model)
+    epochs, batch = 4, 32
+    scheduler = trial.build_scheduler(optimizer, total_steps=epochs * (256 // batch))
+    for epoch in range(epochs):
+        for i in range(0, 256, batch):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x[i:i + batch]), y[i:i + batch])
+            loss.backward()
+            trial.step(loss)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)   # the user's own clipping
+            optimizer.step()
+            scheduler.step()
+        with torch.no_grad():
+            val = nn.functional.mse_loss(model(x), y).item()
+        trial.epoch({"val_loss": val})
+    CALLS.append(trial.params["lr"])
+    return val
+'''
+
+STUDY = """
+name: {name}
+loop: "myloop:train"
+trials: {trials}
+sampler: random
+search:
+  lr: {{low: {low}, high: {high}}}
+  optimizer: {{sgd: {{momentum: 0.9}}}}
+  schedule: {{constant: {{}}, cosine: {{}}}}
+pruning: {{curve: none}}
+"""
+
+
+@pytest.fixture
+def loop_study(tmp_path):
+    (tmp_path / "myloop.py").write_text(LOOP)
+
+    def write(name: str, *, low: float = 1e-3, high: float = 0.05, trials: int = 3) -> str:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(STUDY.format(name=name, low=low, high=high, trials=trials))
+        return str(path)
+
+    return write
+
+
+def _trial_runs(tracking_uri: str, experiment: str) -> dict[int, object]:
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    return {int(r.data.tags["autolr.trial"]): r for r in client.search_runs([exp.experiment_id]) if "autolr.trial" in r.data.tags}
+
+
+def test_a_loop_named_in_the_study_file_tunes_from_the_cli(loop_study, stores, tmp_path) -> None:
+    path = loop_study("cli-loop")
+    assert main(["tune", path, "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]) == 0
+    study = optuna.load_study(study_name="cli-loop", storage=stores["storage"])
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    best = study.best_trial
+    runs = _trial_runs(stores["tracking_uri"], "cli-loop")
+    client = MlflowClient(stores["tracking_uri"])
+    history = client.get_metric_history(runs[best.number].info.run_id, "val_loss")
+    assert best.value == pytest.approx(history[-1].value)  # the loop's return value is the trial's
+    for key in ("train_loss", "lr", "grad_norm"):
+        assert [m.step for m in client.get_metric_history(runs[best.number].info.run_id, key)] == list(range(32)), key
+    assert any(k.startswith("grad_norm/") for k in runs[best.number].data.metrics)  # per-layer statistics
+    assert runs[best.number].data.tags["autolr.state"] == "COMPLETE" and best.user_attrs["autolr.steps"] == 32
+    assert main(["export", path, "--storage", stores["storage"], "-o", str(tmp_path / "best.yaml")]) == 0
+    exported = autolr.load_best(tmp_path / "best.yaml")
+    assert exported.params["lr"] == best.user_attrs["autolr.params"]["lr"] and exported.extra["loop"] == "myloop:train"
+
+
+def test_divergent_loop_trials_are_pruned_within_a_few_steps_with_their_reason(loop_study, stores) -> None:
+    path = loop_study("diverging", low=50.0, high=500.0, trials=2)
+    result = autolr.tune(path, progress=False, **stores)
+    for trial in result.trials:
+        assert trial.state.name == "PRUNED"
+        assert trial.user_attrs["autolr.prune_reason"].startswith("diverged: ")
+        assert trial.user_attrs["autolr.divergence_step"] < 8  # checked every 4 steps: stopped within a window or two
+    runs = _trial_runs(stores["tracking_uri"], "diverging")
+    assert all(r.data.tags["autolr.state"] == "PRUNED" and r.data.tags["autolr.prune_reason"].startswith("diverged") for r in runs.values())
+
+
+def test_a_loop_passed_as_a_callable(write_study, stores) -> None:
+    seen = []
+
+    def train(trial: autolr.Trial) -> dict:
+        seen.append(trial.number)
+        w = torch.nn.Parameter(torch.tensor([3.0]))
+        optimizer = trial.build_optimizer([w])
+        for _ in range(5):
+            optimizer.zero_grad()
+            loss = (w**2).sum()
+            loss.backward()
+            trial.step(loss)
+            optimizer.step()
+        trial.epoch({"val_loss": float(w.item() ** 2)})
+        return {"val_loss": float(w.item() ** 2)}  # a dict holding the objective's metric
+
+    path = write_study(textwrap.dedent("""
+        name: callable-loop
+        trials: 3
+        search: {lr: {low: 1.0e-3, high: 0.5}, optimizer: {sgd: {momentum: 0.0}}}
+    """))
+    result = autolr.tune(path, loop=train, progress=False, **stores)
+    assert seen == [0, 1, 2] and all(t.state.name == "COMPLETE" for t in result.trials)
+    for t in result.trials:  # plain gradient descent on w**2 from 3: the value follows from the rate
+        lr = t.user_attrs["autolr.params"]["lr"]
+        assert t.value == pytest.approx(9 * (1 - 2 * lr) ** 10, rel=1e-4)
+
+
+def test_a_loop_that_returns_nothing_is_valued_by_its_last_epoch(write_study, stores) -> None:
+    def train(trial: autolr.Trial) -> None:
+        w = torch.nn.Parameter(torch.tensor([1.0]))
+        trial.build_optimizer([w])
+        trial.epoch({"loss": 0.5})  # "loss" stands for the objective val_loss
+
+    path = write_study("name: quiet-loop\ntrials: 1\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    result = autolr.tune(path, loop=train, progress=False, **stores)
+    assert result.best.value == 0.5
+
+
+def test_curve_pruning_reaches_a_loop_through_trial_epoch(write_study, stores) -> None:
+    def train(trial: autolr.Trial) -> float:
+        w = torch.nn.Parameter(torch.tensor([1.0]))
+        trial.build_optimizer([w])
+        bad = trial.number >= 3  # later trials are far worse at every epoch
+        for epoch in range(5):
+            trial.epoch({"val_loss": 10.0 + epoch if bad else 1.0 / (epoch + 1)})
+        return 1.0
+
+    path = write_study("name: pruned-loop\ntrials: 5\nsearch: {lr: {low: 0.01, high: 0.1}}\npruning: {curve: median, startup_trials: 3, warmup_epochs: 1}\n")
+    result = autolr.tune(path, loop=train, progress=False, **stores)
+    states = [t.state.name for t in result.trials]
+    assert states[:3] == ["COMPLETE"] * 3 and states[3:] == ["PRUNED", "PRUNED"]
+    assert result.trials[3].user_attrs["autolr.prune_reason"].startswith("curve: val_loss")
+
+
+def test_a_loop_that_raises_is_fail_with_its_error(write_study, stores) -> None:
+    def train(trial: autolr.Trial) -> float:
+        raise ValueError("my data is missing")
+
+    path = write_study("name: broken-loop\ntrials: 2\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    with pytest.raises(RuntimeError, match="3 trials in a row failed; last: ValueError: my data is missing"):
+        autolr.tune(path, loop=train, progress=False, **stores)
