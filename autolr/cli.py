@@ -22,7 +22,6 @@ from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
 __all__ = ["main"]
 
 
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autolr", description="Tune the learning rate and its schedule.")
     parser.add_argument("--version", action="version", version=f"autolr {__version__}")

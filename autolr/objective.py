@@ -36,7 +36,6 @@ if TYPE_CHECKING:  # mlflow loads only where tracking is on
 logger = logging.getLogger(__name__)
 
 
-
 def resolve_metric(config: StudyConfig, task) -> str:
     """The logged name of the objective metric: ``accuracy`` and ``val_accuracy`` both work.
 

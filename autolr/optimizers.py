@@ -77,9 +77,7 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = {
 }
 
 
-def build_optimizer(
-    name: str, parameters: Iterable[torch.nn.Parameter], lr: float, params: Mapping[str, Any] | None = None
-) -> torch.optim.Optimizer:
+def build_optimizer(name: str, parameters: Iterable[torch.nn.Parameter], lr: float, params: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
     """Build optimizer ``name`` at peak rate ``lr``; hyperparameters not in ``params`` take their defaults."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")

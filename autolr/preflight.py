@@ -84,7 +84,9 @@ def _import(config: StudyConfig, key: str, resolve) -> Any:
         raise StudyFileError(config.path, key, str(exc), config.code_label) from None
     except Exception as exc:  # noqa: BLE001 - any import-time failure of the user's module
         what = "factory" if key == "task" else "function"
-        raise StudyFileError(config.path, key, f"an importable 'package.module:{what}' (is it on PYTHONPATH?)", f"<{config.code_label}: {_reason(exc)}>") from None
+        raise StudyFileError(
+            config.path, key, f"an importable 'package.module:{what}' (is it on PYTHONPATH?)", f"<{config.code_label}: {_reason(exc)}>"
+        ) from None
 
 
 def _one_step(config: StudyConfig, task: Task) -> None:

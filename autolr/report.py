@@ -105,8 +105,7 @@ def describe(rows: Sequence[Mapping[str, Any]], *, study: str, metric: str, dire
     lines = [
         f"**autolr study `{study}`** {summary}".rstrip(),
         "",
-        f"Trials in the study: {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned "
-        f"({diverged} diverged), {states.count('FAIL')} failed.",
+        f"Trials in the study: {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned ({diverged} diverged), {states.count('FAIL')} failed.",
     ]
     top = top_trials(rows, direction, 1)
     if top:

@@ -40,9 +40,7 @@ def make_sampler(name: str, *, seed: int, grid_space: dict | None = None, ceilin
     if name == "tpe":
         with warnings.catch_warnings():  # multivariate/group are 'experimental' since Optuna 2.2; chosen on purpose
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            base = optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=8, multivariate=True, group=True, constant_liar=parallel
-            )
+            base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True, group=True, constant_liar=parallel)
     elif name == "gp":
         base = optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
     elif name == "cmaes":

@@ -29,16 +29,10 @@ def suggest_run(trial: optuna.Trial, space: SearchSpace, lr_bounds: LrBounds, *,
     low, high = lr_bounds[optimizer]
     lr = trial.suggest_float("lr", low, high, log=True)
     opt_specs = {p.name: p for p in OPTIMIZERS[optimizer].params}
-    optimizer_params = {
-        name: _suggest(trial, f"{optimizer}.{name}", setting, opt_specs[name], grid)
-        for name, setting in space.optimizers[optimizer].items()
-    }
+    optimizer_params = {name: _suggest(trial, f"{optimizer}.{name}", setting, opt_specs[name], grid) for name, setting in space.optimizers[optimizer].items()}
     schedule = _categorical(trial, "schedule", list(space.schedules))
     sched_specs = {p.name: p for p in SCHEDULES[schedule].params}
-    schedule_params = {
-        name: _suggest(trial, f"{schedule}.{name}", setting, sched_specs[name], grid)
-        for name, setting in space.schedules[schedule].items()
-    }
+    schedule_params = {name: _suggest(trial, f"{schedule}.{name}", setting, sched_specs[name], grid) for name, setting in space.schedules[schedule].items()}
     warmup = _suggest(trial, "warmup", space.warmup, WARMUP, grid)
     return RunConfig(optimizer, lr, schedule, warmup, optimizer_params, schedule_params)
 

@@ -60,17 +60,13 @@ def exists(name: str, url: str) -> bool:
     return name in optuna.study.get_all_study_names(storage=_rdb(url, {}))
 
 
-def create_or_load(
-    config: StudyConfig, url: str, *, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner
-) -> optuna.Study:
+def create_or_load(config: StudyConfig, url: str, *, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """The study in its storage (created on first use), with ``sampler`` and ``pruner``.
 
     Raises:
         StudyFileError: the stored study optimises in the other direction.
     """
-    study = optuna.create_study(
-        storage=_storage(url), study_name=config.name, direction=config.direction, sampler=sampler, pruner=pruner, load_if_exists=True
-    )
+    study = optuna.create_study(storage=_storage(url), study_name=config.name, direction=config.direction, sampler=sampler, pruner=pruner, load_if_exists=True)
     if study.direction.name.lower() != config.direction:
         raise StudyFileError(
             config.path, "objective.direction", f"{study.direction.name.lower()} (the study {config.name!r} in {url} "

@@ -128,9 +128,7 @@ def run_trials(
             on_trial(last)
         fails = fails + 1 if last.state == TrialState.FAIL else 0
         if fails >= MAX_CONSECUTIVE_FAILS:
-            raise RuntimeError(
-                f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get(keys.ERROR, '(see the log above)')}"
-            )
+            raise RuntimeError(f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get(keys.ERROR, '(see the log above)')}")
 
 
 def _grid_exhausted(study: optuna.Study) -> bool:
@@ -293,11 +291,24 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
 
     with tracker.parent_run(
         f"{config.name}@{time.strftime('%Y-%m-%d %H:%M:%S')}",
-        params={"study": config.name, "task": config.code_label, "sampler": config.sampler, "target_trials": config.trials,
-                "epochs": config.train.epochs, "batch_size": config.train.batch_size, "seed": config.seed,
-                "metric": config.metric, "direction": config.direction},  # fmt: skip
-        tags={keys.STUDY: config.name, keys.STORAGE: plan.storage_url, keys.ROLE: keys.ROLE_STUDY,
-              keys.HOST: socket.gethostname(), keys.PID: str(os.getpid())},  # fmt: skip
+        params={
+            "study": config.name,
+            "task": config.code_label,
+            "sampler": config.sampler,
+            "target_trials": config.trials,
+            "epochs": config.train.epochs,
+            "batch_size": config.train.batch_size,
+            "seed": config.seed,
+            "metric": config.metric,
+            "direction": config.direction,
+        },  # fmt: skip
+        tags={
+            keys.STUDY: config.name,
+            keys.STORAGE: plan.storage_url,
+            keys.ROLE: keys.ROLE_STUDY,
+            keys.HOST: socket.gethostname(),
+            keys.PID: str(os.getpid()),
+        },  # fmt: skip
         description=f"autolr study `{config.name}`: {config.code_label}, {config.sampler} sampler, target {config.trials} trials.",
     ) as parent_run_id:
         try:
@@ -406,9 +417,7 @@ def study_results(study: str | Path | StudyConfig, *, storage: str | None = None
     return summarize(config, storage or store.default_storage_url(config), None)
 
 
-def export_best(
-    study: str | Path | StudyConfig, *, storage: str | None = None, path: str | Path | None = None, fmt: str = "yaml"
-) -> str:
+def export_best(study: str | Path | StudyConfig, *, storage: str | None = None, path: str | Path | None = None, fmt: str = "yaml") -> str:
     """The best configuration as YAML or JSON text (written to ``path`` when given)."""
     from autolr.export import best_export, write_export
 

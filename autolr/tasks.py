@@ -89,9 +89,7 @@ def _split(x: np.ndarray, y: np.ndarray, *, val_fraction: float, seed: int, clas
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    x_tr, x_va, y_tr, y_va = train_test_split(
-        x, y, test_size=val_fraction, random_state=seed, stratify=y if classify else None
-    )
+    x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y if classify else None)
     scaler = StandardScaler().fit(x_tr)
     x_tr, x_va = scaler.transform(x_tr), scaler.transform(x_va)
     if classify:

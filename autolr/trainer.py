@@ -26,7 +26,18 @@ from autolr.guard import Diverged, DivergenceGuard
 from autolr.steps import StepRecorder
 from autolr.tasks import Task
 
-__all__ = ["PRECISIONS", "BatchError", "TrainResult", "Trainer", "TrainerCallback", "as_loss", "evaluate", "pick_device", "training_step_of", "validation_batch_metrics"]
+__all__ = [
+    "PRECISIONS",
+    "BatchError",
+    "TrainResult",
+    "Trainer",
+    "TrainerCallback",
+    "as_loss",
+    "evaluate",
+    "pick_device",
+    "training_step_of",
+    "validation_batch_metrics",
+]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 

@@ -63,7 +63,14 @@ class TrialReport(TrainerCallback):
     """Training -> Optuna (curve pruning) and MLflow (batched points)."""
 
     def __init__(
-        self, trial: optuna.Trial, run: TrialRun | NullTrialRun, metric: str, curve_pruning: bool, *, progress: NullProgress | None = None, epochs: int | None = None
+        self,
+        trial: optuna.Trial,
+        run: TrialRun | NullTrialRun,
+        metric: str,
+        curve_pruning: bool,
+        *,
+        progress: NullProgress | None = None,
+        epochs: int | None = None,
     ) -> None:
         self.trial = trial
         self.progress = progress or NullProgress()

@@ -50,7 +50,14 @@ from autolr.tasks import build_task
 from autolr.trainer import Trainer
 
 # name in this bench: (autolr optimizer, its hyperparameters)
-OPTIMIZERS = {"adam": ("adam", {}), "adamw": ("adamw", {}), "sgd": ("sgd", {"momentum": 0.9}), "sgd-plain": ("sgd", {"momentum": 0.0}), "sgd-m0.5": ("sgd", {"momentum": 0.5}), "rmsprop": ("rmsprop", {})}
+OPTIMIZERS = {
+    "adam": ("adam", {}),
+    "adamw": ("adamw", {}),
+    "sgd": ("sgd", {"momentum": 0.9}),
+    "sgd-plain": ("sgd", {"momentum": 0.0}),
+    "sgd-m0.5": ("sgd", {"momentum": 0.5}),
+    "rmsprop": ("rmsprop", {}),
+}
 GRID = np.geomspace(1e-4, 1.0, 25).tolist()
 DECADES = GRID[::6]  # 1e-4, 1e-3, .., 1: the coarse grid
 BATCH = {"digits_mlp": 64, "make_classification": 64, "breast_cancer_mlp": 32}
@@ -213,7 +220,9 @@ def task_section(task_name: str, cases: list[dict]) -> list[str]:
 def summary_lines(cases: list[dict]) -> list[str]:
     """Per rule (autolr also per optimizer): val loss / grid best, hits within 1.05x of the 25-rate grid's
     best and of the decades' best, and compute as a share of each grid's (median, most)."""
-    head = f"{'rule':22s} {'median':>7s} {'worst':>8s} {'<=1.05x':>8s} {'<=1.05x decades':>16s}   {'share of 25-rate grid':>21s}   {'share of decade grid':>20s}"
+    head = (
+        f"{'rule':22s} {'median':>7s} {'worst':>8s} {'<=1.05x':>8s} {'<=1.05x decades':>16s}   {'share of 25-rate grid':>21s}   {'share of decade grid':>20s}"
+    )
     lines = [head, f"{'':22s} {'':>7s} {'':>8s} {'':>8s} {'':>16s}   {'median':>10s} {'most':>10s}   {'median':>9s} {'most':>10s}"]
     groups = [(r, r, cases) for r in RULES]
     if all(STEPS_RULE in c["ratios"] for c in cases):

@@ -236,8 +236,10 @@ def main() -> None:
         med = statistics.median(values)
         print(f"{name:<26}{med:>10.4f}{med / steps * 1e6:>10.1f}{_paired(values, times['untracked']):>8.2f}{med / base:>12.2f}  {len(values)}")
     in_row = _paired(row["tracked"], row["untracked"])
-    print(f"{IN_A_ROW} trials in a row, as a study runs them (each writer tail overlaps the next trial; "
-          f"one wait at the end): tracked / untracked {in_row:.2f}x over {len(row['tracked'])} repeats")
+    print(
+        f"{IN_A_ROW} trials in a row, as a study runs them (each writer tail overlaps the next trial; "
+        f"one wait at the end): tracked / untracked {in_row:.2f}x over {len(row['tracked'])} repeats"
+    )
     print(f"not in the trial: writer process start {writer_start_s:.2f} s once per invocation; "
           f"end-of-invocation curves plot {plot_s * 1000:.0f} ms per trial")  # fmt: skip
     fast_vs_public = _paired(times["tracked"], times["tracked (public log_batch)"])

@@ -54,7 +54,12 @@ def plain_optuna(seed: int, trials: int, condition: float, epochs: int) -> tuple
     steps = {"diverged": 0, "all": 0}
 
     def objective(trial: optuna.Trial) -> float:
-        run = RunConfig("sgd", trial.suggest_float("lr", 1e-4, 100.0, log=True), trial.suggest_categorical("schedule", ["constant", "cosine"]), optimizer_params={"momentum": 0.0})
+        run = RunConfig(
+            "sgd",
+            trial.suggest_float("lr", 1e-4, 100.0, log=True),
+            trial.suggest_categorical("schedule", ["constant", "cosine"]),
+            optimizer_params={"momentum": 0.0},
+        )
         torch.manual_seed(seed)
         task = least_squares(split_seed=0, condition=condition, **TASK_ARGS)
         trainer = Trainer(epochs=epochs, batch_size=256)
@@ -99,12 +104,16 @@ def main(argv=None) -> int:
                 best, diverged, total = fn()
                 rows[name].append((best / optimum, diverged / total))
                 print(f"seed {seed} {name:17s} best/optimum {best / optimum:6.3f}  diverged steps {diverged / total:6.1%}", flush=True)
-    print(f"\nleast squares (condition {args.condition:g}, {args.epochs} steps), {args.trials} trials, {args.seeds} seeds, exact optimum {optimum:.5f} ({time.perf_counter() - started:.0f} s)")
+    print(
+        f"\nleast squares (condition {args.condition:g}, {args.epochs} steps), {args.trials} trials, {args.seeds} seeds, exact optimum {optimum:.5f} ({time.perf_counter() - started:.0f} s)"
+    )
     for name, values in rows.items():
         ratios = [r for r, _ in values]
         shares = [s for _, s in values]
-        print(f"{name:17s} best/optimum: median {statistics.median(ratios):.3f}x, worst {max(ratios):.3f}x; "
-              f"steps on diverged trials: median {statistics.median(shares):.1%}, worst {max(shares):.1%}")
+        print(
+            f"{name:17s} best/optimum: median {statistics.median(ratios):.3f}x, worst {max(ratios):.3f}x; "
+            f"steps on diverged trials: median {statistics.median(shares):.1%}, worst {max(shares):.1%}"
+        )
     return 0
 
 

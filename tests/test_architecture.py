@@ -22,9 +22,7 @@ def _modules() -> dict[str, Path]:
 
 
 def _is_type_checking(node: ast.If) -> bool:
-    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING" or (
-        isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING"
-    )
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING" or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
 
 
 def _imports(module: str, path: Path, known: set[str]) -> set[str]:

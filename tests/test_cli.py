@@ -102,7 +102,7 @@ search:
 pruning: {curve: none}
 """
 
-USER_TASK = '''
+USER_TASK = """
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -119,12 +119,13 @@ def make(channels=4):
     return autolr.Task(model=model, train_data=TensorDataset(x[:1200], y[:1200]),
                        val_data=TensorDataset(x[1200:], y[1200:]), loss_fn=nn.functional.cross_entropy,
                        metrics={"accuracy": acc})
-'''
+"""
 
 
 def test_user_cnn_task_and_load_best_rebuilds_the_logged_lr_curve(stores, write_study, tmp_path) -> None:
     (tmp_path / "my_cnn_task.py").write_text(USER_TASK)
-    path = str(write_study("""
+    path = str(
+        write_study("""
         name: cnn
         task: "my_cnn_task:make"
         task_args: {channels: 4}
@@ -137,7 +138,8 @@ def test_user_cnn_task_and_load_best_rebuilds_the_logged_lr_curve(stores, write_
           schedule: {one_cycle: {}, warmup_stable_decay: {}, plateau: {}}
           warmup: {low: 0.0, high: 0.2}
         pruning: {curve: none}
-    """))
+    """)
+    )
     assert main(["tune", path, *_args(stores)]) == 0
     best_path = tmp_path / "best.yaml"
     assert main(["export", path, "-o", str(best_path), "--storage", stores["storage"]]) == 0
@@ -234,7 +236,7 @@ def test_unreachable_tracking_server_fails_fast_before_any_trial(write_study, st
     assert code == 2
     err = capsys.readouterr().err
     assert "--tracking-uri http://127.0.0.1:9: no MLflow server answered" in err and "sqlite:///mlruns/mlflow.db" in err
-    assert not Path(stores["storage"][len("sqlite:///"):]).exists()  # nothing started
+    assert not Path(stores["storage"][len("sqlite:///") :]).exists()  # nothing started
 
 
 def test_unknown_objective_metric_exits_2_before_any_store_exists(write_study, tmp_path, capsys) -> None:

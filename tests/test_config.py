@@ -53,7 +53,11 @@ BAD = [
     ("unknown top-level key", GOOD + "epochs: 3\n", r"study.yaml: epochs: expected one of the keys .*unknown key 'epochs'"),
     ("unknown nested key", GOOD.replace("batch_size: 64", "batch_size: 64, epoch: 1"), r"train.epoch: expected one of the keys"),
     ("negative lr bound", GOOD.replace("low: 1e-5", "low: -1e-5"), r"search.lr.low: expected a number in \[1e-12, 1e\+06\], got -1e-05"),
-    ("huge lr bound", GOOD.replace("lr: {low: 1e-5, high: 1}", "lr: {low: 1e-5, high: 1.0e+300}"), r"search.lr.high: expected a number in \[1e-12, 1e\+06\], got 1e\+300"),
+    (
+        "huge lr bound",
+        GOOD.replace("lr: {low: 1e-5, high: 1}", "lr: {low: 1e-5, high: 1.0e+300}"),
+        r"search.lr.high: expected a number in \[1e-12, 1e\+06\], got 1e\+300",
+    ),
     ("zero lr bound", GOOD.replace("low: 1e-5", "low: 0"), r"search.lr.low: expected a number in \[1e-12, 1e\+06\], got 0"),
     ("low above high", GOOD.replace("low: 1e-5, high: 1", "low: 1, high: 0.1"), r"search.lr: expected low < high"),
     ("lr missing", GOOD.replace("  lr: {low: 1e-5, high: 1}\n", ""), r"search.lr: expected .* or 'auto', got <missing>"),
@@ -71,16 +75,36 @@ BAD = [
     ("warmup too long", GOOD.replace("high: 0.1}", "high: 0.95}"), r"search.warmup.high: expected a number in \[0, 0.9\]"),
     ("name with ..", GOOD.replace("name: digits-mlp", "name: ../../etc/evil"), r"name: expected letters, digits.*no '\.\.'.*got '\.\./\.\./etc/evil'"),
     ("name with slash", GOOD.replace("name: digits-mlp", "name: a/b"), r"name: expected .*no path separators"),
-    ("unknown builtin task", GOOD.replace("task: digits_mlp", "task: mnist"), r"task: expected a built-in task \[.*'digits_mlp'.*\] or 'package.module:factory', got 'mnist'"),
+    (
+        "unknown builtin task",
+        GOOD.replace("task: digits_mlp", "task: mnist"),
+        r"task: expected a built-in task \[.*'digits_mlp'.*\] or 'package.module:factory', got 'mnist'",
+    ),
     ("task and loop", GOOD.replace("task: digits_mlp", "task: digits_mlp\nloop: 'mod:train'"), r"task: expected either task: .* or loop: .*, got <both>"),
     ("neither task nor loop", GOOD.replace("task: digits_mlp", ""), r"task: expected either task: .* or loop: .*, got <neither>"),
-    ("loop not a name", GOOD.replace("task: digits_mlp", "loop: 'train()'").replace("task_args: {hidden: 16}", ""), r"loop: expected 'package.module:function', got 'train\(\)'"),
-    ("lr auto with a loop", GOOD.replace("task: digits_mlp", "loop: 'mod:train'").replace("task_args: {hidden: 16}", "").replace("lr: {low: 1e-5, high: 1}", "lr: auto"), r"search.lr: expected \{low: L, high: H\} with loop:"),
-    ("fp16 typo", GOOD.replace("batch_size: 64}", "batch_size: 64, precision: half}"), r"train.precision: expected one of \['fp32', 'bf16', 'fp16'\], got 'half'"),
+    (
+        "loop not a name",
+        GOOD.replace("task: digits_mlp", "loop: 'train()'").replace("task_args: {hidden: 16}", ""),
+        r"loop: expected 'package.module:function', got 'train\(\)'",
+    ),
+    (
+        "lr auto with a loop",
+        GOOD.replace("task: digits_mlp", "loop: 'mod:train'").replace("task_args: {hidden: 16}", "").replace("lr: {low: 1e-5, high: 1}", "lr: auto"),
+        r"search.lr: expected \{low: L, high: H\} with loop:",
+    ),
+    (
+        "fp16 typo",
+        GOOD.replace("batch_size: 64}", "batch_size: 64, precision: half}"),
+        r"train.precision: expected one of \['fp32', 'bf16', 'fp16'\], got 'half'",
+    ),
     ("accumulate zero", GOOD.replace("batch_size: 64}", "batch_size: 64, accumulate: 0}"), r"train.accumulate: expected an integer >= 1, got 0"),
     ("not a mapping", "- just\n- a list\n", r"\(top level\): expected a mapping"),
     ("broken yaml", "name: x\nsearch: {lr: [1, 2\n", r"\(yaml\): expected valid YAML with plain values only, got <.*line \d+, column \d+>"),
-    ("python tag", "name: !!python/object/apply:os.system ['echo pwned']\ntask: digits_mlp\n", r"\(yaml\): expected valid YAML .*could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+    (
+        "python tag",
+        "name: !!python/object/apply:os.system ['echo pwned']\ntask: digits_mlp\n",
+        r"\(yaml\): expected valid YAML .*could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'",
+    ),
 ]
 
 
@@ -95,9 +119,17 @@ def test_bad_study_file_is_one_line_naming_file_key_and_expectation(write_study,
 
 
 PREFLIGHT_BAD = [
-    ("missing task module", GOOD.replace("task: digits_mlp", "task: no_such_pkg.tasks:make"), r"task: expected an importable 'package.module:factory'.*ModuleNotFoundError"),
+    (
+        "missing task module",
+        GOOD.replace("task: digits_mlp", "task: no_such_pkg.tasks:make"),
+        r"task: expected an importable 'package.module:factory'.*ModuleNotFoundError",
+    ),
     ("missing task function", GOOD.replace("task: digits_mlp", "task: 'autolr.tasks:nope'"), r"task: expected an importable .*has no callable 'nope'"),
-    ("bad task args", GOOD.replace("hidden: 16", "hiddn: 16"), r"task_args: expected arguments accepted by digits_mlp, got <got an unexpected keyword argument 'hiddn'>"),
+    (
+        "bad task args",
+        GOOD.replace("hidden: 16", "hiddn: 16"),
+        r"task_args: expected arguments accepted by digits_mlp, got <got an unexpected keyword argument 'hiddn'>",
+    ),
 ]
 
 

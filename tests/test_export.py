@@ -42,7 +42,9 @@ def test_load_best_rebuilds_optimizer_and_schedule(tmp_path) -> None:
 def test_load_best_rejects_what_is_not_an_export(tmp_path) -> None:
     path = tmp_path / "x.yaml"
     path.write_text("study: s\nvalue: 1\n")
-    with pytest.raises(ValueError, match=r"x.yaml: expected the keys .* of an autolr export; missing \['metric', 'direction', 'trial', 'params', 'epochs', 'batch_size'\]"):
+    with pytest.raises(
+        ValueError, match=r"x.yaml: expected the keys .* of an autolr export; missing \['metric', 'direction', 'trial', 'params', 'epochs', 'batch_size'\]"
+    ):
         autolr.load_best(path)
     path.write_text(json.dumps({**EXPORT, "params": {**EXPORT["params"], "gama": 0.5}}))
     with pytest.raises(ValueError, match=r"params: \['gama'\] belong to neither 'sgd' nor 'step'"):

@@ -67,7 +67,9 @@ def test_the_first_loss_is_the_reference():
     assert guard.reference_loss == 3.0  # its size, whatever its sign
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"loss_factor": 1.0}, "loss_factor must be > 1, got 1.0"), ({"rise_steps": 1}, "rise_steps must be >= 2, got 1")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"), [({"loss_factor": 1.0}, "loss_factor must be > 1, got 1.0"), ({"rise_steps": 1}, "rise_steps must be >= 2, got 1")]
+)
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DivergenceGuard(**kwargs)

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 import autolr
 from autolr.cli import main
 
-LOOP = '''
+LOOP = """
 import torch
 from torch import nn
 
@@ -42,7 +42,7 @@ def train(trial):
         trial.epoch({"val_loss": val})
     CALLS.append(trial.params["lr"])
     return val
-'''
+"""
 
 STUDY = """
 name: {name}
@@ -121,11 +121,13 @@ def test_a_loop_passed_as_a_callable(write_study, stores) -> None:
         trial.epoch({"val_loss": float(w.item() ** 2)})
         return {"val_loss": float(w.item() ** 2)}  # a dict holding the objective's metric
 
-    path = write_study(textwrap.dedent("""
+    path = write_study(
+        textwrap.dedent("""
         name: callable-loop
         trials: 3
         search: {lr: {low: 1.0e-3, high: 0.5}, optimizer: {sgd: {momentum: 0.0}}}
-    """))
+    """)
+    )
     result = autolr.tune(path, loop=train, progress=False, **stores)
     assert seen == [0, 1, 2] and all(t.state.name == "COMPLETE" for t in result.trials)
     for t in result.trials:  # plain gradient descent on w**2 from 3: the value follows from the rate

@@ -142,7 +142,10 @@ def test_several_inputs_reach_the_model_with_the_default_step(study, stores) -> 
 
 def test_a_batch_the_steps_cannot_take_fails_before_any_trial_naming_the_hook(study, stores, tmp_path, capsys) -> None:
     path = study("dict_lm_without_hooks")
-    with pytest.raises(StudyFileError, match=r"task: expected batches that the task's steps take, got <BatchError: the batches are a dict with keys \['input_ids', 'labels'\].*training_step\(model, batch\)"):
+    with pytest.raises(
+        StudyFileError,
+        match=r"task: expected batches that the task's steps take, got <BatchError: the batches are a dict with keys \['input_ids', 'labels'\].*training_step\(model, batch\)",
+    ):
         preflight(load_study(path))
     assert main(["tune", path, "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]) == 2
     err = capsys.readouterr().err.strip()
@@ -258,12 +261,14 @@ def test_a_factory_defined_in_the_caller_is_passed_as_a_callable(write_study, st
     def make():
         return _linear_task(TensorDataset(torch.randn(64, 4), torch.randn(64, 1)))
 
-    path = write_study(textwrap.dedent("""
+    path = write_study(
+        textwrap.dedent("""
         name: callable
         train: {epochs: 1, batch_size: 16}
         trials: 2
         search: {lr: {low: 1.0e-3, high: 0.1}}
-    """))  # no task: here, the callable stands in
+    """)
+    )  # no task: here, the callable stands in
     result = autolr.tune(path, task=make, progress=False, **stores)
     assert sum(t.state.name == "COMPLETE" for t in result.trials) == 2
     assert optuna.load_study(study_name="callable", storage=stores["storage"]).best_trial is not None

@@ -141,7 +141,10 @@ class Pairs(nn.Module):
 
 def test_a_batch_that_is_not_inputs_and_targets_needs_training_step():
     loader = DataLoader(Regression(), batch_size=16, collate_fn=collate)
-    with pytest.raises(TypeError, match=r"batch: expected \(inputs, targets\) for loss_fn\(model\(inputs\), targets\), got a dict with keys \['inputs', 'target', 'ids'\]; .* pass training_step="):
+    with pytest.raises(
+        TypeError,
+        match=r"batch: expected \(inputs, targets\) for loss_fn\(model\(inputs\), targets\), got a dict with keys \['inputs', 'target', 'ids'\]; .* pass training_step=",
+    ):
         autolr.range_test(Pairs(), torch.optim.SGD(Pairs().parameters(), lr=0.1), loader, loss_fn=nn.functional.mse_loss)
 
 
@@ -166,11 +169,23 @@ def test_the_callers_random_state_is_left_as_it_was():
     ("kwargs", "error", "message"),
     [
         ({}, ValueError, r"loss_fn, training_step: expected one of them, got neither"),
-        ({"loss_fn": nn.functional.mse_loss}, ValueError, r"batch_size: expected an integer >= 1, got None \(a Dataset needs one; a DataLoader brings its own\)"),
-        ({"loss_fn": nn.functional.mse_loss, "data": "loader", "batch_size": 8}, ValueError, r"batch_size: expected None for a DataLoader \(its batches are used as they are\), got 8"),
+        (
+            {"loss_fn": nn.functional.mse_loss},
+            ValueError,
+            r"batch_size: expected an integer >= 1, got None \(a Dataset needs one; a DataLoader brings its own\)",
+        ),
+        (
+            {"loss_fn": nn.functional.mse_loss, "data": "loader", "batch_size": 8},
+            ValueError,
+            r"batch_size: expected None for a DataLoader \(its batches are used as they are\), got 8",
+        ),
         ({"loss_fn": nn.functional.mse_loss, "data": 3}, TypeError, r"data: expected a Dataset, a DataLoader or an iterable of batches, got a int"),
         ({"loss_fn": nn.functional.mse_loss, "data": []}, ValueError, r"data: expected at least one batch, got an empty list"),
-        ({"loss_fn": nn.functional.mse_loss, "batch_size": 8, "optimizer": "adam"}, TypeError, r"optimizer: expected a torch.optim.Optimizer or a function params -> optimizer, got a str"),
+        (
+            {"loss_fn": nn.functional.mse_loss, "batch_size": 8, "optimizer": "adam"},
+            TypeError,
+            r"optimizer: expected a torch.optim.Optimizer or a function params -> optimizer, got a str",
+        ),
     ],
 )
 def test_bad_arguments_say_what_was_expected(kwargs, error, message):

@@ -46,7 +46,9 @@ def make(counter, fail_calls=(), interrupt_calls=(), sleep_s=0.0):
 def _study(write_study, tmp_path: Path, name: str, trials: int = 4, **task_args) -> str:
     (tmp_path / "flaky_task.py").write_text(FLAKY_TASK)
     args = ", ".join(f"{k}: {v!r}" for k, v in {"counter": str(tmp_path / f"{name}.count"), **task_args}.items())
-    return str(write_study(f"""
+    return str(
+        write_study(
+            f"""
         name: {name}
         task: "flaky_task:make"
         task_args: {{{args}}}
@@ -54,7 +56,10 @@ def _study(write_study, tmp_path: Path, name: str, trials: int = 4, **task_args)
         trials: {trials}
         search: {{lr: {{low: 0.001, high: 0.1}}, optimizer: {{sgd: {{}}}}, schedule: {{constant: {{}}}}}}
         pruning: {{curve: none}}
-    """, f"{name}.yaml"))
+    """,
+            f"{name}.yaml",
+        )
+    )
 
 
 def _runs_by_trial(tracking_uri: str, experiment: str):

@@ -112,7 +112,7 @@ def test_runs_end_killed_when_the_training_process_dies(stores, tmp_path) -> Non
         f"""
         import os
         from autolr.tracking import Tracker
-        tracker = Tracker({stores['tracking_uri']!r}, experiment="dies")
+        tracker = Tracker({stores["tracking_uri"]!r}, experiment="dies")
         run = tracker.trial_run(None, 0, {{"lr": 0.1}})
         run.log_steps(0, {{"train_loss": [1.0, 0.9], "lr": [0.1, 0.1], "grad_norm": [1.0, 1.0]}})
         run.flush()

@@ -90,10 +90,7 @@ def _raw_rows(db_path, run_id: str) -> dict[str, list]:
         for table in ("metrics", "latest_metrics", "params", "tags", "runs"):
             cursor = conn.execute(f"SELECT * FROM {table} WHERE run_uuid = ?", (run_id,))
             columns = [c[0] for c in cursor.description]
-            rows = [
-                tuple((c, str(v).replace(run_id, "<run>")) for c, v in zip(columns, row) if c != "run_uuid")
-                for row in cursor.fetchall()
-            ]
+            rows = [tuple((c, str(v).replace(run_id, "<run>")) for c, v in zip(columns, row) if c != "run_uuid") for row in cursor.fetchall()]
             out[table] = sorted(rows)
     return out
 

@@ -115,7 +115,7 @@ def test_full_batch_when_batch_size_exceeds_the_data() -> None:
     task = least_squares(n_samples=50, n_features=4)
     batches = Batches(task.train_data, 10_000, torch.device("cpu"), seed=0)
     assert len(batches) == 1
-    (x, y), = list(batches)
+    ((x, y),) = list(batches)
     assert x.shape == (50, 4) and torch.equal(x, task.train_data.tensors[0])
 
 

@@ -74,7 +74,9 @@ def batches_for(data: object, batch_size: int | None, *, seed: int, needed: int)
     """The batch source for ``data`` (a Dataset with ``batch_size``, a DataLoader, or batches)."""
     if isinstance(data, DataLoader) or not isinstance(data, Dataset):
         if batch_size is not None:
-            raise ValueError(f"batch_size: expected None for {_kind(data)} (its batches are used as they are), got {batch_size!r}; drop batch_size, or pass a Dataset")
+            raise ValueError(
+                f"batch_size: expected None for {_kind(data)} (its batches are used as they are), got {batch_size!r}; drop batch_size, or pass a Dataset"
+            )
         if not isinstance(data, Iterable):
             raise TypeError(f"data: expected a Dataset, a DataLoader or an iterable of batches, got a {type(data).__name__}")
         return DrawnBatches(data, needed, seed=seed)
@@ -96,7 +98,9 @@ def step_for(loss_fn: Callable[[Any, Any], torch.Tensor] | None, training_step: 
             raise TypeError(f"training_step: expected a function (model, batch) -> scalar loss tensor, got a {type(training_step).__name__}")
         return training_step
     if loss_fn is None:
-        raise ValueError("loss_fn, training_step: expected one of them, got neither; pass loss_fn=fn(outputs, targets) for (inputs, targets) batches, or training_step=fn(model, batch) -> loss")
+        raise ValueError(
+            "loss_fn, training_step: expected one of them, got neither; pass loss_fn=fn(outputs, targets) for (inputs, targets) batches, or training_step=fn(model, batch) -> loss"
+        )
     if not callable(loss_fn):
         raise TypeError(f"loss_fn: expected a function (outputs, targets) -> scalar loss tensor, got a {type(loss_fn).__name__}")
 
@@ -120,5 +124,7 @@ def optimizer_for(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Opt
         raise TypeError(f"optimizer: expected a torch.optim.Optimizer or a function params -> optimizer, got a {type(optimizer).__name__}")
     built = optimizer(model.parameters())
     if not isinstance(built, torch.optim.Optimizer):
-        raise TypeError(f"optimizer: the factory returned a {type(built).__name__}, expected a torch.optim.Optimizer (e.g. lambda params: torch.optim.AdamW(params, lr=1e-3))")
+        raise TypeError(
+            f"optimizer: the factory returned a {type(built).__name__}, expected a torch.optim.Optimizer (e.g. lambda params: torch.optim.AdamW(params, lr=1e-3))"
+        )
     return built

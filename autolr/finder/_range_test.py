@@ -25,7 +25,6 @@ explodes; below the limit it only falls. What makes a probe unstable: :mod:`auto
    and checked on the other tasks of ``bench/finder.py``.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -168,7 +167,9 @@ def _descend(probe: Callable[[float], Probe], probe_steps: int, *, start_lr: flo
     return probes
 
 
-def _bisect(probe: Callable[[float], Probe], stable: float, unstable: float, probes: list[Probe], *, tolerance: float, affordable: Callable[[], bool]) -> tuple[float, float]:
+def _bisect(
+    probe: Callable[[float], Probe], stable: float, unstable: float, probes: list[Probe], *, tolerance: float, affordable: Callable[[], bool]
+) -> tuple[float, float]:
     """Halves ``[stable, unstable]`` in log space until it is within ``tolerance``; appends to ``probes``."""
     while unstable / stable > tolerance and affordable():
         probes.append(probe(math.sqrt(stable * unstable)))

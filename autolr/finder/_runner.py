@@ -52,7 +52,9 @@ def same_randomness(seed: int, device: torch.device | None = None) -> Iterator[N
 class Runner:
     """Trains ``model`` from its starting state at given rates; :meth:`restore` puts that state back."""
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: Step, batches: BatchSource, *, grad_clip: float | None, seed: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: Step, batches: BatchSource, *, grad_clip: float | None, seed: int
+    ) -> None:
         self.model, self.optimizer, self.training_step, self.batches = model, optimizer, step, batches
         self.grad_clip, self.seed = grad_clip, seed
         self.full_batch = batches.full_batch

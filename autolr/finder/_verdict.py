@@ -60,7 +60,9 @@ def _tail_mean(values: Sequence[float], width: int) -> float:
     return float(np.mean(tail)) if all(map(math.isfinite, tail)) else math.inf
 
 
-def probe_verdict(losses: Sequence[float], grad_norms: Sequence[float] = (), *, reference: Sequence[float] | None = None, climb_share: float = CLIMB_SHARE) -> str:
+def probe_verdict(
+    losses: Sequence[float], grad_norms: Sequence[float] = (), *, reference: Sequence[float] | None = None, climb_share: float = CLIMB_SHARE
+) -> str:
     """Why a constant-rate run is unstable ("" when it is stable).
 
     Unstable: a non-finite loss or gradient norm; the loss coming back above its starting value

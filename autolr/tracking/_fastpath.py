@@ -56,9 +56,7 @@ class SqlFastPath:
         self.upsert_latest = self._upsert(self.latest, ("value", "timestamp", "step", "is_nan"), newer=True)
         self.upsert_tags = self._upsert(self.tags, ("value",))
         self.end_run = (
-            sa.update(self.runs)
-            .where(self.runs.c.run_uuid == sa.bindparam("run_id"))
-            .values(status=sa.bindparam("status"), end_time=sa.bindparam("end_time"))
+            sa.update(self.runs).where(self.runs.c.run_uuid == sa.bindparam("run_id")).values(status=sa.bindparam("status"), end_time=sa.bindparam("end_time"))
         )
 
     @classmethod

@@ -23,4 +23,3 @@ def open_client(tracking_uri: str) -> MlflowClient:
         return MlflowClient(tracking_uri=tracking_uri)
     with sqlite.prepared(path):
         return MlflowClient(tracking_uri=tracking_uri)  # creates and migrates the tables
-

@@ -142,9 +142,7 @@ class Tracker:
                 self._experiment_id = exp.experiment_id
             else:
                 try:
-                    self._experiment_id = self.client.create_experiment(
-                        self.experiment_name, artifact_location=artifact_root_for(self.tracking_uri)
-                    )
+                    self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=artifact_root_for(self.tracking_uri))
                 except mlflow.exceptions.MlflowException:  # another worker created it first
                     self._experiment_id = self.client.get_experiment_by_name(self.experiment_name).experiment_id
         return self._experiment_id

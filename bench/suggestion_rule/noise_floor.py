@@ -1,6 +1,6 @@
 """Is 1.05x of the grid's best at the noise floor?  (needs compute.py grids noise)
 
-    python bench/suggestion_rule/noise_floor.py [--seeds 100 101 ...]
+python bench/suggestion_rule/noise_floor.py [--seeds 100 101 ...]
 """
 
 from __future__ import annotations
@@ -45,17 +45,23 @@ def main():
             continue
         hit = lambda v: f"{sum(x <= 1.05 for x in v)}/{len(v)} ({np.mean(np.array(v) <= 1.05):.0%})"
         print(f"== {label}: {n} cases (adam, sgd x 10/20/30 epochs), {len(NOISE_REPS)} re-runs each at the grid's best rate")
-        print(f"re-run, same init, other batch order : within 1.05x {hit(rows['order'])}, median {statistics.median(rows['order']):.3f}, "
-              f"p90 {np.percentile(rows['order'], 90):.3f}")
-        print(f"re-run, other init and batch order   : within 1.05x {hit(rows['full'])}, median {statistics.median(rows['full']):.3f}, "
-              f"p90 {np.percentile(rows['full'], 90):.3f}")
+        print(
+            f"re-run, same init, other batch order : within 1.05x {hit(rows['order'])}, median {statistics.median(rows['order']):.3f}, "
+            f"p90 {np.percentile(rows['order'], 90):.3f}"
+        )
+        print(
+            f"re-run, other init and batch order   : within 1.05x {hit(rows['full'])}, median {statistics.median(rows['full']):.3f}, "
+            f"p90 {np.percentile(rows['full'], 90):.3f}"
+        )
         for o, v in per_opt.items():
             print(f"    {o}: full re-run within 1.05x {hit(v)}, median {statistics.median(v):.3f}")
         print(f"2nd-best grid rate                   : within 1.05x {hit(rows['second'])}, median {statistics.median(rows['second']):.3f}")
         print(f"grid step below the best (-1/6 dec.) : within 1.05x {hit(rows['left'])}, median {statistics.median(rows['left']):.3f}")
         print(f"grid step above the best (+1/6 dec.) : within 1.05x {hit(rows['right'])}, median {statistics.median(rows['right']):.3f}")
-        print(f"both neighbours within 1.05x: {sum(rows['both_nb'])}/{n}; at least one: {sum(rows['either_nb'])}/{n}; "
-              f"grid rates within 1.05x per case: median {statistics.median(rows['n_within_grid'])}, min {min(rows['n_within_grid'])}")
+        print(
+            f"both neighbours within 1.05x: {sum(rows['both_nb'])}/{n}; at least one: {sum(rows['either_nb'])}/{n}; "
+            f"grid rates within 1.05x per case: median {statistics.median(rows['n_within_grid'])}, min {min(rows['n_within_grid'])}"
+        )
         print()  # fmt: skip
 
 

@@ -53,7 +53,9 @@ def rangetest(opt: str, epochs: int, seed: int, tolerance: float | None = None) 
     torch.set_num_threads(1)
     task = build_task(TASK, {}, seed=seed)
     optimizer = build_optimizer(*bf._optimizer(opt, task, 1e-3))
-    found = range_test(task.model, optimizer, task.train_data, loss_fn=task.loss_fn, batch_size=BATCH, run_steps=epochs * STEPS_PER_EPOCH, seed=seed, tolerance=tolerance)
+    found = range_test(
+        task.model, optimizer, task.train_data, loss_fn=task.loss_fn, batch_size=BATCH, run_steps=epochs * STEPS_PER_EPOCH, seed=seed, tolerance=tolerance
+    )
     out = found.to_dict()
     out["cost"] = found.samples + found.forward_samples / 3
     return out
