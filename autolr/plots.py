@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autolr import stability
+
 __all__ = [
     "learning_curves",
     "lr_curves",
@@ -39,14 +41,11 @@ SQUARE = (10.0, 7.5)
 
 
 def max_stable_lr(rows: Sequence[Row]) -> float | None:
-    """The highest learning rate among trials that finished without diverging (COMPLETE, or pruned for
-    their curve) and ended with a lower training loss than they started with (``loss_ratio`` <= 1,
-    where known), or None when there is none."""
-    stable = [
-        r["lr"] for r in rows
-        if r.get("lr") is not None and r["state"] in ("COMPLETE", "PRUNED") and not r.get("diverged") and not (r.get("loss_ratio") or 0.0) > 1.0
-    ]  # fmt: skip
-    return max(stable) if stable else None
+    """The highest learning rate among the trial rows that are stable (:mod:`autolr.stability`), or None."""
+    pairs = (
+        (r["lr"], stability.is_stable(r["state"], diverged=bool(r.get("diverged")), loss_ratio=r.get("loss_ratio"))) for r in rows if r.get("lr") is not None
+    )
+    return stability.max_stable_lr(pairs)
 
 
 def trial_curves(series: Mapping[str, Series], *, title: str, metric: str, path: str | Path, flags: Mapping[str, int] | None = None) -> Path:

@@ -21,7 +21,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr import keys
+from autolr import keys, stability
 
 __all__ = ["CeilingSampler", "lr_ceiling", "make_sampler", "risky_band"]
 
@@ -52,7 +52,8 @@ def make_sampler(name: str, *, seed: int, grid_space: dict | None = None, ceilin
 
 
 def lr_ceiling(trials: Sequence[FrozenTrial], optimizer: str | None) -> tuple[float | None, float | None]:
-    """``(highest stable lr, ceiling)`` among finished trials of ``optimizer`` (None: any optimizer).
+    """``(highest stable lr, ceiling)`` among finished trials of ``optimizer`` (None: any optimizer);
+    stable as :mod:`autolr.stability` defines it.
 
     The ceiling is the lowest diverged rate at and above which most trials diverged. Near the limit
     of mini-batch training, divergence is fuzzy (the same rate can survive once and blow up in its
@@ -63,12 +64,12 @@ def lr_ceiling(trials: Sequence[FrozenTrial], optimizer: str | None) -> tuple[fl
         lr = t.params.get("lr")
         if lr is None or (optimizer is not None and t.params.get("optimizer", optimizer) != optimizer):
             continue
-        runs.append((lr, bool(t.user_attrs.get(keys.DIVERGED))))
-    stable = [lr for lr, diverged in runs if not diverged]
-    stable_max = max(stable) if stable else None
+        diverged = bool(t.user_attrs.get(keys.DIVERGED))
+        runs.append((lr, diverged, stability.is_stable(t.state.name, diverged=diverged, loss_ratio=t.user_attrs.get(keys.LOSS_RATIO))))
+    stable_max = stability.max_stable_lr((lr, stable) for lr, _, stable in runs)
     runs.sort(reverse=True)
     ceiling, n_diverged = None, 0
-    for n_above, (lr, diverged) in enumerate(runs, start=1):
+    for n_above, (lr, diverged, _) in enumerate(runs, start=1):
         n_diverged += diverged
         if diverged and n_diverged * 2 >= n_above:
             ceiling = lr

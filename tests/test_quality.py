@@ -105,3 +105,21 @@ def test_ceiling_ignores_a_lucky_survivor_above_divergent_rates() -> None:
     assert lr_ceiling(trials, None) == (0.35, 0.3)  # 0.35 survived once, but most runs from 0.3 up diverged
     assert lr_ceiling(trials[:2], None) == (0.1, 0.3)
     assert lr_ceiling([trial(0.1, False)], None) == (0.1, None)
+
+
+def test_one_stability_rule_for_the_sampler_and_the_report() -> None:
+    """A trial whose training loss ended above its start is not stable, for the ceiling and the plot alike."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from autolr.plots import max_stable_lr
+    from autolr.sampler import lr_ceiling
+    from autolr.store import trial_row
+
+    dist = {"lr": FloatDistribution(1e-4, 10, log=True)}
+    trials = [
+        create_trial(params={"lr": 0.1}, distributions=dist, value=0.5, state=TrialState.COMPLETE, user_attrs={"autolr.loss_ratio": 0.2}),
+        create_trial(params={"lr": 0.5}, distributions=dist, value=2.9, state=TrialState.COMPLETE, user_attrs={"autolr.loss_ratio": 1.3}),
+    ]
+    assert lr_ceiling(trials, None)[0] == 0.1
+    assert max_stable_lr([trial_row(t) for t in trials]) == 0.1
