@@ -86,5 +86,6 @@ def gradient_flag(kind: str) -> tuple[str, str]:
 
 
 def val_metric(name: str) -> str:
-    """The logged name of a validation metric: ``accuracy`` -> ``val_accuracy``; ``val_loss`` stays."""
+    """The logged name of a validation metric: ``accuracy`` -> ``val_accuracy``, ``loss`` -> ``val_loss``;
+    ``val_loss`` stays."""
     return name if name.startswith("val_") else f"val_{name}"

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from autolr import keys
 from autolr.batches import Batches, LoaderBatches, batch_size, describe_batch
 from autolr.grads import FlatGradients
 from autolr.guard import Diverged, DivergenceGuard
@@ -156,7 +157,7 @@ def _evaluate_whole(task: Task, data: Dataset, device: torch.device, size: int) 
     out, tgt = torch.cat(outputs), torch.cat(targets)
     metrics = {"val_loss": float(task.loss_fn(out, tgt))}
     for name, fn in task.metrics.items():
-        metrics[f"val_{name}"] = float(fn(out, tgt))
+        metrics[keys.val_metric(name)] = float(fn(out, tgt))
     return metrics
 
 
@@ -174,7 +175,7 @@ def _evaluate_streaming(task: Task, batches: Iterable[Any], device: torch.device
         raise BatchError("val_data: expected at least one validation batch, got none")
     if "loss" not in sums:
         raise BatchError(f"validation_step: expected a dict with 'loss', got keys {sorted(sums)}")
-    return {("val_loss" if name == "loss" else f"val_{name}"): float(total) / seen for name, total in sums.items()}
+    return {keys.val_metric(name): float(total) / seen for name, total in sums.items()}
 
 
 def _validation_step_of(task: Task) -> Callable[[torch.nn.Module, Any], Mapping[str, Any]]:
