@@ -146,7 +146,8 @@ def _rdb(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
 
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:
-    """One stored trial as a flat row for tables and plots: number, state, value, params, prune reason."""
+    """One stored trial as a flat row for tables and plots: number, state, value, params, and why it
+    stopped (a PRUNED trial's reason, a FAIL trial's error)."""
     params = t.user_attrs.get(keys.PARAMS, t.params)
     return {
         "trial": t.number,
@@ -159,5 +160,5 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "steps": t.user_attrs.get(keys.STEPS),
         "diverged": bool(t.user_attrs.get(keys.DIVERGED)),
         "loss_ratio": t.user_attrs.get(keys.LOSS_RATIO),
-        "reason": t.user_attrs.get(keys.PRUNE_REASON, ""),
+        "reason": t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR, ""),  # a FAIL trial's error
     }

@@ -1,0 +1,48 @@
+"""The progress bar: trials finished, and the running trial's epoch, step and loss, throttled."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from autolr import progress
+from autolr.progress import NullProgress, Progress
+
+
+def _bar(monkeypatch) -> tuple[Progress, io.StringIO]:
+    out = io.StringIO()
+    monkeypatch.setattr(progress.sys, "stderr", out)
+    return Progress(5, initial=2), out
+
+
+def test_the_running_trial_shows_its_epoch_step_and_loss(monkeypatch) -> None:
+    bar, out = _bar(monkeypatch)
+    bar.steps(7, 130, 440, 3, 20, 0.2311)
+    bar.bar.refresh()
+    assert "#7 epoch 3/20, step 130/440, loss 0.2311" in out.getvalue()
+    assert "2/5" in out.getvalue()  # a resumed study starts where it stands
+    bar.trial_finished("#7 COMPLETE 0.1", counted=True)
+    bar.bar.refresh()
+    assert "3/5" in out.getvalue() and "#7 COMPLETE 0.1" in out.getvalue()
+    bar.close()
+
+
+def test_redraws_are_throttled(monkeypatch) -> None:
+    bar, _ = _bar(monkeypatch)
+    clock = iter([100.0, 100.1, 100.2, 100.7])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    shown = []
+    monkeypatch.setattr(bar.bar, "set_postfix_str", lambda text, **_: shown.append(text))
+    for step in (1, 2, 3, 4):
+        bar.steps(0, step, 10, 1, 2, 1.0)
+    assert [s.split("step ")[1].split("/")[0] for s in shown] == ["1", "4"]  # every REFRESH_S at most
+    assert progress.REFRESH_S == pytest.approx(0.5)
+
+
+def test_no_bar_does_nothing() -> None:
+    null = NullProgress()
+    null.steps(0, 1, None, 1, None, None)
+    null.trial_finished("x", counted=True)
+    null.note("x")
+    null.close()
