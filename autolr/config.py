@@ -21,6 +21,7 @@ from autolr.errors import StudyFileError
 from autolr.params import FINDER_STEPS, LR, MAX_WARMUP, WARMUP, Choice, Fixed, ParamSpec, Range, Setting
 
 __all__ = [
+    "ConfirmConfig",
     "FinderConfig",
     "LrSearch",
     "PruningConfig",
@@ -100,6 +101,23 @@ class TrackingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConfirmConfig:
+    """Winners that hold: after the search, the top configurations are trained again on fresh seeds
+    and the export names the one with the best mean. ``top`` and ``seeds`` None: as many as a quarter
+    of the study's trials affords (3 seeds, fewer for small studies; at least one configuration)."""
+
+    enabled: bool = True
+    top: int | None = None
+    seeds: int | None = None
+
+    def plan(self, trials: int) -> tuple[int, int]:
+        """``(configurations, seeds)`` for a study of ``trials`` trials."""
+        budget = max(1, trials // 4)  # confirmation costs at most a quarter of the study's trials
+        seeds = self.seeds or min(3, budget)
+        return (self.top or max(1, budget // seeds)), seeds
+
+
+@dataclasses.dataclass(frozen=True)
 class StudyConfig:
     """A validated study file. Exactly one of ``task`` (autolr's trainer) and ``loop`` (the user's own
     training loop) is set: a ``"package.module:function"`` string from the file, a built-in task name,
@@ -120,6 +138,7 @@ class StudyConfig:
     finder: FinderConfig = FinderConfig()
     tracking: TrackingConfig = TrackingConfig()
     loop: str | Callable[..., Any] | None = None
+    confirm: ConfirmConfig = ConfirmConfig()
 
     @property
     def code(self) -> str | Callable[..., Any]:
@@ -191,7 +210,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 # --- validation ------------------------------------------------------------------------------------
 
 _TOP_KEYS = {
-    "name", "task", "loop", "task_args", "train", "objective", "trials", "seed", "sampler", "search", "pruning",
+    "name", "task", "loop", "confirm", "task_args", "train", "objective", "trials", "seed", "sampler", "search", "pruning",
     "finder", "tracking",
 }  # fmt: skip
 _TOP = "(top level)"
@@ -281,6 +300,7 @@ def parse_study(raw: object, *, path: str = "study.yaml", task: Callable[..., An
         pruning=_parse_pruning(c, doc.get("pruning")),
         finder=_parse_finder(c, doc.get("finder")),
         tracking=_parse_tracking(c, doc.get("tracking")),
+        confirm=_parse_confirm(c, doc.get("confirm", True)),
     )
 
 
@@ -450,6 +470,17 @@ def _parse_finder(c: _Checker, finder: object) -> FinderConfig:
     if start >= end:
         raise c.fail("finder", "start_lr < end_lr", f)
     return FinderConfig(steps=c.integer(f.get("steps", FinderConfig.steps), "finder.steps", minimum=FINDER_STEPS.low), start_lr=start, end_lr=end)
+
+
+def _parse_confirm(c: _Checker, confirm: object) -> ConfirmConfig:
+    if isinstance(confirm, bool):
+        return ConfirmConfig(enabled=confirm)
+    f = c.mapping(confirm, "confirm", {"top", "seeds"})
+    top, seeds = f.get("top"), f.get("seeds")
+    return ConfirmConfig(
+        top=None if top is None else c.integer(top, "confirm.top", minimum=1),
+        seeds=None if seeds is None else c.integer(seeds, "confirm.seeds", minimum=1),
+    )
 
 
 def _parse_tracking(c: _Checker, tracking: object) -> TrackingConfig:

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from autolr import keys
+from autolr.confirm import confirmation, confirmed_winner
 from autolr.hparams import RunConfig
 from autolr.scheduler import StepScheduler
 from autolr.store import best_trial
@@ -31,16 +32,26 @@ __all__ = ["BestConfig", "best_export", "load_best", "to_yaml", "write_export"]
 _REQUIRED = ("study", "metric", "direction", "value", "trial", "params", "epochs", "batch_size")
 
 
-def best_export(config, study) -> dict[str, Any] | None:
-    """The export object for the best COMPLETE trial of ``study`` (None when there is none yet)."""
+def best_export(config, study, url: str) -> dict[str, Any] | None:
+    """The export object of the study's winner (None when there is no COMPLETE trial yet).
+
+    The winner is the configuration with the best mean over the confirmation's fresh seeds, and
+    ``value`` that mean, with the spread under ``confirmed``; without a complete confirmation (it is
+    off, or not run yet), the best single-seed trial, with ``confirmed: null``.
+    """
     best = best_trial(study)
     if best is None:
         return None
+    winner = confirmed_winner(confirmation(config, study, url), config.direction)
+    if winner is not None:
+        best = study.trials[winner.trial]
     return {
         "study": config.name,
         "metric": keys.val_metric(config.metric),  # as logged
         "direction": config.direction,
-        "value": float(best.value),
+        "value": float(best.value) if winner is None else winner.mean,
+        "single_seed_value": float(best.value),
+        "confirmed": None if winner is None else winner.to_dict(),
         "trial": best.number,
         "params": dict(best.user_attrs[keys.PARAMS]),
         "epochs": config.train.epochs,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __all__ = [
     "BEST_TRIAL",
+    "CONFIRM_OF",
+    "CONFIRM_PLAN",
     "BEST_VALUE",
     "DIVERGED",
     "DIVERGENCE_STEP",
@@ -24,9 +26,11 @@ __all__ = [
     "PRUNE_REASON",
     "RANGE_TEST_CACHE",
     "ROLE",
+    "ROLE_CONFIRM",
     "ROLE_RANGE_TEST",
     "ROLE_STUDY",
     "ROLE_TRIAL",
+    "SEED",
     "SOURCE",
     "STATE",
     "STEPS",
@@ -51,16 +55,20 @@ STEPS = "autolr.steps"  # optimisation steps the trial ran
 LOSS_RATIO = "autolr.loss_ratio"  # smoothed training loss at the end / at the start: above 1, no progress
 ERROR = "autolr.error"  # "TypeError: ..." of a FAIL trial
 SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test")
+CONFIRM_OF = "autolr.confirm_of"  # a confirmation run: the number of the search trial it re-trains
+SEED = "autolr.seed"  # the seed a confirmation run trained with
 
 # --- Optuna study user attrs ------------------------------------------------------------------------
 UID = "autolr.uid"  # the study's own id, kept across invocations
 RANGE_TEST_CACHE = "autolr.range_test.{optimizer}"  # one optimizer's cached range test
+CONFIRM_PLAN = "autolr.confirm_plan"  # [configurations, seeds] of the last invocation that confirmed
 
 # --- MLflow run tags ----------------------------------------------------------------------------------
 ROLE = "autolr.role"
 ROLE_STUDY = "study"  # the parent run of one invocation
 ROLE_TRIAL = "trial"
 ROLE_RANGE_TEST = "range_test"
+ROLE_CONFIRM = "confirm"  # a search trial's configuration re-trained on a fresh seed
 STUDY = "autolr.study"
 STUDY_UID = "autolr.study_uid"  # = the study's UID attr: one study name in two storages never mixes runs
 STORAGE = "autolr.storage"

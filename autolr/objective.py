@@ -67,7 +67,7 @@ class Objective:
         run_config = suggest_run(trial, cfg.search, self.lr_bounds, grid=cfg.sampler == "grid")
         flat = run_config.flat()
         trial.set_user_attr(keys.PARAMS, flat)
-        run = self.tracker.trial_run(self.parent_run_id, trial.number, flat)
+        run = self.tracker.trial_run(self.parent_run_id, trial.number, flat, **_run_labels(trial, self.config.seed))
         try:
             with run:
                 return self._train(trial, run_config, run)
@@ -138,6 +138,14 @@ class Objective:
         if divergence_step is not None:
             tags[keys.DIVERGENCE_STEP] = divergence_step
         run.end("PRUNED", tags)
+
+
+def _run_labels(trial: optuna.Trial, seed: int) -> dict[str, Any]:
+    """A confirmation run (a search trial's configuration on a fresh seed) is told apart in MLflow."""
+    of = trial.user_attrs.get(keys.CONFIRM_OF)
+    if of is None:
+        return {}
+    return {"role": keys.ROLE_CONFIRM, "name": f"confirm-{of}-seed{seed}", "tags": {keys.CONFIRM_OF: of, keys.SEED: seed}}
 
 
 def make_trainer(config: StudyConfig, **kwargs: Any) -> Trainer:

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
+from autolr.confirm import Confirmation, confirmation, confirmation_pending, run_confirmation
 from autolr.objective import Objective
 from autolr.preflight import check_crosses_processes, preflight
 from autolr.progress import NullProgress, Progress
@@ -57,6 +58,7 @@ class TuneResult:
     best: FrozenTrial | None
     trials: list[FrozenTrial]
     parent_run_id: str | None = None
+    confirmations: list[Confirmation] = dataclasses.field(default_factory=list)  # best candidate first
 
     def count(self, state: TrialState) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -219,9 +221,10 @@ def tune(
 
     parent_run_id = None
     done = store.n_finished(opt_study)
-    bar = Progress(config.trials, initial=done) if progress and done < config.trials else NullProgress()
+    pending = done < config.trials or confirmation_pending(config, opt_study, plan.storage_url)
+    bar = Progress(config.trials, initial=done) if progress and pending else NullProgress()
     try:
-        if done < config.trials:
+        if pending:
             parent_run_id = _run(plan, opt_study, tracker, _Watch(bar, on_trial))
     finally:
         bar.close()
@@ -235,6 +238,10 @@ class _Watch:
 
     bar: NullProgress
     on_trial: Callable[[FrozenTrial], None] | None
+
+    def confirmed(self, trial: FrozenTrial) -> None:
+        value = "" if trial.value is None else f" {trial.value:.4g}"
+        self.bar.note(f"confirming #{trial.user_attrs.get(keys.CONFIRM_OF)} on seed {trial.user_attrs.get(keys.SEED)}: {trial.state.name}{value}")
 
     def __call__(self, trial: FrozenTrial) -> None:
         row = store.trial_row(trial)
@@ -282,12 +289,17 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
 
             lr_bounds = auto_lr_bounds(config, study, tracker, parent_run_id)
             run_study = open_study(config, plan.storage_url, lr_bounds)
+        deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
         if plan.parallel:
             _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial)
         else:
             objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar)
-            deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
             run_trials(config, run_study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
+        if store.n_finished(run_study) >= config.trials and (deadline is None or time.monotonic() < deadline):
+            run_confirmation(
+                config, run_study, plan.storage_url, lr_bounds=lr_bounds, on_trial=on_trial.confirmed,
+                make_objective=lambda seeded: Objective(seeded, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar),
+            )  # fmt: skip
 
     with tracker.parent_run(
         f"{config.name}@{time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -362,7 +374,7 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
                          "next invocation that runs trials draws the study's plots again")  # fmt: skip
             return
         study = store.load(config, storage_url)
-        export = best_export(config, study)
+        export = best_export(config, study, storage_url)
         if export is not None:
             tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in export["params"].items()})
             tracker.set_tags(parent_run_id, {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"]})
@@ -408,7 +420,8 @@ def _importances(study: optuna.Study) -> tuple[dict[str, float], str]:
 def summarize(config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None) -> TuneResult:
     study = store.load(config, storage_url)
     trials = study.get_trials(deepcopy=False)
-    return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, store.best_trial(study), trials, parent_run_id)
+    confirmations = confirmation(config, study, storage_url)
+    return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, store.best_trial(study), trials, parent_run_id, confirmations)
 
 
 def study_results(study: str | Path | StudyConfig, *, storage: str | None = None) -> TuneResult:
@@ -423,7 +436,7 @@ def export_best(study: str | Path | StudyConfig, *, storage: str | None = None, 
 
     config = study if isinstance(study, StudyConfig) else load_study(study)
     url = storage or store.default_storage_url(config)
-    export = best_export(config, store.load(config, url))
+    export = best_export(config, store.load(config, url), url)
     if export is None:
         raise RuntimeError(f"study {config.name!r} in {url} has no COMPLETE trial yet; run `autolr tune {config.path}`")
     return write_export(export, path, fmt)

@@ -26,14 +26,14 @@ def _runs(stores, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("autolr.role") == "study"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags and r.data.tags.get("autolr.role") == "trial"]
     return client, parents, children
 
 
 def test_quickstart_tune_export_and_mlflow_layout(stores, tmp_path, capsys) -> None:
     assert main(["tune", QUICKSTART, "--trials", "6", *_args(stores)]) == 0
     out = capsys.readouterr().out
-    assert "study quickstart:" in out and "best: trial" in out
+    assert "study quickstart:" in out and "best single seed: trial" in out and "winner on fresh seeds: trial" in out
 
     study = optuna.load_study(study_name="quickstart", storage=stores["storage"])
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -63,7 +63,8 @@ def test_quickstart_tune_export_and_mlflow_layout(stores, tmp_path, capsys) -> N
     export = json.loads(out_path.read_text())
     assert {"study", "metric", "direction", "value", "trial", "params", "epochs", "batch_size"} <= set(export)
     assert {"optimizer", "lr", "schedule", "warmup"} <= set(export["params"])
-    assert export["value"] == study.best_value and export["trial"] == study.best_trial.number
+    assert export["single_seed_value"] == study.best_value and export["trial"] == study.best_trial.number  # one candidate at 6 trials
+    assert export["value"] == export["confirmed"]["mean"] and len(export["confirmed"]["values"]) == 1  # a quarter of 6 trials: one fresh seed
     assert export["epochs"] == 8 and export["batch_size"] == 64
 
     assert main(["export", QUICKSTART, "--storage", stores["storage"]]) == 0

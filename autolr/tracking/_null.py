@@ -117,7 +117,16 @@ class NullTracker:
     def trial_runs(self, parent_run_id: str | None = None, *, status: str | None = None) -> dict[int, str]:
         return {}
 
-    def trial_run(self, parent_run_id: str | None, trial_number: int, params: Mapping[str, Any]) -> NullTrialRun:
+    def trial_run(
+        self,
+        parent_run_id: str | None,
+        trial_number: int,
+        params: Mapping[str, Any],
+        *,
+        role: str = "trial",
+        name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> NullTrialRun:
         return NullTrialRun(self, trial_number)
 
     def flush(self, timeout_s: float = 300.0) -> bool:

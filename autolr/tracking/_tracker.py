@@ -321,16 +321,26 @@ class Tracker:
 
     # --- trial runs: through the writer ----------------------------------------------------------------
 
-    def trial_run(self, parent_run_id: str | None, trial_number: int, params: Mapping[str, Any]) -> TrialRun:
-        """A new trial run; the writer creates it with its first points (nothing here waits)."""
-        tags = {keys.TRIAL: str(trial_number), keys.STATE: "RUNNING", keys.ROLE: keys.ROLE_TRIAL}
+    def trial_run(
+        self,
+        parent_run_id: str | None,
+        trial_number: int,
+        params: Mapping[str, Any],
+        *,
+        role: str = keys.ROLE_TRIAL,
+        name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> TrialRun:
+        """A new trial run; the writer creates it with its first points (nothing here waits). ``role``,
+        ``name`` and ``tags`` tell a confirmation run from a search trial."""
+        tags = {**{k: str(v) for k, v in (tags or {}).items()}, keys.TRIAL: str(trial_number), keys.STATE: "RUNNING", keys.ROLE: role}
         if self.study_uid:
             tags[keys.STUDY_UID] = self.study_uid
         if parent_run_id:
             tags[PARENT] = parent_run_id
         key = next(self._keys)
         texts = {k: _param_text(v) for k, v in params.items()}
-        self._send(CreateRun(key, self.experiment_id, f"trial-{trial_number}", tags, texts, now_ms()))
+        self._send(CreateRun(key, self.experiment_id, name or f"trial-{trial_number}", tags, texts, now_ms()))
         return TrialRun(self, key)
 
     def flush(self, timeout_s: float = 300.0) -> bool:

@@ -1,0 +1,127 @@
+"""Winners that hold: the top configurations re-trained on fresh seeds, the export naming the best mean."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+import autolr
+from autolr import confirm
+from autolr.cli import main
+from autolr.config import ConfirmConfig, load_study
+from autolr.errors import StudyFileError
+
+STUDY = """
+name: {name}
+task: least_squares
+task_args: {{n_samples: 64, n_features: 8, condition: 10}}
+train: {{epochs: 2, batch_size: 16}}
+trials: {trials}
+sampler: random
+search:
+  lr: {{low: 1.0e-3, high: 0.3}}
+  optimizer: {{sgd: {{momentum: 0.9}}}}
+  schedule: {{constant: {{}}, cosine: {{}}}}
+pruning: {{curve: none}}
+{confirm}
+"""
+
+
+def _study(write_study, name: str, *, trials: int = 4, confirm_line: str = "confirm: {top: 2, seeds: 2}") -> str:
+    return str(write_study(STUDY.format(name=name, trials=trials, confirm=confirm_line), f"{name}.yaml"))
+
+
+def test_the_plan_spends_at_most_a_quarter_of_the_study() -> None:
+    assert ConfirmConfig().plan(24) == (2, 3)  # 6 runs for 24 trials
+    assert ConfirmConfig().plan(40) == (3, 3)  # 9 of 40
+    assert ConfirmConfig().plan(8) == (1, 2)
+    assert ConfirmConfig().plan(3) == (1, 1)  # at least one configuration on one fresh seed
+    assert ConfirmConfig(top=4, seeds=5).plan(8) == (4, 5)  # given explicitly: as given
+
+
+def test_confirmation_runs_after_the_search_and_the_export_holds_the_spread(write_study, stores, tmp_path, capsys) -> None:
+    path = _study(write_study, "held")
+    result = autolr.tune(path, progress=False, **stores)
+    assert len(result.confirmations) == 2
+    for c in result.confirmations:
+        assert c.complete and c.seeds == (1000, 2000) and len(c.values) == 2  # fresh seeds, not the study's
+    winner = confirm.confirmed_winner(result.confirmations, "minimize")
+    assert winner.mean == min(c.mean for c in result.confirmations)
+    assert sum(t.state.name == "COMPLETE" for t in result.trials) + sum(t.state.name == "PRUNED" for t in result.trials) == 4  # the search is untouched
+
+    out = tmp_path / "best.yaml"
+    autolr.export_best(path, storage=stores["storage"], path=out)
+    best = autolr.load_best(out)
+    assert best.value == pytest.approx(winner.mean) and best.trial == winner.trial
+    assert best.extra["confirmed"]["values"] == list(winner.values) and best.extra["confirmed"]["std"] == pytest.approx(winner.std)
+    assert best.extra["single_seed_value"] == pytest.approx(result.trials[winner.trial].value)
+
+    client = MlflowClient(stores["tracking_uri"])
+    exp = client.get_experiment_by_name("held")
+    runs = client.search_runs([exp.experiment_id], "tags.`autolr.role` = 'confirm'")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    assert {(r.data.tags["autolr.confirm_of"], r.data.tags["autolr.seed"]) for r in runs} == {
+        (str(c.trial), str(s)) for c in result.confirmations for s in (1000, 2000)
+    }
+    assert all("mlflow.parentRunId" in r.data.tags and len(client.get_metric_history(r.info.run_id, "train_loss")) == 8 for r in runs)
+
+    assert main(["show", path, "--storage", stores["storage"]]) == 0
+    shown = capsys.readouterr().out
+    assert "fresh seeds" in shown and f"winner on fresh seeds: trial {winner.trial}" in shown
+    assert f"{winner.mean:.4g} +- " in shown  # the confirmed mean beside the single-seed value
+
+
+def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, stores, monkeypatch) -> None:
+    path = _study(write_study, "resumed", confirm_line="confirm: {top: 1, seeds: 3}")
+    real = confirm.run_confirmation
+    calls = {"n": 0}
+
+    def interrupting_objective(make_objective):
+        def make(seeded):
+            objective = make_objective(seeded)
+
+            def run(trial):
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    raise KeyboardInterrupt
+                return objective(trial)
+
+            return run
+
+        return make
+
+    monkeypatch.setattr("autolr.study.run_confirmation", lambda *a, make_objective, **k: real(*a, make_objective=interrupting_objective(make_objective), **k))
+    with pytest.raises(KeyboardInterrupt):
+        autolr.tune(path, progress=False, **stores)
+    monkeypatch.setattr("autolr.study.run_confirmation", real)
+    result = autolr.tune(path, progress=False, **stores)
+    (c,) = result.confirmations
+    assert c.complete and c.seeds == (1000, 2000, 3000)
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in result.trials) == 4  # no search trial added
+    again = autolr.tune(path, progress=False, **stores)  # nothing left to do
+    assert [x.values for x in again.confirmations] == [c.values]
+
+
+def test_confirmation_can_be_turned_off(write_study, stores) -> None:
+    path = _study(write_study, "unconfirmed", confirm_line="confirm: false")
+    result = autolr.tune(path, progress=False, **stores)
+    assert result.confirmations == []
+    export = yaml.safe_load(autolr.export_best(path, storage=stores["storage"]))
+    assert export["confirmed"] is None and export["value"] == result.best.value
+
+
+def test_a_winner_must_hold_on_every_fresh_seed() -> None:
+    held = confirm.Confirmation(3, 0.10, (1000, 2000), (0.12, 0.14), complete=True)
+    lucky = confirm.Confirmation(5, 0.05, (1000,), (0.30,), complete=False, dropped="diverged: loss nan at step 12")
+    better = confirm.Confirmation(7, 0.11, (1000, 2000), (0.11, 0.12), complete=True)
+    assert confirm.confirmed_winner([lucky, held, better], "minimize") is better
+    assert confirm.confirmed_winner([lucky], "minimize") is None
+    assert confirm.confirmed_winner([held, better], "maximize") is held
+
+
+def test_bad_confirm_settings_are_one_line(write_study) -> None:
+    with pytest.raises(StudyFileError, match=r"confirm.seeds: expected an integer >= 1, got 0"):
+        load_study(_study(write_study, "bad", confirm_line="confirm: {seeds: 0}"))
+    with pytest.raises(StudyFileError, match=r"confirm.runs: expected one of the keys \['seeds', 'top'\]"):
+        load_study(_study(write_study, "bad2", confirm_line="confirm: {runs: 3}"))
