@@ -15,7 +15,7 @@ import autolr  # noqa: E402
 from autolr import keys  # noqa: E402
 from autolr.integrations.lightning import AutolrCallback, configure_optimizers  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning", "ignore:.*LeafSpec.*:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning", "ignore:.*LeafSpec")
 
 EPOCHS, BATCHES_PER_EPOCH = 3, 8
 
