@@ -424,9 +424,12 @@ def summarize(config: StudyConfig, storage_url: str, tracking_uri: str | None, p
     return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, store.best_trial(study), trials, parent_run_id, confirmations)
 
 
-def study_results(study: str | Path | StudyConfig, *, storage: str | None = None) -> TuneResult:
-    """The trials of a study already in its storage (nothing is run or created)."""
-    config = study if isinstance(study, StudyConfig) else load_study(study)
+def study_results(
+    study: str | Path | StudyConfig, *, storage: str | None = None, task: Callable[..., Any] | None = None, loop: Callable[..., Any] | None = None
+) -> TuneResult:
+    """The trials of a study already in its storage (nothing is run or created). ``task``/``loop``:
+    as given to :func:`tune`, for a study file that names neither."""
+    config = _config(study, task=task, loop=loop)
     return summarize(config, storage or store.default_storage_url(config), None)
 
 

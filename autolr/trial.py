@@ -207,6 +207,11 @@ class Trial:
         self._report.on_epoch_end(self._epoch, self.steps, {**values, self.metric: values[metric]})
 
     @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer :meth:`build_optimizer` built (None before), for adapters that check it is the one stepped."""
+        return self._optimizer
+
+    @property
     def steps(self) -> int:
         """Optimisation steps recorded so far."""
         return self._recorder.step if self._recorder is not None else 0
