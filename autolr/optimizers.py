@@ -8,6 +8,7 @@ that they can be searched and compared one by one.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -20,9 +21,15 @@ __all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer"]
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
+    """An optimizer a study can search: how to build it, its declared hyperparameters, the package it
+    needs beyond torch (an optional extra), and, for an optimizer whose ``lr`` is not a step size, the
+    range a study searches for it whatever ``search.lr`` says."""
+
     name: str
     build: Callable[..., torch.optim.Optimizer]
     params: tuple[ParamSpec, ...]
+    package: str | None = None
+    lr_range: tuple[float, float] | None = None
 
     def param(self, name: str) -> ParamSpec:
         return next(p for p in self.params if p.name == name)
@@ -58,6 +65,23 @@ def _rmsprop(params, lr, *, alpha, momentum, eps, weight_decay):
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, momentum=momentum, eps=eps, weight_decay=weight_decay)
 
 
+def _schedulefree_adamw(params, lr, *, beta1, beta2, eps, weight_decay):
+    # Schedule-free AdamW (Defazio et al. 2024): no decay schedule needed, it averages its iterates
+    # itself; it evaluates at other weights than it trains at, so the trainer switches it with
+    # optimizer.eval()/train() around validation (and autolr.Trial.build_optimizer starts it in train).
+    import schedulefree
+
+    return schedulefree.AdamWScheduleFree(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+
+
+def _prodigy(params, lr, *, beta1, beta2, weight_decay, d_coef):
+    # Prodigy (Mishchenko & Defazio 2023) estimates the step size itself; its lr multiplies that
+    # estimate (1 is its own recommendation), so a study searches it around 1 (lr_range).
+    import prodigyopt
+
+    return prodigyopt.Prodigy(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, d_coef=d_coef)
+
+
 OPTIMIZERS: Mapping[str, OptimizerSpec] = {
     s.name: s
     for s in [
@@ -73,6 +97,19 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = {
             _rmsprop,
             (_beta("alpha", 0.99), ParamSpec("momentum", 0.0, float, 0.0, 0.9999), _eps(), _weight_decay()),
         ),
+        OptimizerSpec(
+            "schedulefree_adamw",
+            _schedulefree_adamw,
+            (_beta("beta1", 0.9), _beta("beta2", 0.999), _eps(), _weight_decay()),
+            package="schedulefree",
+        ),
+        OptimizerSpec(
+            "prodigy",
+            _prodigy,
+            (_beta("beta1", 0.9), _beta("beta2", 0.999), _weight_decay(), ParamSpec("d_coef", 1.0, float, 1e-3, 1e3, doc="scales the estimated step size")),
+            package="prodigyopt",
+            lr_range=(0.1, 10.0),
+        ),
     ]
 }
 
@@ -82,5 +119,8 @@ def build_optimizer(name: str, parameters: Iterable[torch.nn.Parameter], lr: flo
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
     LR.check(lr, owner=f"optimizer {name!r}")
-    kwargs = resolve(OPTIMIZERS[name].params, params, owner=f"optimizer {name!r}")
-    return OPTIMIZERS[name].build(parameters, lr, **kwargs)
+    spec = OPTIMIZERS[name]
+    kwargs = resolve(spec.params, params, owner=f"optimizer {name!r}")
+    if spec.package is not None and importlib.util.find_spec(spec.package) is None:
+        raise ImportError(f"optimizer {name!r} needs the package {spec.package!r}: pip install 'autolr[lrfree]'")
+    return spec.build(parameters, lr, **kwargs)

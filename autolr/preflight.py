@@ -10,6 +10,7 @@ trials. A loop cannot be run without running a whole trial; it is imported and c
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import pickle
 import sys
@@ -20,6 +21,7 @@ import torch
 from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
 from autolr.objective import make_trainer, resolve_loop, resolve_metric
+from autolr.optimizers import OPTIMIZERS
 from autolr.tasks import Task, build_task, check_task_args, resolve_factory
 from autolr.trainer import BatchError, training_step_of, validation_batch_metrics
 
@@ -36,6 +38,10 @@ def preflight(config: StudyConfig) -> Task | None:
     """
     if config.train.device == "cuda" and not torch.cuda.is_available():
         raise StudyFileError(config.path, "train.device", "auto or cpu (torch sees no CUDA device here)", "cuda")
+    for name in config.search.optimizers:
+        package = OPTIMIZERS[name].package
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise StudyFileError(config.path, f"search.optimizer.{name}", f"the package {package} installed (pip install 'autolr[lrfree]')", "<not installed>")
     if config.loop is not None:
         _import(config, "loop", lambda: resolve_loop(config.loop))
         logger.info("loop %s: a loop cannot be pre-flighted (autolr sees its batches only as it runs); its first trial is its check", config.code_label)

@@ -27,6 +27,7 @@ from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.confirm import Confirmation, confirmation, confirmation_pending, run_confirmation
 from autolr.objective import Objective
+from autolr.optimizers import OPTIMIZERS
 from autolr.preflight import check_crosses_processes, preflight
 from autolr.progress import NullProgress, Progress
 from autolr.pruning import make_pruner
@@ -101,7 +102,9 @@ def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, para
 
 
 def fixed_lr_bounds(config: StudyConfig) -> LrBounds:
-    return {name: (config.search.lr.low, config.search.lr.high) for name in config.search.optimizers}
+    """Each optimizer's searched lr range: the study file's, or the optimizer's own (Prodigy's lr
+    scales its own step-size estimate: searched around 1)."""
+    return {name: OPTIMIZERS[name].lr_range or (config.search.lr.low, config.search.lr.high) for name in config.search.optimizers}
 
 
 def _n_claimed(study: optuna.Study) -> int:

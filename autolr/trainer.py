@@ -322,6 +322,7 @@ class Trainer:
         recorder = StepRecorder(params, names, guard=self.guard, watchers=self.callbacks, check_every=self.check_every,
                                 layer_stats_every=self.layer_stats_every, ignore_nonfinite_grad_norm=scaler is not None)  # fmt: skip
         model.train()
+        _optimizer_mode(optimizer, "train")  # schedule-free optimizers train at other weights than they evaluate at
         grads = FlatGradients(params)
         history: list[dict[str, float]] = []
         for epoch in range(1, self.epochs + 1):
@@ -366,16 +367,18 @@ class Trainer:
 
     def _validate(self, task: Task, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Validation metrics; an optimizer with its own train/eval weights (schedule-free) in eval."""
-        switch = callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
-        if switch:
-            optimizer.eval()
+        _optimizer_mode(optimizer, "eval")
         try:
-            data = task.val_data
             size = 4096 if task.validation_step is None and task.loss_fn is not None else self.batch_size
-            return evaluate(task, data, self.device, batch_size=size, autocast=self.autocast())
+            return evaluate(task, task.val_data, self.device, batch_size=size, autocast=self.autocast())
         finally:
-            if switch:
-                optimizer.train()
+            _optimizer_mode(optimizer, "train")
+
+
+def _optimizer_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """``optimizer.train()`` / ``.eval()`` for an optimizer that has them (schedule-free); others have none."""
+    if callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None)):
+        getattr(optimizer, mode)()
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -160,6 +160,8 @@ class Trial:
         named, plain = _named_parameters(parameters)
         self._named = named
         self._optimizer = self.run_config.build_optimizer(plain)
+        if callable(getattr(self._optimizer, "train", None)):  # schedule-free: starts in train mode (call .eval() to evaluate)
+            self._optimizer.train()
         return self._optimizer
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> StepScheduler:
