@@ -146,6 +146,9 @@ def _tune(args) -> int:
         print(f"study {result.study_name} already holds its target of {target} finished trials; "
               f"--trials N (or trials: in the study file) runs more", file=sys.stderr)  # fmt: skip
     print(_summary(result))
+    if result.in_trials is not None:
+        jobs = f" x {result.jobs} workers" if result.jobs > 1 else ""
+        print(f"time in trials: {result.trial_seconds:.1f} s of {result.wall_seconds:.1f} s{jobs} since the first trial started ({result.in_trials:.0%})")
     return 0
 
 

@@ -60,6 +60,14 @@ class TuneResult:
     trials: list[FrozenTrial]
     parent_run_id: str | None = None
     confirmations: list[Confirmation] = dataclasses.field(default_factory=list)  # best candidate first
+    trial_seconds: float = 0.0  # time this invocation's trials (and confirmation runs) trained, summed
+    wall_seconds: float = 0.0  # from this invocation's first trial start to the end of tune()
+    jobs: int = 1
+
+    @property
+    def in_trials(self) -> float | None:
+        """The share of the time since the first trial started that went into trials (None: no trial ran)."""
+        return self.trial_seconds / (self.wall_seconds * self.jobs) if self.wall_seconds > 0 else None
 
     def count(self, state: TrialState) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -226,27 +234,41 @@ def tune(
     done = store.n_finished(opt_study)
     pending = done < config.trials or confirmation_pending(config, opt_study, plan.storage_url)
     bar = Progress(config.trials, initial=done) if progress and pending else NullProgress()
+    watch = _Watch(bar, on_trial)
     try:
         if pending:
-            parent_run_id = _run(plan, opt_study, tracker, _Watch(bar, on_trial))
+            parent_run_id = _run(plan, opt_study, tracker, watch)
     finally:
         bar.close()
         tracker.close()  # stops the MLflow writer once every trial run is written and closed
-    return summarize(config, plan.storage_url, tracking_uri, parent_run_id)
+    result = summarize(config, plan.storage_url, tracking_uri, parent_run_id)
+    wall = time.time() - watch.first_start if watch.first_start is not None else 0.0
+    return dataclasses.replace(result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=jobs)
 
 
 @dataclasses.dataclass
 class _Watch:
-    """Who hears of this invocation's progress: the bar and the caller's ``on_trial``."""
+    """Who hears of this invocation's progress: the bar, the caller's ``on_trial``, the clock."""
 
     bar: NullProgress
     on_trial: Callable[[FrozenTrial], None] | None
+    first_start: float | None = None  # time.time() of this invocation's first trial start
+    trial_seconds: float = 0.0
+
+    def _clock(self, trial: FrozenTrial) -> None:
+        if trial.datetime_start is None or trial.datetime_complete is None:
+            return
+        start = trial.datetime_start.timestamp()
+        self.first_start = start if self.first_start is None else min(self.first_start, start)
+        self.trial_seconds += (trial.datetime_complete - trial.datetime_start).total_seconds()
 
     def confirmed(self, trial: FrozenTrial) -> None:
+        self._clock(trial)
         value = "" if trial.value is None else f" {trial.value:.4g}"
         self.bar.note(f"confirming #{trial.user_attrs.get(keys.CONFIRM_OF)} on seed {trial.user_attrs.get(keys.SEED)}: {trial.state.name}{value}")
 
     def __call__(self, trial: FrozenTrial) -> None:
+        self._clock(trial)
         row = store.trial_row(trial)
         value = "" if row["value"] is None else f" {row['value']:.4g}"
         self.bar.trial_finished(f"#{row['trial']} {row['state']}{value}", counted=trial.state in store.FINISHED)
