@@ -1,8 +1,8 @@
 """Retrain the char LM with the configuration the study exported, in a plain PyTorch loop.
 
-    autolr tune examples/char_lm/study.yaml
-    autolr export examples/char_lm/study.yaml -o best.yaml
-    python examples/char_lm/retrain.py best.yaml
+autolr tune examples/char_lm/study.yaml
+autolr export examples/char_lm/study.yaml -o best.yaml
+python examples/char_lm/retrain.py best.yaml
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 
 import torch
+from char_lm import make, validation_step
 
 import autolr
-from char_lm import make, validation_step
 
 
 def retrain(best_path: str) -> dict[str, float]:
