@@ -35,15 +35,17 @@ def _tune_and_check(study_file: Path, stores: dict[str, str], tmp_path: Path) ->
     states = [t.state for t in result.trials]
     assert len(states) == 2 and TrialState.FAIL not in states, [(t.state, t.user_attrs.get("autolr.error")) for t in result.trials]
     assert result.best is not None and result.best.state == TrialState.COMPLETE and math.isfinite(result.best.value)
-    _check_step_curves(stores["tracking_uri"], result.study_name, result.best)
+    logged_lrs = _check_step_curves(stores["tracking_uri"], result.study_name, result.best)
     best_path = tmp_path / "best.yaml"
     autolr.export_best(study_file, storage=stores["storage"], path=best_path)
     best = autolr.load_best(best_path)
-    assert best.value == pytest.approx(result.best.value) and best.params["lr"] == pytest.approx(result.best.user_attrs["autolr.params"]["lr"])
+    assert (best.trial, best.value) == (result.best.number, pytest.approx(result.best.value))
+    _check_rebuilds(best, logged_lrs)
     return best
 
 
-def _check_step_curves(tracking_uri: str, experiment: str, trial) -> None:
+def _check_step_curves(tracking_uri: str, experiment: str, trial) -> list[float]:
+    """The trial's MLflow run: COMPLETE, a finite train_loss for every step, val_loss; returns its lr curve."""
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("autolr.trial") == str(trial.number)]
@@ -51,21 +53,24 @@ def _check_step_curves(tracking_uri: str, experiment: str, trial) -> None:
     losses = client.get_metric_history(run.info.run_id, "train_loss")
     assert len(losses) == trial.user_attrs["autolr.steps"] and all(math.isfinite(m.value) for m in losses)
     assert client.get_metric_history(run.info.run_id, "val_loss")
+    return [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
 
 
-def _check_rebuilds(best: autolr.BestConfig) -> None:
-    model = torch.nn.Linear(2, 1)
-    optimizer = best.build_optimizer(model.parameters())
-    scheduler = best.build_scheduler(optimizer, total_steps=10)
-    assert optimizer.param_groups[0]["lr"] <= best.params["lr"]  # the peak, or below it during warmup
-    for _ in range(10):
+def _check_rebuilds(best: autolr.BestConfig, logged_lrs: list[float]) -> None:
+    """load_best rebuilds the tuned optimizer, and its scheduler replays the lr curve the trial logged."""
+    optimizer = best.build_optimizer(torch.nn.Linear(2, 1).parameters())
+    assert type(optimizer).__name__.lower() == best.params["optimizer"]
+    scheduler = best.build_scheduler(optimizer)  # total_steps: the tuned run's
+    lrs = []
+    for _ in range(best.total_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    assert lrs == pytest.approx(logged_lrs, rel=1e-6)
 
 
 def test_char_lm(quick, stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    best = _tune_and_check(EXAMPLES / "char_lm" / "study.yaml", stores, tmp_path)
-    _check_rebuilds(best)
+    _tune_and_check(EXAMPLES / "char_lm" / "study.yaml", stores, tmp_path)
     monkeypatch.syspath_prepend(str(EXAMPLES / "char_lm"))
     from retrain import retrain
 
@@ -75,7 +80,6 @@ def test_char_lm(quick, stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_own_loop(quick, stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     best = _tune_and_check(EXAMPLES / "own_loop" / "study.yaml", stores, tmp_path)
-    _check_rebuilds(best)
     monkeypatch.syspath_prepend(str(EXAMPLES / "own_loop"))
     from train import retrain
 
@@ -100,5 +104,6 @@ def test_notebook_style(stores, tmp_path: Path) -> None:
     assert "notebook-task: best trial" in proc.stdout and "notebook-loop: best trial" in proc.stdout
     for name in ("notebook-task", "notebook-loop"):
         best = autolr.load_best(tmp_path / f"best-{name}.yaml")
-        assert best.study == name
-        _check_rebuilds(best)
+        optimizer = best.build_optimizer(torch.nn.Linear(2, 1).parameters())
+        assert best.study == name and type(optimizer).__name__.lower() == best.params["optimizer"]
+        best.build_scheduler(optimizer)
