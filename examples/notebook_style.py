@@ -6,7 +6,7 @@ Each block below is one notebook cell; in a notebook, drop the ``if __name__ == 
 
 The two study files beside this script hold the search; their ``task:``/``loop:`` is the callable
 passed to ``autolr.tune``. ``AUTOLR_EXAMPLE_QUICK=1`` runs 2 trials of each (the tests use it);
-``--storage``/``--tracking-uri`` choose the stores, ``--out`` the folder for the exported winners.
+``--storage``/``--tracking-uri`` choose the stores (``--no-tracking``: no MLflow), ``--out`` the folder for the exported winners.
 """
 
 from __future__ import annotations
@@ -98,8 +98,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite beside each study file)")
     parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db", help="MLflow tracking URI (default: %(default)s)")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--out", type=Path, default=Path.cwd(), help="folder for the exported best configurations (default: here)")
     args = parser.parse_args()
-    stores = {"storage": args.storage, "tracking_uri": args.tracking_uri}
+    stores = {"storage": args.storage, "tracking_uri": None if args.no_tracking else args.tracking_uri}
     tune_and_rebuild(HERE / "notebook_style_task.yaml", args.out, stores, task=make)
     tune_and_rebuild(HERE / "notebook_style_loop.yaml", args.out, stores, loop=train)
