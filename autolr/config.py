@@ -153,6 +153,8 @@ class StudyConfig:
     def code_label(self) -> str:
         """The task or loop as text: ``mytasks:make``, or ``notebook:make`` for a callable."""
         code = self.code
+        if code is None:
+            return "<none>"
         return code if isinstance(code, str) else f"{getattr(code, '__module__', '?')}:{getattr(code, '__qualname__', repr(code))}"
 
     @property
@@ -315,7 +317,9 @@ _CODE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za
 
 
 def _parse_code(c: _Checker, doc: dict, task: object, loop: object) -> tuple[Any, Any]:
-    """``task`` or ``loop``: exactly one, from the file or as a callable; named, never imported here."""
+    """``task`` or ``loop``: at most one, from the file or as a callable; named, never imported here.
+    Neither is a study file for callables (``tune(path, task=make)``): readable (``show``,
+    ``export``), but ``tune`` needs the callable (the pre-flight says so)."""
     for key, given in (("task", task), ("loop", loop)):
         if given is not None and not callable(given):
             raise c.fail(key, "a callable (a task factory or a training loop)", f"<{type(given).__name__}>")
@@ -323,9 +327,10 @@ def _parse_code(c: _Checker, doc: dict, task: object, loop: object) -> tuple[Any
         if task is not None and loop is not None:
             raise c.fail("task", "a task factory or a loop, not both", "<both given>")
         return task, loop
-    if ("task" in doc) == ("loop" in doc):
-        given = "<both>" if "task" in doc else "<neither>"
-        raise c.fail("task", "either task: (a built-in task or 'package.module:factory') or loop: ('package.module:function')", given)
+    if "task" in doc and "loop" in doc:
+        raise c.fail("task", "either task: (a built-in task or 'package.module:factory') or loop: ('package.module:function')", "<both>")
+    if "task" not in doc and "loop" not in doc:
+        return None, None
     if "loop" in doc:
         if doc.get("task_args"):
             raise c.fail("task_args", "no task_args with loop: (a loop reads its own settings)", doc["task_args"])

@@ -54,8 +54,8 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
         "confirmed": None if winner is None else winner.to_dict(),
         "trial": best.number,
         "params": dict(best.user_attrs[keys.PARAMS]),
-        "epochs": config.train.epochs,
-        "batch_size": config.train.batch_size,
+        "epochs": config.train.epochs if config.loop is None else None,  # a loop's budget is its own
+        "batch_size": config.train.batch_size if config.loop is None else None,
         "total_steps": best.user_attrs.get(keys.STEPS),
         config.code_key: config.code_label,
         "task_args": dict(config.task_args),
@@ -87,9 +87,15 @@ class BestConfig:
     value: float
     trial: int
     params: Mapping[str, Any]
-    epochs: int
-    batch_size: int
+    epochs: int | None
+    batch_size: int | None
     total_steps: int | None = None
+    task: str | None = None  # the task (or, for a loop: study, the loop) that trained it, and how
+    loop: str | None = None
+    task_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    seed: int | None = None
+    single_seed_value: float | None = None  # the trial's value on the study's seed
+    confirmed: Mapping[str, Any] | None = None  # {trial, seeds, values, mean, std} on fresh seeds; None: not confirmed
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property

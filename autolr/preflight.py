@@ -36,6 +36,13 @@ def preflight(config: StudyConfig) -> Task | None:
     Raises:
         StudyFileError: the code cannot be imported, built or run on its own data.
     """
+    if config.task is None and config.loop is None:
+        raise StudyFileError(
+            config.path,
+            "task",
+            "either task: (a built-in task or 'package.module:factory') or loop: ('package.module:function'), or tune(path, task=...) / tune(path, loop=...) with a callable",
+            "<neither>",
+        )
     if config.train.device == "cuda" and not torch.cuda.is_available():
         raise StudyFileError(config.path, "train.device", "auto or cpu (torch sees no CUDA device here)", "cuda")
     for name in config.search.optimizers:

@@ -69,6 +69,11 @@ class TuneResult:
         """The share of the time since the first trial started that went into trials (None: no trial ran)."""
         return self.trial_seconds / (self.wall_seconds * self.jobs) if self.wall_seconds > 0 else None
 
+    @property
+    def best_params(self) -> dict[str, Any] | None:
+        """The best single-seed trial's flat configuration (``optimizer``, ``lr``, ``schedule``, ...)."""
+        return None if self.best is None else dict(self.best.user_attrs[keys.PARAMS])
+
     def count(self, state: TrialState) -> int:
         return sum(1 for t in self.trials if t.state == state)
 
@@ -212,6 +217,29 @@ def tune(
         progress: a progress bar on stderr (a widget in a notebook): trials finished, and the running
             trial's epoch, step and loss.
     """
+    with _quiet_libraries():
+        return _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress)
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Optuna's line per trial and MLflow's database notices would bury the progress bar and the
+    user's own output (a notebook prints them all); put back as they were afterwards."""
+    loggers = {name: logging.getLogger(name) for name in ("optuna", "alembic", "mlflow")}
+    before = {name: lg.level for name, lg in loggers.items()}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for lg in loggers.values():
+        lg.setLevel(max(lg.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        for name, lg in loggers.items():
+            lg.setLevel(before[name])
+
+
+def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress) -> TuneResult:
     config = _config(study, task=task, loop=loop)
     overrides: dict[str, Any] = {}
     if trials is not None:

@@ -129,6 +129,8 @@ class Trial:
             their parameters), as exported.
         run_config: the same as a :class:`~autolr.hparams.RunConfig`.
         metric: the objective's metric name (``val_loss``, ``val_accuracy``, ...).
+        train: the study file's ``train:`` settings (``epochs``, ``batch_size``, ``max_steps``, ...),
+            for a loop that takes its budget from the study file.
     """
 
     def __init__(
@@ -141,8 +143,10 @@ class Trial:
         layer_stats_every: int = 0,
         check_every: int = 4,
         direction: str = "minimize",
+        train: Any = None,
     ) -> None:
         self.number = trial.number
+        self.train = train
         self.params: dict[str, Any] = run_config.flat()
         self.run_config = run_config
         self.metric = report.metric

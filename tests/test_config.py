@@ -62,7 +62,11 @@ BAD = [
     ("low above high", GOOD.replace("low: 1e-5, high: 1", "low: 1, high: 0.1"), r"search.lr: expected low < high"),
     ("lr missing", GOOD.replace("  lr: {low: 1e-5, high: 1}\n", ""), r"search.lr: expected .* or 'auto', got <missing>"),
     ("lr a string", GOOD.replace("lr: {low: 1e-5, high: 1}", "lr: fast"), r"search.lr: expected .*'auto', got 'fast'"),
-    ("unknown optimizer", GOOD.replace("adam: {beta1", "adagrad: {beta1"), r"search.optimizer.adagrad: expected one of \['adam', 'adamw', 'rmsprop', 'sgd'\]"),
+    (
+        "unknown optimizer",
+        GOOD.replace("adam: {beta1", "adagrad: {beta1"),
+        r"search.optimizer.adagrad: expected one of \['adam', 'adamw', 'prodigy', 'rmsprop', 'schedulefree_adamw', 'sgd'\]",
+    ),
     ("unknown schedule", GOOD.replace("constant: {}", "linear: {}"), r"search.schedule.linear: expected one of \[.*'cosine'"),
     ("unknown schedule param", GOOD.replace("gamma: 0.5", "gama: 0.5"), r"search.schedule.step.gama: expected one of the keys \['gamma', 'step_frac'\]"),
     ("param out of bounds", GOOD.replace("momentum: 0.9", "momentum: 1.5"), r"search.optimizer.sgd.momentum: expected a number in \[0, 0.9999\], got 1.5"),
@@ -81,7 +85,6 @@ BAD = [
         r"task: expected a built-in task \[.*'digits_mlp'.*\] or 'package.module:factory', got 'mnist'",
     ),
     ("task and loop", GOOD.replace("task: digits_mlp", "task: digits_mlp\nloop: 'mod:train'"), r"task: expected either task: .* or loop: .*, got <both>"),
-    ("neither task nor loop", GOOD.replace("task: digits_mlp", ""), r"task: expected either task: .* or loop: .*, got <neither>"),
     (
         "loop not a name",
         GOOD.replace("task: digits_mlp", "loop: 'train()'").replace("task_args: {hidden: 16}", ""),
@@ -119,6 +122,11 @@ def test_bad_study_file_is_one_line_naming_file_key_and_expectation(write_study,
 
 
 PREFLIGHT_BAD = [
+    (
+        "neither task nor loop",
+        GOOD.replace("task: digits_mlp", "").replace("task_args: {hidden: 16}", ""),
+        r"task: expected either task: .* or loop: .*, or tune\(path, task=...\).*, got <neither>",
+    ),
     (
         "missing task module",
         GOOD.replace("task: digits_mlp", "task: no_such_pkg.tasks:make"),

@@ -54,8 +54,8 @@ def test_confirmation_runs_after_the_search_and_the_export_holds_the_spread(writ
     autolr.export_best(path, storage=stores["storage"], path=out)
     best = autolr.load_best(out)
     assert best.value == pytest.approx(winner.mean) and best.trial == winner.trial
-    assert best.extra["confirmed"]["values"] == list(winner.values) and best.extra["confirmed"]["std"] == pytest.approx(winner.std)
-    assert best.extra["single_seed_value"] == pytest.approx(result.trials[winner.trial].value)
+    assert best.confirmed["values"] == list(winner.values) and best.confirmed["std"] == pytest.approx(winner.std)
+    assert best.single_seed_value == pytest.approx(result.trials[winner.trial].value)
 
     client = MlflowClient(stores["tracking_uri"])
     exp = client.get_experiment_by_name("held")

@@ -36,7 +36,7 @@ def test_load_best_rebuilds_optimizer_and_schedule(tmp_path) -> None:
         sched.step()
     assert lrs[:4] == pytest.approx([0.2 * (i + 1) / 5 for i in range(4)])  # 4 warmup steps
     assert lrs[4] == pytest.approx(0.2) and lrs[-1] == pytest.approx(0.2 * 0.5**3)
-    assert best.extra == {"task": "digits_mlp"}
+    assert best.task == "digits_mlp" and best.extra == {}  # typed fields, not extra
 
 
 def test_load_best_rejects_what_is_not_an_export(tmp_path) -> None:

@@ -27,6 +27,7 @@ objective: {metric: val_loss, direction: minimize}
 trials: 3
 seed: 0
 sampler: random
+confirm: false  # the search alone: its best trial is the export
 search:
   lr: {low: 1.0e-3, high: 1.0e-1}
   optimizer: {adam: {}, sgd: {momentum: 0.9}}

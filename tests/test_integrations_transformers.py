@@ -27,6 +27,7 @@ objective: {metric: val_loss, direction: minimize}
 trials: 3
 seed: 0
 sampler: random
+confirm: false  # the search alone: its best trial is the export
 search:
   lr: {low: 1.0e-4, high: 1.0e-2}
   optimizer: {adamw: {}}

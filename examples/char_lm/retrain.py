@@ -18,8 +18,8 @@ import autolr
 def retrain(best_path: str) -> dict[str, float]:
     torch.set_num_threads(1)  # a model this small trains fastest on one thread (as autolr runs its trials)
     best = autolr.load_best(best_path)
-    torch.manual_seed(best.extra["seed"])
-    task = make(**best.extra["task_args"])  # the same model and data as the tuned trials
+    torch.manual_seed(best.seed)
+    task = make(**best.task_args)  # the same model and data as the tuned trials
     model, loader = task.model, task.train_data
     optimizer = best.build_optimizer(model.parameters())
     scheduler = best.build_scheduler(optimizer, total_steps=best.epochs * len(loader))

@@ -94,7 +94,7 @@ def train(trial: autolr.Trial) -> dict[str, float]:
 def retrain(best_path: str) -> dict[str, float]:
     """The exported winner in the same loop, without autolr watching."""
     best = autolr.load_best(best_path)
-    torch.manual_seed(best.extra["seed"])
+    torch.manual_seed(best.seed)
     train_loader, val_loader = loaders()
     model = build_model()
     optimizer = best.build_optimizer(model.parameters())
