@@ -74,7 +74,7 @@ class StepRecorder:
     def record(self, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor) -> None:
         """One step's values (after ``optimizer.step()`` unless ``recorded_after_update`` is False)."""
         self._emit_earlier_snapshot(including_this_step=self.recorded_after_update)
-        self._window.append((loss.detach().reshape(()), lr, grad_norm.detach().reshape(())))
+        self._window.append((loss.detach(), lr, grad_norm.detach()))  # 0-d tensors, as they come
         self.step += 1
         if len(self._window) >= self.check_every:
             self._flush_window()
@@ -90,7 +90,10 @@ class StepRecorder:
         if not window:
             return
         n, first_step = len(window), self.step - len(window)
-        host = torch.stack([w[0] for w in window] + [w[2].to(window[0][0].device) for w in window]).float().tolist()  # the sync point
+        tensors = [w[0] for w in window] + [w[2] for w in window]
+        if any(t.dtype != tensors[0].dtype for t in tensors):  # a bf16 loss beside fp32 norms (a loop's own)
+            tensors = [t.float() for t in tensors]
+        host = torch.stack(tensors).float().tolist()  # the sync point
         values = {"train_loss": host[:n], "lr": [w[1] for w in window], "grad_norm": host[n:]}
         diverged = self._judge(first_step, values)
         if diverged is not None:

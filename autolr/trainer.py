@@ -89,7 +89,7 @@ def as_loss(value: Any, hook: str = "training_step") -> torch.Tensor:
         raise BatchError(f"{hook}: expected a scalar loss tensor (or an object with .loss), got {type(value).__name__}")
     if loss.numel() != 1:
         raise BatchError(f"{hook}: expected a scalar loss, got a tensor of shape {tuple(loss.shape)} (reduce it, e.g. .mean())")
-    return loss.reshape(())
+    return loss if loss.dim() == 0 else loss.reshape(())  # no op for the usual 0-d loss: this runs every step
 
 
 def _split(batch: Any) -> tuple[tuple[Any, ...], Any]:
@@ -329,13 +329,7 @@ class Trainer:
             for group in _chunks(batches, self.accumulate):
                 lr = optimizer.param_groups[0]["lr"]  # a Python float: no device sync
                 grads.zero(optimizer)
-                loss = torch.zeros((), device=self.device)
-                for batch in group:
-                    with self.autocast():
-                        micro = step_loss(model, batch)
-                    scaled = micro / len(group)
-                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                    loss = loss + micro.detach().float() / len(group)
+                loss = self._forward_backward(model, group, step_loss, scaler)
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 total_norm = grads.total_norm()  # one op once the flat buffer is adopted
@@ -364,6 +358,22 @@ class Trainer:
             if step >= total_steps:
                 break
         return TrainResult(history=history, steps=recorder.step)
+
+    def _forward_backward(self, model, group: list[Any], step_loss, scaler) -> torch.Tensor:
+        """Backward over one step's micro-batches; returns their mean loss (detached). One micro-batch
+        (the usual case) costs no tensor op beyond the model's: this runs every step."""
+        if len(group) == 1:
+            with self.autocast():
+                loss = step_loss(model, group[0])
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            return loss.detach()
+        total = None
+        for batch in group:
+            with self.autocast():
+                micro = step_loss(model, batch) / len(group)
+            (scaler.scale(micro) if scaler is not None else micro).backward()
+            total = micro.detach().float() if total is None else total + micro.detach().float()
+        return total
 
     def _validate(self, task: Task, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Validation metrics; an optimizer with its own train/eval weights (schedule-free) in eval."""

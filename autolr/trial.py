@@ -183,10 +183,11 @@ class Trial:
                 once per window of a few steps, so the loop never waits on the GPU step by step.
         """
         recorder = self._recorder or self._start()
-        loss_t = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
         params = [p for _, p in self._named]
         norms = grad_norms(params)
-        total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=loss_t.device)
+        device = norms[0].device if norms else (loss.device if isinstance(loss, torch.Tensor) else torch.device("cpu"))
+        total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=device)
+        loss_t = loss.detach().reshape(()) if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), device=device)
         recorder.before_update()
         try:
             recorder.record(loss_t, self._optimizer.param_groups[0]["lr"], total)
