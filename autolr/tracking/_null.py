@@ -91,6 +91,9 @@ class NullTracker:
     def log_artifacts(self, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         pass
 
+    def log_series(self, run_id: str, series: Mapping[str, Sequence[tuple[int, float]]]) -> None:
+        pass
+
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         pass
 
