@@ -17,6 +17,8 @@ __all__ = [
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TRAINING",
     "EXPLODING_STEP",
+    "TRIALS_VIEW",
+    "TRIALS_VIEW_TAG",
     "GRADIENTS",
     "HOST",
     "LOSS_RATIO",
@@ -87,6 +89,10 @@ VANISHING_STEP = "autolr.vanishing_step"
 # model-training view; "genai_development": the traces view). mlflow exports no constant for it.
 EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# A view of the runs page stored as an experiment tag, as MLflow's own "share view" does: opened with
+# ``#/experiments/<id>/runs?workflowType=machine_learning&viewStateShareKey=autolr-trials``.
+TRIALS_VIEW = "autolr-trials"
+TRIALS_VIEW_TAG = "mlflow.sharedViewState." + TRIALS_VIEW
 
 # --- metrics of the parent run (the study itself; step = trial number) ------------------------------
 # The prefix before "/" makes MLflow's UI chart them in a section of their own, "study".

@@ -62,6 +62,7 @@ def record_study(
     every invocation (and every ``--jobs`` worker's trial) is drawn; returns the plots' file names.
     ``range_tests``: optimizer -> the cached range test's ``max_stable_lr`` (:mod:`autolr.stability`)."""
     tracker.log_series(parent_run_id, history(rows, direction))
+    tracker.set_trials_view(metric_key(metric), ascending=direction == "minimize")
     study_limits = stability.study_limits(rows, range_tests)
     top = top_trials(rows, direction)
     key = metric_key(metric)

@@ -82,6 +82,9 @@ class NullTracker:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         pass
 
+    def set_trials_view(self, metric: str, *, ascending: bool) -> None:
+        pass
+
     def set_description(self, run_id: str, text: str) -> None:
         pass
 

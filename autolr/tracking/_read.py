@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from autolr import keys, sqlite
 from autolr.tracking._store import open_client
 
-__all__ = ["read_trial_curves"]
+__all__ = ["read_trial_curves", "trials_view_links"]
 
 Series = tuple[list[int], list[float]]
 
@@ -34,3 +34,17 @@ def read_trial_curves(tracking_uri: str, experiment: str, trial: int, names: Seq
         points = sorted(client.get_metric_history(runs[0].info.run_id, name), key=lambda m: (m.step, m.timestamp))
         curves[name] = ([m.step for m in points], [m.value for m in points])
     return curves
+
+
+def trials_view_links(tracking_uri: str) -> dict[str, str]:
+    """Experiment name -> the path (after the UI's base URL) of its trials view, for each experiment
+    autolr has given one; empty when the store is not there (nothing is created)."""
+    path = sqlite.sqlite_path(tracking_uri)
+    if path is not None and not path.exists():
+        return {}
+    client = open_client(tracking_uri)
+    return {
+        e.name: f"/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={keys.TRIALS_VIEW}"
+        for e in client.search_experiments(max_results=1000)
+        if keys.TRIALS_VIEW_TAG in e.tags
+    }

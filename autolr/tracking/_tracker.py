@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -227,6 +228,14 @@ class Tracker:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), TAG_LIMIT):
             self.client.log_batch(run_id, tags=items[i : i + TAG_LIMIT])
+
+    def set_trials_view(self, metric: str, *, ascending: bool) -> None:
+        """The experiment's trials view (:data:`autolr.keys.TRIALS_VIEW`): every run flat, sorted by the
+        objective ``metric``, with it and the main parameters as columns."""
+        column = f"metrics.`{metric}`"
+        shown = [column, *(f"params.`{p}`" for p in ("optimizer", "lr", "schedule", "warmup")), f"tags.`{keys.STATE}`", f"tags.`{keys.PRUNE_REASON}`"]
+        state = {"searchFilter": "", "orderByKey": column, "orderByAsc": ascending, "startTime": "ALL", "lifecycleFilter": "Active", "selectedColumns": shown}
+        self.client.set_experiment_tag(self.experiment_id, keys.TRIALS_VIEW_TAG, json.dumps(state))
 
     def set_description(self, run_id: str, text: str) -> None:
         """The run's description (markdown) in the MLflow UI."""
