@@ -10,6 +10,7 @@ Public API::
     optimizer = best.build_optimizer(model.parameters())
     scheduler = best.build_scheduler(optimizer, total_steps)
     autolr.tune("study.yaml", loop=train)                  # your own loop: train(trial: autolr.Trial)
+    autolr.compare(["a.yaml", "b.yaml"], plots_dir="cmp")  # best configurations side by side, overlays
 
 Every name loads on first use (PEP 562): ``import autolr`` imports neither torch, optuna nor mlflow,
 so a process that needs one subpackage (the MLflow writer needs ``autolr.tracking`` only) starts fast.
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "BestConfig",
+    "CompareResult",
     "InputError",
     "StudyConfig",
     "StudyFileError",
@@ -30,6 +32,7 @@ __all__ = [
     "Trial",
     "TrialPruned",
     "TuneResult",
+    "compare",
     "export_best",
     "find_lr",
     "load_best",
@@ -58,10 +61,13 @@ _LAZY = {
     "Trial": "autolr.trial",
     "TrialPruned": "autolr.trial",
     "range_test": "autolr.finder",
+    "compare": "autolr.compare",
+    "CompareResult": "autolr.compare",
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from autolr.autobounds import find_lr
+    from autolr.compare import CompareResult, compare
     from autolr.config import StudyConfig, load_study
     from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
     from autolr.export import BestConfig, load_best

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from autolr import keys, store
+from autolr import keys, stability, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.errors import StudyFileError
 from autolr.finder import MIN_RANGE_TEST_STEPS, RangeTestResult, range_test
@@ -46,7 +46,11 @@ BOUNDS_BELOW_SUGGESTION = 10.0  # the searched range starts this factor below th
 @dataclasses.dataclass(frozen=True)
 class FindLrReport:
     """The range tests of a study, per optimizer; ``suggestion`` and ``max_stable_lr`` are those of
-    ``optimizer`` (the one asked for, else the study's first)."""
+    ``optimizer`` (the one asked for, else the study's first).
+
+    Text and JSON name the same three quantities per optimizer: ``suggestion`` (the rate to train at),
+    ``max_stable_lr`` (the study's stability limit, :mod:`autolr.stability`, with ``max_stable_lr_from``
+    saying what it rests on) and ``search_bounds`` (what ``lr: auto`` searches)."""
 
     study: str
     task: str
@@ -56,6 +60,11 @@ class FindLrReport:
     bounds: Mapping[str, tuple[float, float]]
     cached: Mapping[str, bool]
     run_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    limits: Mapping[str, stability.Limit] = dataclasses.field(default_factory=dict)
+
+    def limit(self, name: str) -> stability.Limit:
+        """The stability limit of optimizer ``name``: the study's where it has one, else this range test's."""
+        return self.limits.get(name) or stability.Limit(self.results[name].max_stable_lr, stability.FROM_RANGE_TEST)
 
     @property
     def suggestion(self) -> float:
@@ -63,39 +72,47 @@ class FindLrReport:
 
     @property
     def max_stable_lr(self) -> float:
-        return self.results[self.optimizer].max_stable_lr
+        return self.limit(self.optimizer).lr
 
     def to_dict(self) -> dict[str, Any]:
-        main = self.results[self.optimizer]
+        main = self._section(self.optimizer)
         return {
             "study": self.study,
             "task": self.task,
             "optimizer": self.optimizer,
-            "suggestion": main.suggestion,
-            "max_stable_lr": main.max_stable_lr,
-            "lr_range": list(main.lr_range),
+            **{name: main[name] for name in ("suggestion", "max_stable_lr", "max_stable_lr_from", "search_bounds")},
             "run_steps": self.run_steps,
             "optimizers": {name: self._section(name) for name in self.results},
         }
 
     def _section(self, name: str) -> dict[str, Any]:
         section = self.results[name].to_dict()
-        section.update(lr_bounds=list(self.bounds[name]), cached=self.cached[name], mlflow_run_id=self.run_ids.get(name))
+        section.pop("lr_range", None)  # (suggestion, range test's limit): the same numbers under other names
+        limit = self.limit(name)
+        section.update(
+            range_test_max_stable_lr=section["max_stable_lr"], max_stable_lr=limit.lr, max_stable_lr_from=limit.source,
+            search_bounds=list(self.bounds[name]), cached=self.cached[name], mlflow_run_id=self.run_ids.get(name),
+        )  # fmt: skip
         return section
 
     def describe(self) -> str:
-        """A short table, one optimizer a line, and what to do with it."""
+        """A short table, one optimizer a line, named as in the JSON, and what to do with it."""
         lines = [f"LR range test of study {self.study} (task {self.task}, for a run of {self.run_steps} steps)"]
-        lines.append(f"{'optimizer':<10} {'suggestion':>10} {'max stable lr':>13}  {'seen stable .. unstable':<24} {'search bounds':<22} steps")
+        lines.append(
+            f"{'optimizer':<10} {'suggestion':>10} {'max_stable_lr':>13}  {'max_stable_lr_from':<20} {'search_bounds':<20} {'stable_lr .. unstable_lr':<24} steps"
+        )
         for name, r in self.results.items():
             unstable = f"{r.unstable_lr:.4g}" if r.unstable_lr is not None else "none"
             low, high = self.bounds[name]
+            limit = self.limit(name)
             cached = " (cached)" if self.cached[name] else ""
             lines.append(
-                f"{name:<10} {r.suggestion:>10.4g} {r.max_stable_lr:>13.4g}  {f'{r.stable_lr:.4g} .. {unstable}':<24} "
-                f"{f'{low:.3g} .. {high:.3g}':<22} {r.steps}{cached}"
+                f"{name:<10} {r.suggestion:>10.4g} {limit.lr:>13.4g}  {limit.source:<20} {f'{low:.4g} .. {high:.4g}':<20} "
+                f"{f'{r.stable_lr:.4g} .. {unstable}':<24} {r.steps}{cached}"
             )
-        lines.append(f"train {self.optimizer} at lr {self.suggestion:.4g}; constant rates up to {self.max_stable_lr:.4g} stay stable")
+        lines.append(
+            f"train {self.optimizer} at lr {self.suggestion:.4g}; constant rates up to {self.max_stable_lr:.4g} stay stable (from {self.limit(self.optimizer).source})"
+        )
         return "\n".join(lines)
 
 
@@ -157,7 +174,8 @@ def find_lr(
     names = _optimizers(config, optimizer)
     if steps is not None and steps < MIN_RANGE_TEST_STEPS:
         raise StudyFileError(config.path, "--steps", f"an integer >= {MIN_RANGE_TEST_STEPS} (enough for a few probes)", steps)
-    cache = _read_only_cache(config, storage)
+    stored = _stored_study(config, storage)
+    cache = _read_only_cache(config, stored)
     run_steps = _run_steps(config)
     tracker = open_tracker(tracking_uri, config.name)
     results, bounds, cached, run_ids = {}, {}, {}, {}
@@ -173,7 +191,7 @@ def find_lr(
                     run_ids[name] = run_id
     finally:
         tracker.close()
-    return FindLrReport(config.name, config.code_label, names[0], run_steps, results, bounds, cached, run_ids)
+    return FindLrReport(config.name, config.code_label, names[0], run_steps, results, bounds, cached, run_ids, _study_limits(stored))
 
 
 def auto_lr_bounds(
@@ -279,13 +297,25 @@ def _cached_result(entry: object, key: str) -> RangeTestResult | None:
         return None
 
 
-def _read_only_cache(config: StudyConfig, storage: str | None) -> dict[str, object]:
-    """The cached range tests of the study, per optimizer, or nothing when the study is not stored."""
+def _stored_study(config: StudyConfig, storage: str | None) -> optuna.Study | None:
+    """The study as stored, or None when it is not (and no empty database is created just to look)."""
     url = storage or store.default_storage_url(config)
-    if not store.exists(config.name, url):
-        return {}  # nothing cached (and no empty database created just to look)
-    attrs = store.load(config, url).user_attrs
+    return store.load(config, url) if store.exists(config.name, url) else None
+
+
+def _read_only_cache(config: StudyConfig, study: optuna.Study | None) -> dict[str, object]:
+    """The cached range tests of the study, per optimizer, or nothing when the study is not stored."""
+    if study is None:
+        return {}
+    attrs = study.user_attrs
     return {name: attrs.get(keys.RANGE_TEST_CACHE.format(optimizer=name)) for name in config.search.optimizers}
+
+
+def _study_limits(study: optuna.Study | None) -> dict[str, stability.Limit]:
+    """The stability limits the stored study gives (the same as its parent run's description)."""
+    if study is None:
+        return {}
+    return stability.study_limits([store.trial_row(t) for t in study.get_trials(deepcopy=False)], store.range_test_limits(study))
 
 
 def _enqueue_suggestion(study: optuna.Study, config: StudyConfig, optimizer: str, lr: float) -> None:

@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     show = study_command("show", "top trials, states, prune reasons")
     show.add_argument("--top", type=_positive_int, default=10)
 
+    compare = sub.add_parser("compare", help="the best configurations of several studies, side by side")
+    compare.add_argument("studies", nargs="+", metavar="STUDY", help="study files (YAML)")
+    compare.add_argument("--plots", metavar="DIR", help="write the overlays (PNG) into this folder")
+    compare.add_argument("--storage", help="Optuna storage URL holding every study (default: each beside its file)")
+    compare.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"MLflow store to read the best curves from (default {DEFAULT_TRACKING_URI})")
+    compare.add_argument("--json", action="store_true", help="print one JSON object")
+
     ui = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
     ui.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help=f"the MLflow store to serve (default: {DEFAULT_TRACKING_URI})")
     ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
@@ -267,6 +274,16 @@ def _find_lr(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    import autolr
+
+    result = autolr.compare(args.studies, plots_dir=args.plots, storage=args.storage, tracking_uri=args.tracking_uri)
+    print(json.dumps(result.to_dict()) if args.json else result.table())
+    if result.plots and not args.json:
+        print("wrote " + ", ".join(str(p) for p in result.plots), file=sys.stderr)
+    return 0
+
+
 def _ui(args) -> int:
     """The MLflow UI (pages + REST API) on 127.0.0.1 until Ctrl-C; however autolr stops, the UI and its
     workers stop with it (they run in a session of their own, which autolr ends)."""
@@ -289,6 +306,7 @@ def _ui(args) -> int:
             print(f"autolr: error: --port {args.port}: 127.0.0.1:{args.port} is not free ({exc.strerror}); choose another port", file=sys.stderr)
             return 2
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {args.tracking_uri} (Ctrl-C to stop)", file=sys.stderr)
+    _print_trials_views(args)
     proc = subprocess.Popen(cmd, start_new_session=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -299,6 +317,19 @@ def _ui(args) -> int:
         _stop_session(proc)
     print(f"autolr: error: the MLflow UI stopped by itself (exit code {code}); its log is above", file=sys.stderr)
     return code or 1
+
+
+def _print_trials_views(args) -> None:
+    """Each study's trials, flat and sorted by the objective, in the model-training view: MLflow 3's UI
+    opens an experiment in its GenAI view unless the link says otherwise."""
+    from autolr.tracking import trials_view_links
+
+    try:
+        links = trials_view_links(args.tracking_uri)
+    except Exception:  # noqa: BLE001 - the links are a convenience; the UI starts regardless
+        return
+    for name, path in sorted(links.items()):
+        print(f"  {name}: http://127.0.0.1:{args.port}{path}", file=sys.stderr)
 
 
 def _stop_session(proc) -> None:
@@ -319,7 +350,7 @@ def _stop_session(proc) -> None:
             return
 
 
-_COMMANDS = {"tune": _tune, "find-lr": _find_lr, "export": _export, "show": _show, "ui": _ui}
+_COMMANDS = {"tune": _tune, "find-lr": _find_lr, "export": _export, "show": _show, "compare": _compare, "ui": _ui}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,7 +16,11 @@ __all__ = [
     "DIVERGENCE_STEP",
     "ERROR",
     "EXPLODING",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TRAINING",
     "EXPLODING_STEP",
+    "TRIALS_VIEW",
+    "TRIALS_VIEW_TAG",
     "GRADIENTS",
     "HOST",
     "LOSS_RATIO",
@@ -35,6 +39,8 @@ __all__ = [
     "STATE",
     "STEPS",
     "STORAGE",
+    "STUDY_BEST_SO_FAR",
+    "STUDY_OBJECTIVE",
     "STUDY",
     "STUDY_UID",
     "TRIAL",
@@ -85,6 +91,21 @@ EXPLODING = "autolr.exploding"  # the reason, when the gradient norm exploded
 EXPLODING_STEP = "autolr.exploding_step"
 VANISHING = "autolr.vanishing"
 VANISHING_STEP = "autolr.vanishing_step"
+
+# --- MLflow names autolr sets but does not own ----------------------------------------------------
+# The experiment tag MLflow 3's UI defines for an experiment's kind ("custom_model_development": the
+# model-training view; "genai_development": the traces view). mlflow exports no constant for it.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# A view of the runs page stored as an experiment tag, as MLflow's own "share view" does: opened with
+# ``#/experiments/<id>/runs?workflowType=machine_learning&viewStateShareKey=autolr-trials``.
+TRIALS_VIEW = "autolr-trials"
+TRIALS_VIEW_TAG = "mlflow.sharedViewState." + TRIALS_VIEW
+
+# --- metrics of the parent run (the study itself; step = trial number) ------------------------------
+# The prefix before "/" makes MLflow's UI chart them in a section of their own, "study".
+STUDY_OBJECTIVE = "study/objective"  # each COMPLETE trial's objective value
+STUDY_BEST_SO_FAR = "study/best_so_far"  # the best objective among trials 0..step
 
 
 def gradient_flag(kind: str) -> tuple[str, str]:

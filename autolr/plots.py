@@ -21,6 +21,9 @@ from typing import Any
 from autolr import stability
 
 __all__ = [
+    "compare_curves",
+    "compare_histories",
+    "compare_lr",
     "learning_curves",
     "lr_curves",
     "max_stable_lr",
@@ -42,10 +45,7 @@ SQUARE = (10.0, 7.5)
 
 def max_stable_lr(rows: Sequence[Row]) -> float | None:
     """The highest learning rate among the trial rows that are stable (:mod:`autolr.stability`), or None."""
-    pairs = (
-        (r["lr"], stability.is_stable(r["state"], diverged=bool(r.get("diverged")), loss_ratio=r.get("loss_ratio"))) for r in rows if r.get("lr") is not None
-    )
-    return stability.max_stable_lr(pairs)
+    return stability.max_stable_lr((r["lr"], stability.row_is_stable(r)) for r in rows if r.get("lr") is not None)
 
 
 def trial_curves(series: Mapping[str, Series], *, title: str, metric: str, path: str | Path, flags: Mapping[str, int] | None = None) -> Path:
@@ -108,23 +108,27 @@ def param_importances(importances: Mapping[str, float], *, path: str | Path, not
     return _save(fig, path)
 
 
-def stability_frontier(rows: Sequence[Row], *, metric: str, direction: str, path: str | Path) -> Path:
+def stability_frontier(
+    rows: Sequence[Row], *, metric: str, direction: str, path: str | Path, limits: Mapping[str, stability.Limit | None] | None = None
+) -> Path:
     """Learning rate against the objective, one panel per optimizer, one colour per schedule: complete
     trials filled, curve-pruned hollow (last reported value), diverged as red crosses along the top, and
-    the max stable lr (highest lr that did not diverge) as a dashed line."""
+    the optimizer's stability limit (``limits``; default: from its stable trials) as a dashed line
+    labelled with what it rests on."""
     with_lr = [r for r in rows if _is_finite(r.get("lr")) and r["state"] in ("COMPLETE", "PRUNED")]
     optimizers = sorted({str(r.get("optimizer")) for r in with_lr}) or ["-"]
     colours = _colours(sorted({str(r.get("schedule")) for r in with_lr}))
     fig, axes = _figure(1, len(optimizers), (max(7.0, 5.0 * len(optimizers) + 2.0), 5.0), sharey=True)
     for ax, name in zip(axes.flat, optimizers):
-        _frontier_panel(ax, [r for r in with_lr if str(r.get("optimizer")) == name], colours)
+        mine = [r for r in with_lr if str(r.get("optimizer")) == name]
+        _frontier_panel(ax, mine, colours, limits[name] if limits is not None and name in limits else stability.study_limit(mine))
         ax.set(title=f"optimizer {name}", xlabel="peak learning rate", ylabel=metric)
     _frontier_legend(axes[0, -1], colours)
     fig.suptitle(f"stability frontier ({direction} {metric})")
     return _save(fig, path)
 
 
-def _frontier_panel(ax, rows: Sequence[Row], colours: Mapping[str, Any]) -> None:
+def _frontier_panel(ax, rows: Sequence[Row], colours: Mapping[str, Any], limit: stability.Limit | None) -> None:
     values = []
     for r in rows:
         colour = colours[str(r.get("schedule"))]
@@ -144,10 +148,12 @@ def _frontier_panel(ax, rows: Sequence[Row], colours: Mapping[str, Any]) -> None
     if lrs:  # the crosses along the top are not in the data limits: set the range from every trial
         ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)
     _log_if_wide(ax, values)
-    stable = max_stable_lr(rows)
-    if stable is not None:
-        ax.axvline(stable, color="k", ls="--", lw=1)
-        ax.annotate(f"max stable lr {stable:.3g}", (stable, 0.02), xycoords=("data", "axes fraction"), rotation=90, ha="right", va="bottom", fontsize="small")
+    if limit is not None:
+        low, high = ax.get_xlim()
+        ax.set_xlim(min(low, limit.lr / 1.5), max(high, limit.lr * 1.5))  # a range-test limit may lie beyond every trial
+        ax.axvline(limit.lr, color="k", ls="--", lw=1)
+        text = f"max stable lr {limit.lr:.4g} (from {limit.source})"
+        ax.annotate(text, (limit.lr, 0.02), xycoords=("data", "axes fraction"), rotation=90, ha="right", va="bottom", fontsize="small")
 
 
 def _frontier_legend(ax, colours: Mapping[str, Any]) -> None:
@@ -244,6 +250,74 @@ def draw_range_test(
     ax.set(title=title, xlabel="learning rate", ylabel="training loss")
     ax.legend(fontsize="small", loc="best")
     return ax.figure
+
+
+# --- several studies (``autolr compare``): each study a mapping with ``label``, ``metric``, ``direction``,
+# ``rows`` (trial rows) and ``limits`` (optimizer -> :class:`autolr.stability.Limit`) ---------------------
+
+
+def compare_histories(studies: Sequence[Row], *, path: str | Path) -> Path:
+    """The best objective so far against the trial number, one line per study (a panel per metric)."""
+    metrics = sorted({s["metric"] for s in studies})
+    fig, axes = _figure(1, len(metrics), (max(7.0, 6.0 * len(metrics)), 5.0))
+    for ax, metric in zip(axes.flat, metrics):
+        values = []
+        for s in (s for s in studies if s["metric"] == metric):
+            done = sorted((r for r in s["rows"] if r["state"] == "COMPLETE" and _is_finite(r.get("value"))), key=lambda r: r["trial"])
+            pick, best, ys = (min if s["direction"] == "minimize" else max), None, []
+            for r in done:
+                best = r["value"] if best is None else pick(best, r["value"])
+                ys.append(best)
+            line = ax.step([r["trial"] for r in done], ys, where="post", label=s["label"])
+            ax.scatter([r["trial"] for r in done], [r["value"] for r in done], s=10, alpha=0.4, color=line[0].get_color())
+            values += [r["value"] for r in done]
+        _log_if_wide(ax, values)
+        ax.set(title=f"best {metric} so far", xlabel="trial", ylabel=metric)
+        ax.legend(fontsize="small")
+    fig.suptitle("optimisation histories")
+    return _save(fig, path)
+
+
+def compare_curves(curves: Mapping[str, Mapping[str, Series]], *, path: str | Path) -> Path:
+    """The best trial of each study: training loss per step and each validation metric per epoch.
+    Keys of ``curves`` are the studies' labels; each maps metric names to series."""
+    names = ["train_loss", *sorted({n for c in curves.values() for n in c if n != "train_loss"})]
+    fig, axes = _figure(1, len(names), (max(7.0, 5.0 * len(names)), 4.5))
+    for ax, name in zip(axes.flat, names):
+        values = []
+        for label, series in curves.items():
+            steps, ys = _finite(*series.get(name, ((), ())))
+            ax.plot(steps, ys, lw=1.0, label=label, marker=None if name == "train_loss" else "o", ms=3)
+            values += ys
+        _log_if_wide(ax, values)
+        ax.set(title=name, xlabel="step" if name == "train_loss" else "epoch")
+    axes[0, 0].legend(fontsize="small")
+    if not curves:
+        _note(axes[0, 0], "no curves in the MLflow store")
+    fig.suptitle("learning curves of each study's best trial")
+    return _save(fig, path)
+
+
+def compare_lr(studies: Sequence[Row], *, path: str | Path) -> Path:
+    """Peak learning rate against the objective, a panel per study; each optimizer's stability limit
+    as a dashed line (what it rests on in the legend)."""
+    fig, axes = _figure(1, len(studies), (max(7.0, 5.0 * len(studies)), 4.5))
+    for ax, s in zip(axes.flat, studies):
+        rows = [r for r in s["rows"] if _is_finite(r.get("lr"))]
+        for i, name in enumerate(sorted({str(r.get("optimizer")) for r in rows})):
+            mine = [r for r in rows if str(r.get("optimizer")) == name]
+            done = [r for r in mine if r["state"] == "COMPLETE" and _is_finite(r.get("value"))]
+            ax.scatter([r["lr"] for r in done], [r["value"] for r in done], color=f"C{i}", s=14, label=name)
+            limit = s["limits"].get(name)
+            if limit is not None:
+                ax.axvline(limit.lr, color=f"C{i}", ls="--", lw=1, label=f"{name} max stable lr {limit.lr:.3g} ({limit.source})")
+        if rows:
+            ax.set_xscale("log")
+        ax.set(title=s["label"], xlabel="peak learning rate", ylabel=s["metric"])
+        _log_if_wide(ax, [r["value"] for r in rows if r["state"] == "COMPLETE" and _is_finite(r.get("value"))])
+        ax.legend(fontsize="x-small")
+    fig.suptitle("learning rate against the objective")
+    return _save(fig, path)
 
 
 # --- helpers ---------------------------------------------------------------------------------------

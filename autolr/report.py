@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autolr import keys, plots
+from autolr import keys, plots, stability
 
-__all__ = ["STUDY_PLOTS", "TOP_K", "metric_key", "record_study", "record_trial_curves", "top_trials"]
+__all__ = ["STUDY_PLOTS", "TOP_K", "history", "metric_key", "record_study", "record_trial_curves", "top_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,15 @@ def record_study(
     importances: Mapping[str, float],
     importance_note: str = "",
     summary: str = "",
+    range_tests: Mapping[str, float] | None = None,
 ) -> list[str]:
-    """The five study plots on the parent run and its description; returns the plots' file names."""
+    """The five study plots on the parent run, its description, and the study's own curves as metrics
+    (``study/objective``, ``study/best_so_far``; step = trial number), all from the stored trials, so
+    every invocation (and every ``--jobs`` worker's trial) is drawn; returns the plots' file names.
+    ``range_tests``: optimizer -> the cached range test's ``max_stable_lr`` (:mod:`autolr.stability`)."""
+    tracker.log_series(parent_run_id, history(rows, direction))
+    tracker.set_trials_view(metric_key(metric), ascending=direction == "minimize")
+    study_limits = stability.study_limits(rows, range_tests)
     top = top_trials(rows, direction)
     key = metric_key(metric)
     runs = tracker.trial_runs()
@@ -72,11 +79,12 @@ def record_study(
         folder = Path(tmp)
         plots.optimization_history(rows, metric=metric, direction=direction, path=folder / STUDY_PLOTS[0])
         plots.param_importances(importances, path=folder / STUDY_PLOTS[1], note=importance_note)
-        plots.stability_frontier(rows, metric=metric, direction=direction, path=folder / STUDY_PLOTS[2])
+        plots.stability_frontier(rows, metric=metric, direction=direction, path=folder / STUDY_PLOTS[2], limits=study_limits)
         plots.learning_curves(curves, metric=key, path=folder / STUDY_PLOTS[3])
         plots.lr_curves(lrs, path=folder / STUDY_PLOTS[4])
         tracker.log_artifacts(parent_run_id, folder, PLOTS_DIR)
-    tracker.set_description(parent_run_id, describe(rows, study=study, metric=metric, direction=direction, summary=summary))
+    text = describe(rows, study=study, metric=metric, direction=direction, summary=summary, limits=study_limits)
+    tracker.set_description(parent_run_id, text)
     return list(STUDY_PLOTS)
 
 
@@ -98,8 +106,23 @@ def record_trial_curves(tracker, parent_run_id: str, *, metric: str) -> int:
     return done
 
 
-def describe(rows: Sequence[Mapping[str, Any]], *, study: str, metric: str, direction: str, summary: str = "") -> str:
-    """The parent run's description (markdown): counts, the best trial, the max stable lr, the plots."""
+def history(rows: Sequence[Mapping[str, Any]], direction: str) -> dict[str, list[tuple[int, float]]]:
+    """Each COMPLETE trial's objective and the best so far, as ``(trial number, value)`` points."""
+    done = sorted((r for r in rows if r["state"] == "COMPLETE" and _finite(r.get("value"))), key=lambda r: r["trial"])
+    pick = min if direction == "minimize" else max
+    best, points, bests = None, [], []
+    for r in done:
+        best = r["value"] if best is None else pick(best, r["value"])
+        points.append((r["trial"], float(r["value"])))
+        bests.append((r["trial"], float(best)))
+    return {keys.STUDY_OBJECTIVE: points, keys.STUDY_BEST_SO_FAR: bests}
+
+
+def describe(
+    rows: Sequence[Mapping[str, Any]], *, study: str, metric: str, direction: str, summary: str = "", limits: Mapping[str, stability.Limit] | None = None
+) -> str:
+    """The parent run's description (markdown): counts, the best trial, the stability limit per
+    optimizer and what it rests on, the plots. ``limits`` default: from the trials alone."""
     states = [r["state"] for r in rows]
     diverged = sum(1 for r in rows if r.get("diverged"))
     lines = [
@@ -110,12 +133,14 @@ def describe(rows: Sequence[Mapping[str, Any]], *, study: str, metric: str, dire
     top = top_trials(rows, direction, 1)
     if top:
         lines.append(f"Best: trial {top[0]['trial']}, {metric} = {top[0]['value']:.6g} ({_label(top[0])}); see `best_config.yaml`.")
-    for name in sorted({str(r.get("optimizer")) for r in rows if r.get("optimizer")}):
-        stable = plots.max_stable_lr([r for r in rows if str(r.get("optimizer")) == name])
-        if stable is not None:
-            lines.append(f"Max stable lr ({name}): {stable:.4g}.")
+    for name, limit in (stability.study_limits(rows) if limits is None else limits).items():
+        lines.append(f"Max stable lr ({name}): {limit.lr:.4g}. From {limit.source}.")
     lines.append("Plots in `plots/`: " + ", ".join(f"`{p}`" for p in STUDY_PLOTS) + "; each trial run has `plots/curves.png`.")
     return "\n".join(lines)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _label(row: Mapping[str, Any]) -> str:

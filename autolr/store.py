@@ -34,6 +34,7 @@ __all__ = [
     "fail_stale_trials",
     "load",
     "n_finished",
+    "range_test_limits",
     "study_uid",
     "trial_row",
 ]
@@ -97,6 +98,17 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def range_test_limits(study: optuna.Study) -> dict[str, float]:
+    """Optimizer -> ``max_stable_lr`` of the range test the study caches (``lr: auto``), where it holds one."""
+    prefix = keys.RANGE_TEST_CACHE.format(optimizer="")
+    limits = {}
+    for name, entry in study.user_attrs.items():
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            if name.startswith(prefix):
+                limits[name[len(prefix) :]] = float(entry["result"]["max_stable_lr"])
+    return limits
 
 
 def study_uid(study: optuna.Study) -> str:

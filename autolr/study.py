@@ -450,7 +450,7 @@ def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, pa
     importances, note = _importances(study)
     summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
     report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction,
-                        importances=importances, importance_note=note, summary=summary)  # fmt: skip
+                        importances=importances, importance_note=note, summary=summary, range_tests=store.range_test_limits(study))  # fmt: skip
     report.record_trial_curves(tracker, parent_run_id, metric=config.metric)
 
 

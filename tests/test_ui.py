@@ -219,3 +219,64 @@ def test_server_dying_mid_study_loses_nothing(tmp_path, monkeypatch, caplog) -> 
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
         assert steps == list(range(by_number[number].user_attrs["autolr.steps"]))
         assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2  # one point per epoch
+
+
+def _chromium(url: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:
+    """The DOM headless Chromium renders at ``url`` (and a screenshot, when asked)."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000",
+             "--window-size=1800,1000"]  # fmt: skip
+    if screenshot is not None:
+        subprocess.run([CHROMIUM, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
+    return subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`); the browser check needs it")
+def test_trials_view_lists_the_trials_flat_with_their_objective_in_the_model_training_view(ui, tmp_path) -> None:
+    from autolr.tracking import trials_view_links
+
+    tracking_uri = f"sqlite:///{ui['folder'] / 'mlruns' / 'mlflow.db'}"
+    path = trials_view_links(tracking_uri)["ui-study"]
+    dom = _chromium(ui["base"] + path, tmp_path, screenshot=tmp_path / "trials.png")
+    assert "Model training" in dom and "Overview" not in dom.split("Runs", 1)[0][-200:]
+    assert all(f"trial-{n}" in dom for n in range(3)) and "val_loss" in dom
+    best = ui["result"].best.value
+    assert f"{best:.4f}"[:5] in dom  # the objective column holds the values, without a click
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`); the browser check needs it")
+def test_parent_run_charts_the_study(ui, tmp_path) -> None:
+    experiments = json.loads(_get(f"{ui['base']}/api/2.0/mlflow/experiments/search?max_results=100"))["experiments"]
+    experiment_id = next(e["experiment_id"] for e in experiments if e["name"] == "ui-study")
+    url = f"{ui['base']}/#/experiments/{experiment_id}/runs/{ui['result'].parent_run_id}/model-metrics?workflowType=machine_learning"
+    dom = _chromium(url, tmp_path, screenshot=tmp_path / "parent.png")
+    assert "best_so_far" in dom and "objective" in dom
+
+
+def test_experiment_is_marked_model_training(ui) -> None:
+    experiments = json.loads(_get(f"{ui['base']}/api/2.0/mlflow/experiments/search?max_results=100"))["experiments"]
+    (experiment,) = [e for e in experiments if e["name"] == "ui-study"]
+    tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_optuna_dashboard_lists_the_study(ui, tmp_path) -> None:
+    if shutil.which("optuna-dashboard") is None and not (Path(sys.executable).parent / "optuna-dashboard").exists():
+        pytest.skip("optuna-dashboard is not installed (pip install optuna-dashboard, in the test extra)")
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
+    port = _free_port()
+    proc = subprocess.Popen([exe, f"sqlite:///{ui['folder'] / 'optuna.db'}", "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies"))
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("optuna-dashboard did not answer")
+                time.sleep(0.5)
+    finally:
+        _stop(proc)
+    assert "ui-study" in [s["study_name"] for s in studies["study_summaries"]]

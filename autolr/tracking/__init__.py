@@ -42,7 +42,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["DEFAULT_TRACKING_URI", "NullTracker", "NullTrialRun", "Tracker", "TrialRun", "artifact_root_for", "open_tracker"]
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "NullTracker",
+    "NullTrialRun",
+    "Tracker",
+    "TrialRun",
+    "artifact_root_for",
+    "open_tracker",
+    "read_trial_curves",
+    "trials_view_links",
+]
 
 _LAZY = {
     "DEFAULT_TRACKING_URI": "autolr.config",
@@ -51,11 +61,14 @@ _LAZY = {
     "Tracker": "autolr.tracking._tracker",
     "TrialRun": "autolr.tracking._trial_run",
     "artifact_root_for": "autolr.tracking._store",
+    "read_trial_curves": "autolr.tracking._read",
+    "trials_view_links": "autolr.tracking._read",
 }
 
 if TYPE_CHECKING:
     from autolr.config import DEFAULT_TRACKING_URI
     from autolr.tracking._null import NullTracker, NullTrialRun
+    from autolr.tracking._read import read_trial_curves, trials_view_links
     from autolr.tracking._store import artifact_root_for
     from autolr.tracking._tracker import Tracker
     from autolr.tracking._trial_run import TrialRun

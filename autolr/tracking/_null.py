@@ -82,6 +82,9 @@ class NullTracker:
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         pass
 
+    def set_trials_view(self, metric: str, *, ascending: bool) -> None:
+        pass
+
     def set_description(self, run_id: str, text: str) -> None:
         pass
 
@@ -89,6 +92,9 @@ class NullTracker:
         pass
 
     def log_artifacts(self, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_series(self, run_id: str, series: Mapping[str, Sequence[tuple[int, float]]]) -> None:
         pass
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:

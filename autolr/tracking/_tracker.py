@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -59,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKLOG_POINTS = 1_000_000  # beyond this many points not handled yet, training waits for the writer
 WRITER_MODES = ("process", "thread")
+TRAINING_KIND = {keys.EXPERIMENT_KIND: keys.EXPERIMENT_KIND_TRAINING}
 
 
 def _param_text(value: Any) -> str:
@@ -136,15 +138,19 @@ class Tracker:
 
     @property
     def experiment_id(self) -> str:
+        """The study's experiment, created on first use, and marked a model-training experiment (also one
+        created earlier, without the mark), so MLflow's UI opens it on its runs, not its traces."""
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment_name)
-            if exp is not None:
-                self._experiment_id = exp.experiment_id
-            else:
+            if exp is None:
                 try:
-                    self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=artifact_root_for(self.tracking_uri))
+                    self.client.create_experiment(self.experiment_name, artifact_location=artifact_root_for(self.tracking_uri), tags=TRAINING_KIND)
                 except mlflow.exceptions.MlflowException:  # another worker created it first
-                    self._experiment_id = self.client.get_experiment_by_name(self.experiment_name).experiment_id
+                    pass
+                exp = self.client.get_experiment_by_name(self.experiment_name)
+            if keys.EXPERIMENT_KIND not in exp.tags:  # a kind someone chose on purpose is kept
+                self.client.set_experiment_tag(exp.experiment_id, keys.EXPERIMENT_KIND, keys.EXPERIMENT_KIND_TRAINING)
+            self._experiment_id = exp.experiment_id
         return self._experiment_id
 
     # --- the parent run and other rare writes: synchronous -------------------------------------------
@@ -223,6 +229,14 @@ class Tracker:
         for i in range(0, len(items), TAG_LIMIT):
             self.client.log_batch(run_id, tags=items[i : i + TAG_LIMIT])
 
+    def set_trials_view(self, metric: str, *, ascending: bool) -> None:
+        """The experiment's trials view (:data:`autolr.keys.TRIALS_VIEW`): every run flat, sorted by the
+        objective ``metric``, with it and the main parameters as columns."""
+        column = f"metrics.`{metric}`"
+        shown = [column, *(f"params.`{p}`" for p in ("optimizer", "lr", "schedule", "warmup")), f"tags.`{keys.STATE}`", f"tags.`{keys.PRUNE_REASON}`"]
+        state = {"searchFilter": "", "orderByKey": column, "orderByAsc": ascending, "startTime": "ALL", "lifecycleFilter": "Active", "selectedColumns": shown}
+        self.client.set_experiment_tag(self.experiment_id, keys.TRIALS_VIEW_TAG, json.dumps(state))
+
     def set_description(self, run_id: str, text: str) -> None:
         """The run's description (markdown) in the MLflow UI."""
         self.client.set_tag(run_id, NOTE, text)
@@ -232,6 +246,13 @@ class Tracker:
 
     def log_artifacts(self, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_series(self, run_id: str, series: Mapping[str, Sequence[tuple[int, float]]]) -> None:
+        """Metrics of a run written at once, each as ``(step, value)`` points (non-finite ones left out)."""
+        now = now_ms()
+        points = [Metric(key, float(v), now, step) for key, pairs in series.items() for step, v in pairs if math.isfinite(v)]
+        for i in range(0, len(points), BATCH_LIMIT):
+            self.client.log_batch(run_id, metrics=points[i : i + BATCH_LIMIT])
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
@@ -255,10 +276,7 @@ class Tracker:
         status = "FAILED"
         try:
             self.log_params(run_id, params)
-            now = now_ms()
-            points = [Metric(key, float(v), now, step) for key, series in curve.items() for step, v in enumerate(series) if math.isfinite(v)]
-            for i in range(0, len(points), BATCH_LIMIT):
-                self.client.log_batch(run_id, metrics=points[i : i + BATCH_LIMIT])
+            self.log_series(run_id, {key: list(enumerate(values)) for key, values in curve.items()})
             for path in artifacts:
                 self.log_artifact(run_id, path)
             status = "FINISHED"

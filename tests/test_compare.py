@@ -1,0 +1,49 @@
+"""`autolr compare`: one table of several studies' best configurations, overlays as PNGs, read-only."""
+
+from __future__ import annotations
+
+import autolr
+from autolr.cli import main
+
+STUDY = """
+    name: {name}
+    task: wine_mlp
+    train: {{epochs: 2, batch_size: 64}}
+    objective: {{metric: val_loss, direction: minimize}}
+    trials: 3
+    seed: {seed}
+    sampler: random
+    search:
+      lr: {{low: 1.0e-3, high: 1.0e-1}}
+      optimizer: {{adam: {{}}}}
+      schedule: {{constant: {{}}}}
+    pruning: {{divergence: true, curve: none}}
+"""
+
+
+def test_compare_two_studies_prints_one_table_and_writes_the_overlays(write_study, stores, tmp_path, capsys) -> None:
+    paths = [write_study(STUDY.format(name=n, seed=s), f"{n}.yaml") for n, s in (("cmp-a", 0), ("cmp-b", 1))]
+    for path in paths:
+        autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"], progress=False)
+    plots = tmp_path / "cmp"
+    args = ["compare", *map(str, paths), "--plots", str(plots), "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:5] == ["study", "metric", "direction", "value", "confirmed_mean"]
+    assert [line.split()[0] for line in lines[2:]] == ["cmp-a", "cmp-b"]
+    assert all(line.split()[4] == "-" for line in lines[2:])  # no confirmed mean stored yet
+    assert sorted(p.name for p in plots.iterdir()) == ["best_learning_curves.png", "lr_vs_objective.png", "optimization_histories.png"]
+
+
+def test_compare_names_the_same_limit_as_the_description(write_study, stores) -> None:
+    path = write_study(STUDY.format(name="cmp-c", seed=0))
+    autolr.tune(path, storage=stores["storage"], tracking_uri=None, progress=False)
+    (best,) = autolr.compare([path], storage=stores["storage"], tracking_uri=None).studies
+    assert best.limit is not None and best.limit.source.endswith("stable trials")
+
+
+def test_compare_of_a_study_not_stored_is_an_error_and_creates_nothing(write_study, tmp_path, capsys) -> None:
+    path = write_study(STUDY.format(name="cmp-none", seed=0))
+    db = tmp_path / "none.db"
+    assert main(["compare", str(path), "--storage", f"sqlite:///{db}"]) == 2
+    assert not db.exists()
