@@ -200,16 +200,20 @@ def least_squares(
     condition: float = 100.0,
     noise: float = 0.3,
     split_seed: int = 0,
+    spectrum: str = "log",
 ) -> Task:
     """Linear least squares with a chosen Hessian spectrum: the curvature is known exactly.
 
-    The loss is ``mean((X w - y)**2)``, whose Hessian ``2/n X^T X`` has eigenvalues spread log-uniformly
-    from ``max_eig / condition`` to ``max_eig``; full-batch gradient descent is stable exactly below
-    ``2 / max_eig``. Validation is on the training data (the question is how well the optimisation
-    goes), and ``task.info`` holds ``max_eig`` and ``optimum``, the exact minimum of the loss.
+    The loss is ``mean((X w - y)**2)``, whose Hessian ``2/n X^T X`` has eigenvalues from
+    ``max_eig / condition`` to ``max_eig``: spread log-uniformly (``spectrum="log"``), or
+    ``"clustered"``: a tenth of them (at least one) within a factor 2 below ``max_eig`` and the rest
+    within a factor 2 above the bottom, so a few stiff directions set the limit while most of the loss
+    sits in slow ones. Full-batch gradient descent is stable exactly below ``2 / max_eig``. Validation
+    is on the training data (the question is how well the optimisation goes), and ``task.info`` holds
+    ``max_eig`` and ``optimum``, the exact minimum of the loss.
     """
     rng = np.random.default_rng(split_seed)
-    eigs = np.geomspace(max_eig / condition, max_eig, n_features)
+    eigs = _spectrum(spectrum, max_eig, condition, n_features)
     u, _ = np.linalg.qr(rng.standard_normal((n_samples, n_features)))
     v, _ = np.linalg.qr(rng.standard_normal((n_features, n_features)))
     x = (u * np.sqrt(eigs * n_samples / 2.0)) @ v.T
@@ -219,6 +223,17 @@ def least_squares(
     data = TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32).reshape(-1, 1))
     model = nn.Linear(n_features, 1, bias=False)
     return Task(model, data, data, nn.functional.mse_loss, info={"max_eig": float(max_eig), "optimum": optimum})
+
+
+def _spectrum(kind: str, max_eig: float, condition: float, n: int) -> np.ndarray:
+    low = max_eig / condition
+    if kind == "log":
+        return np.geomspace(low, max_eig, n)
+    if kind == "clustered":
+        n_top = max(1, n // 10)
+        top = np.geomspace(max_eig / 2.0, max_eig, n_top + 1)[1:]  # max_eig itself is always one of them
+        return np.concatenate([np.geomspace(low, 2.0 * low, n - n_top), top])
+    raise ValueError(f"least_squares: unknown spectrum {kind!r}; expected 'log' or 'clustered'")
 
 
 BUILTIN_TASKS: Mapping[str, Callable[..., Task]] = {
