@@ -351,7 +351,9 @@ class Tracker:
     ) -> TrialRun:
         """A new trial run; the writer creates it with its first points (nothing here waits). ``role``,
         ``name`` and ``tags`` tell a confirmation run from a search trial."""
-        tags = {**{k: str(v) for k, v in (tags or {}).items()}, keys.TRIAL: str(trial_number), keys.STATE: "RUNNING", keys.ROLE: role}
+        tags = {**{k: str(v) for k, v in (tags or {}).items()}, keys.STATE: "RUNNING", keys.ROLE: role}
+        if role == keys.ROLE_TRIAL:  # a confirmation run is not a search trial: filters on autolr.trial never find it
+            tags[keys.TRIAL] = str(trial_number)
         if self.study_uid:
             tags[keys.STUDY_UID] = self.study_uid
         if parent_run_id:
