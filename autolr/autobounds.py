@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,12 +24,13 @@ from autolr import keys, stability, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.errors import StudyFileError
 from autolr.finder import MIN_RANGE_TEST_STEPS, RangeTestResult, range_test
+from autolr.objective import make_trainer
 from autolr.optimizers import OPTIMIZERS, build_optimizer
 from autolr.params import Fixed
 from autolr.space import _representative
-from autolr.tasks import build_task
+from autolr.tasks import Task, build_task
 from autolr.tracking import open_tracker
-from autolr.trainer import as_loss, pick_device
+from autolr.trainer import as_loss, is_map_dataset, pick_device
 
 __all__ = ["FindLrReport", "auto_lr_bounds", "find_lr", "lr_bounds_from", "range_test_for"]
 
@@ -130,6 +130,10 @@ def range_test_for(config: StudyConfig, optimizer: str, *, steps: int | None = N
     Raises:
         RuntimeError: the task cannot be range-tested (its loss is not finite before any step).
     """
+    if config.task is None:
+        raise StudyFileError(
+            config.path, config.code_key, "a task: (the range test runs autolr's own steps on the task's batches; a loop's are its own)", config.code_label
+        )
     task = build_task(config.task, config.task_args, seed=config.seed)
     model = task.model.to(pick_device(config.train.device))
     hparams = _fixed_hparams(config, optimizer)
@@ -138,19 +142,27 @@ def range_test_for(config: StudyConfig, optimizer: str, *, steps: int | None = N
         return range_test(
             model,
             opt,
-            task.train_data,
+            _range_test_data(task.train_data, config.train.batch_size),
             loss_fn=task.loss_fn if task.training_step is None else None,
             training_step=None if task.training_step is None else (lambda m, b: as_loss(task.training_step(m, b))),
-            batch_size=config.train.batch_size,
+            batch_size=config.train.batch_size if is_map_dataset(task.train_data) else None,  # a DataLoader keeps its own
             steps=steps or config.finder.steps,
             start_lr=config.finder.start_lr,
             end_lr=config.finder.end_lr,
-            run_steps=_run_steps(config, len(task.train_data)),
+            run_steps=_run_steps(config, task),
             grad_clip=config.train.grad_clip,
             seed=config.seed,
         )
     except ValueError as exc:  # the task itself is broken (e.g. a NaN loss before any step): say where
         raise RuntimeError(f"{config.path}: the range test of {optimizer} on task {config.code_label} failed: {exc}") from exc
+
+
+def _range_test_data(data, batch_size: int):
+    """The task's training data as the range test takes it: an iterable dataset yields samples, which
+    the trainer batches with the study's batch size; the range test does the same."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    return DataLoader(data, batch_size=batch_size) if isinstance(data, IterableDataset) else data
 
 
 def find_lr(
@@ -270,10 +282,11 @@ def _fixed_hparams(config: StudyConfig, optimizer: str) -> dict[str, Any]:
     return {name: s.value if isinstance(s, Fixed) else _representative(s, specs[name]) for name, s in settings.items()}
 
 
-def _run_steps(config: StudyConfig, n_train: int | None = None) -> int:
-    if n_train is None:
-        n_train = len(build_task(config.task, config.task_args, seed=config.seed).train_data)
-    return config.train.epochs * math.ceil(n_train / config.train.batch_size)
+def _run_steps(config: StudyConfig, task: Task | None = None) -> int:
+    """Optimizer steps of one trial, as autolr's trainer counts them (epochs or max_steps, accumulation,
+    the task's own DataLoader)."""
+    task = task or build_task(config.task, config.task_args, seed=config.seed)
+    return make_trainer(config).total_steps(task)
 
 
 def _cache_key(config: StudyConfig, optimizer: str, steps: int | None) -> str:

@@ -71,6 +71,20 @@ def fresh_seeds(config: StudyConfig, n: int) -> list[int]:
     return [config.seed + k * SEED_STRIDE for k in range(1, n + 1)]
 
 
+def status(confirmations: Sequence[Confirmation], enabled: bool) -> str:
+    """``off``, ``pending`` (not run, or under way), ``complete`` or ``all dropped``, for exports."""
+    if not enabled:
+        return "off"
+    if not confirmations or any(not c.complete and not c.dropped for c in confirmations):
+        return "pending"
+    return "complete" if any(c.complete and not c.dropped for c in confirmations) else "all dropped"
+
+
+def _plan(config: StudyConfig) -> tuple[int, list[int]]:
+    top, n_seeds = config.confirm.plan(config.trials)
+    return top, fresh_seeds(config, n_seeds)
+
+
 def candidates(study: optuna.Study, top: int) -> list[FrozenTrial]:
     """The ``top`` best COMPLETE search trials with distinct configurations, best first."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -92,13 +106,14 @@ def confirmation(config: StudyConfig, study: optuna.Study, url: str) -> list[Con
         return []
     confirm_study = _load(config, url)
     runs = confirm_study.get_trials(deepcopy=False) if confirm_study else []
-    # the plan of the invocation that confirmed (its --trials may differ from the study file's)
-    top, n_seeds = confirm_study.user_attrs.get(keys.CONFIRM_PLAN, config.confirm.plan(config.trials)) if confirm_study else config.confirm.plan(config.trials)
+    # the plan of the invocation that confirmed (its --trials and --seed may differ from the study file's)
+    plan = confirm_study.user_attrs.get(keys.CONFIRM_PLAN) if confirm_study else None
+    top, seed_list = (plan["top"], plan["seeds"]) if isinstance(plan, dict) else _plan(config)
     out = []
     for trial in candidates(study, top):
         mine = {t.user_attrs[keys.SEED]: t for t in runs if t.user_attrs.get(keys.CONFIRM_OF) == trial.number}
         values, seeds, dropped = [], [], ""
-        for seed in fresh_seeds(config, n_seeds):
+        for seed in seed_list:
             t = mine.get(seed)
             if t is None:
                 continue
@@ -107,7 +122,7 @@ def confirmation(config: StudyConfig, study: optuna.Study, url: str) -> list[Con
                 seeds.append(seed)
             elif _dropped(t):
                 dropped = t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR) or t.state.name
-        out.append(Confirmation(trial.number, float(trial.value), tuple(seeds), tuple(values), len(values) == n_seeds, dropped))
+        out.append(Confirmation(trial.number, float(trial.value), tuple(seeds), tuple(values), len(values) == len(seed_list), dropped))
     return out
 
 
@@ -117,7 +132,10 @@ def confirmation_pending(config: StudyConfig, study: optuna.Study, url: str) -> 
 
 
 def confirmed_winner(confirmations: Sequence[Confirmation], direction: str) -> Confirmation | None:
-    """The complete confirmation with the best mean, or None when none is complete."""
+    """The configuration with the best mean over every fresh seed, once the race is over (no candidate
+    still to train); None while it is under way, or when every candidate was dropped."""
+    if any(not c.complete and not c.dropped for c in confirmations):
+        return None
     complete = [c for c in confirmations if c.complete and not c.dropped]
     if not complete:
         return None
@@ -139,11 +157,11 @@ def run_confirmation(
     diverges or fails."""
     if not config.confirm.enabled:
         return
-    top, n_seeds = config.confirm.plan(config.trials)
+    top, seeds = _plan(config)
     confirm_study = _open(config, url)
-    confirm_study.set_user_attr(keys.CONFIRM_PLAN, [top, n_seeds])
+    confirm_study.set_user_attr(keys.CONFIRM_PLAN, {"top": top, "seeds": seeds})
     picked = candidates(study, top)
-    for seed in fresh_seeds(config, n_seeds):
+    for seed in seeds:
         for trial in picked:
             runs = [t for t in confirm_study.get_trials(deepcopy=False) if t.user_attrs.get(keys.CONFIRM_OF) == trial.number]
             if any(_dropped(t) for t in runs) or any(t.user_attrs.get(keys.SEED) == seed and t.state == TrialState.COMPLETE for t in runs):

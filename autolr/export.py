@@ -23,6 +23,7 @@ import yaml
 
 from autolr import keys
 from autolr.confirm import confirmation, confirmed_winner
+from autolr.confirm import status as confirm_status
 from autolr.hparams import RunConfig
 from autolr.scheduler import StepScheduler
 from autolr.store import best_trial
@@ -42,7 +43,10 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
     best = best_trial(study)
     if best is None:
         return None
-    winner = confirmed_winner(confirmation(config, study, url), config.direction)
+    # what trained it: the study file's task/loop, or (a study for callables) what tune recorded
+    code = {"key": config.code_key, "label": config.code_label} if config.code is not None else study.user_attrs.get(keys.CODE, {"key": "task", "label": None})
+    confirmations = confirmation(config, study, url)
+    winner = confirmed_winner(confirmations, config.direction)
     if winner is not None:
         best = study.trials[winner.trial]
     return {
@@ -52,12 +56,13 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
         "value": float(best.value) if winner is None else winner.mean,
         "single_seed_value": float(best.value),
         "confirmed": None if winner is None else winner.to_dict(),
+        "confirmation": confirm_status(confirmations, config.confirm.enabled),  # off | pending | complete | all dropped
         "trial": best.number,
         "params": dict(best.user_attrs[keys.PARAMS]),
-        "epochs": config.train.epochs if config.loop is None else None,  # a loop's budget is its own
-        "batch_size": config.train.batch_size if config.loop is None else None,
+        "epochs": None if code["key"] == "loop" else config.train.epochs,  # a loop's budget is its own
+        "batch_size": None if code["key"] == "loop" else config.train.batch_size,
         "total_steps": best.user_attrs.get(keys.STEPS),
-        config.code_key: config.code_label,
+        code["key"]: code["label"],
         "task_args": dict(config.task_args),
         "seed": config.seed,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BEST_TRIAL",
+    "CODE",
     "CONFIRM_OF",
     "CONFIRM_PLAN",
     "BEST_VALUE",
@@ -67,6 +68,7 @@ SEED = "autolr.seed"  # the seed a confirmation run trained with
 # --- Optuna study user attrs ------------------------------------------------------------------------
 UID = "autolr.uid"  # the study's own id, kept across invocations
 RANGE_TEST_CACHE = "autolr.range_test.{optimizer}"  # one optimizer's cached range test
+CODE = "autolr.code"  # {"key": "task" | "loop", "label": ...}: what trained the study (callables have no file key)
 CONFIRM_PLAN = "autolr.confirm_plan"  # [configurations, seeds] of the last invocation that confirmed
 
 # --- MLflow run tags ----------------------------------------------------------------------------------

@@ -84,10 +84,11 @@ class Objective:
                 report, value, steps = self._run_loop(trial, run_config, run)
             else:
                 report, value, steps = self._run_task(trial, run_config, run)
-        except Pruned as exc:
-            if not exc.diverged:
+        except optuna.TrialPruned as exc:  # autolr's TrialPruned, or a loop's own optuna.TrialPruned
+            diverged, step = getattr(exc, "diverged", False), getattr(exc, "step", None)
+            if not diverged:
                 self._report.record_loss_ratio()
-            self._record_prune(trial, run, exc.reason, divergence_step=exc.step, diverged=exc.diverged)
+            self._record_prune(trial, run, getattr(exc, "reason", None) or f"pruned: {exc}", divergence_step=step, diverged=diverged)
             raise
         trial.set_user_attr(keys.STEPS, steps)
         report.record_loss_ratio()

@@ -68,10 +68,12 @@ def _rmsprop(params, lr, *, alpha, momentum, eps, weight_decay):
 def _schedulefree_adamw(params, lr, *, beta1, beta2, eps, weight_decay):
     # Schedule-free AdamW (Defazio et al. 2024): no decay schedule needed, it averages its iterates
     # itself; it evaluates at other weights than it trains at, so the trainer switches it with
-    # optimizer.eval()/train() around validation (and autolr.Trial.build_optimizer starts it in train).
+    # optimizer.eval()/train() around validation (a user's own loop does the same).
     import schedulefree
 
-    return schedulefree.AdamWScheduleFree(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+    optimizer = schedulefree.AdamWScheduleFree(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+    optimizer.train()  # it refuses to step in eval mode: built ready to train (load_best, the range test, loops)
+    return optimizer
 
 
 def _prodigy(params, lr, *, beta1, beta2, weight_decay, d_coef):

@@ -255,6 +255,7 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
     tracker.write_unsent()
 
     opt_study = open_study(config, plan.storage_url)
+    opt_study.set_user_attr(keys.CODE, {"key": config.code_key, "label": config.code_label})  # export reads it, callables included
     tracker.study_uid = store.study_uid(opt_study)
     _close_orphan_runs(opt_study, tracker)
 
@@ -388,9 +389,9 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
 def _run_workers(plan: _Plan, study: optuna.Study, lr_bounds: LrBounds, parent_run_id: str | None, on_trial) -> None:
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(plan, dict(lr_bounds), parent_run_id, i), daemon=False) for i in range(plan.jobs)]
+    seen = {t.number for t in study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.FAIL))}  # not earlier invocations' trials
     for p in procs:
         p.start()
-    seen: set[int] = set()
     try:
         while any(p.is_alive() for p in procs):
             time.sleep(0.5)

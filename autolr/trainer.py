@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from autolr import keys
-from autolr.batches import Batches, LoaderBatches, batch_size, describe_batch
+from autolr.batches import Batches, LoaderBatches, batch_size, describe_batch, move_to_device
 from autolr.grads import FlatGradients
 from autolr.guard import Diverged, DivergenceGuard
 from autolr.steps import StepRecorder
@@ -130,7 +130,7 @@ def evaluate(task: Task, data: Any, device: torch.device, *, batch_size: int = 4
     task.model.eval()
     try:
         with autocast or contextlib.nullcontext():
-            if task.validation_step is None and task.loss_fn is not None and _is_map_dataset(data):
+            if task.validation_step is None and task.loss_fn is not None and is_map_dataset(data):
                 return _evaluate_whole(task, data, device, batch_size)
             return _evaluate_streaming(task, _batches_of(data, batch_size, device, shuffle=False), device)
     finally:
@@ -204,16 +204,19 @@ def _validation_step_of(task: Task) -> Callable[[torch.nn.Module, Any], Mapping[
 # --- data -------------------------------------------------------------------------------------------
 
 
-def _is_map_dataset(data: Any) -> bool:
+def is_map_dataset(data: Any) -> bool:
+    """A Dataset autolr batches itself (with a length, indexable); anything else is iterated as it is."""
     return isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__")
 
 
 def _batches_of(data: Any, size: int, device: torch.device, *, shuffle: bool, seed: int = 0, steps_per_epoch: int | None = None):
     """autolr's own batches of a ``Dataset``; a ``DataLoader`` or other iterable used as it is."""
-    if _is_map_dataset(data):
+    if is_map_dataset(data):
         return Batches(data, size, device, seed=seed, shuffle=shuffle)
     if isinstance(data, IterableDataset):  # samples, not batches: the default collate makes them batches
         data = DataLoader(data, batch_size=size)
+    if not shuffle:  # validation: one plain pass, whether or not the data has a length (it must end)
+        return (move_to_device(batch, device) for batch in data)
     return LoaderBatches(data, device, steps_per_epoch=steps_per_epoch)
 
 
@@ -293,8 +296,10 @@ class Trainer:
         return _batches_of(task.train_data, self.batch_size, self.device, shuffle=True, seed=self.seed, steps_per_epoch=self.data_steps_per_epoch)
 
     def steps_per_epoch(self, task: Task) -> int:
-        """Optimizer steps per epoch."""
-        return math.ceil(len(self.train_batches(task)) / self.accumulate)
+        """Optimizer steps per epoch (counted, not built: a TensorDataset is not copied to the device)."""
+        data = task.train_data
+        batches = math.ceil(len(data) / self.batch_size) if is_map_dataset(data) else len(self.train_batches(task))
+        return math.ceil(batches / self.accumulate)
 
     def total_steps(self, task: Task) -> int:
         """Optimizer steps of the whole run: epochs, or ``max_steps`` if that comes first."""

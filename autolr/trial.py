@@ -164,8 +164,6 @@ class Trial:
         named, plain = _named_parameters(parameters)
         self._named = named
         self._optimizer = self.run_config.build_optimizer(plain)
-        if callable(getattr(self._optimizer, "train", None)):  # schedule-free: starts in train mode (call .eval() to evaluate)
-            self._optimizer.train()
         return self._optimizer
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> StepScheduler:
@@ -235,6 +233,8 @@ class Trial:
         if self._optimizer is None:
             raise RuntimeError("trial.step: build the optimizer with trial.build_optimizer(model) first")
         names = [name for name, _ in self._named]
+        if self._named and self._named[0][1].device.type == "cuda":  # as autolr's trainer: no GPU wait step by step
+            self._check_every = max(self._check_every, 16)
         self._recorder = StepRecorder([p for _, p in self._named], names, guard=self._guard, watchers=[self._report],
                                       check_every=self._check_every, layer_stats_every=self._layer_stats_every,
                                       recorded_after_update=False)  # fmt: skip
@@ -256,7 +256,8 @@ def _named_parameters(parameters: Any) -> tuple[list[tuple[str, torch.nn.Paramet
         named = [(n, p) for n, p in parameters.named_parameters() if p.requires_grad]
         return named, [p for _, p in named]
     items = list(parameters)
-    if items and isinstance(items[0], dict):  # param groups
+    if items and isinstance(items[0], dict):  # param groups: their params listed once (a generator is used up by naming)
+        items = [dict(group, params=list(group["params"])) for group in items]
         named = [(f"group{g}.{i}", p) for g, group in enumerate(items) for i, p in enumerate(group["params"]) if p.requires_grad]
         return named, items
     if items and isinstance(items[0], tuple):

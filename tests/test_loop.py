@@ -169,3 +169,49 @@ def test_a_loop_that_raises_is_fail_with_its_error(write_study, stores) -> None:
     path = write_study("name: broken-loop\ntrials: 2\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
     with pytest.raises(RuntimeError, match="3 trials in a row failed; last: ValueError: my data is missing"):
         autolr.tune(path, loop=train, progress=False, **stores)
+
+
+def test_param_groups_given_as_generators_train(write_study, stores) -> None:
+    """Naming the layers must not use up a param group's generator (the optimizer got none before)."""
+    moved = []
+
+    def train(trial: autolr.Trial) -> float:
+        model = torch.nn.Linear(3, 1)
+        before = model.weight.detach().clone()
+        optimizer = trial.build_optimizer([{"params": model.parameters()}])
+        for _ in range(4):
+            optimizer.zero_grad()
+            loss = model(torch.ones(2, 3)).pow(2).mean()
+            loss.backward()
+            trial.step(loss)
+            optimizer.step()
+        moved.append(not torch.equal(before, model.weight))
+        return float(loss)
+
+    path = write_study("name: groups\ntrials: 1\nconfirm: false\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    autolr.tune(path, loop=train, progress=False, **stores)
+    assert moved == [True]
+
+
+def test_a_loops_own_optuna_prune_is_pruned_in_both_stores(write_study, stores) -> None:
+    def train(trial: autolr.Trial) -> float:
+        raise optuna.TrialPruned("my own reason")
+
+    path = write_study("name: own-prune\ntrials: 1\nconfirm: false\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    result = autolr.tune(path, loop=train, progress=False, **stores)
+    (trial,) = result.trials
+    assert trial.state.name == "PRUNED" and trial.user_attrs["autolr.prune_reason"] == "pruned: my own reason"
+    (run,) = _trial_runs(stores["tracking_uri"], "own-prune").values()
+    assert run.info.status == "FINISHED" and run.data.tags["autolr.state"] == "PRUNED"
+
+
+def test_a_study_tuned_with_a_callable_loop_exports_as_a_loop(write_study, stores, tmp_path) -> None:
+    def train(trial: autolr.Trial) -> float:
+        trial.build_optimizer([torch.nn.Parameter(torch.zeros(1))])
+        return trial.params["lr"]
+
+    path = write_study("name: callable-export\ntrials: 2\nconfirm: false\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    autolr.tune(path, loop=train, progress=False, **stores)
+    assert main(["export", str(path), "--storage", stores["storage"], "-o", str(tmp_path / "best.yaml")]) == 0  # no code needed to read
+    best = autolr.load_best(tmp_path / "best.yaml")
+    assert best.loop.endswith("train") and best.task is None and best.epochs is None and best.batch_size is None

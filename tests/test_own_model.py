@@ -274,3 +274,34 @@ def test_a_factory_defined_in_the_caller_is_passed_as_a_callable(write_study, st
     assert optuna.load_study(study_name="callable", storage=stores["storage"]).best_trial is not None
     with pytest.raises(autolr.InputError, match=r"jobs=2: the task .*make cannot cross to a worker process: .*jobs=1"):
         autolr.tune(path, task=make, jobs=2, progress=False, **stores)
+
+
+def test_validation_data_without_a_length_is_one_pass(study) -> None:
+    """An iterable validation set needs no length (it must end); training data without one takes steps_per_epoch."""
+
+    class Finite(IterableDataset):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(1)
+            for _ in range(20):
+                x = torch.randn(4, generator=g)
+                yield x, x.sum(0, keepdim=True)
+
+    _, result = _fit(_linear_task(_Stream(), Finite()), steps_per_epoch=3)
+    assert result.steps == 6 and math.isfinite(result.final["val_loss"])
+
+
+def test_lr_auto_and_find_lr_work_on_a_tasks_own_dataloader(study, stores) -> None:
+    path = study("dict_lm")
+    report = autolr.find_lr(path, storage=stores["storage"], tracking_uri=None)
+    assert 0 < report.suggestion < report.max_stable_lr
+
+
+def test_schedule_free_is_built_ready_to_train() -> None:
+    pytest.importorskip("schedulefree")
+    from autolr.optimizers import build_optimizer
+
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = build_optimizer("schedulefree_adamw", [w], 0.1)
+    (w**2).sum().backward()
+    opt.step()  # schedule-free refuses to step in eval mode
+    assert not torch.equal(w.detach(), torch.ones(2))
