@@ -189,9 +189,8 @@ def _summary(result, top: int = 5) -> str:
         lines.append(f"best single seed: trial {result.best.number}, {result.metric} = {_fmt(result.best.value)}")
     winner = _winner(result)
     if winner is not None:
-        lines.append(
-            f"winner on fresh seeds: trial {winner.trial}, {result.metric} = {winner.mean:.4g} +- {winner.std:.2g} over {len(winner.values)} seeds (exported)"
-        )
+        spread = f" +- {winner.std:.2g} over {len(winner.values)} seeds" if len(winner.values) > 1 else " on 1 fresh seed"
+        lines.append(f"winner on fresh seeds: trial {winner.trial}, {result.metric} = {winner.mean:.4g}{spread} (exported)")
     return "\n".join(lines)
 
 
