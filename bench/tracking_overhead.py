@@ -12,7 +12,7 @@ threads collapse when any other process wants a core).
    tracking - what ``autolr tune --no-tracking`` runs.
 3. tracked: autolr's ``Trainer`` (global gradient norm every step; per-layer gradient norm, weight norm
    and update ratio every ``LAYER_STATS_EVERY`` = 50 steps; no divergence guard: pruning is not
-   tracking, its cost shows in 2.) feeding the objective's ``_Report`` callback into a ``TrialRun``:
+   tracking, its cost shows in 2.) feeding the objective's ``TrialReport`` callback into a ``TrialRun``:
    per-step ``train_loss``, ``lr`` and ``grad_norm``, the per-layer stats, validation metrics each
    epoch (~1460 points), into an SQLite store in a temporary folder. The timed span runs from creating
    the trial run until ``Tracker.flush()`` returns, i.e. until every point is committed and the run is
@@ -48,11 +48,14 @@ from pathlib import Path
 
 import torch
 
+from autolr.batches import Batches
+from autolr.grads import grad_norms
+from autolr.guard import DivergenceGuard
 from autolr.hparams import RunConfig
-from autolr.objective import _Report
 from autolr.tasks import build_task
 from autolr.tracking import Tracker
-from autolr.trainer import Batches, DivergenceGuard, Trainer, evaluate, grad_norms
+from autolr.trainer import Trainer, evaluate
+from autolr.trial import TrialReport
 
 EPOCHS = 20
 BATCH_SIZE = 64
@@ -98,7 +101,9 @@ def _minimal_loop(task, optimizer, scheduler, on_step) -> None:
 
 
 class _NoOptuna:
-    """The Optuna side of ``_Report`` switched off: only the MLflow side is measured."""
+    """The Optuna side of ``TrialReport`` switched off: only the MLflow side is measured."""
+
+    number = 0
 
     def report(self, value, step) -> None: ...
 
@@ -123,7 +128,7 @@ def tracked(tracker: Tracker, parent_run_id: str, number: int, *, wait: bool = T
             batch_size=BATCH_SIZE,
             device=torch.device("cpu"),
             guard=None,  # divergence pruning is not tracking: its cost shows in "autolr trainer, untracked"
-            callbacks=[_Report(_NoOptuna(), run, "val_loss", curve_pruning=False)],
+            callbacks=[TrialReport(_NoOptuna(), run, "val_loss", curve_pruning=False)],
             layer_stats_every=LAYER_STATS_EVERY,
         )
         result = trainer.fit(task, optimizer, scheduler)
