@@ -72,9 +72,10 @@ class StepRecorder:
             self._snapshot = (self.step, grad_norms(self.params), [p.detach().clone() for p in self.params])
 
     def record(self, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor) -> None:
-        """One step's values (after ``optimizer.step()`` unless ``recorded_after_update`` is False)."""
+        """One step's values (after ``optimizer.step()`` unless ``recorded_after_update`` is False);
+        ``loss`` and ``grad_norm`` detached (this runs every step: no op is spent here)."""
         self._emit_earlier_snapshot(including_this_step=self.recorded_after_update)
-        self._window.append((loss.detach(), lr, grad_norm.detach()))  # 0-d tensors, as they come
+        self._window.append((loss, lr, grad_norm))  # detached 0-d tensors, as the caller hands them
         self.step += 1
         if len(self._window) >= self.check_every:
             self._flush_window()

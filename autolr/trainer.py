@@ -43,6 +43,9 @@ __all__ = [
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+_NO_AUTOCAST = contextlib.nullcontext()  # reusable: fp32 steps allocate no context manager
+
+
 class BatchError(TypeError):
     """A batch the task's steps cannot take; the message names the hook to write."""
 
@@ -308,7 +311,7 @@ class Trainer:
 
     def autocast(self):
         if self.precision == "fp32":
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     def fit(self, task: Task, optimizer: torch.optim.Optimizer, scheduler) -> TrainResult:
