@@ -88,12 +88,19 @@ def record_study(
     return list(STUDY_PLOTS)
 
 
-def record_trial_curves(tracker, parent_run_id: str, *, metric: str) -> int:
-    """Each trial run of this invocation gets ``plots/curves.png``; returns how many did."""
+CURVE_TRIALS = 5  # trial runs that get curves.png: drawing one costs ~0.25 s, and MLflow charts every run's metrics itself
+
+
+def record_trial_curves(tracker, parent_run_id: str, *, metric: str, ranking: Mapping[int, float] | None = None, top: int = CURVE_TRIALS) -> int:
+    """The ``top`` trial runs of this invocation (best first by ``ranking``, trial number -> value
+    with lower better; all of them without a ranking) get ``plots/curves.png``; returns how many did."""
     key = metric_key(metric)
     done = 0
+    runs = tracker.trial_runs(parent_run_id)
+    if ranking is not None:
+        runs = dict(sorted(runs.items(), key=lambda item: (ranking.get(item[0], math.inf), item[0]))[:top])
     with tempfile.TemporaryDirectory(prefix="autolr-plots-") as tmp:
-        for number, run_id in sorted(tracker.trial_runs(parent_run_id).items()):
+        for number, run_id in sorted(runs.items()):
             series = {name: tracker.metric_history(run_id, name) for name in ("train_loss", "lr", "grad_norm", key)}
             tags = tracker.run_tags(run_id)
             flags = {kind: int(tags[keys.gradient_flag(kind)[1]]) for kind in ("exploding", "vanishing") if keys.gradient_flag(kind)[1] in tags}
@@ -135,7 +142,7 @@ def describe(
         lines.append(f"Best: trial {top[0]['trial']}, {metric} = {top[0]['value']:.6g} ({_label(top[0])}); see `best_config.yaml`.")
     for name, limit in (stability.study_limits(rows) if limits is None else limits).items():
         lines.append(f"Max stable lr ({name}): {limit.lr:.4g}. From {limit.source}.")
-    lines.append("Plots in `plots/`: " + ", ".join(f"`{p}`" for p in STUDY_PLOTS) + "; each trial run has `plots/curves.png`.")
+    lines.append("Plots in `plots/`: " + ", ".join(f"`{p}`" for p in STUDY_PLOTS) + "; the best trial runs of each invocation have `plots/curves.png`.")
     return "\n".join(lines)
 
 

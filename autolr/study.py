@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import multiprocessing
 import os
 import socket
@@ -452,7 +453,9 @@ def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, pa
     summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
     report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction,
                         importances=importances, importance_note=note, summary=summary, range_tests=store.range_test_limits(study))  # fmt: skip
-    report.record_trial_curves(tracker, parent_run_id, metric=config.metric)
+    sign = 1.0 if config.direction == "minimize" else -1.0
+    ranking = {r["trial"]: sign * v for r in rows if (v := r["value"] if r["value"] is not None else r["last_value"]) is not None and math.isfinite(v)}
+    report.record_trial_curves(tracker, parent_run_id, metric=config.metric, ranking=ranking)
 
 
 def _last_reported(trial: FrozenTrial) -> float | None:
