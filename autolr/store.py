@@ -32,6 +32,8 @@ __all__ = [
     "default_storage_url",
     "exists",
     "fail_stale_trials",
+    "importances",
+    "last_reported",
     "load",
     "n_finished",
     "range_test_limits",
@@ -174,3 +176,20 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "loss_ratio": t.user_attrs.get(keys.LOSS_RATIO),
         "reason": t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR, ""),  # a FAIL trial's error
     }
+
+
+def last_reported(trial: FrozenTrial) -> float | None:
+    """The last intermediate value a trial reported (a pruned trial's standing), or None."""
+    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
+
+
+def importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+    """fANOVA importances of the parameters every complete trial has, or ({}, why not)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}, f"parameter importances need at least 2 complete trials; the study has {len(complete)}"
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), ""
+    except Exception as exc:  # noqa: BLE001 - e.g. every trial with the same parameters
+        return {}, f"parameter importances unavailable: {exc}"

@@ -448,30 +448,14 @@ def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, pa
     from autolr import report
 
     trials = study.get_trials(deepcopy=False)
-    rows = [dict(store.trial_row(t), last_value=_last_reported(t)) for t in trials]
-    importances, note = _importances(study)
+    rows = [dict(store.trial_row(t), last_value=store.last_reported(t)) for t in trials]
+    importances, note = store.importances(study)
     summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
     report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction,
                         importances=importances, importance_note=note, summary=summary, range_tests=store.range_test_limits(study))  # fmt: skip
     sign = 1.0 if config.direction == "minimize" else -1.0
     ranking = {r["trial"]: sign * v for r in rows if (v := r["value"] if r["value"] is not None else r["last_value"]) is not None and math.isfinite(v)}
     report.record_trial_curves(tracker, parent_run_id, metric=config.metric, ranking=ranking)
-
-
-def _last_reported(trial: FrozenTrial) -> float | None:
-    return trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None
-
-
-def _importances(study: optuna.Study) -> tuple[dict[str, float], str]:
-    """fANOVA importances of the parameters every complete trial has, or ({}, why not)."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 2:
-        return {}, f"parameter importances need at least 2 complete trials; the study has {len(complete)}"
-    try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), ""
-    except Exception as exc:  # noqa: BLE001 - e.g. every trial with the same parameters
-        return {}, f"parameter importances unavailable: {exc}"
 
 
 def summarize(config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None) -> TuneResult:
