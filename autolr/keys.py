@@ -2,10 +2,12 @@
 
 Optuna user attrs, MLflow tags and the logged metric names cross processes and outlive the code that
 wrote them: they are a schema. A name is defined here once and imported everywhere else; a new one
-is added here first. This module imports nothing, so every layer may use it.
+is added here first. This module imports nothing of autolr, so every layer may use it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 __all__ = [
     "BEST_TRIAL",
@@ -50,6 +52,7 @@ __all__ = [
     "VANISHING",
     "VANISHING_STEP",
     "gradient_flag",
+    "metric_name_in",
     "val_metric",
 ]
 
@@ -120,3 +123,10 @@ def val_metric(name: str) -> str:
     """The logged name of a validation metric: ``accuracy`` -> ``val_accuracy``, ``loss`` -> ``val_loss``;
     ``val_loss`` stays."""
     return name if name.startswith("val_") else f"val_{name}"
+
+
+def metric_name_in(names: Iterable[str], metric: str) -> str | None:
+    """The name under which ``metric`` (``val_loss``) appears among ``names``: as it is, or without its
+    ``val_`` prefix (a loop may report ``loss``); None when it is not there."""
+    names = set(names)
+    return next((n for n in (metric, metric.removeprefix("val_")) if n in names), None)

@@ -176,9 +176,9 @@ def _loop_value(returned: Any, metric: str, report: TrialReport) -> float:
     """The trial's value: what the loop returned (a number, or a dict holding the objective's metric),
     or the metric of its last ``trial.epoch`` when it returned nothing."""
     if isinstance(returned, Mapping):
-        for name in (metric, metric.removeprefix("val_")):
-            if name in returned:
-                return float(returned[name])
+        name = keys.metric_name_in(returned, metric)
+        if name is not None:
+            return float(returned[name])
         raise KeyError(f"loop: returned a dict without the objective's metric {metric!r}: {sorted(returned)}")
     if returned is not None:
         return float(returned)

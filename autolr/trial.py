@@ -201,12 +201,10 @@ class Trial:
         """
         self._epoch += 1
         values = {name: float(value) for name, value in metrics.items()}
-        if self._recorder is not None:
-            try:
-                self._recorder.flush()
-            except Diverged as exc:
-                raise self._diverged(exc) from None
-        metric = self._find_metric(values)
+        self.finish()  # the epoch's last window of steps
+        metric = keys.metric_name_in(values, self.metric)
+        if metric is None:
+            raise KeyError(f"trial.epoch: expected the objective's metric {self.metric!r} among the metrics, got {sorted(values)}")
         if self._guard is not None and not math.isfinite(values[metric]):
             raise Pruned(f"diverged: {metric} {values[metric]} after epoch {self._epoch}", step=self.steps - 1, diverged=True)
         self._report.on_epoch_end(self._epoch, self.steps, {**values, self.metric: values[metric]})
@@ -222,7 +220,7 @@ class Trial:
         return self._recorder.step if self._recorder is not None else 0
 
     def finish(self) -> None:
-        """The last steps' window, when the loop ends without a final ``epoch``."""
+        """The buffered window of steps, judged and recorded (at each epoch, and when the loop ends)."""
         if self._recorder is not None:
             try:
                 self._recorder.flush()
@@ -242,12 +240,6 @@ class Trial:
 
     def _diverged(self, exc: Diverged) -> Pruned:
         return Pruned(exc.reason, step=exc.step, diverged=True)
-
-    def _find_metric(self, values: Mapping[str, float]) -> str:
-        for name in (self.metric, self.metric.removeprefix("val_")):
-            if name in values:
-                return name
-        raise KeyError(f"trial.epoch: expected the objective's metric {self.metric!r} among the metrics, got {sorted(values)}")
 
 
 def _named_parameters(parameters: Any) -> tuple[list[tuple[str, torch.nn.Parameter]], Any]:
