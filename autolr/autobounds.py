@@ -30,7 +30,7 @@ from autolr.params import Fixed
 from autolr.space import _representative
 from autolr.tasks import Task, build_task
 from autolr.tracking import open_tracker
-from autolr.trainer import as_loss, is_map_dataset, pick_device
+from autolr.trainer import as_loss, batched, is_map_dataset, pick_device
 
 __all__ = ["FindLrReport", "auto_lr_bounds", "find_lr", "lr_bounds_from", "range_test_for"]
 
@@ -142,7 +142,7 @@ def range_test_for(config: StudyConfig, optimizer: str, *, steps: int | None = N
         return range_test(
             model,
             opt,
-            _range_test_data(task.train_data, config.train.batch_size),
+            batched(task.train_data, config.train.batch_size),  # as the trainer takes it
             loss_fn=task.loss_fn if task.training_step is None else None,
             training_step=None if task.training_step is None else (lambda m, b: as_loss(task.training_step(m, b))),
             batch_size=config.train.batch_size if is_map_dataset(task.train_data) else None,  # a DataLoader keeps its own
@@ -155,14 +155,6 @@ def range_test_for(config: StudyConfig, optimizer: str, *, steps: int | None = N
         )
     except ValueError as exc:  # the task itself is broken (e.g. a NaN loss before any step): say where
         raise RuntimeError(f"{config.path}: the range test of {optimizer} on task {config.code_label} failed: {exc}") from exc
-
-
-def _range_test_data(data, batch_size: int):
-    """The task's training data as the range test takes it: an iterable dataset yields samples, which
-    the trainer batches with the study's batch size; the range test does the same."""
-    from torch.utils.data import DataLoader, IterableDataset
-
-    return DataLoader(data, batch_size=batch_size) if isinstance(data, IterableDataset) else data
 
 
 def find_lr(

@@ -34,7 +34,9 @@ __all__ = [
     "Trainer",
     "TrainerCallback",
     "as_loss",
+    "batched",
     "evaluate",
+    "is_map_dataset",
     "pick_device",
     "training_step_of",
     "validation_batch_metrics",
@@ -212,12 +214,17 @@ def is_map_dataset(data: Any) -> bool:
     return isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__")
 
 
+def batched(data: Any, size: int) -> Any:
+    """A user's data as batches: an iterable dataset yields samples, which the default collate makes
+    batches of ``size``; a DataLoader or other iterable of batches is used as it is."""
+    return DataLoader(data, batch_size=size) if isinstance(data, IterableDataset) else data
+
+
 def _batches_of(data: Any, size: int, device: torch.device, *, shuffle: bool, seed: int = 0, steps_per_epoch: int | None = None):
     """autolr's own batches of a ``Dataset``; a ``DataLoader`` or other iterable used as it is."""
     if is_map_dataset(data):
         return Batches(data, size, device, seed=seed, shuffle=shuffle)
-    if isinstance(data, IterableDataset):  # samples, not batches: the default collate makes them batches
-        data = DataLoader(data, batch_size=size)
+    data = batched(data, size)
     if not shuffle:  # validation: one plain pass, whether or not the data has a length (it must end)
         return (move_to_device(batch, device) for batch in data)
     return LoaderBatches(data, device, steps_per_epoch=steps_per_epoch)

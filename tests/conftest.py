@@ -16,6 +16,15 @@ POSTGRES_URL = os.environ.get("AUTOLR_TEST_POSTGRES", "postgresql+psycopg2://pos
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, whatever an earlier one left; the setting is put back after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def stores(tmp_path: Path) -> dict[str, str]:
     """A private Optuna storage and MLflow store for one test."""
     return {

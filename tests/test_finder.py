@@ -38,12 +38,7 @@ from classic_sweep import (
 FULL_BATCH = 10**6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # results compared across runs: one thread
 
 
 def quadratic(seed: int = 0, *, max_eig: float = 1.0, momentum: float = 0.0, batch_size: int = FULL_BATCH, **kwargs):

@@ -14,13 +14,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 import autolr
 from autolr.tasks import build_task
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # results compared across runs: one thread
 
 
 class Regression(Dataset):
