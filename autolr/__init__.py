@@ -18,8 +18,9 @@ so a process that needs one subpackage (the MLflow writer needs ``autolr.trackin
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from autolr._lazy import lazy_names
 
 __all__ = [
     "BestConfig",
@@ -77,13 +78,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from autolr.trial import Trial, TrialPruned
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'autolr' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

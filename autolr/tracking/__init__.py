@@ -39,8 +39,9 @@ and the writer process imports ``autolr.tracking._writer`` without the training 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from autolr._lazy import lazy_names
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -86,13 +87,4 @@ def open_tracker(tracking_uri: str | None, experiment: str) -> Tracker | NullTra
     return Tracker(tracking_uri, experiment=experiment)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'autolr.tracking' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
