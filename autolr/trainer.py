@@ -22,13 +22,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from autolr import keys
 from autolr.batches import Batches, LoaderBatches, batch_size, describe_batch, move_to_device
+from autolr.config import PRECISIONS
 from autolr.grads import FlatGradients
 from autolr.guard import Diverged, DivergenceGuard
 from autolr.steps import StepRecorder
 from autolr.tasks import Task
 
 __all__ = [
-    "PRECISIONS",
     "BatchError",
     "TrainResult",
     "Trainer",
@@ -41,8 +41,6 @@ __all__ = [
     "training_step_of",
     "validation_batch_metrics",
 ]
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 _NO_AUTOCAST = contextlib.nullcontext()  # reusable: fp32 steps allocate no context manager
