@@ -21,13 +21,15 @@ import torch
 from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
 from autolr.objective import make_trainer, resolve_loop, resolve_metric
-from autolr.optimizers import OPTIMIZERS
+from autolr.optimizers import OPTIMIZERS, build_optimizer
 from autolr.tasks import Task, build_task, check_task_args, resolve_factory
 from autolr.trainer import BatchError, training_step_of, validation_batch_metrics
 
 __all__ = ["check_crosses_processes", "preflight"]
 
 logger = logging.getLogger(__name__)
+
+PREFLIGHT_LR = 1e-3  # any valid rate: the optimizers built here never step
 
 
 def preflight(config: StudyConfig) -> Task | None:
@@ -125,6 +127,19 @@ def _one_step(config: StudyConfig, task: Task) -> None:
         model.train()
     if metric not in values:
         raise StudyFileError(config.path, "objective.metric", f"one of {sorted(values)} (what task {config.code_label} reports)", config.metric)
+    _build_optimizers(config, model)
+
+
+def _build_optimizers(config: StudyConfig, model: torch.nn.Module) -> None:
+    """Each searched optimizer built once over the model's parameters: it takes them, and torch's first
+    optimizer imports its compiler stack (seconds) here rather than inside the first trial."""
+    for name in config.search.optimizers:
+        try:
+            build_optimizer(name, model.parameters(), lr=PREFLIGHT_LR)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise StudyFileError(
+                config.path, f"search.optimizer.{name}", f"an optimizer that takes the parameters of {config.code_label}", f"<{_reason(exc)}>"
+            ) from None
 
 
 def _first(batches, name: str) -> Any:

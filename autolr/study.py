@@ -35,6 +35,7 @@ from autolr.pruning import make_pruner
 from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
 from autolr.tracking import open_tracker
+from autolr.trainer import worker_device
 
 __all__ = ["TuneResult", "export_best", "open_study", "study_results", "tune"]
 
@@ -176,6 +177,10 @@ def _worker(plan: _Plan, lr_bounds: LrBounds, parent_run_id: str | None, index: 
 
     torch.set_num_threads(TORCH_THREADS)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = worker_device(plan.config.train.device, index)
+    if device.type == "cuda":  # this worker's "cuda" is its own GPU: worker i on cuda:(i % GPUs)
+        torch.cuda.set_device(device)
+    preflight(plan.config)  # the worker's imports and first build (seconds) before its first trial's clock, as in the main process
     study = open_study(plan.config, plan.storage_url, lr_bounds, worker=index, parallel=True)
     tracker = open_tracker(plan.tracking_uri, plan.config.name)
     tracker.study_uid = store.study_uid(study)

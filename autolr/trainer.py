@@ -40,6 +40,7 @@ __all__ = [
     "pick_device",
     "training_step_of",
     "validation_batch_metrics",
+    "worker_device",
 ]
 
 
@@ -79,6 +80,21 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def worker_device(name: str, worker: int, *, cuda_devices: int | None = None) -> torch.device:
+    """The device worker ``worker`` of ``--jobs N`` trains on: ``cuda`` (or ``auto`` where torch sees a
+    GPU) spreads the workers over the visible GPUs, worker i on ``cuda:(i % count)``, so that N workers
+    on N GPUs do not all queue on the first; anything else as :func:`pick_device`.
+
+    Args:
+        cuda_devices: the number of visible GPUs (default: ``torch.cuda.device_count()``).
+    """
+    device = pick_device(name)
+    if device.type != "cuda" or device.index is not None:
+        return device
+    count = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    return torch.device("cuda", worker % count) if count > 0 else device
 
 
 # --- from a batch to a loss ------------------------------------------------------------------------
