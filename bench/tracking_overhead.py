@@ -27,6 +27,11 @@ threads collapse when any other process wants a core).
    point (``train_loss``, ``lr``, ``grad_norm`` each step; validation each epoch), the run created and
    closed inside the timed span. ``NAIVE_REPEATS`` repeats only: it is slow.
 
+4c. tracked (HTTP server), with ``--server`` only: the same writer process sending to a local
+   ``mlflow server`` (``--workers 1``, its own SQLite database and artifacts folder in the temporary
+   folder, started by this script) over HTTP, MLflow's public ``log_batch``: what a study pays with
+   ``--tracking-uri http://...``. The server runs on this machine, so its work competes for the same
+   cores (on another machine it would not); its start is not timed.
 6. in a row (informational): ``IN_A_ROW`` trials back to back, untracked and tracked, as a study runs them:
    each trial's writer tail overlaps the next trial, and only the end waits for the last points.
 
@@ -34,16 +39,25 @@ The machine is shared: interference from other processes moves a trial's time by
 So the variants run in rounds, one of each per round in a rotating order, and each variant's ratio is
 the median over rounds of its time / the untracked time of the same round (drift within a round, a
 second or two, is small); the ratio of the variants' median times is printed beside it. The last line
-reads ``tracking overhead: R.RRx`` (tracked / untracked, median of the per-round ratios).
+reads ``tracking overhead: R.RRx`` (tracked / untracked, median of the per-round ratios); with
+``--server`` the line before it gives the same ratio over HTTP.
+
+    python bench/tracking_overhead.py [--server] [--repeats 31]
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
+import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -181,19 +195,70 @@ def _plot_cost(tracker: Tracker, run_id: str, folder: Path) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+@contextlib.contextmanager
+def mlflow_server(folder: Path):
+    """A local ``mlflow server`` over its own SQLite database; yields its URI, stops it afterwards."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "server-artifacts")]
+    log = (folder / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(f"{uri}/health"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start; see {folder / 'server.log'}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()  # the server's own process; its uvicorn worker follows it
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - a local http URL
+            return True
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", action="store_true", help="also measure a tracked trial over HTTP to a local mlflow server")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="rounds of one run of each variant")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # MLflow's "View run at http://..." lines
     logging.basicConfig(level=logging.WARNING)
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(1)
     folder = Path(tempfile.mkdtemp(prefix="autolr-bench-"))
+    with contextlib.ExitStack() as stack:
+        http_uri = stack.enter_context(mlflow_server(folder)) if args.server else None
+        _measure(folder, http_uri, args.repeats, stack)
+
+
+def _measure(folder: Path, http_uri: str | None, repeats: int, stack: contextlib.ExitStack) -> None:
     order = ["untracked", "autolr trainer, untracked", "tracked", "tracked (public log_batch)", "tracked (thread writer)"]
-    times: dict[str, list[float]] = {name: [] for name in [*order, "naive"]}
-    row: dict[str, list[float]] = {"untracked": [], "tracked": []}
     process = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench")
     thread = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench", writer="thread")
     public = Tracker(f"sqlite:///{folder}/mlflow.db", experiment="bench", fast_path=False)
     trackers = {"tracked": process, "tracked (public log_batch)": public, "tracked (thread writer)": thread}
+    parents = {}
+    if http_uri is not None:
+        order.append("tracked (HTTP server)")
+        trackers["tracked (HTTP server)"] = http = Tracker(http_uri, experiment="bench")
+        parents[http] = stack.enter_context(http.parent_run("bench", params={}, tags={}))
+        http.trial_run(parents[http], -6, {}).end("COMPLETE")  # starts its writer
+        http.flush()
+        tracked(http, parents[http], -7)  # warm-up: the server's first requests
+    times: dict[str, list[float]] = {name: [] for name in [*order, "naive"]}
+    row: dict[str, list[float]] = {"untracked": [], "tracked": []}
     with process.parent_run("bench", params={}, tags={}) as parent:
         start = time.perf_counter()
         process.trial_run(parent, -1, {}).end("COMPLETE")  # starts the writer process
@@ -205,7 +270,7 @@ def main() -> None:
         public.flush()
         untracked(), tracked(process, parent, -3), tracked(public, parent, -5)  # warm-up: allocator, caches, lazy imports
         number = 0
-        for r in range(REPEATS):
+        for r in range(repeats):
             for name in order[r % len(order) :] + order[: r % len(order)]:
                 number += 1
                 if name == "untracked":
@@ -213,7 +278,7 @@ def main() -> None:
                 elif name == "autolr trainer, untracked":
                     times[name].append(trainer_untracked())
                 else:
-                    times[name].append(tracked(trackers[name], parent, number))
+                    times[name].append(tracked(trackers[name], parents.get(trackers[name], parent), number))
             if r < STUDY_REPEATS:  # a study: each trial's writer tail overlaps the next trial
                 row["untracked"].append(in_a_row(lambda i: untracked(), IN_A_ROW))
                 number += IN_A_ROW
@@ -249,6 +314,8 @@ def main() -> None:
           f"end-of-invocation curves plot {plot_s * 1000:.0f} ms per trial")  # fmt: skip
     fast_vs_public = _paired(times["tracked"], times["tracked (public log_batch)"])
     print(f"fast path / public log_batch, same writer process: {fast_vs_public:.3f}x (median of per-round ratios)")
+    if "tracked (HTTP server)" in times:
+        print(f"tracking overhead over HTTP (local mlflow server, --workers 1): {_paired(times['tracked (HTTP server)'], times['untracked']):.2f}x")
     print(f"tracking overhead: {_paired(times['tracked'], times['untracked']):.2f}x")
 
 
