@@ -20,8 +20,13 @@ import pytest
 import torch
 from faultkit import assert_stores_agree, autolr_process, wait_for
 from mlflow.tracking import MlflowClient
+from torch.utils.data import TensorDataset
 
+import autolr
 from autolr import keys
+from autolr.config import load_study
+from autolr.errors import StudyFileError
+from autolr.preflight import preflight
 from autolr.trainer import worker_device
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -185,3 +190,18 @@ def test_two_machines_share_one_study_and_one_tracking_server(postgres_url, mlfl
         if unique_name in optuna.study.get_all_study_names(storage=postgres_url):
             optuna.delete_study(study_name=unique_name, storage=postgres_url)
         shutil.rmtree(artifacts, ignore_errors=True)
+
+
+# --- the pre-flight every worker runs before its first trial --------------------------------------
+
+
+def _paramless_task():
+    data = TensorDataset(torch.randn(8, 2), torch.randn(8, 2))
+    scale = torch.ones(1, requires_grad=True)  # the loss has a gradient, the model no parameters
+    return autolr.Task(model=torch.nn.Identity(), train_data=data, val_data=data, loss_fn=lambda out, y: ((out * scale - y) ** 2).mean())
+
+
+def test_the_preflight_names_an_optimizer_that_cannot_take_the_models_parameters(write_study):
+    path = write_study("name: paramless\ntrain: {epochs: 1, batch_size: 4}\nsearch: {lr: {low: 1.0e-3, high: 1.0e-1}, optimizer: {sgd: {}, adam: {}}}\n")
+    with pytest.raises(StudyFileError, match=r"search\.optimizer\.sgd.*empty parameter list"):
+        preflight(load_study(path, task=_paramless_task))
