@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import multiprocessing
@@ -341,8 +342,7 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             train(parent_run_id)
 
     def train(parent_run_id: str | None) -> None:
-        if not plan.parallel:  # its start-up overlaps the range test or the first trial (workers have their own)
-            tracker.start_writer()
+        tracker.start_writer()  # its start-up overlaps the range test or the first trial
         lr_bounds, run_study = fixed_lr_bounds(config), study
         if config.search.lr.auto:  # inside the parent run: the range-test runs nest under it
             from autolr.autobounds import auto_lr_bounds
@@ -350,10 +350,13 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             lr_bounds = auto_lr_bounds(config, study, tracker, parent_run_id)
             run_study = open_study(config, plan.storage_url, lr_bounds)
         deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
-        if plan.parallel:
-            _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial)
+        objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar)
+        if plan.parallel:  # this process is worker 0: a spawned worker spends seconds of CPU importing and warming up
+            here = functools.partial(
+                run_trials, config, open_study(config, plan.storage_url, lr_bounds, parallel=True), objective, target=config.trials, deadline=deadline
+            )
+            _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial, here)
         else:
-            objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar)
             run_trials(config, run_study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
         if store.n_finished(run_study) >= config.trials and (deadline is None or time.monotonic() < deadline):
             run_confirmation(
@@ -392,13 +395,16 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
     return parent_run_id
 
 
-def _run_workers(plan: _Plan, study: optuna.Study, lr_bounds: LrBounds, parent_run_id: str | None, on_trial) -> None:
+def _run_workers(plan: _Plan, study: optuna.Study, lr_bounds: LrBounds, parent_run_id: str | None, on_trial, run_here) -> None:
+    """Workers 1..N-1 in spawned processes; ``run_here(on_trial=...)`` runs worker 0's trials in this one,
+    which reports every worker's finished trials after each of its own, and every 0.5 s once done."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(plan, dict(lr_bounds), parent_run_id, i), daemon=False) for i in range(plan.jobs)]
+    procs = [ctx.Process(target=_worker, args=(plan, dict(lr_bounds), parent_run_id, i), daemon=False) for i in range(1, plan.jobs)]
     seen = {t.number for t in study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.FAIL))}  # not earlier invocations' trials
     for p in procs:
         p.start()
     try:
+        run_here(on_trial=lambda _trial: _report_new(study, seen, on_trial))
         while any(p.is_alive() for p in procs):
             time.sleep(0.5)
             _report_new(study, seen, on_trial)

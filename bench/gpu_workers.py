@@ -3,9 +3,9 @@
 Runs a small digits study (``device: cuda``, ``--jobs 2``, 6 trials, tracking off) through
 ``autolr.tune`` with a task that records, from inside its training step, the process and the device
 its model's parameters are on. Prints, per process, the devices its trials trained on: worker i
-should train on ``cuda:(i % GPUs)``, so with two or more GPUs the workers' devices differ, and with
-one GPU both share ``cuda:0``. The main process appears once, for its pre-flight step. On a machine
-without CUDA it says so and exits 0.
+should train on ``cuda:(i % GPUs)`` (worker 0 is the main process, the others are spawned), so with
+two or more GPUs the workers' devices differ, and with one GPU they share ``cuda:0``. Each process's
+count includes its pre-flight step. On a machine without CUDA it says so and exits 0.
 
     python bench/gpu_workers.py [--jobs 2] [--trials 6]
 """
@@ -81,15 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     gpus = torch.cuda.device_count()
     print(f"{gpus} visible GPU(s): {', '.join(torch.cuda.get_device_name(i) for i in range(gpus))}")
     print(f"study: {result.count(TrialState.COMPLETE)} COMPLETE trials, --jobs {args.jobs}, device {args.device}")
-    workers = {pid: counts for pid, counts in by_process.items() if pid != os.getpid()}
     for pid, counts in by_process.items():
-        who = "main process (pre-flight)" if pid == os.getpid() else "worker"
-        print(f"  pid {pid} {who}: {', '.join(f'{device} x{n}' for device, n in sorted(counts.items()))}")
+        who = "main process (worker 0)" if pid == os.getpid() else "spawned worker"
+        print(f"  pid {pid} {who}: {', '.join(f'{device} x{n}' for device, n in sorted(counts.items()))} (builds: pre-flight + trials)")
     if args.device != "cuda":
         return 0
     expected = {f"cuda:{i % gpus}" for i in range(args.jobs)}
-    devices = [set(counts) for counts in workers.values()]
-    spread = len(workers) == args.jobs and all(len(d) == 1 for d in devices) and set().union(*devices) == expected
+    devices = [set(counts) for counts in by_process.values()]
+    spread = len(by_process) == args.jobs and all(len(d) == 1 for d in devices) and set().union(*devices) == expected
     print(f"each worker on its own GPU, {', '.join(sorted(expected))} used: {'yes' if spread else 'NO'}")
     return 0 if spread else 1
 
