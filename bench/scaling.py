@@ -9,17 +9,23 @@ constant or cosine schedule, lr in [1e-4, 1e-2] (nothing diverges, so every tria
 budget of ``EPOCHS`` x 90 steps at batch 16, about 2 s), no curve pruning: both arms run the same
 amount of work per trial.
 
-Two figures per run:
-- trials phase: finished trials / (last trial's end - first trial's start), read from the Optuna
-  storage: the throughput of the workers once they train (the headline figure);
-- invocation: finished trials / the process's wall time (start-up, worker spawn, the end's plots
-  included), for what a user waits.
+Three figures per run, from the trials' start and end times in the Optuna storage:
+- all training (the headline): the throughput while every one of the N processes trains, i.e. from
+  the first moment N trials run at once to the last: trials finished in that window (a trial cut
+  by the window's edges counts for the share of it inside) / its length. Gaps between trials
+  (sampler, storage) are inside it; the start-up of a spawned worker (its imports and pre-flight,
+  about 10 s of CPU here, while the main process already trains) and the tail where one process
+  finishes the last trial alone are not: they are fixed costs of an invocation, not of a trial;
+- trials phase: finished trials / (last trial's end - first trial's start), start-up of the spawned
+  worker included;
+- invocation: finished trials / the process's wall time (imports, pre-flight, the end's plots
+  included), what a user waits for a study this short.
 
 The arms alternate within each round (1 then 2 workers, then 2 then 1 in the next round) and each
 ratio is the median over rounds of 2-worker / 1-worker trials per minute in the same round; the
 machine's 1-minute load average is printed beside every run (other processes on a shared machine
-take cores from the workers). The last line: ``2 workers / 1: R.RRx trials per minute (...)`` for
-the default SQLite storage.
+take cores from the workers); so is the CPU time of all the invocation's processes. The last line:
+``2 workers / 1: R.RRx trials per minute (...)``, all training, for the default SQLite storage.
 
     python bench/scaling.py [--repeats 3] [--trials 12] [--epochs 20] [--postgres URL | --no-postgres]
 """
@@ -41,7 +47,7 @@ from pathlib import Path
 import optuna
 
 EPOCHS = 20
-TRIALS = 12
+TRIALS = 16
 REPEATS = 3
 POSTGRES_URL = os.environ.get("AUTOLR_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 STUDY = """\
@@ -68,6 +74,8 @@ class Run:
     jobs: int
     trials: int
     phase_s: float  # first trial's start to last trial's end
+    busy_trials: float  # trials finished while all ``jobs`` processes trained (a cut trial counts for its share)
+    busy_s: float  # how long all ``jobs`` processes trained at once
     wall_s: float  # the whole ``autolr tune`` process
     load: float  # 1-minute load average when the run started
     cpu_s: float  # CPU time of every process of the invocation (main, workers, MLflow writers)
@@ -75,6 +83,10 @@ class Run:
     @property
     def per_minute(self) -> float:
         return 60.0 * self.trials / self.phase_s
+
+    @property
+    def per_minute_busy(self) -> float:
+        return 60.0 * self.busy_trials / self.busy_s
 
     @property
     def per_minute_wall(self) -> float:
@@ -101,7 +113,25 @@ def run_study(folder: Path, jobs: int, *, storage: str | None, trials: int, epoc
     if storage:
         optuna.delete_study(study_name=name, storage=url)  # the shared database keeps no bench studies
     phase_s = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
-    return Run(jobs, len(finished), phase_s, wall_s, load, cpu_s)
+    spans = [(t.datetime_start.timestamp(), t.datetime_complete.timestamp()) for t in finished]
+    busy_trials, busy_s = all_training(spans, jobs)
+    return Run(jobs, len(finished), phase_s, busy_trials, busy_s, wall_s, load, cpu_s)
+
+
+def all_training(spans: list[tuple[float, float]], jobs: int) -> tuple[float, float]:
+    """(trials finished, seconds) from the first moment ``jobs`` trials ran at once to the last."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1]))
+    running, first, last = 0, None, None
+    for when, step in events:
+        if running == jobs and step < 0:
+            last = when  # a full stretch ends here
+        running += step
+        if running == jobs and first is None:
+            first = when
+    if first is None or last is None or last <= first:
+        raise RuntimeError(f"never {jobs} trials at once: {spans}")
+    inside = sum(max(0.0, min(end, last) - max(start, first)) / (end - start) for start, end in spans if end > start)
+    return inside, last - first
 
 
 def _children_cpu_s() -> float:
@@ -136,7 +166,8 @@ def measure(label: str, storage: str | None, *, repeats: int, trials: int, epoch
         for jobs in (1, 2) if r % 2 == 0 else (2, 1):
             runs[jobs] = run_study(folder, jobs, storage=storage, trials=trials, epochs=epochs)
             run = runs[jobs]
-            print(f"{label:<10} round {r + 1}  --jobs {jobs}: {run.trials} trials, trials phase {run.phase_s:6.1f} s "
+            print(f"{label:<10} round {r + 1}  --jobs {jobs}: {run.trials} trials; all training {run.busy_trials:4.1f} trials in {run.busy_s:5.1f} s "
+                  f"({run.per_minute_busy:5.1f}/min); trials phase {run.phase_s:5.1f} s "
                   f"({run.per_minute:5.1f}/min), invocation {run.wall_s:6.1f} s ({run.per_minute_wall:5.1f}/min), "
                   f"CPU {run.cpu_s:5.1f} s, load {run.load:.2f}", flush=True)  # fmt: skip
         rounds.append((runs[1], runs[2]))
@@ -144,15 +175,19 @@ def measure(label: str, storage: str | None, *, repeats: int, trials: int, epoch
 
 
 def summary(label: str, rounds: list[tuple[Run, Run]]) -> str:
-    phase = [two.per_minute / one.per_minute for one, two in rounds]
-    wall = [two.per_minute_wall / one.per_minute_wall for one, two in rounds]
-    one = statistics.median(one.per_minute for one, _ in rounds)
-    two = statistics.median(two.per_minute for _, two in rounds)
+    def ratios(figure) -> list[float]:
+        return [figure(two) / figure(one) for one, two in rounds]
+
+    def said(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f}x ({', '.join(f'{x:.2f}x' for x in values)})"
+
+    busy = {jobs: statistics.median(pair[jobs - 1].per_minute_busy for pair in rounds) for jobs in (1, 2)}
     cpu = {jobs: statistics.median(pair[jobs - 1].cpu_s / pair[jobs - 1].trials for pair in rounds) for jobs in (1, 2)}
-    print(f"{label}: trials per minute, trials phase: 1 worker {one:.1f}, 2 workers {two:.1f}; "
-          f"invocation (start-up and plots included): {statistics.median(wall):.2f}x ({', '.join(f'{x:.2f}x' for x in wall)}); "
+    print(f"{label}: trials per minute, all training: 1 worker {busy[1]:.1f}, 2 workers {busy[2]:.1f}; 2 workers / 1, "
+          f"trials phase: {said(ratios(lambda r: r.per_minute))}; invocation: {said(ratios(lambda r: r.per_minute_wall))}; "
           f"CPU s per trial, all processes: 1 worker {cpu[1]:.2f}, 2 workers {cpu[2]:.2f}")  # fmt: skip
-    return f"2 workers / 1: {statistics.median(phase):.2f}x trials per minute ({label}, median of {len(rounds)}; runs: {', '.join(f'{x:.2f}x' for x in phase)})"
+    runs = ratios(lambda r: r.per_minute_busy)
+    return f"2 workers / 1: {statistics.median(runs):.2f}x trials per minute ({label}, all training, median of {len(rounds)}; runs: {', '.join(f'{x:.2f}x' for x in runs)})"
 
 
 def main(argv: list[str] | None = None) -> int:
