@@ -62,9 +62,10 @@ def record(config: StudyConfig) -> dict[str, Any]:
     return {"fingerprint": hashlib.sha256(canonical.encode()).hexdigest()[:16], "identity": identity, "summary": _summary(identity)}
 
 
-def check(config: StudyConfig, stored: object, *, url: str, reading: bool) -> dict[str, Any] | None:
+def check(config: StudyConfig, stored: object, *, url: str, reading: bool, code: object = None) -> dict[str, Any] | None:
     """Whether ``config`` may run (``reading``: be read as) the study stored at ``url`` with the identity
-    record ``stored``.
+    record ``stored``. ``code``: the ``{"key", "label"}`` of what trained the study, which autolr kept
+    (:data:`autolr.keys.CODE`) before identities: a study without a record is adopted only by its own code.
 
     Returns:
         None when the stored record stands; the record to store instead when the study has none yet
@@ -76,6 +77,8 @@ def check(config: StudyConfig, stored: object, *, url: str, reading: bool) -> di
     """
     given = record(config)
     if not isinstance(stored, Mapping) or not isinstance(stored.get("identity"), Mapping):
+        if isinstance(code, Mapping) and config.code is not None and code.get("label") != config.code_label:
+            raise _refused(config, url, [(str(code.get("key")), str(code.get("label")), config.code_label)], "a different task is never merged")
         return None if reading else given
     if stored.get("fingerprint") == given["fingerprint"]:
         return None

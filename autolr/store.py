@@ -79,13 +79,14 @@ def create_or_load(
         StudyFileError: the stored study optimises in the other direction.
     """
     study = optuna.create_study(storage=_storage(url), study_name=config.name, direction=config.direction, sampler=sampler, pruner=pruner, load_if_exists=True)
-    if identity:
-        _hold_identity(study, config, url, reading=False)
-    if study.direction.name.lower() != config.direction:
+    record = _identity(study, config, url, reading=False) if identity else None
+    if study.direction.name.lower() != config.direction:  # a study of an older autolr, before identities
         raise StudyFileError(
             config.path, "objective.direction", f"{study.direction.name.lower()} (the study {config.name!r} in {shown(url)} "
             "was created so; rename the study to start afresh)", config.direction,
         )  # fmt: skip
+    if record is not None:  # a new study's, an older one's adopted, or a space extended
+        study.set_user_attr(keys.IDENTITY, record)
     return study
 
 
@@ -101,14 +102,14 @@ def load(config: StudyConfig, url: str, *, identity: bool = True) -> optuna.Stud
         raise InputError(f"no study {config.name!r} in {shown(url)}; run `autolr tune {config.path}` first (or pass --storage)")
     study = optuna.load_study(study_name=config.name, storage=_storage(url, reading=True))
     if identity:
-        _hold_identity(study, config, url, reading=True)
+        _identity(study, config, url, reading=True)
     return study
 
 
-def _hold_identity(study: optuna.Study, config: StudyConfig, url: str, *, reading: bool) -> None:
-    record = identity_check(config, study.user_attrs.get(keys.IDENTITY), url=shown(url), reading=reading)
-    if record is not None:
-        study.set_user_attr(keys.IDENTITY, record)
+def _identity(study: optuna.Study, config: StudyConfig, url: str, *, reading: bool) -> dict[str, Any] | None:
+    """The identity record to store (None: the stored one stands); raises where ``config`` is another study's."""
+    attrs = study.user_attrs
+    return identity_check(config, attrs.get(keys.IDENTITY), url=shown(url), reading=reading, code=attrs.get(keys.CODE))
 
 
 def shown(url: str) -> str:

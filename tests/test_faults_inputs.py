@@ -126,6 +126,14 @@ def test_a_study_of_an_older_autolr_is_adopted(tmp_path, capsys) -> None:
     assert keys.IDENTITY not in optuna.load_study(study_name="shared", storage=url).user_attrs
     assert main(["show", str(a)]) == 0  # a read writes nothing
     assert keys.IDENTITY not in optuna.load_study(study_name="shared", storage=url).user_attrs
+    capsys.readouterr()
+    b = _study(tmp_path, "B.yaml", task="wine_mlp", trials=2)
+    assert _tune(b) == 2  # the task it kept before identities tells another file apart
+    assert "task: least_squares stored, wine_mlp given" in _error(capsys)
+    c = _study(tmp_path, "C.yaml", trials=2, extra="objective: {metric: val_loss, direction: maximize}\n")
+    assert _tune(c) == 2
+    assert "objective.direction: expected minimize" in _error(capsys)
+    assert keys.IDENTITY not in optuna.load_study(study_name="shared", storage=url).user_attrs  # neither adopted it
     assert _tune(a, "--trials", "2") == 0
     assert keys.IDENTITY in optuna.load_study(study_name="shared", storage=url).user_attrs
 
