@@ -101,7 +101,7 @@ def _refused(config: StudyConfig, url: str, diffs: list[tuple[str, str, str]], h
     what = "; ".join(f"{key}: {old} stored, {new} given" for key, old, new in diffs[:4])
     more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
     return InputError(f"{config.path}: the study {config.name!r} in {url} was created by another study file ({what}{more}); "
-                      f"give this file a name: of its own to start a new study; {how}")  # fmt: skip
+                      f"give this file its own `name:` to start a new study; {how}")  # fmt: skip
 
 
 # --- settings as JSON, and which contains which ------------------------------------------------------

@@ -180,11 +180,10 @@ def _storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
     path = sqlite.sqlite_path(url)
     if path is None:
         return _rdb(url, {"pool_pre_ping": True})
+    _refuse_foreign(path, url)  # before anything (a lock file, the WAL switch, Optuna's tables) is written
     if reading and path.exists() and not sqlite.writable(path):
-        _refuse_foreign(path, url)
         return _rdb(url, {"creator": sqlite.read_only_connector(path)}, skip_table_creation=True)
     with sqlite.prepared(path):  # the first process creates the tables, the others wait
-        _refuse_foreign(path, url)
         storage = _rdb(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}, cls=_CheckpointedStorage)
     sqlite.checkpoint_at_exit(path)
     return storage

@@ -235,7 +235,12 @@ def test_a_foreign_sqlite_file_is_refused_in_one_line_and_left_alone(tmp_path, c
     with sqlite3.connect(mlflow_like) as conn:  # another program's alembic schema (MLflow's store)
         conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
         conn.execute("INSERT INTO alembic_version VALUES ('1b5f0d9ad7c1')")
-    for db in (foreign, junk, mlflow_like):
+    alien = tmp_path / "alien.db"  # Optuna's tables, but a schema revision no Optuna version knows
+    assert _tune(_study(tmp_path, "alien.yaml", name="alien", trials=1), "--storage", f"sqlite:///{alien}") == 0
+    with sqlite3.connect(alien) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'f00dfeed'")
+    capsys.readouterr()
+    for db in (foreign, junk, mlflow_like, alien):
         for command in ("show", "tune"):
             assert main([command, str(path), "--storage", f"sqlite:///{db}", *(["--no-tracking"] if command == "tune" else [])]) == 2
             line = _error(capsys)
@@ -290,10 +295,15 @@ def test_a_huge_seed_is_refused_naming_the_flag(tmp_path, capsys) -> None:
     assert _tune(path, "--seed", str(2**70)) == 2
     line = _error(capsys)
     assert "--seed" in line and "4294967295" in line and "task" not in line
-    assert not list(tmp_path.glob("*.db"))
+    assert not list(tmp_path.glob("*.db"))  # refused before anything is written
     in_file = _study(tmp_path, "s2.yaml", name="seeded", extra=f"seed: {2**70}\n")
     assert _tune(in_file) == 2
     assert "seed: expected an integer in [0, 4294967295]" in _error(capsys)
+    largest = _study(tmp_path, "s3.yaml", name="seeded", trials=1)
+    largest.write_text(largest.read_text().replace("confirm: false", "confirm: {top: 1, seeds: 2}"))
+    assert _tune(largest, "--seed", str(2**32 - 1)) == 0  # the largest, and its confirmation's fresh seeds above it, train
+    url = f"sqlite:///{tmp_path / 'seeded.db'}"
+    assert [t.state.name for t in optuna.load_study(study_name="seeded.confirm", storage=url).trials] == ["COMPLETE", "COMPLETE"]
 
 
 def test_a_name_with_non_ascii_letters_is_a_study_of_its_own(tmp_path, capsys) -> None:
