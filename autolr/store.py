@@ -29,6 +29,7 @@ __all__ = [
     "GRACE_S",
     "HEARTBEAT_S",
     "best_trial",
+    "check_identity",
     "create_or_load",
     "default_storage_url",
     "exists",
@@ -104,6 +105,17 @@ def load(config: StudyConfig, url: str, *, identity: bool = True) -> optuna.Stud
     if identity:
         _identity(study, config, url, reading=True)
     return study
+
+
+def check_identity(config: StudyConfig, url: str) -> None:
+    """Refuse a study file that another study's stored identity does not admit, before anything runs
+    or is written (what :func:`create_or_load` would refuse).
+
+    Raises:
+        InputError: as :func:`create_or_load`.
+    """
+    if exists(config.name, url):
+        _identity(optuna.load_study(study_name=config.name, storage=_storage(url, reading=True)), config, url, reading=False)
 
 
 def _identity(study: optuna.Study, config: StudyConfig, url: str, *, reading: bool) -> dict[str, Any] | None:

