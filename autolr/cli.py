@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--jobs", type=_positive_int, default=1, help="worker processes")
     tune.add_argument("--seed", type=_non_negative_int, help="overrides the file's seed")
     tune.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    tune.add_argument("--extend-space", action="store_true", help="let the stored study's search space grow to the file's wider one")
 
     find = study_command("find-lr", "LR range test on the study's task")
     find.add_argument("--optimizer", help="only this optimizer of the study")
@@ -148,6 +149,7 @@ def _tune(args) -> int:
         storage=args.storage,
         tracking_uri=None if args.no_tracking else args.tracking_uri,
         seed=args.seed,
+        extend_space=args.extend_space,
     )
     if finished >= target:
         print(f"study {result.study_name} already holds its target of {target} finished trials; "

@@ -183,9 +183,10 @@ def _dropped(t: FrozenTrial) -> bool:
 
 def _open(config: StudyConfig, url: str) -> optuna.Study:
     confirm_config = dataclasses.replace(config, name=confirm_name(config), pruning=PruningConfig(curve="none"))
-    return store.create_or_load(confirm_config, url, sampler=optuna.samplers.RandomSampler(seed=config.seed), pruner=optuna.pruners.NopPruner())
+    sampler = optuna.samplers.RandomSampler(seed=config.seed)
+    return store.create_or_load(confirm_config, url, sampler=sampler, pruner=optuna.pruners.NopPruner(), identity=False)  # the search study holds it
 
 
 def _load(config: StudyConfig, url: str) -> optuna.Study | None:
     named = dataclasses.replace(config, name=confirm_name(config))
-    return store.load(named, url) if store.exists(named.name, url) else None
+    return store.load(named, url, identity=False) if store.exists(named.name, url) else None

@@ -26,6 +26,7 @@ __all__ = [
     "TRIALS_VIEW_TAG",
     "GRADIENTS",
     "HOST",
+    "IDENTITY",
     "LOSS_RATIO",
     "OPTIMIZER",
     "PARAMS",
@@ -72,6 +73,7 @@ SEED = "autolr.seed"  # the seed a confirmation run trained with
 UID = "autolr.uid"  # the study's own id, kept across invocations
 RANGE_TEST_CACHE = "autolr.range_test.{optimizer}"  # one optimizer's cached range test
 CODE = "autolr.code"  # {"key": "task" | "loop", "label": ...}: what trained the study (callables have no file key)
+IDENTITY = "autolr.identity"  # {"fingerprint", "identity", "summary"}: what defines the study (autolr.identity)
 CONFIRM_PLAN = "autolr.confirm_plan"  # [configurations, seeds] of the last invocation that confirmed
 
 # --- MLflow run tags ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
-from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
+from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study, with_overrides
 from autolr.confirm import Confirmation, confirmation, confirmation_pending, run_confirmation
 from autolr.objective import Objective
 from autolr.optimizers import OPTIMIZERS
@@ -200,6 +200,7 @@ def tune(
     task: Callable[..., Any] | None = None,
     loop: Callable[..., Any] | None = None,
     progress: bool = True,
+    extend_space: bool = False,
 ) -> TuneResult:
     """Run (or resume) a study until it holds ``trials`` finished trials (the study file's by default).
 
@@ -217,9 +218,11 @@ def tune(
         on_trial: called with each finished trial (in this process only).
         progress: a progress bar on stderr (a widget in a notebook): trials finished, and the running
             trial's epoch, step and loss.
+        extend_space: let the stored study's search space grow to the file's wider one (a study file
+            that differs in anything else is refused: see :mod:`autolr.identity`).
     """
     with _quiet_libraries():
-        return _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress)
+        return _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress, extend_space)
 
 
 @contextlib.contextmanager
@@ -240,16 +243,11 @@ def _quiet_libraries():
             lg.setLevel(before[name])
 
 
-def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress) -> TuneResult:
-    config = _config(study, task=task, loop=loop)
-    overrides: dict[str, Any] = {}
-    if trials is not None:
-        overrides["trials"] = trials
-    if seed is not None:
-        overrides["seed"] = seed
-    config = dataclasses.replace(config, **overrides)
+def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress, extend_space) -> TuneResult:
+    config = with_overrides(_config(study, task=task, loop=loop), trials=trials, seed=seed, extend_space=extend_space)
     plan = _Plan(config, storage or store.default_storage_url(config), tracking_uri, jobs, timeout_s)
     check_crosses_processes(config, jobs)
+    store.check_identity(config, plan.storage_url)  # another study's file: refused before its code runs
     preflight(config)  # before any store is created: bad input writes nothing
     tracker = open_tracker(tracking_uri, config.name)
     tracker.check_reachable()
