@@ -9,6 +9,7 @@ the study (:mod:`autolr.study`) hands the sampler and pruner in.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 import warnings
@@ -19,9 +20,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr import keys, sqlite
+from autolr import keys, owner, sqlite
 from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
+from autolr.retry import RetryingRDBStorage
 
 __all__ = [
     "FINISHED",
@@ -40,6 +42,8 @@ __all__ = [
     "study_uid",
     "trial_row",
 ]
+
+logger = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A worker's running trial writes a heartbeat every HEARTBEAT_S; one silent for GRACE_S (a killed
@@ -125,10 +129,39 @@ def study_uid(study: optuna.Study) -> str:
     return uid
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Mark FAIL the running trials whose heartbeat stopped (their process died)."""
+def fail_stale_trials(study: optuna.Study, *, retry: bool = True) -> list[FrozenTrial]:
+    """Mark FAIL the running trials whose process is gone, and queue each one's configuration to run
+    once more; returns the trials failed here.
+
+    Gone: a process of this machine that no longer runs (its ``autolr.owner``, at once: a job
+    requeued right after a kill finds its trials failed), or one whose heartbeat is ``GRACE_S`` old
+    (any machine). Of several processes that find the same trial, one fails it (the storage refuses the
+    others) and that one queues the retry: a WAITING trial with the same configuration and
+    ``autolr.retry_of`` = the killed trial's number, which the next trial asked runs. A retry is not
+    retried again, nor is a confirmation run (the confirmation trains its missing seeds itself).
+    ``retry``: False when the study holds its target already.
+    """
+    storage = study._storage
     with experimental_ok():
-        optuna.storages.fail_stale_trials(study)
+        beats = getattr(storage, "get_heartbeat_interval", lambda: None)()  # RDB storages; not the in-memory one
+        stale = set(storage._get_stale_trial_ids(study._study_id)) if beats else set()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        dead = owner.is_dead(t.user_attrs.get(keys.OWNER))
+        if not dead and t._trial_id not in stale:
+            continue
+        why = f"its process (pid {t.user_attrs[keys.OWNER]['pid']}) is gone" if dead else f"its process sent no heartbeat for {GRACE_S} s"
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a finished trial takes no attr
+            if keys.CONFIRM_OF not in t.user_attrs:  # a confirmation run without an error is trained again
+                storage.set_trial_user_attr(t._trial_id, keys.ERROR, f"killed: {why}")
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+            failed.append(t)
+            again = retry and t.params and not {keys.RETRY_OF, keys.CONFIRM_OF} & set(t.user_attrs)
+            if again:
+                study.enqueue_trial(t.params, user_attrs={keys.RETRY_OF: t.number})
+            logger.warning("trial %d failed: %s%s", t.number, why, "; its configuration runs once more" if again else "")
+    return failed
 
 
 @contextlib.contextmanager
@@ -153,7 +186,7 @@ def _rdb(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
 
     with experimental_ok():
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            return RetryingRDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
             raise InputError(f"--storage {url}: not a storage URL SQLAlchemy can open ({exc}); e.g. sqlite:///study.db "
                              "or postgresql://user@host/db") from None  # fmt: skip
