@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autolr import keys, store
 from autolr.claim import ClaimLock, claim
 from autolr.retry import StorageFull, StorageUnavailable
+from autolr.workers import delivered
 
 __all__ = ["MAX_CONSECUTIVE_FAILS", "run_one", "run_trials"]
 
@@ -87,6 +88,7 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
             _fail_if_possible(study, trial)
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is lost, the rest is saved
+            delivered()
             _fail_if_possible(study, trial)
             raise
         except Exception as exc:  # noqa: BLE001 - a trial's error is the trial's; the study goes on

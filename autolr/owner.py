@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-__all__ = ["is_dead", "this_process"]
+__all__ = ["is_dead", "on_this_machine", "this_process"]
 
 
 @functools.cache
@@ -55,10 +55,15 @@ def this_process() -> dict[str, Any]:
     return {"machine": _machine(), "pid": pid, "start": _start_ticks(pid)}
 
 
+def on_this_machine(owner: Any) -> bool:
+    """Whether ``owner`` is a process record of this machine (then its PID tells, not its heartbeat)."""
+    return isinstance(owner, dict) and owner.get("machine") == _machine() and isinstance(owner.get("pid"), int)
+
+
 def is_dead(owner: Any) -> bool:
     """Whether ``owner`` (a :func:`this_process` record) is a process of this machine that is gone.
     False for another machine's process, or a record that is not one: those are the heartbeat's."""
-    if not isinstance(owner, dict) or owner.get("machine") != _machine() or not isinstance(owner.get("pid"), int):
+    if not on_this_machine(owner):
         return False
     pid = owner["pid"]
     try:

@@ -134,8 +134,8 @@ def fail_stale_trials(study: optuna.Study, *, retry: bool = True) -> list[Frozen
     once more; returns the trials failed here.
 
     Gone: a process of this machine that no longer runs (its ``autolr.owner``, at once: a job
-    requeued right after a kill finds its trials failed), or one whose heartbeat is ``GRACE_S`` old
-    (any machine). Of several processes that find the same trial, one fails it (the storage refuses the
+    requeued right after a kill finds its trials failed), or one of another machine whose heartbeat
+    is ``GRACE_S`` old. Of several processes that find the same trial, one fails it (the storage refuses the
     others) and that one queues the retry: a WAITING trial with the same configuration and
     ``autolr.retry_of`` = the killed trial's number, which the next trial asked runs. A retry is not
     retried again, nor is a confirmation run (the confirmation trains its missing seeds itself).
@@ -147,8 +147,9 @@ def fail_stale_trials(study: optuna.Study, *, retry: bool = True) -> list[Frozen
         stale = set(storage._get_stale_trial_ids(study._study_id)) if beats else set()
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        dead = owner.is_dead(t.user_attrs.get(keys.OWNER))
-        if not dead and t._trial_id not in stale:
+        record = t.user_attrs.get(keys.OWNER)
+        dead = owner.is_dead(record)
+        if not dead and (t._trial_id not in stale or owner.on_this_machine(record)):  # alive here: late beats (a storage outage) do not kill it
             continue
         why = f"its process (pid {t.user_attrs[keys.OWNER]['pid']}) is gone" if dead else f"its process sent no heartbeat for {GRACE_S} s"
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a finished trial takes no attr

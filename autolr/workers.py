@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "Terminated", "WorkerExit", "run_workers", "sigterm_interrupts"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "Terminated", "WorkerExit", "delivered", "run_workers", "sigterm_interrupts"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +42,39 @@ PARENT_POLL_S = 0.5
 STOP_WAIT_S = 120.0  # a stopping worker closes its trial and its tracker; after this it is killed
 
 
+RESEND_S = 2.0
+
+
 class Terminated(KeyboardInterrupt):
     """The process got SIGTERM: handled as a Ctrl-C."""
 
 
+_delivered = threading.Event()  # a raised Terminated reached code that handles it
+
+
+def delivered() -> None:
+    """Say that the stop was caught where it is handled: later stop signals are ignored during the cleanup."""
+    _delivered.set()
+
+
+def _raise_terminated() -> None:
+    """Raise Terminated, and send SIGTERM again in ``RESEND_S`` unless it was handled by then: Python
+    swallows an exception a signal handler raises inside a garbage-collection callback."""
+    if _delivered.is_set():
+        return
+    timer = threading.Timer(RESEND_S, lambda: None if _delivered.is_set() else os.kill(os.getpid(), signal.SIGTERM))
+    timer.daemon = True
+    timer.start()
+    raise Terminated()
+
+
 def _raise_once(signum: int, _frame: Any) -> None:
-    """The first stop signal raises in the main thread; later ones are ignored while it cleans up."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    """A stop signal raises in the main thread; once handled, later ones are ignored while it cleans up."""
+    if signum == signal.SIGTERM:
+        _raise_terminated()
+    elif not _delivered.is_set():
+        delivered()  # Ctrl-C: a swallowed one is the user's to repeat
+        raise KeyboardInterrupt()
 
 
 @contextlib.contextmanager
@@ -61,15 +85,19 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
         return
 
-    def once(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated()
-
-    before = signal.signal(signal.SIGTERM, once)
+    before = signal.signal(signal.SIGTERM, lambda *_: _raise_terminated())
+    hook, sys.unraisablehook = sys.unraisablehook, _quiet_swallowed(sys.unraisablehook)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+        sys.unraisablehook = hook
+
+
+def _quiet_swallowed(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """No "Exception ignored in ..." traceback for a stop signal that landed in a garbage-collection
+    callback: it is sent again (:func:`_raise_terminated`)."""
+    return lambda unraisable: None if isinstance(unraisable.exc_value, KeyboardInterrupt) else hook(unraisable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,10 +177,12 @@ def _worker_main(target: Callable[..., None], parent_pid: int, errors, index: in
     """A worker process: stop signals as in the main process, a watch on the parent, one line for an error."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _raise_once)
+    sys.unraisablehook = _quiet_swallowed(sys.unraisablehook)
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="autolr-parent-watch", daemon=True).start()
     try:
         target(*args)
     except Terminated:
+        delivered()
         sys.exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
