@@ -9,6 +9,7 @@ the study (:mod:`autolr.study`) hands the sampler and pruner in.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 import warnings
@@ -19,10 +20,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr import keys, sqlite
+from autolr import keys, owner, sqlite
 from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
 from autolr.identity import check as identity_check
+from autolr.retry import RetryingRDBStorage
 
 __all__ = [
     "FINISHED",
@@ -42,6 +44,8 @@ __all__ = [
     "study_uid",
     "trial_row",
 ]
+
+logger = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A worker's running trial writes a heartbeat every HEARTBEAT_S; one silent for GRACE_S (a killed
@@ -170,10 +174,40 @@ def study_uid(study: optuna.Study) -> str:
     return uid
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Mark FAIL the running trials whose heartbeat stopped (their process died)."""
+def fail_stale_trials(study: optuna.Study, *, retry: bool = True) -> list[FrozenTrial]:
+    """Mark FAIL the running trials whose process is gone, and queue each one's configuration to run
+    once more; returns the trials failed here.
+
+    Gone: a process of this machine that no longer runs (its ``autolr.owner``, at once: a job
+    requeued right after a kill finds its trials failed), or one of another machine whose heartbeat
+    is ``GRACE_S`` old. Of several processes that find the same trial, one fails it (the storage refuses the
+    others) and that one queues the retry: a WAITING trial with the same configuration and
+    ``autolr.retry_of`` = the killed trial's number, which the next trial asked runs. A retry is not
+    retried again, nor is a confirmation run (the confirmation trains its missing seeds itself).
+    ``retry``: False when the study holds its target already.
+    """
+    storage = study._storage
     with experimental_ok():
-        optuna.storages.fail_stale_trials(study)
+        beats = getattr(storage, "get_heartbeat_interval", lambda: None)()  # RDB storages; not the in-memory one
+        stale = set(storage._get_stale_trial_ids(study._study_id)) if beats else set()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        record = t.user_attrs.get(keys.OWNER)
+        dead = owner.is_dead(record)
+        if not dead and (t._trial_id not in stale or owner.on_this_machine(record)):  # alive here: late beats (a storage outage) do not kill it
+            continue
+        why = f"its process (pid {t.user_attrs[keys.OWNER]['pid']}) is gone" if dead else f"its process sent no heartbeat for {GRACE_S} s"
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a finished trial takes no attr
+            if keys.CONFIRM_OF not in t.user_attrs:  # a confirmation run without an error is trained again
+                storage.set_trial_user_attr(t._trial_id, keys.ERROR, f"killed: {why}")
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+            failed.append(t)
+            again = retry and t.params and not {keys.RETRY_OF, keys.CONFIRM_OF} & set(t.user_attrs)
+            if again:
+                study.enqueue_trial(t.params, user_attrs={keys.RETRY_OF: t.number})
+            logger.warning("trial %d failed: %s%s", t.number, why, "; its configuration runs once more" if again else "")
+    return failed
 
 
 @contextlib.contextmanager
@@ -208,7 +242,7 @@ def _refuse_foreign(path: Path, url: str) -> None:
                          "point --storage at a new file or at the database the study was tuned in")  # fmt: skip
 
 
-class _CheckpointedStorage(optuna.storages.RDBStorage):
+class _CheckpointedStorage(RetryingRDBStorage):
     """An SQLite storage whose finished trials reach the ``.db`` file at once.
 
     In WAL mode a commit lands in ``<file>-wal``; SQLite copies it into the file only every 1000 pages
@@ -224,7 +258,7 @@ class _CheckpointedStorage(optuna.storages.RDBStorage):
         return changed
 
 
-def _rdb(url: str, engine_kwargs: dict, *, skip_table_creation: bool = False, cls: type = optuna.storages.RDBStorage) -> optuna.storages.RDBStorage:
+def _rdb(url: str, engine_kwargs: dict, *, skip_table_creation: bool = False, cls: type = RetryingRDBStorage) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
 
     with experimental_ok():

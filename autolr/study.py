@@ -2,8 +2,9 @@
 
 ``trials`` is the study's total target of finished (COMPLETE or PRUNED) trials: every invocation
 counts what the storage already holds and runs only the rest, so re-running a command resumes it.
-Several worker processes (``jobs``) share one storage; a killed worker's trial is failed by the
-storage heartbeat and the study goes on. Where the study is stored and how it is read back is
+Several worker processes (``jobs``, :mod:`autolr.workers`) share one storage; trials are claimed and
+run to the exact target by :mod:`autolr.driver`, and a killed process's trial is failed and run again
+(:func:`autolr.store.fail_stale_trials`) while the study goes on. Where the study is stored and how it is read back is
 :mod:`autolr.store`'s; this module drives it.
 """
 
@@ -13,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import multiprocessing
 import os
 import socket
 import time
@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study, with_overrides
 from autolr.confirm import Confirmation, confirmation, confirmation_pending, run_confirmation
+from autolr.driver import run_trials
 from autolr.objective import Objective
 from autolr.optimizers import OPTIMIZERS
 from autolr.preflight import check_crosses_processes, preflight
@@ -35,6 +36,7 @@ from autolr.pruning import make_pruner
 from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
 from autolr.tracking import open_tracker
+from autolr.workers import run_workers, sigterm_interrupts
 
 __all__ = ["TuneResult", "export_best", "open_study", "study_results", "tune"]
 
@@ -47,7 +49,6 @@ logger = logging.getLogger(__name__)
 # train fastest on one thread, and OpenMP's spinning threads slow down badly when anything else (the
 # MLflow writer, another worker) wants a core. Raise it for large models on many cores.
 TORCH_THREADS = int(os.environ.get("AUTOLR_TORCH_THREADS", "1"))
-MAX_CONSECUTIVE_FAILS = 3
 
 
 @dataclasses.dataclass
@@ -121,40 +122,6 @@ def fixed_lr_bounds(config: StudyConfig) -> LrBounds:
     return {name: OPTIMIZERS[name].lr_range or (config.search.lr.low, config.search.lr.high) for name in config.search.optimizers}
 
 
-def _n_claimed(study: optuna.Study) -> int:
-    """Finished trials plus those running now (in any worker), stale ones failed first."""
-    store.fail_stale_trials(study)
-    return len(study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.RUNNING)))
-
-
-def run_trials(
-    config: StudyConfig,
-    study: optuna.Study,
-    objective: Objective,
-    *,
-    target: int,
-    deadline: float | None,
-    on_trial: Callable[[FrozenTrial], None] | None = None,
-) -> None:
-    """Run trials one at a time until the study holds ``target`` finished trials or time runs out."""
-    fails = 0
-    while _n_claimed(study) < target and (deadline is None or time.monotonic() < deadline):
-        if config.sampler == "grid" and _grid_exhausted(study):
-            break
-        study.optimize(objective, n_trials=1, catch=(Exception,))
-        last = study.get_trials(deepcopy=False)[-1]
-        if on_trial is not None:
-            on_trial(last)
-        fails = fails + 1 if last.state == TrialState.FAIL else 0
-        if fails >= MAX_CONSECUTIVE_FAILS:
-            raise RuntimeError(f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get(keys.ERROR, '(see the log above)')}")
-
-
-def _grid_exhausted(study: optuna.Study) -> bool:
-    sampler = study.sampler
-    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """One invocation's run of a study, as every process running its trials needs it (picklable)."""
@@ -182,7 +149,7 @@ def _worker(plan: _Plan, lr_bounds: LrBounds, parent_run_id: str | None, index: 
     deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
     objective = Objective(plan.config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
     try:
-        run_trials(plan.config, study, objective, target=plan.config.trials, deadline=deadline)
+        run_trials(study, objective, url=plan.storage_url, target=plan.config.trials, deadline=deadline, grid=plan.config.sampler == "grid")
     finally:
         tracker.close()  # every trial run written and closed before the worker exits
 
@@ -221,7 +188,7 @@ def tune(
         extend_space: let the stored study's search space grow to the file's wider one (a study file
             that differs in anything else is refused: see :mod:`autolr.identity`).
     """
-    with _quiet_libraries():
+    with _quiet_libraries(), sigterm_interrupts():
         return _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress, extend_space)
 
 
@@ -256,7 +223,7 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
     opt_study = open_study(config, plan.storage_url)
     opt_study.set_user_attr(keys.CODE, {"key": config.code_key, "label": config.code_label})  # export reads it, callables included
     tracker.study_uid = store.study_uid(opt_study)
-    _close_orphan_runs(opt_study, tracker)
+    _close_orphan_runs(opt_study, tracker, config.trials)
 
     parent_run_id = None
     done = store.n_finished(opt_study)
@@ -304,10 +271,11 @@ class _Watch:
             self.on_trial(trial)
 
 
-def _close_orphan_runs(study: optuna.Study, tracker: Tracker) -> None:
-    """Trials of killed workers are failed by the heartbeat; their MLflow runs are closed to match."""
-    store.fail_stale_trials(study)
-    dead = {t.number: "worker died (no heartbeat)" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+def _close_orphan_runs(study: optuna.Study, tracker: Tracker, target: int) -> None:
+    """Trials of killed processes are failed (and run again: see :func:`store.fail_stale_trials`);
+    their MLflow runs are closed to match."""
+    store.fail_stale_trials(study, retry=store.n_finished(study) < target)
+    dead = {t.number: "worker died" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     try:
         closed = tracker.close_orphans(dead)
     except Exception:  # noqa: BLE001 - tidying must never stop a study
@@ -347,7 +315,7 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial)
         else:
             objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar)
-            run_trials(config, run_study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
+            run_trials(run_study, objective, url=plan.storage_url, target=config.trials, deadline=deadline, grid=config.sampler == "grid", on_trial=on_trial)
         if store.n_finished(run_study) >= config.trials and (deadline is None or time.monotonic() < deadline):
             run_confirmation(
                 config, run_study, plan.storage_url, lr_bounds=lr_bounds, on_trial=on_trial.confirmed,
@@ -386,22 +354,19 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
 
 
 def _run_workers(plan: _Plan, study: optuna.Study, lr_bounds: LrBounds, parent_run_id: str | None, on_trial) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(plan, dict(lr_bounds), parent_run_id, i), daemon=False) for i in range(plan.jobs)]
+    """The trials in ``plan.jobs`` worker processes; a worker killed from outside costs its trial only
+    (failed and run again by the others), one that failed with an error stops the invocation."""
     seen = {t.number for t in study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.FAIL))}  # not earlier invocations' trials
-    for p in procs:
-        p.start()
-    try:
-        while any(p.is_alive() for p in procs):
-            time.sleep(0.5)
-            _report_new(study, seen, on_trial)
-    finally:
-        for p in procs:
-            p.join()
+    exits = run_workers(_worker, [(plan, dict(lr_bounds), parent_run_id, i) for i in range(plan.jobs)], poll=lambda: _report_new(study, seen, on_trial))
     _report_new(study, seen, on_trial)
-    failed = [p.exitcode for p in procs if p.exitcode]
+    failed = [e for e in exits if e.exitcode and not e.lost]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {plan.jobs} workers exited with an error (exit codes {failed}); see the log above")
+        raise RuntimeError("; ".join(f"worker {e.index}: {e.error or f'exit code {e.exitcode}, see the log above'}" for e in failed))
+    lost = [e for e in exits if e.lost]
+    if lost and len(lost) == len(exits):
+        raise RuntimeError(f"every worker was stopped from outside: {', '.join(e.describe() for e in lost)}; re-run the same command to resume")
+    if lost:
+        logger.warning("%s; its trial was failed and run again by the other workers", ", ".join(e.describe() for e in lost))
 
 
 def _report_new(study: optuna.Study, seen: set[int], on_trial) -> None:
