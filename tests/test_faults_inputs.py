@@ -162,7 +162,9 @@ def test_the_db_file_alone_holds_every_finished_trial_after_kill_9(tmp_path) -> 
     url = f"sqlite:///{tmp_path / 'killed.db'}"
     proc = autolr_process("tune", str(path), "--no-tracking")
     try:
-        wait_for(lambda: _finished(url, "killed") >= 2, timeout_s=120, what="two finished trials")
+        # killed mid-training, where a crash lands nearly always: a kill inside the checkpoint itself
+        # (the milliseconds after a trial ends) leaves the .db needing its -wal, by SQLite's design
+        wait_for(lambda: _finished(url, "killed") >= 2 and _training(url, "killed"), timeout_s=120, what="two finished trials, a third training")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
@@ -170,6 +172,12 @@ def test_the_db_file_alone_holds_every_finished_trial_after_kill_9(tmp_path) -> 
     copy.mkdir()
     shutil.copy(tmp_path / "killed.db", copy / "killed.db")  # the .db alone, as users back up
     assert _finished(f"sqlite:///{copy / 'killed.db'}", "killed") >= 2
+
+
+def _training(url: str, name: str) -> bool:
+    """A trial is running and has reported an epoch: the process is inside training, not a checkpoint."""
+    study = optuna.load_study(study_name=name, storage=url)
+    return any(t.state.name == "RUNNING" and t.intermediate_values for t in study.get_trials(deepcopy=False))
 
 
 def _finished(url: str, name: str) -> int:
