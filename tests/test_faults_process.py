@@ -74,6 +74,12 @@ def _running_owners(storage: str, name: str) -> list[int]:
     return [t.user_attrs[keys.OWNER]["pid"] for t in _trials(storage, name) if t.state.name == "RUNNING" and keys.OWNER in t.user_attrs]
 
 
+def _training(storage: str, name: str) -> bool:
+    """A trial is RUNNING with its owner and its configuration drawn (killed before the draw, a trial has
+    no configuration to retry)."""
+    return any(t.state.name == "RUNNING" and keys.OWNER in t.user_attrs and t.params for t in _trials(storage, name))
+
+
 def _fast_rest(tmp_path: Path, name: str) -> None:
     (tmp_path / f"{name}.count").write_text("x" * 100)  # the calls that follow do not sleep
 
@@ -83,7 +89,7 @@ def test_a_job_requeued_right_after_kill_9_reaches_the_target_and_retries_the_ki
     path = _study(tmp_path, "requeued", 3, sleep_s=0.05)
     args = ["tune", path, "--storage", storage, "--tracking-uri", tracking]
     proc = autolr_process(*args, env={"AUTOLR_GRACE_S": "600"})  # only the dead PID can tell, not the heartbeat
-    wait_for(lambda: _running_owners(storage, "requeued"), what="a running trial")
+    wait_for(lambda: _training(storage, "requeued"), what="a trial training")  # its configuration drawn
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     _fast_rest(tmp_path, "requeued")
@@ -246,10 +252,13 @@ def tiny_disk(tmp_path):
 
 def test_a_full_disk_stops_the_study_in_one_line_and_the_stores_agree(tmp_path, tiny_disk) -> None:
     storage, tracking = f"sqlite:///{tiny_disk / 'optuna.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    path = _study(tmp_path, "fulldisk", 3, sleep_s=0.02)
+    path = _study(tmp_path, "fulldisk", 3, sleep_s=0.1)
     args = ["tune", path, "--storage", storage, "--tracking-uri", tracking]
     proc = autolr_process(*args, env=FAST)
-    wait_for(lambda: any(t.state.name == "COMPLETE" for t in _trials(storage, "fulldisk")), timeout_s=120, what="a finished trial")
+    # filled while the first trial trains: until a trial ends nothing checkpoints SQLite's -wal, so every
+    # write from here needs new space (after a checkpoint the -wal reuses its own, and a study may finish
+    # within it: nothing lost, no error to see)
+    wait_for(lambda: _training(storage, "fulldisk"), timeout_s=120, what="a trial training")
     with contextlib.suppress(OSError), open(tiny_disk / "filler", "wb") as f:  # noqa: PTH123
         while True:
             f.write(b"\0" * 65536)
