@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import pickle
 import queue
@@ -29,10 +30,11 @@ from mlflow.entities import Metric, Param, RunTag
 
 from autolr import keys
 from autolr.monitor import GradientMonitor
-from autolr.tracking._errors import describe, unreachable
+from autolr.tracking._errors import describe, disk_full, quiet_store_errors, unreachable
 from autolr.tracking._messages import (
     Barrier,
     BarrierDone,
+    Committed,
     CreateRun,
     EndRun,
     FromWriter,
@@ -86,14 +88,20 @@ class _OpenRun:
 
 
 class Writer:
-    """Applies messages to the store, in order; see the module docstring."""
+    """Applies messages to the store, in order; see the module docstring.
 
-    def __init__(self, tracking_uri: str, reply: Reply, *, fast_path: bool = True) -> None:
-        self.client = open_client(tracking_uri)
+    ``spool_only``: never touch the store (it hung): hold everything and keep it in the spool at exit.
+    """
+
+    def __init__(self, tracking_uri: str, reply: Reply, *, fast_path: bool = True, spool_only: bool = False) -> None:
+        self.spool_only = spool_only
+        self.client = None if spool_only else open_client(tracking_uri)
         self.reply = reply
         self.runs: dict[int, _OpenRun] = {}
+        self.applied = 0  # messages applied so far, and how many of them were confirmed (Committed)
+        self.confirmed = 0
         self.fast = None
-        if fast_path:
+        if fast_path and not spool_only:
             from autolr.tracking._fastpath import (
                 SqlFastPath,  # optional: imports sqlalchemy
             )
@@ -117,13 +125,24 @@ class Writer:
         self.next_try = 0.0
         self.spool = Spool(tracking_uri)
         self.held.update(self.spool.load())
+        if spool_only:
+            self.down_since, self.next_try = time.time(), math.inf
 
     def apply(self, msg: ToWriter) -> None:
+        self.applied += 1
         handler = self._handlers.get(type(msg))
         if handler is None:
             logger.error("unknown message %r", type(msg).__name__)
             return
         handler(msg)
+
+    def confirm(self) -> None:
+        """Tell the training process that every message applied so far is in the store (it keeps each
+        message until then, for a writer that replaces this one should it die). Not while anything is
+        held: held points live only in this process until the spool takes them at exit."""
+        if not self.held and self.applied > self.confirmed:
+            self.confirmed = self.applied
+            self.reply(Committed(self.applied))
 
     def write_pending(self) -> None:
         for key, run in self.runs.items():
@@ -143,7 +162,7 @@ class Writer:
     def retry_held(self, *, force: bool = False) -> None:
         """Write what the store refused while it was down, oldest run first (``force``: even before
         the next retry is due)."""
-        if not self.held or (not force and time.monotonic() < self.next_try):
+        if not self.held or self.spool_only or (not force and time.monotonic() < self.next_try):
             return
         was_down = self.down_since is not None
         for key in list(self.held):
@@ -164,23 +183,19 @@ class Writer:
             self.reply(StoreUp())
 
     def finish(self) -> None:
-        """The writer stops: what is held goes to the spool first (a writer killed during the last try
-        loses nothing), then one last try; the file goes once everything in it is written."""
+        """The writer stops: what is held goes to the spool, for the next writer of this store. No last
+        try while the store is down: a barrier just tried, and a store that hangs would hold the exit."""
+        if self.held and self.down_since is None:  # read back from the spool, not tried yet
+            self.retry_held(force=True)
         if not self.held:
             return
-        before = len(self.held)
         try:
             path = self.spool.save(self.held)
-        except Exception:
-            logger.exception("could not keep the unsent MLflow points on disk")
+        except Exception as exc:  # noqa: BLE001 - said in one line: the PointsUnsent reply names no file
+            logger.error("could not keep the unsent MLflow points in %s: %s", self.spool.folder, describe(exc))
             path = None
-        self.retry_held(force=True)
-        if path is not None and len(self.held) < before:  # some of it went: keep only the rest
-            path.unlink(missing_ok=True)
-            path = self.spool.save(self.held) if self.held else None
-        if self.held:
-            points = sum(len(b.points) for b in self.held.values())
-            self.reply(PointsUnsent(points, len(self.held), str(path or "nowhere (see the error above)")))
+        points = sum(len(b.points) for b in self.held.values())
+        self.reply(PointsUnsent(points, len(self.held), str(path) if path else ""))
 
     def kill_open_runs(self) -> None:
         """The training process is gone (or closed the tracker mid-trial): open runs end KILLED."""
@@ -232,6 +247,7 @@ class Writer:
         # the training process waits: worth one more try if the store is back
         self.write_pending()
         self.retry_held(force=True)
+        self.confirm()
         self.reply(BarrierDone(msg.token))
 
     # --- writing -----------------------------------------------------------------------------------------
@@ -261,6 +277,10 @@ class Writer:
 
     def _store(self, key: Any, batch: RunBatch) -> None:
         """Write one batch; on failure ``batch`` keeps what is left to write."""
+        if batch.new_run is not None and batch.new_run.resumed and self._exists(batch.new_run.run_uuid):
+            # a dead writer's run, created before it died: this one goes on writing into it
+            batch.run_id, batch.new_run, batch.params = batch.new_run.run_uuid, None, {**batch.new_run.params, **batch.params}
+            self._created(key, batch.run_id)
         if batch.new_run is not None:
             new_run = batch.new_run
             if self.fast is not None:
@@ -278,6 +298,18 @@ class Writer:
             self._written(batch, batch.run_id)
             return
         self._write_through_api(batch)
+
+    def _exists(self, run_id: str) -> bool:
+        """Whether the store has the run (raises when the store does not answer)."""
+        if not run_id:
+            return False
+        try:
+            self.client.get_run(run_id)
+        except Exception as exc:
+            if unreachable(exc):
+                raise
+            return False
+        return True
 
     @staticmethod
     def _written(batch: RunBatch, run_id: str) -> None:
@@ -343,16 +375,17 @@ class Writer:
         self.next_try = time.monotonic() + RETRY_S
         if self.down_since is None:
             self.down_since = time.time()
-            self.reply(StoreDown(describe(exc)))
+            self.reply(StoreDown(describe(exc), disk_full=disk_full(exc)))
 
 
 STOP = None  # in the inbox: stop (or the training process is gone)
 
 
-def serve(tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: bool = True) -> None:
+def serve(tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: bool = True, spool_only: bool = False) -> None:
     """The writer loop: take what has arrived, apply it in order, and commit pending points once due
     (ends and barriers commit at once), with whatever else has arrived by then in the same transaction."""
-    writer = Writer(tracking_uri, reply, fast_path=fast_path)
+    writer = Writer(tracking_uri, reply, fast_path=fast_path, spool_only=spool_only)
+    reply(Committed(0))  # ready: from here the training process may count the writer's silence
     stopping = False
     try:
         while not stopping:
@@ -373,6 +406,7 @@ def serve(tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: boo
                 try:
                     writer.write_pending()
                     writer.retry_held()
+                    writer.confirm()
                 except Exception:
                     logger.exception("the MLflow writer could not write its pending points")
     finally:
@@ -394,6 +428,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="autolr writer %(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_store_errors()
     _commit_without_fsync(tracking_uri)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_messages, args=(sys.stdin.buffer, inbox), daemon=True).start()
