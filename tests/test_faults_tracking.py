@@ -8,12 +8,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from faultkit import assert_stores_agree, autolr_process, running_trial, wait_for
+from faultkit import assert_stores_agree, autolr_process, run_autolr, running_trial, wait_for
 from mlflow.tracking import MlflowClient
 
 from autolr.tracking import Tracker
@@ -140,3 +144,114 @@ def _finished(storage: str, name: str) -> int:
     except KeyError:
         return 0
     return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+
+
+# --- a tracking server that hangs ---------------------------------------------------------------------------
+
+SERVER = """\
+import os, sys
+os.environ["_MLFLOW_SERVER_FILE_STORE"], os.environ["_MLFLOW_SERVER_ARTIFACT_ROOT"] = sys.argv[1], sys.argv[2]
+from mlflow.server import app
+from werkzeug.serving import make_server
+server = make_server("127.0.0.1", 0, app, threaded=True)
+print(server.server_port, flush=True)
+server.serve_forever()
+"""
+
+
+class HangingProxy:
+    """A TCP proxy in front of an HTTP server; once ``hang`` is set it still accepts connections and
+    reads requests, and never answers (a server that hangs, not one that is gone)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.hang = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        except OSError:
+            client.close()
+            return
+        self.sockets.append(upstream)
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
+
+    def _pipe(self, source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                if not self.hang.is_set():  # hung: what arrives is swallowed, nothing goes back
+                    target.sendall(data)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """A real MLflow tracking server (its Flask app, in a process of its own) behind a HangingProxy;
+    yields (proxy, the server's backend store URI)."""
+    backend = f"sqlite:///{tmp_path / 'server' / 'mlflow.db'}"
+    (tmp_path / "server").mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, backend, str(tmp_path / "server" / "artifacts")], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        proxy = HangingProxy(port)
+        wait_for(lambda: _answers(f"http://127.0.0.1:{proxy.port}/health"), 120, "the MLflow server")
+        yield proxy, backend
+        proxy.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - the test's own server
+            return True
+    except OSError:
+        return False
+
+
+def test_a_server_that_hangs_costs_seconds_at_the_end_and_the_next_run_delivers(tmp_path, stores, spool_dir, mlflow_server) -> None:
+    """The server answers the start-up checks, then hangs mid-study: the invocation ends anyway (its
+    wait on the server bounded, AUTOLR_TRACKING_WAIT_S), says how many points wait in the spool, and
+    the next invocation, the server answering again, delivers them: both stores then agree."""
+    proxy, backend = mlflow_server
+    path = _study(tmp_path, "hung-server", trials=3)
+    uri = f"http://127.0.0.1:{proxy.port}"
+    args = ["tune", str(path), "--storage", stores["storage"], "--tracking-uri", uri]
+    env = {"AUTOLR_SPOOL_DIR": str(spool_dir), "AUTOLR_TRACKING_WAIT_S": "5"}
+    proc = autolr_process(*args, env=env)
+    try:
+        wait_for(lambda: _finished(stores["storage"], "hung-server") >= 1 and running_trial(stores["storage"], "hung-server"), 240, "the second trial")
+        proxy.hang.set()
+        out, err = proc.communicate(timeout=400)  # generous: a loaded machine; the bound is seconds
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "is given up for this invocation" in err and "wait in the spool" in err, err
+    assert "Traceback" not in err, err
+    assert Spool(uri).pending()
+    proxy.hang.clear()
+    again = run_autolr(*args, env=env, timeout_s=400)
+    assert again.returncode == 0, again.stderr
+    assert not Spool(uri).pending(), again.stderr
+    assert_stores_agree(stores["storage"], backend, "hung-server", target=3)

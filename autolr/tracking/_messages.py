@@ -23,6 +23,7 @@ __all__ = [
     "Point",
     "PointsUnsent",
     "PointsWritten",
+    "Progress",
     "RunBatch",
     "RunClosed",
     "RunCreated",
@@ -186,6 +187,11 @@ class PointsUnsent:
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+    """A long write goes on (a store call succeeded): the writer is slow, not stuck."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Committed:
     """The first ``messages`` messages this writer received are in the store (or refused by it): the
     training side may forget them. Also sent once at start-up (0): the writer is ready."""
@@ -202,7 +208,7 @@ class WriterExited:
     how: str = ""
 
 
-FromWriter = RunCreated | RunClosed | PointsWritten | BarrierDone | Committed | StoreDown | StoreUp | PointsUnsent | WriterExited
+FromWriter = RunCreated | RunClosed | PointsWritten | Progress | BarrierDone | Committed | StoreDown | StoreUp | PointsUnsent | WriterExited
 
 
 # --- what the writer writes for one run in one go (and keeps in the spool when it cannot) ---------------

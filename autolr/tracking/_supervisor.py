@@ -35,6 +35,7 @@ from autolr.tracking._messages import (
     LogPoints,
     PointsUnsent,
     PointsWritten,
+    Progress,
     RunClosed,
     RunCreated,
     StoreDown,
@@ -91,6 +92,7 @@ class WriterSupervisor:
             RunCreated: lambda m: self.run_ids.__setitem__(m.key, m.run_id),
             RunClosed: lambda m: self.closed_keys.add(m.key),
             PointsWritten: self._points_written,
+            Progress: lambda _m: None,  # heard: that is all it says
             BarrierDone: lambda m: self._done.add(m.token),
             Committed: self._committed,
             WriterExited: self._exited,

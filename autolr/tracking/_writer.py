@@ -41,6 +41,7 @@ from autolr.tracking._messages import (
     LogPoints,
     PointsUnsent,
     PointsWritten,
+    Progress,
     RunBatch,
     RunClosed,
     RunCreated,
@@ -100,6 +101,7 @@ class Writer:
         self.runs: dict[int, _OpenRun] = {}
         self.applied = 0  # messages applied so far, and how many of them were confirmed (Committed)
         self.confirmed = 0
+        self._said_progress = time.monotonic()
         self.fast = None
         if fast_path and not spool_only:
             from autolr.tracking._fastpath import (
@@ -155,7 +157,7 @@ class Writer:
         due = []
         if self._oldest is not None:
             due.append(0.0 if self._pending >= WRITE_POINTS else self._oldest + WRITE_DELAY_S - time.monotonic())
-        if self.held:
+        if self.held and not self.spool_only:
             due.append(self.next_try - time.monotonic())
         return max(0.0, min(due)) if due else None
 
@@ -175,6 +177,7 @@ class Writer:
                     return
                 logger.exception("could not write %d held points to the MLflow run %s", len(batch.points), batch.run_id)
             del self.held[key]
+            self._progress()
             if key in self.runs:
                 self.runs[key].run_id = batch.run_id
             self.spool.done(key)
@@ -345,6 +348,7 @@ class Writer:
             while batch.points:
                 self.client.log_batch(batch.run_id, metrics=[Metric(*p) for p in batch.points[:BATCH_LIMIT]])
                 del batch.points[:BATCH_LIMIT]
+                self._progress()
             self._log_and_take(batch.run_id, batch.tags, "tags", RunTag)
         except Exception as exc:
             if batch.end is not None and not unreachable(exc):
@@ -364,6 +368,13 @@ class Writer:
             self.client.log_batch(run_id, **{field: [entity(k, v) for k, v in chunk]})
             for k, _ in chunk:
                 del items[k]
+
+    def _progress(self) -> None:
+        """At most once a second during a long write: the training process then knows the writer is
+        slow, not stuck in a store that hangs."""
+        if time.monotonic() - self._said_progress >= 1.0:
+            self._said_progress = time.monotonic()
+            self.reply(Progress())
 
     def _hold(self, key: Any, batch: RunBatch) -> None:
         if key in self.held:
