@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,9 +21,12 @@ import psutil
 import pytest
 from faultkit import assert_stores_agree, autolr_process, run_autolr, running_trial, wait_for
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID as PARENT
 
+from autolr import keys
 from autolr.tracking import Tracker
 from autolr.tracking._spool import Spool
+from autolr.tracking._store import open_client
 
 STUDY = """\
 name: {name}
@@ -255,3 +260,87 @@ def test_a_server_that_hangs_costs_seconds_at_the_end_and_the_next_run_delivers(
     assert again.returncode == 0, again.stderr
     assert not Spool(uri).pending(), again.stderr
     assert_stores_agree(stores["storage"], backend, "hung-server", target=3)
+
+
+# --- a full disk under the MLflow store ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A real 2 MB filesystem (tmpfs; needs root), grown to 256 MB by ``grow()``; skips where it
+    cannot be mounted."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=256m", str(folder)], check=True)
+
+    try:
+        yield folder, grow
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _store_on(folder: Path, tmp_path: Path) -> str:
+    """An MLflow store that exists (made elsewhere: creating its tables needs more room than the tiny
+    disk has, transiently), moved onto ``folder``; its URI."""
+    made = tmp_path / "made" / "mlflow.db"
+    open_client(f"sqlite:///{made}")
+    with contextlib.closing(sqlite3.connect(made)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the .db file alone then holds the store
+    shutil.copy(made, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def test_a_full_disk_under_the_store_spools_and_the_next_run_delivers(tmp_path, stores, spool_dir, tiny_disk) -> None:
+    """The MLflow store on a 2 MB disk that fills mid-study (the spool on another disk): training goes
+    on, one line names the store and its disk, no traceback; the next invocation, with space,
+    delivers the spool and closes what was left open: both stores then agree."""
+    folder, grow = tiny_disk
+    tracking_uri = _store_on(folder, tmp_path)
+    path = _study(tmp_path, "full-disk", trials=3, epochs=10)
+    args = ["tune", str(path), "--storage", stores["storage"], "--tracking-uri", tracking_uri]
+    env = {"AUTOLR_SPOOL_DIR": str(spool_dir)}
+    first = run_autolr(*args, env=env, timeout_s=400)
+    assert first.returncode == 0, first.stderr
+    assert f"the disk of the MLflow tracking store {folder / 'mlflow.db'} (on the filesystem mounted at {folder}) is full" in first.stderr, first.stderr
+    assert "wait in the spool" in first.stderr and "Traceback" not in first.stderr, first.stderr
+    grow()
+    again = run_autolr(*args, env=env, timeout_s=400)
+    assert again.returncode == 0, again.stderr
+    assert not Spool(tracking_uri).pending(), again.stderr
+    assert_stores_agree(stores["storage"], tracking_uri, "full-disk", target=3)
+
+
+def test_a_full_disk_under_the_store_and_its_spool_says_what_is_lost(tmp_path, tiny_disk, monkeypatch, caplog) -> None:
+    """Store and spool on one full disk: the points that fit nowhere are named in one line, no traceback."""
+    folder, _ = tiny_disk
+    monkeypatch.setenv("AUTOLR_SPOOL_DIR", str(folder / "spool"))
+    tracker = Tracker(_store_on(folder, tmp_path), experiment="full-everywhere", writer="thread")
+    run = tracker.trial_run(None, 0, {"lr": 0.1})
+    with run:
+        for first in range(0, 200_000, 1000):
+            run.log_steps(first, {"train_loss": [float(s) for s in range(first, first + 1000)]})
+            run.flush()
+        run.end("COMPLETE")
+    tracker.close()
+    assert "is full (database or disk is full)" in caplog.text
+    assert "could not keep the unsent MLflow points" in caplog.text and "they are lost" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_the_next_invocation_closes_runs_whose_end_was_lost(stores) -> None:
+    """An invocation whose process is gone, with a trial run whose end could be neither written nor
+    kept: both end KILLED, as the next invocation tidies up."""
+    tracker = Tracker(stores["tracking_uri"], experiment="lost-ends")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    tags = {keys.ROLE: keys.ROLE_STUDY, keys.HOST: socket.gethostname(), keys.PID: gone.stdout.strip()}
+    parent = tracker.client.create_run(tracker.experiment_id, tags=tags).info.run_id
+    child = tracker.client.create_run(tracker.experiment_id, tags={keys.ROLE: keys.ROLE_TRIAL, keys.TRIAL: "0", PARENT: parent}).info.run_id
+    assert tracker.close_orphans({}) == 2
+    for run_id in (parent, child):
+        assert tracker.client.get_run(run_id).info.status == "KILLED"
+    assert tracker.client.get_run(child).data.tags[keys.STATE] == "FAIL"

@@ -26,6 +26,9 @@ class StoreFullError(OSError):
     def __init__(self, tracking_uri: str, cause: BaseException) -> None:
         super().__init__(errno.ENOSPC, f"the disk of the MLflow tracking store {where_full(tracking_uri)} is full ({_short(cause)})")
 
+    def __str__(self) -> str:
+        return self.strerror
+
 
 def unreachable(exc: BaseException | None) -> bool:
     """Whether an error (or one it was raised from) says the store cannot take writes now, as opposed to

@@ -306,6 +306,23 @@ class Tracker:
                 self.set_tags(run.info.run_id, {keys.ERROR: "the invocation's process ended without closing its run"})
                 self.client.set_terminated(run.info.run_id, status="KILLED")
                 closed += 1
+        return closed + self._close_orphaned_children()
+
+    def _close_orphaned_children(self) -> int:
+        """Runs still RUNNING under an invocation run that is not (their end could be neither written
+        nor kept: a store and spool on one full disk) end KILLED."""
+        parents: dict[str, str] = {}
+        closed = 0
+        for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            parent = run.data.tags.get(PARENT)
+            if not parent or (self.study_uid and run.data.tags.get(keys.STUDY_UID, self.study_uid) != self.study_uid):
+                continue
+            if parent not in parents:
+                parents[parent] = self.client.get_run(parent).info.status
+            if parents[parent] != "RUNNING":
+                self.set_tags(run.info.run_id, {keys.STATE: TrialState.FAIL.value, keys.ERROR: "its invocation ended without closing it"})
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                closed += 1
         return closed
 
     # --- reading back ----------------------------------------------------------------------------------
