@@ -42,20 +42,20 @@ class ThreadLink:
         self.inbox: queue.Queue = queue.Queue()
         self.replied = threading.Event()
         self.pid = os.getpid()
-        self.abandoned = False
+        self.given_up = threading.Event()
 
         def reply(msg: FromWriter) -> None:
-            if not self.abandoned:  # a thread left hanging in a store call speaks for nobody
+            if not self.given_up.is_set():  # a thread left hanging in a store call speaks for nobody
                 on_reply(msg)
                 self.replied.set()
 
-        kwargs = {"fast_path": fast_path, "spool_only": spool_only}
+        kwargs = {"fast_path": fast_path, "spool_only": spool_only, "given_up": self.given_up}
         self.thread = threading.Thread(target=serve, args=(tracking_uri, self.inbox, reply), kwargs=kwargs, name="autolr-mlflow-writer", daemon=True)
         self.thread.start()
 
     def kill(self) -> None:
-        """A thread cannot be stopped: it is left to its store call, and heard no more."""
-        self.abandoned = True
+        """A thread cannot be stopped: it is left to its store call, and then writes nothing more."""
+        self.given_up.set()
 
     def send(self, msg: ToWriter) -> None:
         self.inbox.put(msg)

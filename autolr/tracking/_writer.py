@@ -99,6 +99,7 @@ class Writer:
         self.client = None if spool_only else open_client(tracking_uri)
         self.reply = reply
         self.runs: dict[int, _OpenRun] = {}
+        self.given_up = threading.Event()  # see serve()
         self.applied = 0  # messages applied so far, and how many of them were confirmed (Committed)
         self.confirmed = 0
         self._said_progress = time.monotonic()
@@ -164,7 +165,7 @@ class Writer:
     def retry_held(self, *, force: bool = False) -> None:
         """Write what the store refused while it was down, oldest run first (``force``: even before
         the next retry is due)."""
-        if not self.held or self.spool_only or (not force and time.monotonic() < self.next_try):
+        if not self.held or self.spool_only or self.given_up.is_set() or (not force and time.monotonic() < self.next_try):
             return
         was_down = self.down_since is not None
         for key in list(self.held):
@@ -264,6 +265,8 @@ class Writer:
         already has points held) they are held, in order, for a retry."""
         batch = run.take(end)
         n = len(batch.points)
+        if self.given_up.is_set():
+            return
         if key in self.held or (self.down_since is not None and time.monotonic() < self.next_try):
             self._hold(key, batch)
         else:
@@ -392,14 +395,20 @@ class Writer:
 STOP = None  # in the inbox: stop (or the training process is gone)
 
 
-def serve(tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: bool = True, spool_only: bool = False) -> None:
+def serve(
+    tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: bool = True, spool_only: bool = False, given_up: threading.Event | None = None
+) -> None:
     """The writer loop: take what has arrived, apply it in order, and commit pending points once due
-    (ends and barriers commit at once), with whatever else has arrived by then in the same transaction."""
+    (ends and barriers commit at once), with whatever else has arrived by then in the same transaction.
+    ``given_up`` (a writer thread): once set, the loop writes nothing more and leaves, as soon as the
+    store call it hangs in returns; a successor has its work."""
     writer = Writer(tracking_uri, reply, fast_path=fast_path, spool_only=spool_only)
+    if given_up is not None:
+        writer.given_up = given_up
     reply(Committed(0))  # ready: from here the training process may count the writer's silence
     stopping = False
     try:
-        while not stopping:
+        while not stopping and not writer.given_up.is_set():
             batch = []
             with contextlib.suppress(queue.Empty):
                 batch.append(inbox.get(timeout=writer.time_to_write()))
@@ -421,11 +430,12 @@ def serve(tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: boo
                 except Exception:
                     logger.exception("the MLflow writer could not write its pending points")
     finally:
-        try:
-            writer.kill_open_runs()
-        finally:
-            writer.finish()
-            reply(WriterExited())
+        if not writer.given_up.is_set():
+            try:
+                writer.kill_open_runs()
+            finally:
+                writer.finish()
+                reply(WriterExited())
 
 
 # --- the writer process ----------------------------------------------------------------------------------
