@@ -25,6 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID as PARENT
 
 from autolr import keys
 from autolr.tracking import Tracker
+from autolr.tracking._errors import StoreFullError
 from autolr.tracking._spool import Spool
 from autolr.tracking._store import open_client
 
@@ -320,6 +321,7 @@ def test_a_full_disk_under_the_store_and_its_spool_says_what_is_lost(tmp_path, t
     folder, _ = tiny_disk
     monkeypatch.setenv("AUTOLR_SPOOL_DIR", str(folder / "spool"))
     tracker = Tracker(_store_on(folder, tmp_path), experiment="full-everywhere", writer="thread")
+    other = tracker.client.create_run(tracker.experiment_id).info.run_id
     run = tracker.trial_run(None, 0, {"lr": 0.1})
     with run:
         for first in range(0, 200_000, 1000):
@@ -330,6 +332,8 @@ def test_a_full_disk_under_the_store_and_its_spool_says_what_is_lost(tmp_path, t
     assert "is full (database or disk is full)" in caplog.text
     assert "could not keep the unsent MLflow points" in caplog.text and "they are lost" in caplog.text
     assert "Traceback" not in caplog.text
+    with pytest.raises(StoreFullError, match=rf"^the disk of the MLflow tracking store {folder}/mlflow.db \(on the filesystem mounted at {folder}\) is full"):
+        tracker.log_text(other, "x" * 3_000_000, "big.txt")  # the tracker's own writes: one line too
 
 
 def test_the_next_invocation_closes_runs_whose_end_was_lost(stores) -> None:

@@ -287,12 +287,20 @@ class Tracker:
             self.client.set_terminated(run_id, status=status)
         return run_id
 
-    @_full_disk_in_one_line
     def close_orphans(self, dead: Mapping[int, str]) -> int:
         """Close what died with its process: trial runs still RUNNING whose trial (number -> reason) is
         in ``dead`` end FAILED; invocation runs still RUNNING whose process (``autolr.pid`` on this host)
-        is gone end KILLED. (A trial run of a killed process is normally closed by its writer.) Returns
-        how many runs were closed."""
+        is gone end KILLED, and so do runs still RUNNING under them. (A trial run of a killed process is
+        normally closed by its writer.) Returns how many runs were closed; on a full disk, says so in one
+        line and closes them another time."""
+        try:
+            return self._close_orphans(dead)
+        except StoreFullError as exc:
+            logger.error("%s; runs left RUNNING by processes that died are closed by a later invocation", exc)
+            return 0
+
+    @_full_disk_in_one_line
+    def _close_orphans(self, dead: Mapping[int, str]) -> int:
         closed = 0
         for number, run_id in (self.trial_runs(status="RUNNING") if dead else {}).items():
             if number in dead:

@@ -449,6 +449,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING, format="autolr writer %(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its "Retrying ..." per call: the StoreDown line says it once
     quiet_store_errors()
     _commit_without_fsync(tracking_uri)
     inbox: queue.Queue = queue.Queue()
