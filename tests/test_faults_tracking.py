@@ -6,6 +6,7 @@ happened."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -26,6 +28,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID as PARENT
 from autolr import keys
 from autolr.tracking import Tracker
 from autolr.tracking._errors import StoreFullError
+from autolr.tracking._messages import CreateRun, RunBatch, RunEnd
 from autolr.tracking._spool import Spool
 from autolr.tracking._store import open_client
 
@@ -348,3 +351,19 @@ def test_the_next_invocation_closes_runs_whose_end_was_lost(stores) -> None:
     for run_id in (parent, child):
         assert tracker.client.get_run(run_id).info.status == "KILLED"
     assert tracker.client.get_run(child).data.tags[keys.STATE] == "FAIL"
+
+
+def test_a_spool_delivered_twice_leaves_one_run_with_each_point_once(stores, spool_dir) -> None:
+    """A writer that wrote a spool file and died before removing it: the next one delivers the file
+    again, and the store still holds one run with each point once."""
+    tracker = Tracker(stores["tracking_uri"], experiment="twice", writer="thread")
+    new_run = CreateRun(0, tracker.experiment_id, "trial-0", {keys.TRIAL: "0"}, {"lr": "0.1"}, 1_700_000_000_000, run_uuid=uuid.uuid4().hex)
+    points = [("train_loss", float(s), 1_700_000_000_000, s) for s in range(500)]
+    batch = RunBatch(None, new_run=new_run, points=points, end=RunEnd("FINISHED", 1_700_000_001_000))
+    for _ in range(2):
+        Spool(stores["tracking_uri"]).save({0: dataclasses.replace(batch, points=list(points))})
+        tracker.write_unsent()
+        tracker.close()
+    (run,) = MlflowClient(stores["tracking_uri"]).search_runs([tracker.experiment_id])
+    assert run.info.run_id == new_run.run_uuid and run.info.status == "FINISHED"
+    assert sorted(_points(stores["tracking_uri"], run.info.run_id)) == list(range(500))

@@ -127,7 +127,7 @@ class Writer:
         self.down_since: float | None = None
         self.next_try = 0.0
         self.spool = Spool(tracking_uri)
-        self.held.update(self.spool.load())
+        self.held.update((key, _delivered_again(batch)) for key, batch in self.spool.load())
         if spool_only:
             self.down_since, self.next_try = time.time(), math.inf
 
@@ -390,6 +390,14 @@ class Writer:
         if self.down_since is None:
             self.down_since = time.time()
             self.reply(StoreDown(describe(exc), disk_full=disk_full(exc)))
+
+
+def _delivered_again(batch: RunBatch) -> RunBatch:
+    """A spooled run's creation may have been written already (a writer that delivered the file died
+    before removing it): a run the store has under its id is adopted, not created twice."""
+    if batch.new_run is not None and batch.new_run.run_uuid:
+        batch.new_run = dataclasses.replace(batch.new_run, resumed=True)
+    return batch
 
 
 STOP = None  # in the inbox: stop (or the training process is gone)
