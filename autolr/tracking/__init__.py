@@ -39,7 +39,7 @@ The writer runs in a session of its own, so a Ctrl-C in the terminal reaches the
 the interrupted trial ends KILLED through the normal path.
 
 Every name loads on first use (PEP 562): ``from autolr.tracking import NullTracker`` imports no mlflow,
-and the writer process imports ``autolr.tracking._writer`` without the training side's modules.
+and the writer process imports ``autolr.tracking._writer_process`` without the training side's modules.
 """
 
 from __future__ import annotations

@@ -19,12 +19,18 @@ _GATEWAY_DOWN = (502, 503, 504)
 _FULL = re.compile(r"database or disk is full|No space left on device|could not extend file|\b53100\b|DiskFull", re.IGNORECASE)
 
 
-class StoreFullError(OSError):
+class StoreFullError(OSError, RuntimeError):
     """The MLflow tracking store's disk is full: raised by the tracker's own (synchronous) writes, with a
-    one-line message naming the store and the disk, so a caller can print it as it is."""
+    one-line message naming the store and the disk, so a caller can print it as it is. An OSError
+    (errno ENOSPC) and a RuntimeError: the CLI prints it as one line, exit 1, as it does the Optuna
+    storage's ``StorageFull``."""
 
     def __init__(self, tracking_uri: str, cause: BaseException) -> None:
-        super().__init__(errno.ENOSPC, f"the disk of the MLflow tracking store {where_full(tracking_uri)} is full ({_short(cause)})")
+        super().__init__(
+            errno.ENOSPC,
+            f"the disk of the MLflow tracking store {where_full(tracking_uri)} is full ({_short(cause)}); free space there, "
+            "then re-run: the next autolr tune writes what was kept in the spool",
+        )
 
     def __str__(self) -> str:
         return self.strerror

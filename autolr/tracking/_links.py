@@ -29,7 +29,7 @@ __all__ = ["ProcessLink", "ThreadLink", "writer_command"]
 logger = logging.getLogger(__name__)
 
 OnReply = Callable[[FromWriter], None]
-WRITER_MODULE = "autolr.tracking._writer"
+WRITER_MODULE = "autolr.tracking._writer_process"
 
 
 class ThreadLink:

@@ -6,9 +6,8 @@ are pending), with whatever else arrived meanwhile in the same transaction, and 
 end or a barrier. While the store does not answer, what cannot be written is held per run, in order,
 retried every ``RETRY_S`` and at every barrier, and kept in the spool at exit (``_spool.py``).
 
-Run as ``python -m autolr.tracking._writer TRACKING_URI [--no-fast-path]``: messages arrive pickled on
-stdin, replies leave length-prefixed on stdout. It imports mlflow and no torch (``autolr`` and
-``autolr.tracking`` load their names lazily).
+The writer process (``_writer_process.py``) runs :func:`serve`; a writer thread (``_links.ThreadLink``)
+does too. It imports mlflow and no torch (``autolr`` and ``autolr.tracking`` load their names lazily).
 """
 
 from __future__ import annotations
@@ -17,10 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
-import pickle
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +26,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from autolr import keys
 from autolr.monitor import GradientMonitor
-from autolr.tracking._errors import describe, disk_full, quiet_store_errors, unreachable
+from autolr.tracking._errors import describe, disk_full, unreachable
 from autolr.tracking._messages import (
     Barrier,
     BarrierDone,
@@ -58,7 +54,7 @@ from autolr.tracking._messages import (
 from autolr.tracking._spool import Spool
 from autolr.tracking._store import open_client
 
-__all__ = ["BATCH_LIMIT", "RETRY_S", "TAG_LIMIT", "Writer", "main", "serve"]
+__all__ = ["BATCH_LIMIT", "RETRY_S", "STOP", "TAG_LIMIT", "Writer", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -444,64 +440,3 @@ def serve(
             finally:
                 writer.finish()
                 reply(WriterExited())
-
-
-# --- the writer process ----------------------------------------------------------------------------------
-
-
-def main(argv: list[str]) -> None:
-    """Entry point of the writer process: messages on stdin, replies on the original stdout."""
-    tracking_uri, fast_path = argv[0], "--no-fast-path" not in argv[1:]
-    replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # a stray print from a library goes to stderr, not into the reply stream
-    logging.basicConfig(level=logging.WARNING, format="autolr writer %(levelname)s %(name)s: %(message)s")
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its "Retrying ..." per call: the StoreDown line says it once
-    quiet_store_errors()
-    _commit_without_fsync(tracking_uri)
-    inbox: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_messages, args=(sys.stdin.buffer, inbox), daemon=True).start()
-    serve(tracking_uri, inbox, _replier(replies), fast_path=fast_path)
-
-
-def _replier(replies) -> Reply:
-    gone = False
-
-    def reply(msg: FromWriter) -> None:
-        nonlocal gone
-        if gone:
-            return
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            replies.write(len(data).to_bytes(4, "big") + data)
-            replies.flush()
-        except OSError:  # the training process is gone: go on closing its runs, quietly
-            gone = True
-
-    return reply
-
-
-def _read_messages(pipe, inbox: queue.Queue) -> None:
-    try:
-        while True:
-            inbox.put(pickle.load(pipe))
-    except Exception:  # noqa: BLE001 - EOF: stopped, or the training process is gone
-        inbox.put(STOP)
-
-
-def _commit_without_fsync(tracking_uri: str) -> None:
-    """WAL + synchronous=NORMAL on this process's SQLite connections (this process holds no others):
-    a commit survives any crash of the processes; only an OS crash can lose the last ones."""
-    if not tracking_uri.startswith("sqlite:"):
-        return
-    import sqlalchemy
-
-    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
-    def _pragmas(dbapi_connection, _record) -> None:
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-        dbapi_connection.execute("PRAGMA busy_timeout=60000")  # other writers (workers, the UI) share the file
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
