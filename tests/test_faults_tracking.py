@@ -367,3 +367,17 @@ def test_a_spool_delivered_twice_leaves_one_run_with_each_point_once(stores, spo
     (run,) = MlflowClient(stores["tracking_uri"]).search_runs([tracker.experiment_id])
     assert run.info.run_id == new_run.run_uuid and run.info.status == "FINISHED"
     assert sorted(_points(stores["tracking_uri"], run.info.run_id)) == list(range(500))
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "public-log-batch"])
+def test_a_long_outage_backlog_is_written_in_chunks_once(stores, spool_dir, monkeypatch, fast_path) -> None:
+    """A held backlog larger than a chunk goes in several transactions: one run, each point once."""
+    monkeypatch.setattr("autolr.tracking._writer.CHUNK_POINTS", 1000)
+    tracker = Tracker(stores["tracking_uri"], experiment="chunks", writer="thread", fast_path=fast_path)
+    new_run = CreateRun(0, tracker.experiment_id, "trial-0", {keys.TRIAL: "0"}, {"lr": "0.1"}, 1_700_000_000_000, run_uuid=uuid.uuid4().hex)
+    points = [("train_loss", float(s), 1_700_000_000_000, s) for s in range(3500)]
+    Spool(stores["tracking_uri"]).save({0: RunBatch(None, new_run=new_run, points=points, end=RunEnd("FINISHED", 1_700_000_001_000))})
+    tracker.write_unsent()
+    tracker.close()
+    (run,) = MlflowClient(stores["tracking_uri"]).search_runs([tracker.experiment_id])
+    assert run.info.status == "FINISHED" and sorted(_points(stores["tracking_uri"], run.info.run_id)) == list(range(3500))

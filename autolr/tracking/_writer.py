@@ -62,6 +62,7 @@ BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 entities (metrics 
 TAG_LIMIT = 100  # ... and at most 100 params and 100 tags
 WRITE_DELAY_S = 0.05  # points wait at most this long in the writer before they are committed,
 WRITE_POINTS = 20_000  # or until this many are pending
+CHUNK_POINTS = 50_000  # held points written this many a transaction
 RETRY_S = 10.0  # while the store does not answer, the writer holds what it gets and tries again this often
 TAG_VALUE_LIMIT = 8000  # characters MLflow keeps of a tag value
 
@@ -167,7 +168,7 @@ class Writer:
         for key in list(self.held):
             batch = self.held[key]
             try:
-                self._store(key, batch)
+                self._store_in_chunks(key, batch)
             except Exception as exc:
                 if unreachable(exc):
                     self._went_down(exc)
@@ -276,6 +277,22 @@ class Writer:
                     self._hold(key, batch)
             run.run_id = batch.run_id
         self.reply(PointsWritten(n))
+
+    def _store_in_chunks(self, key: Any, batch: RunBatch) -> None:
+        """:meth:`_store`, ``CHUNK_POINTS`` points a transaction, saying Progress in between: a long
+        outage's backlog is written in steps a waiting training process sees (and a writer killed
+        mid-way leaves only its last chunk to write again)."""
+        while len(batch.points) > CHUNK_POINTS:
+            part = RunBatch(batch.run_id, new_run=batch.new_run, params=batch.params, points=batch.points[:CHUNK_POINTS])
+            try:
+                self._store(key, part)
+            finally:  # what of the chunk was written (a run created included) comes off the batch
+                batch.run_id, batch.new_run, batch.params = part.run_id, part.new_run, part.params
+                del batch.points[: CHUNK_POINTS - len(part.points)]
+            if batch.run_id is None:  # the store refused the run (logged): nothing of it can be written
+                return
+            self._progress()
+        self._store(key, batch)
 
     def _store(self, key: Any, batch: RunBatch) -> None:
         """Write one batch; on failure ``batch`` keeps what is left to write."""
