@@ -256,7 +256,7 @@ def test_a_server_that_hangs_costs_seconds_at_the_end_and_the_next_run_delivers(
     finally:
         proc.kill()
     assert proc.returncode == 0, err
-    assert "is given up for this invocation" in err and "wait in the spool" in err, err
+    assert "is given up for this invocation" in err and "they wait in the spool" in err, err
     assert "Traceback" not in err, err
     assert Spool(uri).pending()
     proxy.hang.clear()
@@ -311,7 +311,7 @@ def test_a_full_disk_under_the_store_spools_and_the_next_run_delivers(tmp_path, 
     first = run_autolr(*args, env=env, timeout_s=400)
     assert first.returncode == 0, first.stderr
     assert f"the disk of the MLflow tracking store {folder / 'mlflow.db'} (on the filesystem mounted at {folder}) is full" in first.stderr, first.stderr
-    assert "wait in the spool" in first.stderr and "Traceback" not in first.stderr, first.stderr
+    assert "they wait in the spool" in first.stderr and "Traceback" not in first.stderr, first.stderr
     grow()
     again = run_autolr(*args, env=env, timeout_s=400)
     assert again.returncode == 0, again.stderr

@@ -201,8 +201,8 @@ class WriterSupervisor:
             )  # fmt: skip
             return
         logger.error(
-            "%d points of %d MLflow runs wait in the spool %s; the next `autolr tune` with --tracking-uri %s "
-            "writes them", msg.points, msg.runs, msg.kept_in, redact(self.tracking_uri),
+            "%d points of %d MLflow runs could not be written to %s; they wait in the spool %s, and the next "
+            "`autolr tune` with this --tracking-uri writes them", msg.points, msg.runs, redact(self.tracking_uri), msg.kept_in,
         )  # fmt: skip
 
     # --- waiting ---------------------------------------------------------------------------------------------
