@@ -387,9 +387,10 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
     try:
         tracker.flush()  # the plots read back every point of this invocation's trials
         if tracker.store_down is not None or not tracker.reachable():
-            logger.error("this invocation's best configuration and plots are not logged to MLflow (the store does not "
-                         "answer); `autolr export` reads the best configuration from the Optuna storage, and the "
-                         "next invocation that runs trials draws the study's plots again")  # fmt: skip
+            why = tracker.store_down or "the store does not answer"
+            logger.error(f"this invocation's best configuration and plots are not logged to MLflow ({why}); `autolr export` "
+                         "reads the best configuration from the Optuna storage, and the next invocation that runs trials "
+                         "draws the study's plots again")  # fmt: skip
             return
         study = store.load(config, storage_url)
         export = best_export(config, study, storage_url)
@@ -397,11 +398,16 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
             tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in export["params"].items()})
             tracker.set_tags(parent_run_id, {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"]})
             tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")
+    except OSError as exc:  # a full disk (the tracking store's StoreFullError says which) is one line
+        logger.error("could not record the best configuration on the parent run: %s", exc)
+        return
     except Exception:  # noqa: BLE001 - the study itself is safe in its storage
         logger.exception("could not record the best configuration on the parent run")
         return
     try:
         _record_plots(config, study, tracker, parent_run_id)
+    except OSError as exc:
+        logger.error("could not draw the study's plots: %s", exc)
     except Exception:  # noqa: BLE001
         logger.exception("could not draw the study's plots")
 
