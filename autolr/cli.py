@@ -1,8 +1,8 @@
 """``autolr``: a thin shell over the Python API. Parse, one call, print, exit code.
 
-Exit codes: 0 success; 1 the study ran but could not go on (e.g. every trial failing); 2 bad input
-(one line naming the file, the key and the expected form); 130 interrupted (everything finished so far
-is saved; re-run the same command to resume).
+Exit codes: 0 success; 1 the study ran but could not go on (e.g. every trial failing, its storage gone
+or full); 2 bad input (one line naming the file, the key and the expected form); 130 interrupted by
+Ctrl-C, 143 stopped by SIGTERM (everything finished so far is saved; re-run the same command to resume).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from autolr import __version__
 from autolr.config import DEFAULT_TRACKING_URI
 from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
+from autolr.workers import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, delivered
 
 __all__ = ["main"]
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--jobs", type=_positive_int, default=1, help="worker processes")
     tune.add_argument("--seed", type=_non_negative_int, help="overrides the file's seed")
     tune.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    tune.add_argument("--extend-space", action="store_true", help="let the stored study's search space grow to the file's wider one")
 
     find = study_command("find-lr", "LR range test on the study's task")
     find.add_argument("--optimizer", help="only this optimizer of the study")
@@ -95,9 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StudyFileError, InputError, TrackingUnavailableError) as exc:
         print(f"autolr: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        delivered()
+        print("autolr: stopped by SIGTERM; the running trials are marked failed (KILLED in MLflow), finished trials "
+              "are saved, re-run the same command to resume", file=sys.stderr)  # fmt: skip
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("autolr: interrupted; finished trials are saved, re-run the same command to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except RuntimeError as exc:
         print(f"autolr: error: {exc}", file=sys.stderr)
         return 1
@@ -148,6 +155,7 @@ def _tune(args) -> int:
         storage=args.storage,
         tracking_uri=None if args.no_tracking else args.tracking_uri,
         seed=args.seed,
+        extend_space=args.extend_space,
     )
     if finished >= target:
         print(f"study {result.study_name} already holds its target of {target} finished trials; "
@@ -283,9 +291,36 @@ def _compare(args) -> int:
     return 0
 
 
+# The UI server's keeper: the leader of the server's session, holding the read end of a pipe from
+# autolr. When the pipe closes (autolr ended, even by SIGKILL, which nothing can catch) or it gets
+# SIGTERM, it stops the whole session: the MLflow server, its uvicorn worker and its job consumers.
+_KEEPER = """
+import os, signal, subprocess, sys, threading
+server = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+stopping = []
+def stop(*_):
+    if stopping:
+        return
+    stopping.append(1)
+    os.killpg(0, signal.SIGTERM)
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    os.killpg(0, signal.SIGKILL)
+def watch():
+    sys.stdin.buffer.read()
+    stop()
+signal.signal(signal.SIGTERM, stop)
+threading.Thread(target=watch, daemon=True).start()
+sys.exit(server.wait())
+"""
+
+
 def _ui(args) -> int:
-    """The MLflow UI (pages + REST API) on 127.0.0.1 until Ctrl-C; however autolr stops, the UI and its
-    workers stop with it (they run in a session of their own, which autolr ends)."""
+    """The MLflow UI (pages + REST API) on 127.0.0.1 until Ctrl-C; however autolr stops, SIGKILL
+    included, the UI and its workers stop with it (they run in a session of their own, whose keeper
+    ends it once autolr's pipe to it closes)."""
     import signal
     import socket
     import subprocess
@@ -306,7 +341,7 @@ def _ui(args) -> int:
             return 2
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {args.tracking_uri} (Ctrl-C to stop)", file=sys.stderr)
     _print_trials_views(args)
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", _KEEPER, *cmd], start_new_session=True, stdin=subprocess.PIPE)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         code = proc.wait()

@@ -11,12 +11,14 @@ import dataclasses
 import math
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from autolr import _yaml
 from autolr.errors import StudyFileError
 from autolr.params import FINDER_STEPS, LR, MAX_WARMUP, WARMUP, Choice, Fixed, ParamSpec, Range, Setting
 
@@ -31,6 +33,7 @@ __all__ = [
     "load_study",
     "parse_study",
     "safe_name",
+    "with_overrides",
 ]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # the embedded MLflow store, under the project
@@ -139,6 +142,7 @@ class StudyConfig:
     tracking: TrackingConfig = TrackingConfig()
     loop: str | Callable[..., Any] | None = None
     confirm: ConfirmConfig = ConfirmConfig()
+    extend_space: bool = False  # never from the file: tune(extend_space=True) lets the stored study's space grow to this one
 
     @property
     def code(self) -> str | Callable[..., Any]:
@@ -163,19 +167,7 @@ class StudyConfig:
         return safe_name(self.name)
 
 
-# --- YAML ------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML (no ``!!python`` tags) where ``1e-3`` is a float, not a string as in YAML 1.1."""
-
-
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+# --- reading (YAML: autolr._yaml) ----------------------------------------------------------------
 
 
 def load_study(path: str | Path, *, task: Callable[..., Any] | None = None, loop: Callable[..., Any] | None = None) -> StudyConfig:
@@ -196,17 +188,10 @@ def load_study(path: str | Path, *, task: Callable[..., Any] | None = None, loop
     except OSError as exc:
         raise StudyFileError(path, "(file)", "a readable YAML study file", f"<{exc.strerror or exc}>") from None
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        raw = yaml.load(text, Loader=_yaml.Loader)  # noqa: S506 - a SafeLoader with aliases bounded
     except yaml.YAMLError as exc:
-        raise StudyFileError(path, "(yaml)", "valid YAML with plain values only", f"<{_yaml_problem(exc)}>") from None
+        raise StudyFileError(path, "(yaml)", "valid YAML with plain values only", f"<{_yaml.problem(exc)}>") from None
     return parse_study(raw, path=str(path), task=task, loop=loop)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return f"{problem}{where}".replace("\n", " ")
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -216,12 +201,20 @@ _TOP_KEYS = {
     "finder", "tracking",
 }  # fmt: skip
 _TOP = "(top level)"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\- ]+$")
+_NAME_RE = re.compile(r"^[\w.\- ]+$")  # \w: letters and digits of any script, and '_'
+# A name becomes a file name (<name>.db, <name>.db-wal, <name>.db.lock: at most 8 more bytes within the
+# 255 bytes a file system allows a name), an MLflow run name (<name>@<date> <time> within MLflow's 250
+# characters) and an Optuna study name (<name>.confirm within Optuna's 512).
+MAX_NAME_CHARS = 200
+MAX_NAME_BYTES = 240
+# Seeds feed torch, numpy and random, and numpy's legacy seeding takes [0, 2**32). (A confirmation
+# adds 1000 per fresh seed: torch takes up to 2**64, and numpy and the samplers reduce modulo 2**32.)
+MAX_SEED = 2**32 - 1
 
 
 def safe_name(name: str) -> str:
     """``name`` as a file name: anything but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``."""
-    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
+    cleaned = re.sub(r"[^\w.-]", "_", name).strip(".")
     return cleaned or "study"
 
 
@@ -247,9 +240,9 @@ class _Checker:
                 raise self.fail(where, f"one of the keys {sorted(allowed)}", f"<unknown key {k!r}>")
         return value
 
-    def integer(self, value: object, key: str, *, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(key, f"an integer >= {minimum}", value)
+    def integer(self, value: object, key: str, *, minimum: int, maximum: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
+            raise self.fail(key, f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]", value)
         return value
 
     def number(self, value: object, key: str, *, low: float | None = None, high: float | None = None) -> float:
@@ -296,7 +289,7 @@ def parse_study(raw: object, *, path: str = "study.yaml", task: Callable[..., An
         metric=c.string(objective.get("metric", "val_loss"), "objective.metric"),
         direction=c.choice(objective.get("direction", "minimize"), "objective.direction", ("minimize", "maximize")),
         trials=c.integer(doc.get("trials", 20), "trials", minimum=1),
-        seed=c.integer(doc.get("seed", 0), "seed", minimum=0),
+        seed=c.integer(doc.get("seed", 0), "seed", minimum=0, maximum=MAX_SEED),
         sampler=c.choice(doc.get("sampler", "tpe"), "sampler", SAMPLERS),
         search=search,
         pruning=_parse_pruning(c, doc.get("pruning")),
@@ -306,10 +299,25 @@ def parse_study(raw: object, *, path: str = "study.yaml", task: Callable[..., An
     )
 
 
+def with_overrides(config: StudyConfig, *, trials: int | None = None, seed: int | None = None, extend_space: bool = False) -> StudyConfig:
+    """``config`` with what ``tune``'s flags override (``--trials``, ``--seed``, ``--extend-space``),
+    checked with the study file's own bounds and named as the flags."""
+    c = _Checker(config.path)
+    changes: dict[str, Any] = {"extend_space": True} if extend_space else {}
+    if trials is not None:
+        changes["trials"] = c.integer(trials, "--trials", minimum=1)
+    if seed is not None:
+        changes["seed"] = c.integer(seed, "--seed", minimum=0, maximum=MAX_SEED)
+    return dataclasses.replace(config, **changes)
+
+
 def _parse_name(c: _Checker, name: object) -> str:
-    name = c.string(name, "name")
+    name = unicodedata.normalize("NFC", c.string(name, "name"))  # one spelling of an accented letter, one study
     if "/" in name or "\\" in name or ".." in name or not _NAME_RE.match(name):
         raise c.fail("name", "letters, digits, spaces, '.', '_' or '-' (no path separators, no '..')", name)
+    if len(name) > MAX_NAME_CHARS or len(safe_name(name).encode("utf-8")) > MAX_NAME_BYTES:
+        given = name if len(name) <= 40 else f"<{len(name)} characters: {name[:20]}...>"
+        raise c.fail("name", f"at most {MAX_NAME_CHARS} characters and {MAX_NAME_BYTES} bytes in UTF-8 (it names the study's files)", given)
     return name
 
 
@@ -433,12 +441,12 @@ def _parse_setting(c: _Checker, value: object, key: str, spec: ParamSpec) -> Set
     if isinstance(value, list):
         if not value:
             raise c.fail(key, "a non-empty list of choices", value)
-        return Choice(tuple(_parse_fixed(c, v, key, spec) for v in value))
+        return Choice(tuple(c.param(v, key, spec) for v in value))
     if isinstance(value, dict):
         c.mapping(value, key, {"low", "high", "log"})
         if spec.kind is bool:
             raise c.fail(key, "true, false or a list of them", value)
-        low, high = _parse_fixed(c, value.get("low"), f"{key}.low", spec), _parse_fixed(c, value.get("high"), f"{key}.high", spec)
+        low, high = c.param(value.get("low"), f"{key}.low", spec), c.param(value.get("high"), f"{key}.high", spec)
         log = value.get("log", False)
         if not isinstance(log, bool):
             raise c.fail(f"{key}.log", "true or false", log)
@@ -447,11 +455,7 @@ def _parse_setting(c: _Checker, value: object, key: str, spec: ParamSpec) -> Set
         if log and low <= 0:
             raise c.fail(f"{key}.low", "a number > 0 for a log range", low)
         return Range(low, high, log=log, integer=spec.kind is int)
-    return Fixed(_parse_fixed(c, value, key, spec))
-
-
-def _parse_fixed(c: _Checker, value: object, key: str, spec: ParamSpec) -> Any:
-    return c.param(value, key, spec)
+    return Fixed(c.param(value, key, spec))
 
 
 def _parse_pruning(c: _Checker, pruning: object) -> PruningConfig:

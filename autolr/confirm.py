@@ -28,7 +28,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
+from autolr.claim import ask_owned
 from autolr.config import PruningConfig, StudyConfig
+from autolr.driver import run_one
 
 if TYPE_CHECKING:
     from autolr.space import LrBounds
@@ -168,8 +170,7 @@ def run_confirmation(
                 continue  # out of the race, or this seed is done (an interrupted run is trained again)
             confirm_study.enqueue_trial(trial.params, user_attrs={keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"})
             seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
-            confirm_study.optimize(make_objective(seeded), n_trials=1, catch=(Exception,))
-            last = confirm_study.get_trials(deepcopy=False)[-1]
+            last = run_one(confirm_study, ask_owned(confirm_study), make_objective(seeded))
             if on_trial is not None:
                 on_trial(last)
             logger.info("confirmation of trial %d on seed %d: %s %s", trial.number, seed, last.state.name, last.value)
@@ -183,9 +184,10 @@ def _dropped(t: FrozenTrial) -> bool:
 
 def _open(config: StudyConfig, url: str) -> optuna.Study:
     confirm_config = dataclasses.replace(config, name=confirm_name(config), pruning=PruningConfig(curve="none"))
-    return store.create_or_load(confirm_config, url, sampler=optuna.samplers.RandomSampler(seed=config.seed), pruner=optuna.pruners.NopPruner())
+    sampler = optuna.samplers.RandomSampler(seed=config.seed)
+    return store.create_or_load(confirm_config, url, sampler=sampler, pruner=optuna.pruners.NopPruner(), identity=False)  # the search study holds it
 
 
 def _load(config: StudyConfig, url: str) -> optuna.Study | None:
     named = dataclasses.replace(config, name=confirm_name(config))
-    return store.load(named, url) if store.exists(named.name, url) else None
+    return store.load(named, url, identity=False) if store.exists(named.name, url) else None

@@ -26,12 +26,15 @@ __all__ = [
     "TRIALS_VIEW_TAG",
     "GRADIENTS",
     "HOST",
+    "IDENTITY",
     "LOSS_RATIO",
     "OPTIMIZER",
+    "OWNER",
     "PARAMS",
     "PID",
     "PRUNE_REASON",
     "RANGE_TEST_CACHE",
+    "RETRY_OF",
     "ROLE",
     "ROLE_CONFIRM",
     "ROLE_RANGE_TEST",
@@ -67,11 +70,14 @@ ERROR = "autolr.error"  # "TypeError: ..." of a FAIL trial
 SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test")
 CONFIRM_OF = "autolr.confirm_of"  # a confirmation run: the number of the search trial it re-trains
 SEED = "autolr.seed"  # the seed a confirmation run trained with
+OWNER = "autolr.owner"  # the process running the trial: {machine, pid, start} (autolr.owner)
+RETRY_OF = "autolr.retry_of"  # a killed trial's configuration run again: the killed trial's number
 
 # --- Optuna study user attrs ------------------------------------------------------------------------
 UID = "autolr.uid"  # the study's own id, kept across invocations
 RANGE_TEST_CACHE = "autolr.range_test.{optimizer}"  # one optimizer's cached range test
 CODE = "autolr.code"  # {"key": "task" | "loop", "label": ...}: what trained the study (callables have no file key)
+IDENTITY = "autolr.identity"  # {"fingerprint", "identity", "summary"}: what defines the study (autolr.identity)
 CONFIRM_PLAN = "autolr.confirm_plan"  # [configurations, seeds] of the last invocation that confirmed
 
 # --- MLflow run tags ----------------------------------------------------------------------------------

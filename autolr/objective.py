@@ -6,6 +6,10 @@ Outcomes, each recorded the same way in Optuna (state, user attrs) and MLflow (t
 - PRUNED, diverged: the divergence guard fired; ``autolr.prune_reason`` and ``autolr.divergence_step``;
 - PRUNED, curve: the pruner judged the validation curve hopeless at some epoch;
 - FAIL: anything raised (the study goes on); KILLED in MLflow when interrupted.
+
+COMPLETE and PRUNED are stored in Optuna (``study.tell``) before the MLflow run closes: a result the
+Optuna storage could not take (a full disk) ends the run FAIL in MLflow too, never COMPLETE. The trial
+is told here, so the objective runs under :func:`autolr.driver.run_one`, not ``study.optimize``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from autolr.errors import StudyFileError
 from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
 from autolr.progress import NullProgress
+from autolr.retry import StorageFull, StorageUnavailable
 from autolr.space import LrBounds, suggest_run
 from autolr.tasks import build_task, resolve_callable, seed_everything
 from autolr.trainer import Trainer, pick_device
@@ -51,7 +56,8 @@ def resolve_metric(config: StudyConfig, task) -> str:
 
 
 class Objective:
-    """Callable objective for ``study.optimize``; picklable, so worker processes can rebuild it."""
+    """The objective of :func:`autolr.driver.run_one` (it tells the trial's result itself); picklable,
+    so worker processes can rebuild it."""
 
     def __init__(
         self, config: StudyConfig, lr_bounds: LrBounds, *, tracker: Tracker | NullTracker, parent_run_id: str | None, progress: NullProgress | None = None
@@ -71,8 +77,8 @@ class Objective:
         try:
             with run:
                 return self._train(trial, run_config, run)
-        except optuna.TrialPruned:
-            raise
+        except (optuna.TrialPruned, StorageFull, StorageUnavailable):
+            raise  # the storage failing cannot take an error attr either
         except Exception as exc:
             trial.set_user_attr(keys.ERROR, f"{type(exc).__name__}: {exc}"[:500])
             raise
@@ -96,6 +102,7 @@ class Objective:
             reason = f"diverged: {report.metric} {value} after the last epoch"
             self._record_prune(trial, run, reason, divergence_step=steps - 1, diverged=True)
             raise Pruned(reason, step=steps - 1, diverged=True)
+        trial.study.tell(trial, value)
         run.end("COMPLETE", {keys.VALUE: value})
         return value
 
@@ -138,6 +145,7 @@ class Objective:
         tags = {keys.PRUNE_REASON: reason}
         if divergence_step is not None:
             tags[keys.DIVERGENCE_STEP] = divergence_step
+        trial.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         run.end("PRUNED", tags)
 
 

@@ -5,19 +5,28 @@ it at the same moment would both create its tables and one would fail ("table ..
 :func:`prepared` creates the folder, takes an inter-process lock on ``<file>.lock`` (the ``filelock``
 package: ``flock`` on POSIX, ``LockFileEx`` on Windows) and switches the file to WAL, in which readers
 (``autolr show``, ``autolr ui``) never block the writer; the mode persists in the file.
+
+WAL keeps recent commits in ``<file>-wal`` until a checkpoint copies them into the file:
+:func:`checkpoint_engine` (a PASSIVE checkpoint, which waits for no one) after each unit of work worth
+keeping and :func:`checkpoint_at_exit` make the ``.db`` file alone hold the store, as a user who copies
+it expects. A store in a folder that cannot be written (a read-only mount, a shared archive) is read
+as it is (:func:`read_only_connector`): no lock file, no WAL switch, no ``-shm``.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import filelock
 
-__all__ = ["SQLITE_PREFIX", "prepared", "sqlite_path"]
+__all__ = ["SQLITE_PREFIX", "checkpoint_at_exit", "checkpoint_engine", "foreign", "prepared", "read_only_connector", "sqlite_path", "writable"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,3 +54,67 @@ def _use_wal(path: Path) -> None:
             conn.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as exc:  # e.g. a read-only store: the store's own open says what is wrong
         logger.warning("could not switch %s to WAL: %s", path, exc)
+
+
+def writable(path: Path) -> bool:
+    """Whether this process may write the store: the file and its folder (for the ``-wal``, ``-shm`` and
+    lock files). False on a read-only mount for anyone, root included."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _read_only_uri(path: Path) -> str:
+    # Without a -wal file the .db holds everything, and in a folder nobody can write nobody can add one:
+    # `immutable` then reads without the -shm a WAL reader would otherwise have to create.
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if wal.exists() or os.access(path.parent, os.W_OK) else "immutable=1"
+    return f"{path.resolve().as_uri()}?{mode}"
+
+
+def read_only_connector(path: Path) -> Callable[[], sqlite3.Connection]:
+    """A connection factory (SQLAlchemy's ``creator``) that opens ``path`` read-only."""
+    uri = _read_only_uri(path)
+    return lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+def foreign(path: Path) -> str | None:
+    """Why the file at ``path`` cannot be an Optuna storage, or None: missing, empty, or holding
+    Optuna's tables. (Whether those are of a version this Optuna reads, Optuna itself checks.)"""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(_read_only_uri(path), uri=True, timeout=30)) as conn:
+            tables = sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+    except sqlite3.DatabaseError as exc:
+        return f"not an SQLite database: {exc}"
+    if not tables or "studies" in tables:
+        return None
+    return f"it holds the tables {', '.join(tables[:6])}{', ...' if len(tables) > 6 else ''}"
+
+
+def checkpoint_engine(engine: Any) -> None:
+    """Copy what the ``-wal`` holds into the database file, as far as no reader holds it (PASSIVE: it
+    waits for no one, and a later checkpoint copies the rest)."""
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+    except Exception as exc:  # noqa: BLE001 - the commit is safe in the -wal; the next checkpoint copies it
+        logger.debug("WAL checkpoint of %s failed: %s", engine.url, exc)
+
+
+_AT_EXIT: set[Path] = set()
+
+
+def checkpoint_at_exit(path: Path) -> None:
+    """At this process's clean exit, copy the ``-wal`` of ``path`` into it and empty the ``-wal``."""
+    if not _AT_EXIT:
+        atexit.register(_checkpoint_all)
+    _AT_EXIT.add(path)
+
+
+def _checkpoint_all() -> None:
+    for path in sorted(p for p in _AT_EXIT if p.exists()):
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=1)) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # another process is writing: its own exit checkpoints
+            logger.debug("WAL checkpoint of %s at exit failed: %s", path, exc)

@@ -9,25 +9,29 @@ the study (:mod:`autolr.study`) hands the sampler and pruner in.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr import keys, sqlite
+from autolr import keys, owner, sqlite
 from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
+from autolr.identity import check as identity_check
+from autolr.retry import RetryingRDBStorage
 
 __all__ = [
     "FINISHED",
     "GRACE_S",
     "HEARTBEAT_S",
     "best_trial",
+    "check_identity",
     "create_or_load",
     "default_storage_url",
     "exists",
@@ -40,6 +44,8 @@ __all__ = [
     "study_uid",
     "trial_row",
 ]
+
+logger = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A worker's running trial writes a heartbeat every HEARTBEAT_S; one silent for GRACE_S (a killed
@@ -60,33 +66,76 @@ def exists(name: str, url: str) -> bool:
     path = sqlite.sqlite_path(url)
     if path is not None and not path.exists():
         return False
-    return name in optuna.study.get_all_study_names(storage=_rdb(url, {}))
+    return name in optuna.study.get_all_study_names(storage=_storage(url, reading=True))
 
 
-def create_or_load(config: StudyConfig, url: str, *, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner) -> optuna.Study:
+def create_or_load(
+    config: StudyConfig, url: str, *, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner, identity: bool = True
+) -> optuna.Study:
     """The study in its storage (created on first use), with ``sampler`` and ``pruner``.
 
+    ``identity``: the stored study's identity (:mod:`autolr.identity`) is checked against ``config``,
+    and written where it is missing (a new study, or one an older autolr created) or extended. A
+    study that lives beside another (``<name>.confirm``) passes False: the search study holds it.
+
     Raises:
+        InputError: the stored study was created by another study file (task, budget, objective or a
+            search space that ``config.extend_space`` does not allow to widen).
         StudyFileError: the stored study optimises in the other direction.
     """
     study = optuna.create_study(storage=_storage(url), study_name=config.name, direction=config.direction, sampler=sampler, pruner=pruner, load_if_exists=True)
-    if study.direction.name.lower() != config.direction:
+    record = _identity(study, config, url, reading=False) if identity else None
+    if study.direction.name.lower() != config.direction:  # a study of an older autolr, before identities
         raise StudyFileError(
-            config.path, "objective.direction", f"{study.direction.name.lower()} (the study {config.name!r} in {url} "
+            config.path, "objective.direction", f"{study.direction.name.lower()} (the study {config.name!r} in {shown(url)} "
             "was created so; rename the study to start afresh)", config.direction,
         )  # fmt: skip
+    if record is not None:  # a new study's, an older one's adopted, or a space extended
+        study.set_user_attr(keys.IDENTITY, record)
     return study
 
 
-def load(config: StudyConfig, url: str) -> optuna.Study:
-    """The stored study, for reading (``show``, ``export``, the range-test cache).
+def load(config: StudyConfig, url: str, *, identity: bool = True) -> optuna.Study:
+    """The stored study, for reading (``show``, ``export``, the range-test cache); a read-only SQLite
+    file is read as it is.
 
     Raises:
-        InputError: there is no such study in that storage, with how to create it.
+        InputError: there is no such study in that storage, with how to create it; or (``identity``)
+            the stored study was created by another study file.
     """
     if not exists(config.name, url):
-        raise InputError(f"no study {config.name!r} in {url}; run `autolr tune {config.path}` first (or pass --storage)")
-    return optuna.load_study(study_name=config.name, storage=_storage(url))
+        raise InputError(f"no study {config.name!r} in {shown(url)}; run `autolr tune {config.path}` first (or pass --storage)")
+    study = optuna.load_study(study_name=config.name, storage=_storage(url, reading=True))
+    if identity:
+        _identity(study, config, url, reading=True)
+    return study
+
+
+def check_identity(config: StudyConfig, url: str) -> None:
+    """Refuse a study file that another study's stored identity does not admit, before anything runs
+    or is written (what :func:`create_or_load` would refuse).
+
+    Raises:
+        InputError: as :func:`create_or_load`.
+    """
+    if exists(config.name, url):
+        _identity(optuna.load_study(study_name=config.name, storage=_storage(url, reading=True)), config, url, reading=False)
+
+
+def _identity(study: optuna.Study, config: StudyConfig, url: str, *, reading: bool) -> dict[str, Any] | None:
+    """The identity record to store (None: the stored one stands); raises where ``config`` is another study's."""
+    attrs = study.user_attrs
+    return identity_check(config, attrs.get(keys.IDENTITY), url=shown(url), reading=reading, code=attrs.get(keys.CODE))
+
+
+def shown(url: str) -> str:
+    """A storage URL fit for a message: its password masked."""
+    import sqlalchemy.engine
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: the opening says so
+        return url
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -125,10 +174,40 @@ def study_uid(study: optuna.Study) -> str:
     return uid
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Mark FAIL the running trials whose heartbeat stopped (their process died)."""
+def fail_stale_trials(study: optuna.Study, *, retry: bool = True) -> list[FrozenTrial]:
+    """Mark FAIL the running trials whose process is gone, and queue each one's configuration to run
+    once more; returns the trials failed here.
+
+    Gone: a process of this machine that no longer runs (its ``autolr.owner``, at once: a job
+    requeued right after a kill finds its trials failed), or one of another machine whose heartbeat
+    is ``GRACE_S`` old. Of several processes that find the same trial, one fails it (the storage refuses the
+    others) and that one queues the retry: a WAITING trial with the same configuration and
+    ``autolr.retry_of`` = the killed trial's number, which the next trial asked runs. A retry is not
+    retried again, nor is a confirmation run (the confirmation trains its missing seeds itself).
+    ``retry``: False when the study holds its target already.
+    """
+    storage = study._storage
     with experimental_ok():
-        optuna.storages.fail_stale_trials(study)
+        beats = getattr(storage, "get_heartbeat_interval", lambda: None)()  # RDB storages; not the in-memory one
+        stale = set(storage._get_stale_trial_ids(study._study_id)) if beats else set()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        record = t.user_attrs.get(keys.OWNER)
+        dead = owner.is_dead(record)
+        if not dead and (t._trial_id not in stale or owner.on_this_machine(record)):  # alive here: late beats (a storage outage) do not kill it
+            continue
+        why = f"its process (pid {t.user_attrs[keys.OWNER]['pid']}) is gone" if dead else f"its process sent no heartbeat for {GRACE_S} s"
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # a finished trial takes no attr
+            if keys.CONFIRM_OF not in t.user_attrs:  # a confirmation run without an error is trained again
+                storage.set_trial_user_attr(t._trial_id, keys.ERROR, f"killed: {why}")
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+            failed.append(t)
+            again = retry and t.params and not {keys.RETRY_OF, keys.CONFIRM_OF} & set(t.user_attrs)
+            if again:
+                study.enqueue_trial(t.params, user_attrs={keys.RETRY_OF: t.number})
+            logger.warning("trial %d failed: %s%s", t.number, why, "; its configuration runs once more" if again else "")
+    return failed
 
 
 @contextlib.contextmanager
@@ -140,23 +219,73 @@ def experimental_ok() -> Iterator[None]:
         yield
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
+def _storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
+    """The storage at ``url``. An SQLite file: checked to be a study storage before anything is written
+    into it; read as it is where it cannot be written (``reading``); otherwise in WAL mode, checkpointed
+    after each finished trial and at exit, so that the ``.db`` file alone holds every finished trial."""
     path = sqlite.sqlite_path(url)
-    if path is not None:
-        with sqlite.prepared(path):  # the first process creates the tables, the others wait
-            return _rdb(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
-    return _rdb(url, {"pool_pre_ping": True})
+    if path is None:
+        return _rdb(url, {"pool_pre_ping": True})
+    _refuse_foreign(path, url)  # before anything (a lock file, the WAL switch, Optuna's tables) is written
+    if reading and path.exists() and not sqlite.writable(path):
+        return _rdb(url, {"creator": sqlite.read_only_connector(path)}, skip_table_creation=True)
+    with sqlite.prepared(path):  # the first process creates the tables, the others wait
+        storage = _rdb(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}, cls=_CheckpointedStorage)
+    sqlite.checkpoint_at_exit(path)
+    return storage
 
 
-def _rdb(url: str, engine_kwargs: dict) -> optuna.storages.RDBStorage:
+def _refuse_foreign(path: Path, url: str) -> None:
+    why = sqlite.foreign(path)
+    if why is not None:
+        raise InputError(f"storage {url}: {path} is not an autolr/Optuna study storage ({why}); "
+                         "point --storage at a new file or at the database the study was tuned in")  # fmt: skip
+
+
+class _CheckpointedStorage(RetryingRDBStorage):
+    """An SQLite storage whose finished trials reach the ``.db`` file at once.
+
+    In WAL mode a commit lands in ``<file>-wal``; SQLite copies it into the file only every 1000 pages
+    or when the last connection closes. A process killed before that leaves the study's recent trials
+    in the ``-wal`` alone, lost to whoever copies the ``.db`` (as backups do). A PASSIVE checkpoint
+    after each finished trial copies what no reader holds, without waiting for anyone.
+    """
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        changed = super().set_trial_state_values(trial_id, state, values)
+        if state.is_finished():
+            sqlite.checkpoint_engine(self.engine)
+        return changed
+
+
+def _rdb(url: str, engine_kwargs: dict, *, skip_table_creation: bool = False, cls: type = RetryingRDBStorage) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
 
     with experimental_ok():
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            return cls(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, skip_table_creation=skip_table_creation)
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
-            raise InputError(f"--storage {url}: not a storage URL SQLAlchemy can open ({exc}); e.g. sqlite:///study.db "
+            raise InputError(f"--storage {shown(url)}: not a storage URL SQLAlchemy can open ({exc}); e.g. sqlite:///study.db "
                              "or postgresql://user@host/db") from None  # fmt: skip
+        except ImportError as exc:  # the URL's database driver
+            raise InputError(_no_driver(url, exc.__cause__ or exc)) from None
+        except RuntimeError as exc:
+            if "no longer compatible" not in str(exc):
+                raise
+            raise InputError(_incompatible(url, exc)) from None
+
+
+def _no_driver(url: str, cause: BaseException) -> str:
+    fix = "pip install 'autolr[postgres]'" if url.startswith("postgresql") else "install the driver SQLAlchemy names for it"
+    return f"storage {shown(url)}: its database driver is not installed ({cause}); {fix}"
+
+
+def _incompatible(url: str, exc: RuntimeError) -> str:
+    """Optuna's schema check, on one line: an older Optuna's storage can be upgraded; a schema no Optuna
+    version knows is another program's database."""
+    if "optuna storage upgrade" in str(exc):
+        return f"storage {shown(url)}: made by an older Optuna; upgrade it with `optuna storage upgrade --storage URL`, then re-run"
+    return f"storage {shown(url)}: not an autolr/Optuna study storage (its schema is no Optuna version's: another program's database?)"
 
 
 def trial_row(t: FrozenTrial) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 ``trials`` is the study's total target of finished (COMPLETE or PRUNED) trials: every invocation
 counts what the storage already holds and runs only the rest, so re-running a command resumes it.
-Several worker processes (``jobs``) share one storage; a killed worker's trial is failed by the
-storage heartbeat and the study goes on. Where the study is stored and how it is read back is
+Several worker processes (``jobs``, :mod:`autolr.workers`) share one storage; trials are claimed and
+run to the exact target by :mod:`autolr.driver`, and a killed process's trial is failed and run again
+(:func:`autolr.store.fail_stale_trials`) while the study goes on. Where the study is stored and how it is read back is
 :mod:`autolr.store`'s; this module drives it.
 """
 
@@ -14,7 +15,6 @@ import dataclasses
 import functools
 import logging
 import math
-import multiprocessing
 import os
 import socket
 import time
@@ -26,8 +26,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
-from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
+from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study, with_overrides
 from autolr.confirm import Confirmation, confirmation, confirmation_pending, run_confirmation
+from autolr.driver import run_trials
 from autolr.objective import Objective
 from autolr.optimizers import OPTIMIZERS
 from autolr.preflight import check_crosses_processes, preflight
@@ -37,6 +38,7 @@ from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
 from autolr.tracking import open_tracker
 from autolr.trainer import worker_device
+from autolr.workers import run_workers, sigterm_interrupts
 
 __all__ = ["TuneResult", "export_best", "open_study", "study_results", "tune"]
 
@@ -49,7 +51,6 @@ logger = logging.getLogger(__name__)
 # train fastest on one thread, and OpenMP's spinning threads slow down badly when anything else (the
 # MLflow writer, another worker) wants a core. Raise it for large models on many cores.
 TORCH_THREADS = int(os.environ.get("AUTOLR_TORCH_THREADS", "1"))
-MAX_CONSECUTIVE_FAILS = 3
 
 
 @dataclasses.dataclass
@@ -123,40 +124,6 @@ def fixed_lr_bounds(config: StudyConfig) -> LrBounds:
     return {name: OPTIMIZERS[name].lr_range or (config.search.lr.low, config.search.lr.high) for name in config.search.optimizers}
 
 
-def _n_claimed(study: optuna.Study) -> int:
-    """Finished trials plus those running now (in any worker), stale ones failed first."""
-    store.fail_stale_trials(study)
-    return len(study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.RUNNING)))
-
-
-def run_trials(
-    config: StudyConfig,
-    study: optuna.Study,
-    objective: Objective,
-    *,
-    target: int,
-    deadline: float | None,
-    on_trial: Callable[[FrozenTrial], None] | None = None,
-) -> None:
-    """Run trials one at a time until the study holds ``target`` finished trials or time runs out."""
-    fails = 0
-    while _n_claimed(study) < target and (deadline is None or time.monotonic() < deadline):
-        if config.sampler == "grid" and _grid_exhausted(study):
-            break
-        study.optimize(objective, n_trials=1, catch=(Exception,))
-        last = study.get_trials(deepcopy=False)[-1]
-        if on_trial is not None:
-            on_trial(last)
-        fails = fails + 1 if last.state == TrialState.FAIL else 0
-        if fails >= MAX_CONSECUTIVE_FAILS:
-            raise RuntimeError(f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get(keys.ERROR, '(see the log above)')}")
-
-
-def _grid_exhausted(study: optuna.Study) -> bool:
-    sampler = study.sampler
-    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Plan:
     """One invocation's run of a study, as every process running its trials needs it (picklable)."""
@@ -188,7 +155,7 @@ def _worker(plan: _Plan, lr_bounds: LrBounds, parent_run_id: str | None, index: 
     deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
     objective = Objective(plan.config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
     try:
-        run_trials(plan.config, study, objective, target=plan.config.trials, deadline=deadline)
+        run_trials(study, objective, url=plan.storage_url, target=plan.config.trials, deadline=deadline, grid=plan.config.sampler == "grid")
     finally:
         tracker.close()  # every trial run written and closed before the worker exits
 
@@ -206,6 +173,7 @@ def tune(
     task: Callable[..., Any] | None = None,
     loop: Callable[..., Any] | None = None,
     progress: bool = True,
+    extend_space: bool = False,
 ) -> TuneResult:
     """Run (or resume) a study until it holds ``trials`` finished trials (the study file's by default).
 
@@ -223,9 +191,11 @@ def tune(
         on_trial: called with each finished trial (in this process only).
         progress: a progress bar on stderr (a widget in a notebook): trials finished, and the running
             trial's epoch, step and loss.
+        extend_space: let the stored study's search space grow to the file's wider one (a study file
+            that differs in anything else is refused: see :mod:`autolr.identity`).
     """
-    with _quiet_libraries():
-        return _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress)
+    with _quiet_libraries(), sigterm_interrupts():
+        return _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress, extend_space)
 
 
 @contextlib.contextmanager
@@ -246,16 +216,11 @@ def _quiet_libraries():
             lg.setLevel(before[name])
 
 
-def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress) -> TuneResult:
-    config = _config(study, task=task, loop=loop)
-    overrides: dict[str, Any] = {}
-    if trials is not None:
-        overrides["trials"] = trials
-    if seed is not None:
-        overrides["seed"] = seed
-    config = dataclasses.replace(config, **overrides)
+def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress, extend_space) -> TuneResult:
+    config = with_overrides(_config(study, task=task, loop=loop), trials=trials, seed=seed, extend_space=extend_space)
     plan = _Plan(config, storage or store.default_storage_url(config), tracking_uri, jobs, timeout_s)
     check_crosses_processes(config, jobs)
+    store.check_identity(config, plan.storage_url)  # another study's file: refused before its code runs
     preflight(config)  # before any store is created: bad input writes nothing
     tracker = open_tracker(tracking_uri, config.name)
     tracker.check_reachable()
@@ -264,7 +229,7 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
     opt_study = open_study(config, plan.storage_url)
     opt_study.set_user_attr(keys.CODE, {"key": config.code_key, "label": config.code_label})  # export reads it, callables included
     tracker.study_uid = store.study_uid(opt_study)
-    _close_orphan_runs(opt_study, tracker)
+    _close_orphan_runs(opt_study, tracker, config.trials)
 
     parent_run_id = None
     done = store.n_finished(opt_study)
@@ -312,10 +277,11 @@ class _Watch:
             self.on_trial(trial)
 
 
-def _close_orphan_runs(study: optuna.Study, tracker: Tracker) -> None:
-    """Trials of killed workers are failed by the heartbeat; their MLflow runs are closed to match."""
-    store.fail_stale_trials(study)
-    dead = {t.number: "worker died (no heartbeat)" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+def _close_orphan_runs(study: optuna.Study, tracker: Tracker, target: int) -> None:
+    """Trials of killed processes are failed (and run again: see :func:`store.fail_stale_trials`);
+    their MLflow runs are closed to match."""
+    store.fail_stale_trials(study, retry=store.n_finished(study) < target)
+    dead = {t.number: "worker died" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     try:
         closed = tracker.close_orphans(dead)
     except Exception:  # noqa: BLE001 - tidying must never stop a study
@@ -351,13 +317,12 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             run_study = open_study(config, plan.storage_url, lr_bounds)
         deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
         objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar)
+        run = functools.partial(run_trials, objective=objective, url=plan.storage_url, target=config.trials, deadline=deadline, grid=config.sampler == "grid")
         if plan.parallel:  # this process is worker 0: a spawned worker spends seconds of CPU importing and warming up
-            here = functools.partial(
-                run_trials, config, open_study(config, plan.storage_url, lr_bounds, parallel=True), objective, target=config.trials, deadline=deadline
-            )
+            here = functools.partial(run, open_study(config, plan.storage_url, lr_bounds, parallel=True))
             _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial, here)
         else:
-            run_trials(config, run_study, objective, target=config.trials, deadline=deadline, on_trial=on_trial)
+            run(run_study, on_trial=on_trial)
         if store.n_finished(run_study) >= config.trials and (deadline is None or time.monotonic() < deadline):
             run_confirmation(
                 config, run_study, plan.storage_url, lr_bounds=lr_bounds, on_trial=on_trial.confirmed,
@@ -396,25 +361,22 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
 
 
 def _run_workers(plan: _Plan, study: optuna.Study, lr_bounds: LrBounds, parent_run_id: str | None, on_trial, run_here) -> None:
-    """Workers 1..N-1 in spawned processes; ``run_here(on_trial=...)`` runs worker 0's trials in this one,
-    which reports every worker's finished trials after each of its own, and every 0.5 s once done."""
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(plan, dict(lr_bounds), parent_run_id, i), daemon=False) for i in range(1, plan.jobs)]
+    """Worker 0's trials in this process (``run_here``), workers 1..N-1 in spawned ones (a spawned worker
+    spends seconds of CPU importing before its first trial); every worker's finished trials are reported
+    after each of this process's own and every 0.5 s once it is done. A worker killed from outside costs
+    its trial only (failed and run again by the others); one that failed with an error stops the invocation."""
     seen = {t.number for t in study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.FAIL))}  # not earlier invocations' trials
-    for p in procs:
-        p.start()
-    try:
-        run_here(on_trial=lambda _trial: _report_new(study, seen, on_trial))
-        while any(p.is_alive() for p in procs):
-            time.sleep(0.5)
-            _report_new(study, seen, on_trial)
-    finally:
-        for p in procs:
-            p.join()
+    exits = run_workers(
+        _worker, [(plan, dict(lr_bounds), parent_run_id, i) for i in range(1, plan.jobs)],
+        poll=lambda: _report_new(study, seen, on_trial), here=lambda: run_here(on_trial=lambda _trial: _report_new(study, seen, on_trial)),
+    )  # fmt: skip
     _report_new(study, seen, on_trial)
-    failed = [p.exitcode for p in procs if p.exitcode]
+    failed = [e for e in exits if e.exitcode and not e.lost]
     if failed:
-        raise RuntimeError(f"{len(failed)} of {plan.jobs} workers exited with an error (exit codes {failed}); see the log above")
+        raise RuntimeError("; ".join(f"worker {e.index}: {e.error or f'exit code {e.exitcode}, see the log above'}" for e in failed))
+    lost = [e for e in exits if e.lost]  # this process, worker 0, ran on to the target: their trials were run again
+    if lost:
+        logger.warning("%s; its trial was failed and run again by the other workers", ", ".join(e.describe() for e in lost))
 
 
 def _report_new(study: optuna.Study, seen: set[int], on_trial) -> None:
@@ -435,9 +397,10 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
     try:
         tracker.flush()  # the plots read back every point of this invocation's trials
         if tracker.store_down is not None or not tracker.reachable():
-            logger.error("this invocation's best configuration and plots are not logged to MLflow (the store does not "
-                         "answer); `autolr export` reads the best configuration from the Optuna storage, and the "
-                         "next invocation that runs trials draws the study's plots again")  # fmt: skip
+            why = tracker.store_down or "the store does not answer"
+            logger.error(f"this invocation's best configuration and plots are not logged to MLflow ({why}); `autolr export` "
+                         "reads the best configuration from the Optuna storage, and the next invocation that runs trials "
+                         "draws the study's plots again")  # fmt: skip
             return
         study = store.load(config, storage_url)
         export = best_export(config, study, storage_url)
@@ -445,11 +408,16 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
             tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in export["params"].items()})
             tracker.set_tags(parent_run_id, {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"]})
             tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")
+    except OSError as exc:  # a full disk (the tracking store's StoreFullError says which) is one line
+        logger.error("could not record the best configuration on the parent run: %s", exc)
+        return
     except Exception:  # noqa: BLE001 - the study itself is safe in its storage
         logger.exception("could not record the best configuration on the parent run")
         return
     try:
         _record_plots(config, study, tracker, parent_run_id)
+    except OSError as exc:
+        logger.error("could not draw the study's plots: %s", exc)
     except Exception:  # noqa: BLE001
         logger.exception("could not draw the study's plots")
 

@@ -49,7 +49,7 @@ import optuna
 EPOCHS = 20
 TRIALS = 16
 REPEATS = 3
-POSTGRES_URL = os.environ.get("AUTOLR_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("AUTOLR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 STUDY = """\
 name: {name}
 task: digits_mlp

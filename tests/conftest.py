@@ -12,7 +12,7 @@ import torch
 
 torch.set_num_threads(1)  # small models on 2 cores: one thread per process is fastest
 
-POSTGRES_URL = os.environ.get("AUTOLR_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("AUTOLR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture

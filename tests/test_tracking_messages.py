@@ -26,7 +26,7 @@ def test_the_writer_handles_every_message_the_training_process_sends(stores, tmp
 
 def test_the_tracker_handles_every_reply_of_the_writer(stores) -> None:
     tracker = Tracker(stores["tracking_uri"], experiment="replies")
-    assert set(tracker._on_reply_of) == set(typing.get_args(FromWriter))
+    assert set(tracker._writer.on_reply_of) == set(typing.get_args(FromWriter))
 
 
 def test_messages_cross_a_pipe_unchanged() -> None:

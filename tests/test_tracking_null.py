@@ -53,6 +53,6 @@ def test_null_tracker_imports_no_mlflow() -> None:
 
 
 def test_the_writer_process_imports_no_torch() -> None:
-    done = _fresh_python("import sys, autolr.tracking._writer; print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))")
+    done = _fresh_python("import sys, autolr.tracking._writer_process; print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

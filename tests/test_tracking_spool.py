@@ -72,3 +72,13 @@ def test_a_kept_file_is_never_overwritten(spool) -> None:
         _write(spool, name, [OLD_ENTRY])
     spool.load()
     assert sorted(p.suffix for p in spool.folder.iterdir()) == [".kept", ".kept"]
+
+
+def test_a_version_2_entry_is_still_read(spool) -> None:
+    """Version 3 added two fields to a new run's creation; a file of the version before reads as it was."""
+    record = to_record(BATCH)
+    for field in ("run_uuid", "resumed"):
+        del record["new_run"][field]
+    _write(spool, "20240101-000000-5.pkl", [{**record, "version": 2}])
+    ((_, batch),) = spool.load()
+    assert batch == BATCH

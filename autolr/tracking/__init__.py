@@ -23,18 +23,23 @@ holds between torch ops. So a trial run's SQL work all happens in one writer pro
 4. on SQLite and PostgreSQL stores, and the MLflow versions it was verified on, the writer may insert
    rows into MLflow's own tables (``_fastpath.py``), falling back to ``log_batch`` for anything else;
 5. the writer watches gradient health on the way (:class:`autolr.monitor.GradientMonitor`) and tags it;
-6. if the training process dies, the writer sees its pipe close and ends every open run KILLED; if the
-   writer dies, :meth:`Tracker.close` ends, from the training process, the runs it knows of;
-7. if the store stops answering (``_errors.py`` tells which errors mean that), the writer holds what it
-   cannot write, per run and in order, tries again every ``RETRY_S`` and at every barrier, and at exit
-   keeps what is still held in a versioned spool file (``_spool.py``) that the next writer writes first.
-   Held points count as handled for ``flush`` and the backlog: training never waits for a dead store.
+6. if the training process dies, the writer sees its pipe close and ends every open run KILLED;
+7. the training process keeps each message until the writer confirms it is in the store
+   (``_supervisor.py``): a writer that dies is replaced and sent what it had not confirmed (a run it
+   created is adopted, a point written twice is kept once); one that makes no progress for
+   ``AUTOLR_TRACKING_WAIT_S`` while the training process waits (a server that hangs) is ended, and what
+   it had not confirmed goes to the spool;
+8. if the store cannot take writes (it does not answer, or its disk is full: ``_errors.py`` tells which
+   errors mean that), the writer holds what it cannot write, per run and in order, tries again every
+   ``RETRY_S`` and at every barrier, and at exit keeps what is still held in a versioned spool file
+   (``_spool.py``) that the next writer writes first. Held points count as handled for ``flush`` and
+   the backlog: training never waits for a dead store.
 
 The writer runs in a session of its own, so a Ctrl-C in the terminal reaches the training process only;
 the interrupted trial ends KILLED through the normal path.
 
 Every name loads on first use (PEP 562): ``from autolr.tracking import NullTracker`` imports no mlflow,
-and the writer process imports ``autolr.tracking._writer`` without the training side's modules.
+and the writer process imports ``autolr.tracking._writer_process`` without the training side's modules.
 """
 
 from __future__ import annotations

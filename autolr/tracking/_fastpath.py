@@ -148,7 +148,7 @@ def _latest(run_id: str, rows: list[tuple]) -> list[dict]:
 def _run_rows(new_run: CreateRun, artifact_root: str | None) -> dict:
     """The rows of a RUNNING run with its tags and params, as ``SqlAlchemyStore.create_run`` and
     ``log_batch`` would write them."""
-    run_id = uuid.uuid4().hex
+    run_id = new_run.run_uuid or uuid.uuid4().hex
     run = {"run_uuid": run_id, "name": new_run.run_name, "source_type": "UNKNOWN", "source_name": "", "entry_point_name": "",
            "user_id": new_run.tags.get(MLFLOW_USER, "unknown"), "status": "RUNNING", "start_time": new_run.start_ms,
            "end_time": None, "deleted_time": None, "source_version": "", "lifecycle_stage": "active",

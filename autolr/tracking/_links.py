@@ -1,7 +1,9 @@
 """How the training process reaches its writer: a child process (default) or a thread.
 
 Both take messages with ``send``, move bytes with ``poll`` and hand replies to ``on_reply`` from the
-calling thread, and ``close`` delivers what is pending before the writer stops.
+calling thread, and ``close`` delivers what is pending before the writer stops. A writer process that
+dies is noticed at once (its reply pipe closes: the next ``send`` or ``poll`` reads EOF) and reported
+as ``WriterExited(clean=False)``; ``kill`` ends one that hangs.
 """
 
 from __future__ import annotations
@@ -27,24 +29,33 @@ __all__ = ["ProcessLink", "ThreadLink", "writer_command"]
 logger = logging.getLogger(__name__)
 
 OnReply = Callable[[FromWriter], None]
-WRITER_MODULE = "autolr.tracking._writer"
+WRITER_MODULE = "autolr.tracking._writer_process"
 
 
 class ThreadLink:
-    """The writer as a thread of this process (the SQLAlchemy work then competes for the GIL)."""
+    """The writer as a thread of this process (the SQLAlchemy work then competes for the GIL).
 
-    def __init__(self, tracking_uri: str, on_reply: OnReply, *, fast_path: bool = True) -> None:
+    ``spool_only``: a writer that never touches the store, for a store that hung (see ``Writer``).
+    """
+
+    def __init__(self, tracking_uri: str, on_reply: OnReply, *, fast_path: bool = True, spool_only: bool = False) -> None:
         self.inbox: queue.Queue = queue.Queue()
         self.replied = threading.Event()
+        self.pid = os.getpid()
+        self.given_up = threading.Event()
 
         def reply(msg: FromWriter) -> None:
-            on_reply(msg)
-            self.replied.set()
+            if not self.given_up.is_set():  # a thread left hanging in a store call speaks for nobody
+                on_reply(msg)
+                self.replied.set()
 
-        self.thread = threading.Thread(
-            target=serve, args=(tracking_uri, self.inbox, reply), kwargs={"fast_path": fast_path}, name="autolr-mlflow-writer", daemon=True
-        )
+        kwargs = {"fast_path": fast_path, "spool_only": spool_only, "given_up": self.given_up}
+        self.thread = threading.Thread(target=serve, args=(tracking_uri, self.inbox, reply), kwargs=kwargs, name="autolr-mlflow-writer", daemon=True)
         self.thread.start()
+
+    def kill(self) -> None:
+        """A thread cannot be stopped: it is left to its store call, and then writes nothing more."""
+        self.given_up.set()
 
     def send(self, msg: ToWriter) -> None:
         self.inbox.put(msg)
@@ -53,9 +64,11 @@ class ThreadLink:
         self.replied.wait(timeout_s)
         self.replied.clear()
 
-    def close(self, timeout_s: float) -> None:
+    def close(self, timeout_s: float) -> bool:
+        """Whether the writer stopped cleanly within ``timeout_s``."""
         self.inbox.put(STOP)
         self.thread.join(timeout_s)
+        return not self.thread.is_alive()
 
 
 def writer_command(tracking_uri: str, *, fast_path: bool = True) -> list[str]:
@@ -101,6 +114,18 @@ class ProcessLink:
         self.outgoing = bytearray()  # bytes the pipe has not taken yet
         self.incoming = bytearray()  # reply bytes not parsed yet
         self.alive = True
+        self.exited = False  # the writer said it stopped (WriterExited) before its pipe closed
+        self.pid = self.proc.pid
+
+    def kill(self) -> None:
+        """End a writer that hangs (in a call to a store that does not answer), quietly."""
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
 
     def send(self, msg: ToWriter) -> None:
         if not self.alive:
@@ -118,8 +143,9 @@ class ProcessLink:
         self._pump()
         self._drain()
 
-    def close(self, timeout_s: float) -> None:
-        """Deliver what is pending, then EOF: the writer finishes, closes what is open, and exits."""
+    def close(self, timeout_s: float) -> bool:
+        """Deliver what is pending, then EOF: the writer finishes, closes what is open, and exits.
+        Whether it said it stopped cleanly (else it died, or hung and was killed)."""
         deadline = time.monotonic() + timeout_s
         while self.outgoing and self.alive and time.monotonic() < deadline:
             self.poll(0.1)
@@ -130,11 +156,11 @@ class ProcessLink:
         try:
             self.proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            logger.error("the MLflow writer (pid %d) did not stop within %.0f s; killing it", self.proc.pid, timeout_s)
-            self.proc.kill()
+            self.proc.kill()  # it hangs in a store call; what it had not confirmed goes to a successor
             self.proc.wait()
         with contextlib.suppress(OSError):
             self.proc.stdout.close()
+        return self.exited
 
     def _pump(self) -> None:
         while self.outgoing and self.alive:
@@ -142,8 +168,7 @@ class ProcessLink:
                 written = os.write(self.to_writer, self.outgoing)
             except BlockingIOError:  # the writer is busy; the rest goes with a later send or poll
                 return
-            except OSError:
-                logger.error("the MLflow writer (pid %d) stopped reading; later points are lost", self.proc.pid)
+            except OSError:  # it died: the training side sends what it had not confirmed to its successor
                 self._lost()
                 return
             del self.outgoing[:written]
@@ -166,9 +191,19 @@ class ProcessLink:
                 break
             msg = pickle.loads(self.incoming[4 : 4 + size])
             del self.incoming[: 4 + size]
+            self.exited = self.exited or isinstance(msg, WriterExited)
             self.on_reply(msg)
 
     def _lost(self) -> None:
         if self.alive:
             self.alive = False
-            self.on_reply(WriterExited())
+            if not self.exited:
+                self.on_reply(WriterExited(clean=False, how=self._how()))
+
+    def _how(self) -> str:
+        """How the process ended: "signal 9", "exit code 1" (it closed its pipe just before)."""
+        try:
+            code = self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            return "closed its pipe"
+        return f"signal {-code}" if code < 0 else f"exit code {code}"

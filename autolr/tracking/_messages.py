@@ -14,6 +14,7 @@ import enum
 __all__ = [
     "Barrier",
     "BarrierDone",
+    "Committed",
     "CreateRun",
     "EndRun",
     "FromWriter",
@@ -22,6 +23,7 @@ __all__ = [
     "Point",
     "PointsUnsent",
     "PointsWritten",
+    "Progress",
     "RunBatch",
     "RunClosed",
     "RunCreated",
@@ -83,7 +85,12 @@ class MetricsAt:
 
 @dataclasses.dataclass(frozen=True)
 class CreateRun:
-    """A new trial run; the writer creates it with its first points (``key``: the training side's handle)."""
+    """A new trial run; the writer creates it with its first points (``key``: the training side's handle).
+
+    ``run_uuid``: the id the fast path gives the run (the training side draws it, so a writer that
+    replaces a dead one can tell whether the run was created). ``resumed``: sent again to a new writer;
+    it adopts the run ``run_uuid`` names when the store has it, and creates it otherwise.
+    """
 
     key: int
     experiment_id: str
@@ -91,6 +98,8 @@ class CreateRun:
     tags: dict[str, str]
     params: dict[str, str]
     start_ms: int
+    run_uuid: str = ""
+    resumed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +171,7 @@ class BarrierDone:
 @dataclasses.dataclass(frozen=True)
 class StoreDown:
     reason: str
+    disk_full: bool = False  # the store's disk is full (rather than the store not answering)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,11 +187,28 @@ class PointsUnsent:
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+    """A long write goes on (a store call succeeded): the writer is slow, not stuck."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Committed:
+    """The first ``messages`` messages this writer received are in the store (or refused by it): the
+    training side may forget them. Also sent once at start-up (0): the writer is ready."""
+
+    messages: int
+
+
+@dataclasses.dataclass(frozen=True)
 class WriterExited:
-    pass
+    """The writer stopped: ``clean`` after it wrote or spooled everything it was sent; not clean when
+    its pipe closed without that (it died: ``how`` says how, e.g. "signal 9")."""
+
+    clean: bool = True
+    how: str = ""
 
 
-FromWriter = RunCreated | RunClosed | PointsWritten | BarrierDone | StoreDown | StoreUp | PointsUnsent | WriterExited
+FromWriter = RunCreated | RunClosed | PointsWritten | Progress | BarrierDone | Committed | StoreDown | StoreUp | PointsUnsent | WriterExited
 
 
 # --- what the writer writes for one run in one go (and keeps in the spool when it cannot) ---------------

@@ -30,7 +30,9 @@ __all__ = ["SPOOL_VERSION", "Spool", "pid_alive"]
 logger = logging.getLogger(__name__)
 
 # 1: the dicts of the single-module autolr/tracking.py, no "version" key. 2: RunBatch fields + version.
-SPOOL_VERSION = 2
+# 3: a new run's creation also carries run_uuid and resumed (version 2 entries read as they are).
+SPOOL_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
 
 def pid_alive(pid: int) -> bool:
@@ -51,8 +53,8 @@ def to_record(batch: RunBatch) -> dict[str, Any]:
 
 
 def from_record(record: Any) -> RunBatch | None:
-    """The batch of a spool entry, or None when it is not one of this format version."""
-    if not isinstance(record, dict) or record.get("version") != SPOOL_VERSION:
+    """The batch of a spool entry, or None when it is not of a format version this autolr reads."""
+    if not isinstance(record, dict) or record.get("version") not in READABLE_VERSIONS:
         return None
     new_run, end = record["new_run"], record["end"]
     return RunBatch(
@@ -167,7 +169,8 @@ class Spool:
 
 def _versions(records: list) -> str:
     versions = sorted({str(r.get("version", 1)) if isinstance(r, dict) else "?" for r in records})
-    return f"{len(records)} entries of spool format version {', '.join(versions)}, this autolr reads {SPOOL_VERSION}"
+    readable = ", ".join(map(str, READABLE_VERSIONS))
+    return f"{len(records)} entries of spool format version {', '.join(versions)}, this autolr reads {readable}"
 
 
 def _unused(path: Path) -> Path:

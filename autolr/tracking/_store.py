@@ -5,6 +5,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from autolr import sqlite
+from autolr.tracking._errors import StoreFullError, disk_full
 
 __all__ = ["artifact_root_for", "open_client"]
 
@@ -21,5 +22,10 @@ def open_client(tracking_uri: str) -> MlflowClient:
     path = sqlite.sqlite_path(tracking_uri)
     if path is None:
         return MlflowClient(tracking_uri=tracking_uri)
-    with sqlite.prepared(path):
-        return MlflowClient(tracking_uri=tracking_uri)  # creates and migrates the tables
+    try:
+        with sqlite.prepared(path):
+            return MlflowClient(tracking_uri=tracking_uri)  # creates and migrates the tables
+    except Exception as exc:
+        if disk_full(exc):  # one line naming the disk, not SQLAlchemy's page of SQL
+            raise StoreFullError(tracking_uri, exc) from None
+        raise

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import itertools
 import json
 import logging
 import math
 import os
 import socket
-import threading
-import time
 import urllib.request
+import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import mlflow
@@ -29,42 +29,44 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE as NOTE
 from autolr import keys
 from autolr.config import DEFAULT_TRACKING_URI
 from autolr.errors import TrackingUnavailableError
-from autolr.tracking._errors import redact, unreachable
-from autolr.tracking._links import ProcessLink, ThreadLink
-from autolr.tracking._messages import (
-    Barrier,
-    BarrierDone,
-    CreateRun,
-    EndRun,
-    FromWriter,
-    LogPoints,
-    PointsUnsent,
-    PointsWritten,
-    RunClosed,
-    RunCreated,
-    StoreDown,
-    StoreUp,
-    TerminateRun,
-    ToWriter,
-    TrialState,
-    WriterExited,
-)
+from autolr.tracking._errors import StoreFullError, describe, disk_full, quiet_store_errors, unreachable
+from autolr.tracking._messages import CreateRun, TerminateRun, ToWriter, TrialState
 from autolr.tracking._spool import Spool, pid_alive
 from autolr.tracking._store import artifact_root_for, open_client
+from autolr.tracking._supervisor import WriterSupervisor
 from autolr.tracking._trial_run import ERROR_LIMIT, TrialRun, now_ms
-from autolr.tracking._writer import BATCH_LIMIT, RETRY_S, TAG_LIMIT
+from autolr.tracking._writer import BATCH_LIMIT, TAG_LIMIT
 
-__all__ = ["Tracker", "TrialRun"]
+__all__ = ["StoreFullError", "Tracker", "TrialRun"]
 
 logger = logging.getLogger(__name__)
+quiet_store_errors()  # a full disk or a store that does not answer is said in one line, not one traceback per call
 
-MAX_BACKLOG_POINTS = 1_000_000  # beyond this many points not handled yet, training waits for the writer
 WRITER_MODES = ("process", "thread")
 TRAINING_KIND = {keys.EXPERIMENT_KIND: keys.EXPERIMENT_KIND_TRAINING}
 
 
 def _param_text(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
+
+
+def _full_disk_in_one_line(method):
+    """A write of this process that meets a full disk raises :class:`StoreFullError` (one line naming
+    the store and its disk), and the tracker counts the store as down from then on."""
+
+    @functools.wraps(method)
+    def wrapper(self: Tracker, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreFullError:
+            raise
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            self.store_down = self.store_down or describe(exc)
+            raise StoreFullError(self.tracking_uri, exc) from None
+
+    return wrapper
 
 
 class Tracker:
@@ -87,32 +89,20 @@ class Tracker:
         self.fast_path = fast_path
         self.active = True  # it records (a NullTracker does not)
         self.study_uid: str | None = None  # set by the study: its runs are tagged, and only they are read back
-        self.store_down: str | None = None  # why the store stopped answering, while it does not
         self.client = open_client(tracking_uri)
         self._experiment_id: str | None = None
-        self._link: ProcessLink | ThreadLink | None = None
+        self._writer = WriterSupervisor(tracking_uri, mode=writer, fast_path=fast_path)
         self._keys = itertools.count()
-        self._tokens = itertools.count()
-        self._cond = threading.Condition()
-        self._run_ids: dict[int, str | None] = {}
-        self._ended: dict[int, TrialState] = {}  # key -> final state, as sent
-        self._closed_keys: set[int] = set()  # confirmed closed by the writer
-        self._done: set[int] = set()
-        self._sent_points = 0
-        self._written_points = 0
-        self._writer_alive = False
-        self._warned_backlog = False
         self._pid = os.getpid()  # a forked child must not drive its parent's writer
-        self._on_reply_of: dict[type, Callable[[Any], None]] = {
-            RunCreated: lambda m: self._run_ids.__setitem__(m.key, m.run_id),
-            RunClosed: lambda m: self._closed_keys.add(m.key),
-            PointsWritten: self._points_written,
-            BarrierDone: lambda m: self._done.add(m.token),
-            WriterExited: self._writer_exited,
-            StoreDown: self._store_went_down,
-            StoreUp: self._store_came_back,
-            PointsUnsent: self._points_unsent,
-        }
+
+    @property
+    def store_down(self) -> str | None:
+        """Why the store cannot take writes (it does not answer, its disk is full), while it cannot."""
+        return self._writer.store_down
+
+    @store_down.setter
+    def store_down(self, reason: str | None) -> None:
+        self._writer.store_down = reason
 
     def __getstate__(self) -> dict[str, Any]:  # worker processes rebuild a tracker from its address
         state = {"tracking_uri": self.tracking_uri, "experiment": self.experiment_name, "writer": self.writer}
@@ -167,7 +157,7 @@ class Tracker:
             all_tags[keys.STUDY_UID] = self.study_uid
         if description:
             all_tags[NOTE] = description
-        run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        run_id = self._create_run(run_name, all_tags)
         status = "FINISHED"
         try:
             self.log_params(run_id, params)
@@ -184,6 +174,10 @@ class Tracker:
             finally:
                 self._terminate(run_id, status)
 
+    @_full_disk_in_one_line
+    def _create_run(self, run_name: str, tags: Mapping[str, str]) -> str:
+        return self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+
     def _terminate(self, run_id: str, status: str) -> None:
         """End a run of this process; while the store is down, the writer holds the end with the rest."""
         end_ms = now_ms()
@@ -194,13 +188,13 @@ class Tracker:
             except Exception as exc:
                 if not unreachable(exc):
                     raise
-                self.store_down = str(exc)
+                self.store_down = describe(exc)
         self._send(TerminateRun(run_id, status, end_ms))
 
     def start_writer(self) -> None:
         """Start the writer now rather than with the first trial run (its start-up, imports, then overlaps
         other work); it writes any spooled points first."""
-        if self._link is None:
+        if self._writer.link is None:
             self._start_writer()
 
     def write_unsent(self) -> None:
@@ -219,16 +213,19 @@ class Tracker:
             return False
         return True
 
+    @_full_disk_in_one_line
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(k, _param_text(v)) for k, v in params.items()]
         for i in range(0, len(items), TAG_LIMIT):
             self.client.log_batch(run_id, params=items[i : i + TAG_LIMIT])
 
+    @_full_disk_in_one_line
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         for i in range(0, len(items), TAG_LIMIT):
             self.client.log_batch(run_id, tags=items[i : i + TAG_LIMIT])
 
+    @_full_disk_in_one_line
     def set_trials_view(self, metric: str, *, ascending: bool) -> None:
         """The experiment's trials view (:data:`autolr.keys.TRIALS_VIEW`): every run flat, sorted by the
         objective ``metric``, with it and the main parameters as columns."""
@@ -237,16 +234,20 @@ class Tracker:
         state = {"searchFilter": "", "orderByKey": column, "orderByAsc": ascending, "startTime": "ALL", "lifecycleFilter": "Active", "selectedColumns": shown}
         self.client.set_experiment_tag(self.experiment_id, keys.TRIALS_VIEW_TAG, json.dumps(state))
 
+    @_full_disk_in_one_line
     def set_description(self, run_id: str, text: str) -> None:
         """The run's description (markdown) in the MLflow UI."""
         self.client.set_tag(run_id, NOTE, text)
 
+    @_full_disk_in_one_line
     def log_artifact(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    @_full_disk_in_one_line
     def log_artifacts(self, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
+    @_full_disk_in_one_line
     def log_series(self, run_id: str, series: Mapping[str, Sequence[tuple[int, float]]]) -> None:
         """Metrics of a run written at once, each as ``(step, value)`` points (non-finite ones left out)."""
         now = now_ms()
@@ -254,9 +255,11 @@ class Tracker:
         for i in range(0, len(points), BATCH_LIMIT):
             self.client.log_batch(run_id, metrics=points[i : i + BATCH_LIMIT])
 
+    @_full_disk_in_one_line
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.client.log_text(run_id, text, artifact_file)
 
+    @_full_disk_in_one_line
     def log_range_test(
         self,
         parent_run_id: str | None,
@@ -287,8 +290,17 @@ class Tracker:
     def close_orphans(self, dead: Mapping[int, str]) -> int:
         """Close what died with its process: trial runs still RUNNING whose trial (number -> reason) is
         in ``dead`` end FAILED; invocation runs still RUNNING whose process (``autolr.pid`` on this host)
-        is gone end KILLED. (A trial run of a killed process is normally closed by its writer.) Returns
-        how many runs were closed."""
+        is gone end KILLED, and so do runs still RUNNING under them. (A trial run of a killed process is
+        normally closed by its writer.) Returns how many runs were closed; on a full disk, says so in one
+        line and closes them another time."""
+        try:
+            return self._close_orphans(dead)
+        except StoreFullError as exc:
+            logger.error("%s; runs left RUNNING by processes that died are closed by a later invocation", exc)
+            return 0
+
+    @_full_disk_in_one_line
+    def _close_orphans(self, dead: Mapping[int, str]) -> int:
         closed = 0
         for number, run_id in (self.trial_runs(status="RUNNING") if dead else {}).items():
             if number in dead:
@@ -300,6 +312,23 @@ class Tracker:
             tags = run.data.tags
             if tags.get(keys.HOST) == socket.gethostname() and not pid_alive(int(tags.get(keys.PID, "0"))):
                 self.set_tags(run.info.run_id, {keys.ERROR: "the invocation's process ended without closing its run"})
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                closed += 1
+        return closed + self._close_orphaned_children()
+
+    def _close_orphaned_children(self) -> int:
+        """Runs still RUNNING under an invocation run that is not (their end could be neither written
+        nor kept: a store and spool on one full disk) end KILLED."""
+        parents: dict[str, str] = {}
+        closed = 0
+        for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            parent = run.data.tags.get(PARENT)
+            if not parent or (self.study_uid and run.data.tags.get(keys.STUDY_UID, self.study_uid) != self.study_uid):
+                continue
+            if parent not in parents:
+                parents[parent] = self.client.get_run(parent).info.status
+            if parents[parent] != "RUNNING":
+                self.set_tags(run.info.run_id, {keys.STATE: TrialState.FAIL.value, keys.ERROR: "its invocation ended without closing it"})
                 self.client.set_terminated(run.info.run_id, status="KILLED")
                 closed += 1
         return closed
@@ -360,121 +389,63 @@ class Tracker:
             tags[PARENT] = parent_run_id
         key = next(self._keys)
         texts = {k: _param_text(v) for k, v in params.items()}
-        self._send(CreateRun(key, self.experiment_id, name or f"trial-{trial_number}", tags, texts, now_ms()))
+        self._send(CreateRun(key, self.experiment_id, name or f"trial-{trial_number}", tags, texts, now_ms(), run_uuid=uuid.uuid4().hex))
         return TrialRun(self, key)
 
     def flush(self, timeout_s: float = 300.0) -> bool:
         """Wait until every point sent so far is committed and every ended trial run is closed (or,
-        while the store does not answer, held for a retry: see :attr:`store_down`).
+        while the store does not answer, held for a retry: see :attr:`store_down`). A writer that dies
+        meanwhile is replaced; one that makes no progress for ``AUTOLR_TRACKING_WAIT_S`` (its store hangs)
+        is given up, and what it had not written goes to the spool (``_supervisor.py``).
 
         Returns False (and logs why) when the writer did not get there within ``timeout_s``.
         """
-        if self._link is None:
+        if self._writer.link is None:
             return True
-        token = next(self._tokens)
-        self._send(Barrier(token))
-        if self._wait(lambda: token in self._done, timeout_s):
+        if self._writer.barrier(timeout_s):
             return True
         logger.warning("the MLflow writer did not confirm within %.0f s; some points may not be written yet", timeout_s)
         return False
 
     def close(self, timeout_s: float = 300.0) -> None:
-        """Write everything, stop the writer, and end any run the writer could not close."""
-        if self._link is None or os.getpid() != self._pid:
+        """Write everything (or spool it), stop the writer, and end any run the writer could not close."""
+        if self._writer.link is None or os.getpid() != self._pid:
             return
         try:
             self.flush(timeout_s)
         finally:
-            link, self._link = self._link, None
             _LIVE.discard(self)
-            link.close(timeout_s=60.0)  # a writer mid-call to a hung server needs its HTTP timeout
+            self._writer.close()
             self._repair()
 
     def run_id(self, key: int, timeout_s: float = 300.0) -> str | None:
         """The MLflow run id of a trial run (a barrier: the writer creates runs with their first points)."""
-        if key not in self._run_ids:
+        if key not in self._writer.run_ids:
             self.flush(timeout_s)
-        return self._run_ids.get(key)
+        return self._writer.run_ids.get(key)
 
     def _send(self, msg: ToWriter) -> None:
-        if self._link is None:
+        if self._writer.link is None:
             self._start_writer()
-        if isinstance(msg, LogPoints):
-            self._sent_points += msg.points
-            if self._sent_points - self._written_points > MAX_BACKLOG_POINTS:
-                self._wait_for_backlog()
-        elif isinstance(msg, EndRun):
-            self._ended[msg.key] = msg.state
-        self._link.send(msg)
-
-    def _wait_for_backlog(self) -> None:
-        if not self._warned_backlog:
-            self._warned_backlog = True
-            logger.warning("the MLflow writer is %d points behind; training waits for it", self._sent_points - self._written_points)
-        self._wait(lambda: self._sent_points - self._written_points <= MAX_BACKLOG_POINTS // 2, None)
+        self._writer.send(msg)
 
     def _start_writer(self) -> None:
-        link_class = ProcessLink if self.writer == "process" else ThreadLink
-        try:
-            self._link = link_class(self.tracking_uri, self._on_reply, fast_path=self.fast_path)
-        except OSError as exc:  # no subprocess allowed here: the thread still keeps the store work batched
-            logger.warning("could not start the MLflow writer process (%s); writing from a thread", exc)
-            self._link = ThreadLink(self.tracking_uri, self._on_reply, fast_path=self.fast_path)
-        self._writer_alive = True
+        self._writer.start()
         _LIVE.add(self)
 
-    def _on_reply(self, msg: FromWriter) -> None:
-        with self._cond:
-            self._on_reply_of[type(msg)](msg)
-            self._cond.notify_all()
-
-    def _points_written(self, msg: PointsWritten) -> None:
-        self._written_points += msg.points
-
-    def _writer_exited(self, _msg: WriterExited) -> None:
-        self._writer_alive = False
-
-    def _store_went_down(self, msg: StoreDown) -> None:
-        self.store_down = msg.reason
-        logger.error(
-            "the MLflow tracking store %s stopped answering (%s); training goes on, and the points "
-            "are held and sent again every %.0f s", redact(self.tracking_uri), msg.reason, RETRY_S,
-        )  # fmt: skip
-
-    def _store_came_back(self, _msg: StoreUp) -> None:
-        self.store_down = None
-        logger.warning("the MLflow tracking store %s answers again; the held points are written", redact(self.tracking_uri))
-
-    def _points_unsent(self, msg: PointsUnsent) -> None:
-        logger.error(
-            "%d points of %d MLflow runs could not be written to %s; they are kept in %s, and the next "
-            "autolr run that reaches the store writes them", msg.points, msg.runs, redact(self.tracking_uri), msg.kept_in,
-        )  # fmt: skip
-
-    def _wait(self, predicate: Callable[[], bool], timeout_s: float | None) -> bool:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            with self._cond:
-                if predicate():
-                    return True
-                if not self._writer_alive or self._link is None:
-                    return False
-            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
-            if left <= 0:
-                return False
-            self._link.poll(left)
-
     def _repair(self) -> None:
-        """Runs the writer created but did not confirm closed (it died): end them from here."""
-        for key, run_id in list(self._run_ids.items()):
-            if run_id is None or key in self._closed_keys:
+        """Runs a writer created but no writer confirmed closed: end them from here (while the store
+        answers; otherwise the next invocation closes them)."""
+        writer = self._writer
+        for key, run_id in list(writer.run_ids.items()):
+            if run_id is None or key in writer.closed_keys or self.store_down is not None:
                 continue
-            state = self._ended.get(key, TrialState.KILLED)
+            state = writer.ended.get(key, TrialState.KILLED)
             logger.error("the MLflow writer stopped before closing run %s; ending it %s from here", run_id, state.value)
             with contextlib.suppress(Exception):
                 self.client.set_tag(run_id, keys.STATE, state.value)
                 self.client.set_terminated(run_id, status=state.run_status)
-            self._closed_keys.add(key)
+            writer.closed_keys.add(key)
 
 
 _LIVE: weakref.WeakSet[Tracker] = weakref.WeakSet()

@@ -6,9 +6,8 @@ are pending), with whatever else arrived meanwhile in the same transaction, and 
 end or a barrier. While the store does not answer, what cannot be written is held per run, in order,
 retried every ``RETRY_S`` and at every barrier, and kept in the spool at exit (``_spool.py``).
 
-Run as ``python -m autolr.tracking._writer TRACKING_URI [--no-fast-path]``: messages arrive pickled on
-stdin, replies leave length-prefixed on stdout. It imports mlflow and no torch (``autolr`` and
-``autolr.tracking`` load their names lazily).
+The writer process (``_writer_process.py``) runs :func:`serve`; a writer thread (``_links.ThreadLink``)
+does too. It imports mlflow and no torch (``autolr`` and ``autolr.tracking`` load their names lazily).
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import pickle
+import math
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,16 +26,18 @@ from mlflow.entities import Metric, Param, RunTag
 
 from autolr import keys
 from autolr.monitor import GradientMonitor
-from autolr.tracking._errors import describe, unreachable
+from autolr.tracking._errors import describe, disk_full, unreachable
 from autolr.tracking._messages import (
     Barrier,
     BarrierDone,
+    Committed,
     CreateRun,
     EndRun,
     FromWriter,
     LogPoints,
     PointsUnsent,
     PointsWritten,
+    Progress,
     RunBatch,
     RunClosed,
     RunCreated,
@@ -55,7 +54,7 @@ from autolr.tracking._messages import (
 from autolr.tracking._spool import Spool
 from autolr.tracking._store import open_client
 
-__all__ = ["BATCH_LIMIT", "RETRY_S", "TAG_LIMIT", "Writer", "main", "serve"]
+__all__ = ["BATCH_LIMIT", "RETRY_S", "STOP", "TAG_LIMIT", "Writer", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +62,7 @@ BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 entities (metrics 
 TAG_LIMIT = 100  # ... and at most 100 params and 100 tags
 WRITE_DELAY_S = 0.05  # points wait at most this long in the writer before they are committed,
 WRITE_POINTS = 20_000  # or until this many are pending
+CHUNK_POINTS = 50_000  # held points written this many a transaction
 RETRY_S = 10.0  # while the store does not answer, the writer holds what it gets and tries again this often
 TAG_VALUE_LIMIT = 8000  # characters MLflow keeps of a tag value
 
@@ -86,14 +86,22 @@ class _OpenRun:
 
 
 class Writer:
-    """Applies messages to the store, in order; see the module docstring."""
+    """Applies messages to the store, in order; see the module docstring.
 
-    def __init__(self, tracking_uri: str, reply: Reply, *, fast_path: bool = True) -> None:
-        self.client = open_client(tracking_uri)
+    ``spool_only``: never touch the store (it hung): hold everything and keep it in the spool at exit.
+    """
+
+    def __init__(self, tracking_uri: str, reply: Reply, *, fast_path: bool = True, spool_only: bool = False) -> None:
+        self.spool_only = spool_only
+        self.client = None if spool_only else open_client(tracking_uri)
         self.reply = reply
         self.runs: dict[int, _OpenRun] = {}
+        self.given_up = threading.Event()  # see serve()
+        self.applied = 0  # messages applied so far, and how many of them were confirmed (Committed)
+        self.confirmed = 0
+        self._said_progress = time.monotonic()
         self.fast = None
-        if fast_path:
+        if fast_path and not spool_only:
             from autolr.tracking._fastpath import (
                 SqlFastPath,  # optional: imports sqlalchemy
             )
@@ -116,14 +124,25 @@ class Writer:
         self.down_since: float | None = None
         self.next_try = 0.0
         self.spool = Spool(tracking_uri)
-        self.held.update(self.spool.load())
+        self.held.update((key, _delivered_again(batch)) for key, batch in self.spool.load())
+        if spool_only:
+            self.down_since, self.next_try = time.time(), math.inf
 
     def apply(self, msg: ToWriter) -> None:
+        self.applied += 1
         handler = self._handlers.get(type(msg))
         if handler is None:
             logger.error("unknown message %r", type(msg).__name__)
             return
         handler(msg)
+
+    def confirm(self) -> None:
+        """Tell the training process that every message applied so far is in the store (it keeps each
+        message until then, for a writer that replaces this one should it die). Not while anything is
+        held: held points live only in this process until the spool takes them at exit."""
+        if not self.held and self.applied > self.confirmed:
+            self.confirmed = self.applied
+            self.reply(Committed(self.applied))
 
     def write_pending(self) -> None:
         for key, run in self.runs.items():
@@ -136,26 +155,27 @@ class Writer:
         due = []
         if self._oldest is not None:
             due.append(0.0 if self._pending >= WRITE_POINTS else self._oldest + WRITE_DELAY_S - time.monotonic())
-        if self.held:
+        if self.held and not self.spool_only:
             due.append(self.next_try - time.monotonic())
         return max(0.0, min(due)) if due else None
 
     def retry_held(self, *, force: bool = False) -> None:
         """Write what the store refused while it was down, oldest run first (``force``: even before
         the next retry is due)."""
-        if not self.held or (not force and time.monotonic() < self.next_try):
+        if not self.held or self.spool_only or self.given_up.is_set() or (not force and time.monotonic() < self.next_try):
             return
         was_down = self.down_since is not None
         for key in list(self.held):
             batch = self.held[key]
             try:
-                self._store(key, batch)
+                self._store_in_chunks(key, batch)
             except Exception as exc:
                 if unreachable(exc):
                     self._went_down(exc)
                     return
                 logger.exception("could not write %d held points to the MLflow run %s", len(batch.points), batch.run_id)
             del self.held[key]
+            self._progress()
             if key in self.runs:
                 self.runs[key].run_id = batch.run_id
             self.spool.done(key)
@@ -164,23 +184,19 @@ class Writer:
             self.reply(StoreUp())
 
     def finish(self) -> None:
-        """The writer stops: what is held goes to the spool first (a writer killed during the last try
-        loses nothing), then one last try; the file goes once everything in it is written."""
+        """The writer stops: what is held goes to the spool, for the next writer of this store. No last
+        try while the store is down: a barrier just tried, and a store that hangs would hold the exit."""
+        if self.held and self.down_since is None:  # read back from the spool, not tried yet
+            self.retry_held(force=True)
         if not self.held:
             return
-        before = len(self.held)
         try:
             path = self.spool.save(self.held)
-        except Exception:
-            logger.exception("could not keep the unsent MLflow points on disk")
+        except Exception as exc:  # noqa: BLE001 - said in one line: the PointsUnsent reply names no file
+            logger.error("could not keep the unsent MLflow points in %s: %s", self.spool.folder, describe(exc))
             path = None
-        self.retry_held(force=True)
-        if path is not None and len(self.held) < before:  # some of it went: keep only the rest
-            path.unlink(missing_ok=True)
-            path = self.spool.save(self.held) if self.held else None
-        if self.held:
-            points = sum(len(b.points) for b in self.held.values())
-            self.reply(PointsUnsent(points, len(self.held), str(path or "nowhere (see the error above)")))
+        points = sum(len(b.points) for b in self.held.values())
+        self.reply(PointsUnsent(points, len(self.held), str(path) if path else ""))
 
     def kill_open_runs(self) -> None:
         """The training process is gone (or closed the tracker mid-trial): open runs end KILLED."""
@@ -232,6 +248,7 @@ class Writer:
         # the training process waits: worth one more try if the store is back
         self.write_pending()
         self.retry_held(force=True)
+        self.confirm()
         self.reply(BarrierDone(msg.token))
 
     # --- writing -----------------------------------------------------------------------------------------
@@ -245,6 +262,8 @@ class Writer:
         already has points held) they are held, in order, for a retry."""
         batch = run.take(end)
         n = len(batch.points)
+        if self.given_up.is_set():
+            return
         if key in self.held or (self.down_since is not None and time.monotonic() < self.next_try):
             self._hold(key, batch)
         else:
@@ -259,8 +278,28 @@ class Writer:
             run.run_id = batch.run_id
         self.reply(PointsWritten(n))
 
+    def _store_in_chunks(self, key: Any, batch: RunBatch) -> None:
+        """:meth:`_store`, ``CHUNK_POINTS`` points a transaction, saying Progress in between: a long
+        outage's backlog is written in steps a waiting training process sees (and a writer killed
+        mid-way leaves only its last chunk to write again)."""
+        while len(batch.points) > CHUNK_POINTS:
+            part = RunBatch(batch.run_id, new_run=batch.new_run, params=batch.params, points=batch.points[:CHUNK_POINTS])
+            try:
+                self._store(key, part)
+            finally:  # what of the chunk was written (a run created included) comes off the batch
+                batch.run_id, batch.new_run, batch.params = part.run_id, part.new_run, part.params
+                del batch.points[: CHUNK_POINTS - len(part.points)]
+            if batch.run_id is None:  # the store refused the run (logged): nothing of it can be written
+                return
+            self._progress()
+        self._store(key, batch)
+
     def _store(self, key: Any, batch: RunBatch) -> None:
         """Write one batch; on failure ``batch`` keeps what is left to write."""
+        if batch.new_run is not None and batch.new_run.resumed and self._exists(batch.new_run.run_uuid):
+            # a dead writer's run, created before it died: this one goes on writing into it
+            batch.run_id, batch.new_run, batch.params = batch.new_run.run_uuid, None, {**batch.new_run.params, **batch.params}
+            self._created(key, batch.run_id)
         if batch.new_run is not None:
             new_run = batch.new_run
             if self.fast is not None:
@@ -278,6 +317,18 @@ class Writer:
             self._written(batch, batch.run_id)
             return
         self._write_through_api(batch)
+
+    def _exists(self, run_id: str) -> bool:
+        """Whether the store has the run (raises when the store does not answer)."""
+        if not run_id:
+            return False
+        try:
+            self.client.get_run(run_id)
+        except Exception as exc:
+            if unreachable(exc):
+                raise
+            return False
+        return True
 
     @staticmethod
     def _written(batch: RunBatch, run_id: str) -> None:
@@ -313,6 +364,7 @@ class Writer:
             while batch.points:
                 self.client.log_batch(batch.run_id, metrics=[Metric(*p) for p in batch.points[:BATCH_LIMIT]])
                 del batch.points[:BATCH_LIMIT]
+                self._progress()
             self._log_and_take(batch.run_id, batch.tags, "tags", RunTag)
         except Exception as exc:
             if batch.end is not None and not unreachable(exc):
@@ -333,6 +385,13 @@ class Writer:
             for k, _ in chunk:
                 del items[k]
 
+    def _progress(self) -> None:
+        """At most once a second during a long write: the training process then knows the writer is
+        slow, not stuck in a store that hangs."""
+        if time.monotonic() - self._said_progress >= 1.0:
+            self._said_progress = time.monotonic()
+            self.reply(Progress())
+
     def _hold(self, key: Any, batch: RunBatch) -> None:
         if key in self.held:
             self.held[key].merge(batch)
@@ -343,19 +402,34 @@ class Writer:
         self.next_try = time.monotonic() + RETRY_S
         if self.down_since is None:
             self.down_since = time.time()
-            self.reply(StoreDown(describe(exc)))
+            self.reply(StoreDown(describe(exc), disk_full=disk_full(exc)))
+
+
+def _delivered_again(batch: RunBatch) -> RunBatch:
+    """A spooled run's creation may have been written already (a writer that delivered the file died
+    before removing it): a run the store has under its id is adopted, not created twice."""
+    if batch.new_run is not None and batch.new_run.run_uuid:
+        batch.new_run = dataclasses.replace(batch.new_run, resumed=True)
+    return batch
 
 
 STOP = None  # in the inbox: stop (or the training process is gone)
 
 
-def serve(tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: bool = True) -> None:
+def serve(
+    tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: bool = True, spool_only: bool = False, given_up: threading.Event | None = None
+) -> None:
     """The writer loop: take what has arrived, apply it in order, and commit pending points once due
-    (ends and barriers commit at once), with whatever else has arrived by then in the same transaction."""
-    writer = Writer(tracking_uri, reply, fast_path=fast_path)
+    (ends and barriers commit at once), with whatever else has arrived by then in the same transaction.
+    ``given_up`` (a writer thread): once set, the loop writes nothing more and leaves, as soon as the
+    store call it hangs in returns; a successor has its work."""
+    writer = Writer(tracking_uri, reply, fast_path=fast_path, spool_only=spool_only)
+    if given_up is not None:
+        writer.given_up = given_up
+    reply(Committed(0))  # ready: from here the training process may count the writer's silence
     stopping = False
     try:
-        while not stopping:
+        while not stopping and not writer.given_up.is_set():
             batch = []
             with contextlib.suppress(queue.Empty):
                 batch.append(inbox.get(timeout=writer.time_to_write()))
@@ -373,70 +447,13 @@ def serve(tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: boo
                 try:
                     writer.write_pending()
                     writer.retry_held()
+                    writer.confirm()
                 except Exception:
                     logger.exception("the MLflow writer could not write its pending points")
     finally:
-        try:
-            writer.kill_open_runs()
-        finally:
-            writer.finish()
-            reply(WriterExited())
-
-
-# --- the writer process ----------------------------------------------------------------------------------
-
-
-def main(argv: list[str]) -> None:
-    """Entry point of the writer process: messages on stdin, replies on the original stdout."""
-    tracking_uri, fast_path = argv[0], "--no-fast-path" not in argv[1:]
-    replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # a stray print from a library goes to stderr, not into the reply stream
-    logging.basicConfig(level=logging.WARNING, format="autolr writer %(levelname)s %(name)s: %(message)s")
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    _commit_without_fsync(tracking_uri)
-    inbox: queue.Queue = queue.Queue()
-    threading.Thread(target=_read_messages, args=(sys.stdin.buffer, inbox), daemon=True).start()
-    serve(tracking_uri, inbox, _replier(replies), fast_path=fast_path)
-
-
-def _replier(replies) -> Reply:
-    gone = False
-
-    def reply(msg: FromWriter) -> None:
-        nonlocal gone
-        if gone:
-            return
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            replies.write(len(data).to_bytes(4, "big") + data)
-            replies.flush()
-        except OSError:  # the training process is gone: go on closing its runs, quietly
-            gone = True
-
-    return reply
-
-
-def _read_messages(pipe, inbox: queue.Queue) -> None:
-    try:
-        while True:
-            inbox.put(pickle.load(pipe))
-    except Exception:  # noqa: BLE001 - EOF: stopped, or the training process is gone
-        inbox.put(STOP)
-
-
-def _commit_without_fsync(tracking_uri: str) -> None:
-    """WAL + synchronous=NORMAL on this process's SQLite connections (this process holds no others):
-    a commit survives any crash of the processes; only an OS crash can lose the last ones."""
-    if not tracking_uri.startswith("sqlite:"):
-        return
-    import sqlalchemy
-
-    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "connect")
-    def _pragmas(dbapi_connection, _record) -> None:
-        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-        dbapi_connection.execute("PRAGMA busy_timeout=60000")  # other writers (workers, the UI) share the file
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+        if not writer.given_up.is_set():
+            try:
+                writer.kill_open_runs()
+            finally:
+                writer.finish()
+                reply(WriterExited())

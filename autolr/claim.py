@@ -1,0 +1,113 @@
+"""Claiming the next trial of a study: counting and asking under one lock, so the target is met exactly.
+
+``trials`` is a target of finished trials shared by every process on the study (``--jobs``, several
+invocations, several machines). A process may start a trial only while the finished trials plus those
+running in live processes fall short of it. Counting and then asking are two storage calls: two
+processes that count at the same moment would both ask, and the study would end one trial over. So
+both happen under a lock per study, held for the few milliseconds between them:
+
+- SQLite: a file lock beside the database (``<file>.claim.lock``; ``flock``, released if the process dies);
+- PostgreSQL: a session advisory lock (``pg_advisory_lock``) on a key derived from the study's name,
+  released by the server when the process's connection closes, however it ends.
+
+Other databases get no lock: there two processes may still overshoot the target by one. Optuna can
+neither delete a trial nor take one back once asked, which is why the count and the ask must not be
+separated, rather than a surplus trial being undone afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import zlib
+from collections.abc import Iterator
+
+import optuna
+from optuna.trial import TrialState
+
+from autolr import keys, owner, sqlite, store
+from autolr.retry import call_with_retry
+
+__all__ = ["ClaimLock", "ask_owned", "claim", "n_claimed"]
+
+LOCK_TIMEOUT_S = 300
+
+
+class ClaimLock:
+    """The inter-process lock of one study's claims (see the module); ``close()`` when done."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.url, self._file, self._engine = url, None, None
+        path = sqlite.sqlite_path(url)
+        if path is not None:
+            import filelock
+
+            self._file = filelock.FileLock(f"{path}.claim.lock", timeout=LOCK_TIMEOUT_S)
+        elif url.startswith(("postgresql", "postgres")):
+            import sqlalchemy
+
+            self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+            self._key = zlib.crc32(f"autolr:{study_name}".encode()) - 2**31  # a signed 32-bit key
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self._file is not None:
+            with self._file:
+                yield
+        elif self._engine is not None:
+            with self._advisory():
+                yield
+        else:
+            yield
+
+    @contextlib.contextmanager
+    def _advisory(self) -> Iterator[None]:
+        import sqlalchemy
+
+        conn = call_with_retry(self._locked_connection, self.url)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):  # a dropped connection released it already
+                conn.execute(sqlalchemy.text("select pg_advisory_unlock(1634104684, :k)"), {"k": self._key})
+            with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                conn.close()
+
+    def _locked_connection(self):
+        import sqlalchemy
+
+        conn = self._engine.connect()
+        try:
+            conn.execute(sqlalchemy.text("select pg_advisory_lock(1634104684, :k)"), {"k": self._key})  # 1634104684: "autl"
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def n_claimed(study: optuna.Study) -> int:
+    """Finished trials plus those running in live processes (dead ones are failed first)."""
+    store.fail_stale_trials(study)
+    return len(study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.RUNNING)))
+
+
+def claim(study: optuna.Study, lock: ClaimLock, target: int) -> optuna.Trial | None:
+    """A new trial of this process (a killed trial's configuration first, where one waits), or None
+    when the finished and running trials already make ``target``."""
+    with lock.held():
+        if n_claimed(study) >= target:
+            return None
+        return ask_owned(study)
+
+
+def ask_owned(study: optuna.Study) -> optuna.Trial:
+    """A new trial (a waiting one first) recording this process as its owner."""
+    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(); autolr beats itself
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = study.ask()
+    trial.set_user_attr(keys.OWNER, owner.this_process())
+    return trial

@@ -1,0 +1,123 @@
+"""Running trials to a target: each one from its claim to its final state, with a heartbeat.
+
+autolr drives Optuna's ask-and-tell itself rather than ``study.optimize``: ``optimize`` cannot survive
+its storage failing while it tells a trial's result (a database restart gives ``UnboundLocalError:
+'updated_state'``, a full disk ``AssertionError: Should not reach.``, the trial left RUNNING), and it
+cannot tell a result before the trial's MLflow run closes. Here:
+
+- a trial is claimed under the study's lock (:mod:`autolr.claim`) and records its owning process;
+- while it trains, a thread writes its heartbeat every ``HEARTBEAT_S``;
+- the objective stores COMPLETE or PRUNED in Optuna *before* its MLflow run closes (a result that
+  could not be stored is never COMPLETE in MLflow); anything raised makes the trial FAIL here,
+  Ctrl-C and SIGTERM included (then re-raised);
+- storage errors that outlast the retry bound (:mod:`autolr.retry`) or a full disk end the run: the
+  trial is failed if the storage still takes that, else its dead owner gets it failed by the next
+  process that looks.
+
+A worker that has nothing to claim while others still train waits for them rather than leave: one of
+them may die, and its configuration is then retried (once) by whoever is still there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autolr import keys, store
+from autolr.claim import ClaimLock, claim
+from autolr.retry import StorageFull, StorageUnavailable
+from autolr.workers import delivered
+
+__all__ = ["MAX_CONSECUTIVE_FAILS", "run_one", "run_trials"]
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_FAILS = 3
+WAIT_S = 0.5  # between looks at the study while the last trials run elsewhere
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    *,
+    url: str,
+    target: int,
+    deadline: float | None,
+    grid: bool = False,
+    on_trial: Callable[[FrozenTrial], None] | None = None,
+) -> None:
+    """Run trials one at a time until the study holds ``target`` finished trials or time runs out."""
+    lock, fails = ClaimLock(url, study.study_name), 0
+    try:
+        while store.n_finished(study) < target and (deadline is None or time.monotonic() < deadline):
+            if grid and _grid_exhausted(study):
+                break
+            trial = claim(study, lock, target)
+            if trial is None:  # the rest are running elsewhere
+                time.sleep(WAIT_S)
+                continue
+            last = run_one(study, trial, objective)
+            if on_trial is not None:
+                on_trial(last)
+            fails = fails + 1 if last.state == TrialState.FAIL else 0
+            if fails >= MAX_CONSECUTIVE_FAILS:
+                raise RuntimeError(f"{MAX_CONSECUTIVE_FAILS} trials in a row failed; last: {last.user_attrs.get(keys.ERROR, '(see the log above)')}")
+    finally:
+        lock.close()
+
+
+def _grid_exhausted(study: optuna.Study) -> bool:
+    sampler = study.sampler
+    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+
+
+def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
+    """Train one asked trial to its final state in the storage; returns it as stored."""
+    with _heartbeat(study, trial):
+        try:
+            objective(trial)  # stores COMPLETE or PRUNED itself
+        except optuna.TrialPruned:
+            pass
+        except (StorageUnavailable, StorageFull):
+            _fail_if_possible(study, trial)
+            raise
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is lost, the rest is saved
+            delivered()
+            _fail_if_possible(study, trial)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a trial's error is the trial's; the study goes on
+            logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
+    return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _fail_if_possible(study: optuna.Study, trial: optuna.Trial) -> None:
+    with contextlib.suppress(Exception):  # the storage may be what failed: the trial's dead owner tells later
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """The trial's heartbeat every ``HEARTBEAT_S`` while the block runs (a thread; storage errors are
+    the retrying storage's to report)."""
+    storage, stop = study._storage, threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial._trial_id)
+            if stop.wait(store.HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, name=f"autolr-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

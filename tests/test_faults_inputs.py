@@ -1,0 +1,378 @@
+"""Issue 11, the inputs a study is told apart by and bounded in: a study's identity (another study file
+under the same name is refused, never merged), the SQLite file that must hold the study on its own
+(after kill -9, read-only), foreign storages, YAML alias bombs, names, seeds and the PostgreSQL driver."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+import autolr
+from autolr import keys
+from autolr.cli import main
+from tests.faultkit import autolr_process, run_autolr, wait_for
+
+SMALL = """\
+name: {name}
+task: {task}
+train: {{epochs: {epochs}, batch_size: 64}}
+trials: {trials}
+confirm: false
+pruning: {{curve: none}}
+search:
+  lr: {{low: {low}, high: {high}}}
+  optimizer: {optimizers}
+"""
+
+
+def _study(tmp_path: Path, file: str, *, name: str = "shared", task: str = "least_squares", epochs: int = 1, trials: int = 2,
+           low: str = "1.0e-3", high: str = "0.1", optimizers: str = "[adam]", extra: str = "") -> Path:  # fmt: skip
+    path = tmp_path / file
+    text = SMALL.format(name=name, task=task, epochs=epochs, trials=trials, low=low, high=high, optimizers=optimizers)
+    path.write_text(text + extra, encoding="utf-8")
+    return path
+
+
+def _tune(path: Path, *args: str) -> int:
+    return main(["tune", str(path), "--no-tracking", *args])
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    return err[0]
+
+
+# --- a study's identity --------------------------------------------------------------------------
+
+
+def test_another_task_under_the_same_name_is_refused_in_one_line(tmp_path, capsys) -> None:
+    a = _study(tmp_path, "A.yaml", task="least_squares")
+    b = _study(tmp_path, "B.yaml", task="wine_mlp", trials=4)
+    assert _tune(a) == 0
+    capsys.readouterr()
+    assert _tune(b) == 2
+    line = _error(capsys)
+    assert "B.yaml" in line and "'shared'" in line and "task: least_squares stored, wine_mlp given" in line
+    assert "name:" in line  # how to proceed: a name of its own
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'shared.db'}")
+    assert len(study.trials) == 2  # B ran nothing in A's study
+    # A read of the study through B's file is refused too, instead of labelling A's trial `wine_mlp`
+    for command in (["show", str(b)], ["export", str(b)]):
+        assert main(command) == 2
+        assert "task: least_squares stored, wine_mlp given" in _error(capsys)
+
+
+def test_a_changed_budget_or_objective_is_refused_even_with_extend_space(tmp_path, capsys) -> None:
+    a = _study(tmp_path, "A.yaml", epochs=1)
+    assert _tune(a) == 0
+    capsys.readouterr()
+    b = _study(tmp_path, "B.yaml", epochs=2)
+    assert _tune(b, "--extend-space") == 2
+    assert "train.epochs: 1 stored, 2 given" in _error(capsys)
+    c = _study(tmp_path, "C.yaml", extra="objective: {metric: val_loss, direction: maximize}\n")
+    assert _tune(c) == 2
+    assert "objective.direction: minimize stored, maximize given" in _error(capsys)
+
+
+def test_a_wider_space_needs_extend_space_and_a_narrower_one_is_refused(tmp_path, capsys) -> None:
+    a = _study(tmp_path, "A.yaml")
+    assert _tune(a) == 0
+    capsys.readouterr()
+    wider = _study(tmp_path, "wider.yaml", low="1.0e-4", optimizers="{adam: {}, sgd: {momentum: 0.9}}", trials=3)
+    assert _tune(wider) == 2
+    line = _error(capsys)
+    assert "--extend-space" in line and "search.optimizer" in line and "search.lr" in line
+    assert _tune(wider, "--extend-space") == 0
+    capsys.readouterr()
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert len(optuna.load_study(study_name="shared", storage=url).trials) == 3
+    assert _tune(wider, "--trials", "4") == 0  # the stored identity is the wider one now: no flag needed
+    capsys.readouterr()
+    assert main(["show", str(a)]) == 0  # the old file's space lies inside the stored one: readable
+    capsys.readouterr()
+    narrower = _study(tmp_path, "narrow.yaml", low="1.0e-2", optimizers="[adam]")
+    assert _tune(narrower, "--extend-space") == 2
+    assert "search.lr: 0.0001..0.1 stored, 0.01..0.1 given" in _error(capsys)
+
+
+def test_trials_seed_jobs_pruning_and_confirm_may_change(tmp_path, capsys) -> None:
+    a = _study(tmp_path, "A.yaml", trials=2)
+    assert _tune(a) == 0
+    b = _study(tmp_path, "B.yaml", trials=3, extra="seed: 7\nsampler: random\n")
+    b.write_text(b.read_text().replace("confirm: false", "confirm: {top: 1, seeds: 1}").replace("curve: none", "curve: median"))
+    assert _tune(b, "--seed", "3") == 0
+    capsys.readouterr()
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert len(optuna.load_study(study_name="shared", storage=url).trials) == 3
+    assert len(optuna.load_study(study_name="shared.confirm", storage=url).trials) == 1  # the sibling study works
+
+
+def test_a_study_of_an_older_autolr_is_adopted(tmp_path, capsys) -> None:
+    a = _study(tmp_path, "A.yaml", trials=1)
+    assert _tune(a) == 0
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    with sqlite3.connect(tmp_path / "shared.db") as conn:  # as autolr before the identity wrote it
+        conn.execute("DELETE FROM study_user_attributes WHERE key = ?", (keys.IDENTITY,))
+    assert keys.IDENTITY not in optuna.load_study(study_name="shared", storage=url).user_attrs
+    assert main(["show", str(a)]) == 0  # a read writes nothing
+    assert keys.IDENTITY not in optuna.load_study(study_name="shared", storage=url).user_attrs
+    capsys.readouterr()
+    b = _study(tmp_path, "B.yaml", task="wine_mlp", trials=2)
+    assert _tune(b) == 2  # the task it kept before identities tells another file apart
+    assert "task: least_squares stored, wine_mlp given" in _error(capsys)
+    c = _study(tmp_path, "C.yaml", trials=2, extra="objective: {metric: val_loss, direction: maximize}\n")
+    assert _tune(c) == 2
+    assert "objective.direction: expected minimize" in _error(capsys)
+    assert keys.IDENTITY not in optuna.load_study(study_name="shared", storage=url).user_attrs  # neither adopted it
+    assert _tune(a, "--trials", "2") == 0
+    assert keys.IDENTITY in optuna.load_study(study_name="shared", storage=url).user_attrs
+
+
+def test_callables_are_told_apart_by_their_qualified_name(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: calls\ntrain: {epochs: 1}\ntrials: 1\nconfirm: false\nsearch: {lr: {low: 1.0e-3, high: 0.1}}\n")
+    from autolr.tasks import BUILTIN_TASKS
+
+    def least_squares(**kwargs):
+        return BUILTIN_TASKS["least_squares"](**kwargs)
+
+    def other(**kwargs):
+        return BUILTIN_TASKS["least_squares"](**kwargs)
+
+    autolr.tune(path, task=least_squares, tracking_uri=None, progress=False)
+    with pytest.raises(autolr.InputError, match="other given"):
+        autolr.tune(path, task=other, tracking_uri=None, progress=False)
+
+
+# --- the SQLite file holds the study on its own ---------------------------------------------------
+
+
+def test_the_db_file_alone_holds_every_finished_trial_after_kill_9(tmp_path) -> None:
+    path = _study(tmp_path, "k.yaml", name="killed", epochs=30, trials=50, high="0.05")
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    proc = autolr_process("tune", str(path), "--no-tracking")
+    try:
+        # killed mid-training, where a crash lands nearly always: a kill inside the checkpoint itself
+        # (the milliseconds after a trial ends) leaves the .db needing its -wal, by SQLite's design
+        wait_for(lambda: _finished(url, "killed") >= 2 and _training(url, "killed"), timeout_s=120, what="two finished trials, a third training")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(tmp_path / "killed.db", copy / "killed.db")  # the .db alone, as users back up
+    assert _finished(f"sqlite:///{copy / 'killed.db'}", "killed") >= 2
+
+
+def _training(url: str, name: str) -> bool:
+    """A trial is running and has reported an epoch: the process is inside training, not a checkpoint."""
+    study = optuna.load_study(study_name=name, storage=url)
+    return any(t.state.name == "RUNNING" and t.intermediate_values for t in study.get_trials(deepcopy=False))
+
+
+def _finished(url: str, name: str) -> int:
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return 0
+    return len([t for t in study.get_trials(deepcopy=False) if t.state.is_finished()])
+
+
+def _show_and_export(path: Path) -> list[str]:
+    """``python -c CODE`` running ``autolr show PATH`` then ``autolr export PATH`` in one process (one
+    start-up, not two), exiting with the first non-zero exit code."""
+    code = f"import sys; from autolr.cli import main; sys.exit(main(['show', {str(path)!r}]) or main(['export', {str(path)!r}]))"
+    return [sys.executable, "-c", code]
+
+
+def _read_only(folder: Path, command: list[str]) -> subprocess.CompletedProcess:
+    """``command`` with ``folder`` read-only: chmod for a user; for root, whom chmod does not stop, a
+    read-only bind mount of the folder in a private mount namespace (``unshare -m``)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in (folder, *folder.iterdir())}
+        for p in modes:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        try:
+            return subprocess.run(command, env=env, text=True, capture_output=True, timeout=120)
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+    if shutil.which("unshare") is None:
+        pytest.skip("root without unshare: no honest way to make a folder read-only")
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" && touch "$0/probe" 2>/dev/null && exit 99; exec "$@"'
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(folder), *command],
+                          env=env, text=True, capture_output=True, timeout=120)  # fmt: skip
+    if done.returncode == 99 or "mount:" in done.stderr:
+        pytest.skip(f"could not make {folder} read-only here: {done.stderr.strip()[:200]}")
+    return done
+
+
+def test_show_and_export_work_on_a_read_only_study(tmp_path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = _study(folder, "r.yaml", name="readonly", trials=2)
+    done = run_autolr("tune", str(path), "--no-tracking")
+    assert done.returncode == 0, done.stderr
+    wal = folder / "readonly.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # a clean exit leaves the whole study in the .db
+    for leftover in folder.glob("readonly.db*"):
+        if leftover.name != "readonly.db":
+            leftover.unlink()  # as a user copies only the study file and its .db
+    before = sorted(p.name for p in folder.iterdir())
+    done = _read_only(folder, _show_and_export(path))
+    assert done.returncode == 0, done.stderr
+    assert "study readonly: 2 complete" in done.stdout and "params:" in done.stdout  # show's table, export's YAML
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
+
+
+def test_a_foreign_sqlite_file_is_refused_in_one_line_and_left_alone(tmp_path, capsys) -> None:
+    path = _study(tmp_path, "f.yaml", name="foreign")
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database at all" * 100)
+    mlflow_like = tmp_path / "mlflow.db"
+    with sqlite3.connect(mlflow_like) as conn:  # another program's alembic schema (MLflow's store)
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+        conn.execute("INSERT INTO alembic_version VALUES ('1b5f0d9ad7c1')")
+    alien = tmp_path / "alien.db"  # Optuna's tables, but a schema revision no Optuna version knows
+    assert _tune(_study(tmp_path, "alien.yaml", name="alien", trials=1), "--storage", f"sqlite:///{alien}") == 0
+    with sqlite3.connect(alien) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'f00dfeed'")
+    capsys.readouterr()
+    for db in (foreign, junk, mlflow_like, alien):
+        for command in ("show", "tune"):
+            assert main([command, str(path), "--storage", f"sqlite:///{db}", *(["--no-tracking"] if command == "tune" else [])]) == 2
+            line = _error(capsys)
+            assert str(db) in line and "not an autolr/Optuna study storage" in line, line
+    with sqlite3.connect(foreign) as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["notes"]
+
+
+# --- bounded inputs ------------------------------------------------------------------------------
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys) -> None:
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 10):
+        levels.append(f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join(['*' + chr(96 + i)] * 9)}]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("name: bomb\ntask: least_squares\nsearch: {lr: {low: 1.0e-3, high: 0.1}}\nbombs:\n"
+                    + textwrap.indent("\n".join(levels), "  ") + "\ntrials: *j\n")  # fmt: skip
+    assert len(path.read_bytes()) < 600
+    assert main(["show", str(path)]) == 2
+    line = _error(capsys)
+    assert "bomb.yaml" in line and "aliases" in line
+
+
+def test_a_few_aliases_still_load(tmp_path) -> None:
+    path = tmp_path / "aliases.yaml"
+    path.write_text(
+        textwrap.dedent("""\
+        name: aliases
+        task: least_squares
+        train: &budget {epochs: 2, batch_size: 32}
+        task_args: {}
+        search:
+          lr: &lr {low: 1.0e-3, high: 0.1}
+          optimizer: {adam: {}, sgd: {momentum: 0.9}}
+        """)
+    )
+    config = autolr.load_study(path)
+    assert config.train.epochs == 2 and config.search.lr.low == 1e-3
+
+
+def test_a_301_character_name_is_refused_in_one_line(tmp_path, capsys) -> None:
+    path = _study(tmp_path, "long.yaml", name="a" * 301)
+    assert _tune(path) == 2
+    line = _error(capsys)
+    assert "long.yaml: name: expected" in line and "200 characters" in line
+    assert not list(tmp_path.glob("*.db"))
+
+
+def test_a_huge_seed_is_refused_naming_the_flag(tmp_path, capsys) -> None:
+    path = _study(tmp_path, "s.yaml", name="seeded")
+    assert _tune(path, "--seed", str(2**70)) == 2
+    line = _error(capsys)
+    assert "--seed" in line and "4294967295" in line and "task" not in line
+    assert not list(tmp_path.glob("*.db"))  # refused before anything is written
+    in_file = _study(tmp_path, "s2.yaml", name="seeded", extra=f"seed: {2**70}\n")
+    assert _tune(in_file) == 2
+    assert "seed: expected an integer in [0, 4294967295]" in _error(capsys)
+    largest = _study(tmp_path, "s3.yaml", name="seeded", trials=1)
+    largest.write_text(largest.read_text().replace("confirm: false", "confirm: {top: 1, seeds: 2}"))
+    assert _tune(largest, "--seed", str(2**32 - 1)) == 0  # the largest, and its confirmation's fresh seeds above it, train
+    url = f"sqlite:///{tmp_path / 'seeded.db'}"
+    assert [t.state.name for t in optuna.load_study(study_name="seeded.confirm", storage=url).trials] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_name_with_non_ascii_letters_is_a_study_of_its_own(tmp_path, capsys) -> None:
+    path = _study(tmp_path, "u.yaml", name="étude-ü", trials=1)
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    assert main(["tune", str(path), "--tracking-uri", tracking]) == 0
+    assert (tmp_path / "étude-ü.db").exists()
+    assert main(["show", str(path)]) == 0
+    assert "study étude-ü: 1 complete" in capsys.readouterr().out
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(tracking).get_experiment_by_name("étude-ü") is not None
+
+
+def test_lr_bounds_beyond_what_float32_trains_are_refused(tmp_path, capsys) -> None:
+    path = _study(tmp_path, "lr.yaml", name="lr", low="1.0e-300", high="1.0e300")
+    assert _tune(path) == 2
+    assert "search.lr.low: expected a number in [1e-12, 1e+06]" in _error(capsys)
+
+
+# --- show and export never import the task ----------------------------------------------------------
+
+
+def test_show_and_export_never_import_the_task(tmp_path) -> None:
+    (tmp_path / "boobytrap.py").write_text(
+        textwrap.dedent("""\
+        import os
+        if os.environ.get("AUTOLR_TEST_TRAP"):
+            raise SystemExit("imported the task module")
+        from autolr.tasks import BUILTIN_TASKS
+        make = BUILTIN_TASKS["least_squares"]
+        """)
+    )
+    path = _study(tmp_path, "t.yaml", name="trap", task='"boobytrap:make"', trials=1)
+    assert _tune(path) == 0  # tune imports it (the folder of the study file is importable)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "AUTOLR_TEST_TRAP": "1"}
+    done = subprocess.run(_show_and_export(path), cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "study trap: 1 complete" in done.stdout and "params:" in done.stdout
+
+
+# --- the PostgreSQL driver ---------------------------------------------------------------------------
+
+
+def test_a_missing_postgres_driver_names_the_extra(tmp_path, capsys, monkeypatch) -> None:
+    path = _study(tmp_path, "p.yaml", name="pg")
+    for module in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, module, None)  # as where the driver is not installed
+    assert main(["show", str(path), "--storage", "postgresql://postgres@127.0.0.1:5432/test"]) == 2
+    line = _error(capsys)
+    assert "pip install 'autolr[postgres]'" in line and "postgresql://" in line
+
+
+@pytest.mark.postgres
+def test_a_plain_postgresql_url_works(tmp_path, postgres_url, unique_name) -> None:
+    pytest.importorskip("psycopg", reason="psycopg 3 (autolr[postgres]) is not installed")
+    plain = "postgresql://" + postgres_url.split("://", 1)[1]
+    path = _study(tmp_path, "pg.yaml", name=unique_name, trials=1)
+    assert _tune(path, "--storage", plain) == 0
+    assert len(optuna.load_study(study_name=unique_name, storage=plain).trials) == 1
