@@ -135,7 +135,7 @@ def test_sigterm_is_a_ctrl_c_with_its_own_exit_code(tmp_path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_with_two_workers_stops_them_all_without_tracebacks(tmp_path, sig) -> None:
     storage, tracking = _stores(tmp_path)
-    path = _study(tmp_path, "stopped", 6, sleep_s=0.05)
+    path = _study(tmp_path, "stopped", 6, sleep_s=0.3)  # trials long enough that the spawned worker, seconds to start, joins the one here
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
     wait_for(lambda: len(_running_owners(storage, "stopped")) == 2, what="two running trials")
     workers = _running_owners(storage, "stopped")
@@ -152,7 +152,7 @@ def test_a_stop_signal_with_two_workers_stops_them_all_without_tracebacks(tmp_pa
 
 def test_workers_of_a_killed_main_process_stop_instead_of_finishing_the_study(tmp_path) -> None:
     storage, tracking = _stores(tmp_path)
-    path = _study(tmp_path, "orphaned", 8, sleep_s=0.05)
+    path = _study(tmp_path, "orphaned", 8, sleep_s=0.3)
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
     wait_for(lambda: len(_running_owners(storage, "orphaned")) == 2, what="two running trials")
     proc.send_signal(signal.SIGKILL)
@@ -168,7 +168,7 @@ def test_workers_of_a_killed_main_process_stop_instead_of_finishing_the_study(tm
 
 def test_a_worker_killed_outright_costs_its_trial_only(tmp_path) -> None:
     storage, tracking = _stores(tmp_path)
-    path = _study(tmp_path, "lostworker", 4, sleep_s=0.03)
+    path = _study(tmp_path, "lostworker", 4, sleep_s=0.3)  # as long: the spawned worker joins before the end
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
     wait_for(lambda: len(_running_owners(storage, "lostworker")) == 2, what="two running trials")
     os.kill(next(pid for pid in _running_owners(storage, "lostworker") if pid != proc.pid), signal.SIGKILL)  # a spawned worker
