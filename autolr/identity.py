@@ -32,7 +32,7 @@ from autolr.config import StudyConfig
 from autolr.errors import InputError
 from autolr.params import Choice, Fixed, Setting
 
-__all__ = ["check", "describe", "record"]
+__all__ = ["check", "describe", "record", "same_code"]
 
 _TRAIN = ("epochs", "batch_size", "max_steps", "steps_per_epoch", "accumulate", "grad_clip", "precision")
 
@@ -77,7 +77,7 @@ def check(config: StudyConfig, stored: object, *, url: str, reading: bool, code:
     """
     given = record(config)
     if not isinstance(stored, Mapping) or not isinstance(stored.get("identity"), Mapping):
-        if isinstance(code, Mapping) and config.code is not None and code.get("label") != config.code_label:
+        if isinstance(code, Mapping) and config.code is not None and not same_code(code.get("label"), config.code_label):
             raise _refused(config, url, [(str(code.get("key")), str(code.get("label")), config.code_label)], "a different task is never merged")
         return None if reading else given
     if stored.get("fingerprint") == given["fingerprint"]:
@@ -95,6 +95,22 @@ def check(config: StudyConfig, stored: object, *, url: str, reading: bool, code:
     if config.extend_space and not reading:
         return given
     raise _refused(config, url, diffs, "or pass --extend-space (tune(extend_space=True)) to widen the stored search space to this file's")
+
+
+def same_code(a: object, b: object) -> bool:
+    """Whether two code labels (``module:qualname``) name the same function: equal, or with the same
+    qualname where one module is the other imported from a folder further up (``tests.train_mod`` and
+    ``train_mod``) or is ``__main__`` (a script's or notebook's function, named by its module in the
+    study file). A callable passed to ``tune`` is labelled by its ``__module__``, which depends on how it
+    was imported; the study file names it as ``python -c "import ..."`` would."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str) and ":" in a and ":" in b):
+        return False
+    (mod_a, name_a), (mod_b, name_b) = a.split(":", 1), b.split(":", 1)
+    if name_a != name_b:
+        return False
+    return "__main__" in (mod_a, mod_b) or f".{mod_a}".endswith(f".{mod_b}") or f".{mod_b}".endswith(f".{mod_a}")
 
 
 def _refused(config: StudyConfig, url: str, diffs: list[tuple[str, str, str]], how: str) -> InputError:
@@ -156,7 +172,7 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any], *, code: bool) 
     """``(key, stored, given)`` for each part of the identity that differs, as the study file spells it."""
     diffs = []
     for key in ("task", "loop") if code else ():
-        if old.get(key) != new.get(key):
+        if not same_code(old.get(key), new.get(key)):
             diffs.append((key, _text(old.get(key)), _text(new.get(key))))
     if old.get("task_args") != new.get("task_args"):
         diffs.append(("task_args", _text(old.get("task_args")), _text(new.get("task_args"))))

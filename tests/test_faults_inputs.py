@@ -154,6 +154,16 @@ def test_callables_are_told_apart_by_their_qualified_name(tmp_path) -> None:
         autolr.tune(path, task=other, tracking_uri=None, progress=False)
 
 
+def test_a_callable_and_the_study_file_naming_it_are_one_study() -> None:
+    from autolr.identity import same_code
+
+    # tune(loop=train) labels it by how it was imported; the study file (read by export) by its module path
+    assert same_code("test_mod:train", "tests.test_mod:train") and same_code("pkg.mod:train", "mod:train")
+    assert same_code("__main__:train", "mymodule:train")  # a script's or notebook's function
+    assert not same_code("mod:train", "mod:other") and not same_code("a.mod:train", "b.other:train")
+    assert not same_code("digits_mlp", "wine_mlp") and not same_code("amod:train", "mod:train")
+
+
 # --- the SQLite file holds the study on its own ---------------------------------------------------
 
 

@@ -33,8 +33,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 STUDY = """\
 name: {name}
 task: digits_mlp
-task_args: {{hidden: 16}}
-train: {{epochs: 2, batch_size: 128}}
+task_args: {{hidden: 64}}
+train: {{epochs: 30, batch_size: 128}}
 trials: {trials}
 seed: 0
 sampler: random
@@ -161,7 +161,7 @@ def mlflow_server(postgres_url: str, tmp_path: Path):
 @pytest.mark.slow
 def test_two_machines_share_one_study_and_one_tracking_server(postgres_url, mlflow_server, tmp_path, unique_name):
     tracking_uri, artifacts = mlflow_server
-    target = 4
+    target = 6
     _, tune = readme_commands()
     machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
     for folder in machines:  # each machine has its own copy of the study file and its own working folder
@@ -179,8 +179,11 @@ def test_two_machines_share_one_study_and_one_tracking_server(postgres_url, mlfl
         experiment = client.get_experiment_by_name(unique_name)
         runs = client.search_runs([experiment.experiment_id], max_results=1000)
         parents = [run for run in runs if run.data.tags.get(keys.ROLE) == keys.ROLE_STUDY]
-        assert len(parents) == 2, f"{len(parents)} parent runs for two invocations"
-        assert {run.data.tags[keys.PID] for run in parents} == {str(proc.pid) for proc in procs}
+        # one parent run per invocation that ran trials (trials of a few seconds: both do, unless one
+        # started after the other had finished the study, which a loaded machine can make happen)
+        owners = {str(t.user_attrs[keys.OWNER]["pid"]) for t in optuna.load_study(study_name=unique_name, storage=postgres_url).trials}
+        assert {run.data.tags[keys.PID] for run in parents} == owners and len(parents) == len(owners), (len(parents), owners)
+        assert owners <= {str(proc.pid) for proc in procs}
         assert all(run.info.status == "FINISHED" for run in parents)
         for run in parents:  # artifacts went over HTTP into the server's --artifacts-destination
             assert list(artifacts.glob(f"*/{run.info.run_id}/artifacts/best_config.yaml")), f"no best_config.yaml of parent run {run.info.run_id}"
