@@ -104,7 +104,7 @@ def test_a_job_requeued_right_after_kill_9_reaches_the_target_and_retries_the_ki
 
 def test_sigterm_is_a_ctrl_c_with_its_own_exit_code(tmp_path) -> None:
     storage, tracking = _stores(tmp_path)
-    path = _study(tmp_path, "termed", 2, sleep_s=0.05)
+    path = _study(tmp_path, "termed", 2, sleep_s=0.2)  # seconds a trial: time to see its points while it runs, on a loaded machine too
     args = ["tune", path, "--storage", storage, "--tracking-uri", tracking]
     proc = autolr_process(*args, env=FAST)
     client = MlflowClient(tracking)
