@@ -109,5 +109,10 @@ def ask_owned(study: optuna.Study) -> optuna.Trial:
     with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(); autolr beats itself
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         trial = study.ask()
-    trial.set_user_attr(keys.OWNER, owner.this_process())
+    try:
+        trial.set_user_attr(keys.OWNER, owner.this_process())
+    except BaseException:  # Ctrl-C or SIGTERM right after the ask: the trial is not left RUNNING
+        with contextlib.suppress(Exception):
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
     return trial

@@ -62,7 +62,11 @@ def run_trials(
             if trial is None:  # the rest are running elsewhere
                 time.sleep(WAIT_S)
                 continue
-            last = run_one(study, trial, objective)
+            try:
+                last = run_one(study, trial, objective)
+            except KeyboardInterrupt:  # also one landing before run_one's own handler: never left RUNNING
+                _fail_if_possible(study, trial)
+                raise
             if on_trial is not None:
                 on_trial(last)
             fails = fails + 1 if last.state == TrialState.FAIL else 0
