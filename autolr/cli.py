@@ -330,6 +330,8 @@ def _ui(args) -> int:
 
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", args.tracking_uri, "--host", "127.0.0.1", "--port", str(args.port)]
     cmd += ["--workers", "1"]  # one local user: MLflow's default of 4 only costs start time and memory
+    if _has_ui_app():
+        cmd += ["--app-name", "autolr"]  # MLflow's app with a script that opens the model-training view
     root = artifact_root_for(args.tracking_uri)
     if root:
         cmd += ["--default-artifact-root", root]
@@ -352,6 +354,13 @@ def _ui(args) -> int:
         _stop_session(proc)
     print(f"autolr: error: the MLflow UI stopped by itself (exit code {code}); its log is above", file=sys.stderr)
     return code or 1
+
+
+def _has_ui_app() -> bool:
+    """autolr's ``mlflow.app`` entry point is registered (autolr is installed, not only on the path)."""
+    from importlib.metadata import entry_points
+
+    return any(ep.name == "autolr" for ep in entry_points(group="mlflow.app"))
 
 
 def _print_trials_views(args) -> None:

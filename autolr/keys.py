@@ -119,6 +119,15 @@ STUDY_OBJECTIVE = "study/objective"  # each COMPLETE trial's objective value
 STUDY_BEST_SO_FAR = "study/best_so_far"  # the best objective among trials 0..step
 
 
+# --- per-layer statistics of a trial run (every ``tracking.layer_stats_every`` steps) ----------------
+# "weight_" and "." rather than "grad_norm/": MLflow's UI charts each "prefix/" family in a section of its
+# own placed before the run's plain metrics, and orders a section's charts by name, so these names put a
+# trial's train_loss, lr, grad_norm and val_* charts first and the per-layer ones after them.
+LAYER_GRAD_NORM = "weight_grad_norm."  # + parameter name: the layer's gradient norm
+LAYER_WEIGHT_NORM = "weight_norm."  # the layer's weight norm
+LAYER_UPDATE_RATIO = "weight_update_ratio."  # |update| / |weight| of the step
+
+
 def gradient_flag(kind: str) -> tuple[str, str]:
     """The (reason, step) tag names of a gradient flag ``kind`` ("exploding" or "vanishing")."""
     names = {"exploding": (EXPLODING, EXPLODING_STEP), "vanishing": (VANISHING, VANISHING_STEP)}

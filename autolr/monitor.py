@@ -20,9 +20,9 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 
-__all__ = ["GradientMonitor", "GradientFlag"]
+from autolr.keys import LAYER_GRAD_NORM
 
-LAYER_PREFIX = "grad_norm/"
+__all__ = ["GradientMonitor", "GradientFlag"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +65,13 @@ class GradientMonitor:
         return raised
 
     def observe_layers(self, step: int, stats: Mapping[str, float]) -> list[GradientFlag]:
-        """Per-layer stats (``grad_norm/NAME`` keys are read; others are ignored)."""
+        """Per-layer stats (``weight_grad_norm.NAME`` keys are read; others are ignored)."""
         if "vanishing" in self.flags:
             return []
         for key, value in stats.items():
-            if not key.startswith(LAYER_PREFIX) or not math.isfinite(value):
+            if not key.startswith(LAYER_GRAD_NORM) or not math.isfinite(value):
                 continue
-            name = key[len(LAYER_PREFIX) :]
+            name = key[len(LAYER_GRAD_NORM) :]
             first = self._layer_reference.setdefault(name, value)
             if first > 0 and value < self.vanish_factor * first:
                 reason = f"vanishing: layer {name} grad_norm {value:.3g} at step {step} is {value / first:.2g}x its first {first:.3g}"

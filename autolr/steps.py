@@ -14,6 +14,7 @@ from typing import Protocol
 
 import torch
 
+from autolr import keys
 from autolr.grads import grad_norms
 from autolr.guard import DivergenceGuard
 
@@ -127,8 +128,8 @@ class StepRecorder:
             rows = torch.stack([grad, weight, update / weight.clamp_min(1e-12)]).tolist()
         stats = {}
         for i, name in enumerate(self.names):
-            stats[f"grad_norm/{name}"] = rows[0][i]
-            stats[f"weight_norm/{name}"] = rows[1][i]
-            stats[f"update_ratio/{name}"] = rows[2][i]
+            stats[keys.LAYER_GRAD_NORM + name] = rows[0][i]
+            stats[keys.LAYER_WEIGHT_NORM + name] = rows[1][i]
+            stats[keys.LAYER_UPDATE_RATIO + name] = rows[2][i]
         for watcher in self.watchers:
             watcher.on_layer_stats(step, stats)

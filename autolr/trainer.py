@@ -60,7 +60,7 @@ class TrainerCallback:
         """Per-step values (``train_loss``, ``lr``, ``grad_norm``) for a window of consecutive steps."""
 
     def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
-        """Per-layer ``grad_norm/NAME``, ``weight_norm/NAME`` and ``update_ratio/NAME`` at ``step``."""
+        """Per-layer ``weight_grad_norm.NAME``, ``weight_norm.NAME`` and ``weight_update_ratio.NAME`` at ``step``."""
 
     def on_epoch_end(self, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
         """Validation metrics (``val_loss``, ``val_<metric>``) after epoch ``epoch`` (1-based)."""

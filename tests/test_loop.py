@@ -87,7 +87,7 @@ def test_a_loop_named_in_the_study_file_tunes_from_the_cli(loop_study, stores, t
     assert best.value == pytest.approx(history[-1].value)  # the loop's return value is the trial's
     for key in ("train_loss", "lr", "grad_norm"):
         assert [m.step for m in client.get_metric_history(runs[best.number].info.run_id, key)] == list(range(32)), key
-    assert any(k.startswith("grad_norm/") for k in runs[best.number].data.metrics)  # per-layer statistics
+    assert any(k.startswith("weight_grad_norm.") for k in runs[best.number].data.metrics)  # per-layer statistics
     assert runs[best.number].data.tags["autolr.state"] == "COMPLETE" and best.user_attrs["autolr.steps"] == 32
     assert main(["export", path, "--storage", stores["storage"], "-o", str(tmp_path / "best.yaml")]) == 0
     exported = autolr.load_best(tmp_path / "best.yaml")

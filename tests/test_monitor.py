@@ -44,8 +44,8 @@ def test_one_perfectly_fitted_batch_is_not_vanishing() -> None:
 
 def test_vanishing_layer_while_others_learn() -> None:
     monitor = GradientMonitor(vanish_factor=1e-3)
-    assert monitor.observe_layers(0, {"grad_norm/0.weight": 1.0, "grad_norm/2.weight": 1.0, "weight_norm/0.weight": 5.0}) == []
-    (flag,) = monitor.observe_layers(50, {"grad_norm/0.weight": 1e-4, "grad_norm/2.weight": 0.8})
+    assert monitor.observe_layers(0, {"weight_grad_norm.0.weight": 1.0, "weight_grad_norm.2.weight": 1.0, "weight_norm.0.weight": 5.0}) == []
+    (flag,) = monitor.observe_layers(50, {"weight_grad_norm.0.weight": 1e-4, "weight_grad_norm.2.weight": 0.8})
     assert (flag.kind, flag.step) == ("vanishing", 50)
     assert "layer 0.weight" in flag.reason and "vanishing" in monitor.summary()
 

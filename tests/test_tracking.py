@@ -39,7 +39,7 @@ def _log_trial(tracker: Tracker, parent_run_id: str | None, number: int = 0):
             run.log_steps(first, {"train_loss": [1.0 / (s + 1) for s in window], "lr": [0.1] * len(window), "grad_norm": [1.0] * len(window)})
             for step in window:
                 if step % 10 == 0:
-                    run.log_metrics(step, {"grad_norm/0.weight": 0.5, "weight_norm/0.weight": 3.0, "update_ratio/0.weight": 1e-3})
+                    run.log_metrics(step, {"weight_grad_norm.0.weight": 0.5, "weight_norm.0.weight": 3.0, "weight_update_ratio.0.weight": 1e-3})
                 if (step + 1) % 25 == 0:  # an epoch end
                     run.log_metrics((step + 1) // 25, {"val_loss": 0.5})
                     run.flush()
@@ -56,7 +56,7 @@ def test_every_point_logged_is_retrievable_with_its_step(tracker) -> None:
         assert sorted(m.step for m in history) == list(range(STEPS)), key
     loss = {m.step: m.value for m in client.get_metric_history(run.run_id, "train_loss")}
     assert loss[0] == 1.0 and loss[STEPS - 1] == pytest.approx(1.0 / STEPS)
-    assert sorted(m.step for m in client.get_metric_history(run.run_id, "grad_norm/0.weight")) == list(range(0, STEPS, 10))
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "weight_grad_norm.0.weight")) == list(range(0, STEPS, 10))
     assert len(client.get_metric_history(run.run_id, "val_loss")) == 4
     info = client.get_run(run.run_id)
     assert info.info.status == "FINISHED"
@@ -177,7 +177,7 @@ def test_tuned_study_holds_plots_best_config_and_curves(write_study, stores) -> 
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "lr")]
         assert steps == sorted(steps) and steps == list(range(len(steps))) and steps
         assert {"lr", "optimizer", "schedule", "warmup"} <= set(run.data.params)
-        layer = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/0.weight")]
+        layer = [m.step for m in client.get_metric_history(run.info.run_id, "weight_grad_norm.0.weight")]
         assert layer == [s for s in steps if s % 5 == 0]
 
 

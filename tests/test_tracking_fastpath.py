@@ -29,7 +29,7 @@ FIRST = [
     ("lr", 1e-3, START_MS + 10, 1),
     ("grad_norm", math.inf, START_MS + 12, 2),
     ("grad_norm", 3.0, START_MS + 10, 0),
-    ("grad_norm/0.weight", 0.25, START_MS + 10, 0),
+    ("weight_grad_norm.0.weight", 0.25, START_MS + 10, 0),
     ("val_loss", -math.inf, START_MS + 12, 1),
 ]
 SECOND = [

@@ -152,11 +152,13 @@ def test_layer_stats_every_n_steps() -> None:
     _, rec = _fit(task, RunConfig("sgd", 0.1, "constant"), epochs=1, layer_stats_every=10)
     assert [s for s, _ in rec.layer_stats] == [0, 10, 20]
     stats = rec.layer_stats[0][1]
-    assert set(stats) == {f"{kind}/{name}" for kind in ("grad_norm", "weight_norm", "update_ratio") for name in ("0.weight", "0.bias", "2.weight", "2.bias")}
+    assert set(stats) == {
+        f"{kind}.{name}" for kind in ("weight_grad_norm", "weight_norm", "weight_update_ratio") for name in ("0.weight", "0.bias", "2.weight", "2.bias")
+    }
     # SGD's first update is lr * g (the momentum buffer starts at g): ratio = lr |g| / |w after the step|
-    ratio = stats["update_ratio/0.weight"]
-    assert ratio == pytest.approx(0.1 * stats["grad_norm/0.weight"] / stats["weight_norm/0.weight"], rel=1e-5)
-    assert stats["weight_norm/0.weight"] != pytest.approx(_weight_norm_before(), rel=1e-5)  # it moved
+    ratio = stats["weight_update_ratio.0.weight"]
+    assert ratio == pytest.approx(0.1 * stats["weight_grad_norm.0.weight"] / stats["weight_norm.0.weight"], rel=1e-5)
+    assert stats["weight_norm.0.weight"] != pytest.approx(_weight_norm_before(), rel=1e-5)  # it moved
 
 
 def _weight_norm_before() -> float:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,15 +15,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-import optuna
 import pytest
+from browser import CHROMIUM, Browser
 from mlflow.tracking import MlflowClient
 
 import autolr
 from autolr.report import STUDY_PLOTS
 
 STARTUP_TIMEOUT_S = 150
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 STUDY = """
     name: ui-study
     task: wine_mlp
@@ -133,160 +131,50 @@ def test_plots_are_served(ui) -> None:
     assert {f["path"] for f in files} == {f"plots/{name}" for name in STUDY_PLOTS}
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`); the browser check needs it")
-def test_experiment_page_loads_in_headless_chromium(ui, tmp_path) -> None:
+def _experiment_id(ui) -> str:
     experiments = json.loads(_get(f"{ui['base']}/api/2.0/mlflow/experiments/search?max_results=100"))["experiments"]
-    experiment_id = next(e["experiment_id"] for e in experiments if e["name"] == "ui-study")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000"]  # fmt: skip
-    done = subprocess.run(
-        [CHROMIUM, *flags, "--dump-dom", f"{ui['base']}/#/experiments/{experiment_id}/runs"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    dom = done.stdout
-    assert "MLflow" in dom, done.stderr[-2000:]
-    assert "ui-study" in dom  # rendered by the page's scripts from the REST API, not in the static HTML
+    return next(e["experiment_id"] for e in experiments if e["name"] == "ui-study")
 
 
-DYING_TASK = """
-import os
-import signal
-import time
-import urllib.request
-
-from autolr.tasks import wine_mlp
-
-built = 0
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def factory(**kwargs):
-    global built
-    built += 1
-    if built == 3:  # the pre-flight build, trial 0, then trial 1 starts: the tracking server goes away
-        os.killpg(int(os.environ["AUTOLR_TEST_SERVER_PGID"]), signal.SIGTERM)  # `autolr ui` stops MLflow's session
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(os.environ["AUTOLR_TEST_SERVER"] + "/health", timeout=1)
-            except OSError:
-                break
-            time.sleep(0.1)
-    return wine_mlp(**kwargs)
-"""
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`); the browser check needs it")
 
 
-def test_server_dying_mid_study_loses_nothing(tmp_path, monkeypatch, caplog) -> None:
-    """The server is killed as trial 1 starts: the study finishes on time, every trial in Optuna; the
-    writer holds the points, keeps them in the spool folder at exit, and the next run writes them."""
-    (tmp_path / "dying_task.py").write_text(textwrap.dedent(DYING_TASK))
-    study = textwrap.dedent(STUDY).replace("task: wine_mlp", "task: dying_task:factory").replace("trials: 3", "trials: 4")
-    (tmp_path / "study.yaml").write_text(study.replace("name: ui-study", "name: dying"))
-    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    port = _free_port()
-    proc, base = _start_ui(store, port, tmp_path / "ui.log")
-    spool = tmp_path / "spool"
-    monkeypatch.setenv("AUTOLR_SPOOL_DIR", str(spool))
-    monkeypatch.setenv("AUTOLR_TEST_SERVER_PGID", str(proc.pid))
-    monkeypatch.setenv("AUTOLR_TEST_SERVER", base)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    try:
-        result = autolr.tune(tmp_path / "study.yaml", storage=storage, tracking_uri=base)
-        assert proc.wait(30) is not None, "the task was to stop the server"
-    finally:
-        _stop(proc)
-    assert result.count(optuna.trial.TrialState.COMPLETE) == 4
-    log = caplog.text
-    assert "stopped answering" in log and "could not be written" in log and str(spool) in log
-    assert list(spool.glob("*/*.pkl")), "the unsent points were kept on disk"
-
-    proc, base = _start_ui(store, port, tmp_path / "ui.log")  # the server is back, on the same store
-    try:
-        again = autolr.tune(tmp_path / "study.yaml", storage=storage, tracking_uri=base)  # target met: it only writes what was kept
-        assert again.parent_run_id is None
-    finally:
-        _stop(proc)
-    assert not list(spool.glob("*/*.pkl"))
-    client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("dying").experiment_id])
-    trials = {int(r.data.tags["autolr.trial"]): r for r in runs if r.data.tags.get("autolr.role") == "trial"}
-    assert sorted(trials) == [0, 1, 2, 3]
-    assert all(r.info.status != "RUNNING" for r in runs)
-    by_number = {t.number: t for t in optuna.load_study(study_name="dying", storage=storage).trials}
-    for number, run in trials.items():
-        assert run.data.tags["autolr.state"] == "COMPLETE"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
-        assert steps == list(range(by_number[number].user_attrs["autolr.steps"]))
-        assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2  # one point per epoch
+@needs_chromium
+def test_a_fresh_browser_lands_on_the_trials_in_the_model_training_view(ui, tmp_path) -> None:
+    """The experiment's page, opened as a user would (no view in the link), shows every trial flat with
+    its objective in the model-training view: no toggle, no expander, no assistant panel."""
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(f"{ui['base']}/#/experiments/{_experiment_id(ui)}")
+        text = browser.wait_for_text("trial-0", "trial-1", "trial-2", "confirm-", "val_loss", "Sort: val_loss")
+        png = browser.screenshot(tmp_path / "experiment.png")
+        assert "workflowType=machine_learning" in browser.location()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # a rendered page, not a blank one
+    lines = _lines(text)
+    assert "Runs" in lines and "Traces" in lines  # the model-training side navigation, not GenAI's Overview
+    assert "Overview" not in lines  # GenAI's landing tab
+    assert "Compare the selected runs." not in text  # a suggestion of MLflow's assistant panel: it stays closed
+    assert {"lr", "optimizer", "schedule"} <= set(lines)  # the configuration as columns
 
 
-def _chromium(url: str, tmp_path: Path, *, screenshot: Path | None = None, expect: tuple[str, ...] = ()) -> str:
-    """The DOM headless Chromium renders at ``url`` (and a screenshot, when asked); rendered again, up
-    to three times, while a text in ``expect`` is missing (on a loaded machine the page's API calls
-    can outlast Chromium's virtual-time budget; the assertions then see what the last try rendered)."""
-    for _ in range(3):
-        dom = _render(url, tmp_path, screenshot)
-        if all(text in dom for text in expect):
-            break
-    return dom
-
-
-def _render(url: str, tmp_path: Path, screenshot: Path | None) -> str:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000",
-             "--window-size=1800,1000"]  # fmt: skip
-    if screenshot is not None:
-        subprocess.run([CHROMIUM, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
-    return subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`); the browser check needs it")
-def test_trials_view_lists_the_trials_flat_with_their_objective_in_the_model_training_view(ui, tmp_path) -> None:
-    from autolr.tracking import trials_view_links
-
-    tracking_uri = f"sqlite:///{ui['folder'] / 'mlruns' / 'mlflow.db'}"
-    path = trials_view_links(tracking_uri)["ui-study"]
-    best = ui["result"].best.value
-    dom = _chromium(ui["base"] + path, tmp_path, screenshot=tmp_path / "trials.png", expect=("trial-0", "val_loss", f"{best:.4f}"[:5]))
-    assert "Model training" in dom and "Overview" not in dom.split("Runs", 1)[0][-200:]
-    assert all(f"trial-{n}" in dom for n in range(3)) and "val_loss" in dom
-    assert f"{best:.4f}"[:5] in dom  # the objective column holds the values, without a click
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`); the browser check needs it")
-def test_parent_run_charts_the_study(ui, tmp_path) -> None:
-    experiments = json.loads(_get(f"{ui['base']}/api/2.0/mlflow/experiments/search?max_results=100"))["experiments"]
-    experiment_id = next(e["experiment_id"] for e in experiments if e["name"] == "ui-study")
-    url = f"{ui['base']}/#/experiments/{experiment_id}/runs/{ui['result'].parent_run_id}/model-metrics?workflowType=machine_learning"
-    dom = _chromium(url, tmp_path, screenshot=tmp_path / "parent.png", expect=("best_so_far", "objective"))
-    assert "best_so_far" in dom and "objective" in dom
-
-
-def test_experiment_is_marked_model_training(ui) -> None:
-    experiments = json.loads(_get(f"{ui['base']}/api/2.0/mlflow/experiments/search?max_results=100"))["experiments"]
-    (experiment,) = [e for e in experiments if e["name"] == "ui-study"]
-    tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
-    assert tags["mlflow.experimentKind"] == "custom_model_development"
-
-
-def test_optuna_dashboard_lists_the_study(ui, tmp_path) -> None:
-    if shutil.which("optuna-dashboard") is None and not (Path(sys.executable).parent / "optuna-dashboard").exists():
-        pytest.skip("optuna-dashboard is not installed (pip install optuna-dashboard, in the test extra)")
-    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
-    port = _free_port()
-    proc = subprocess.Popen([exe, f"sqlite:///{ui['folder'] / 'optuna.db'}", "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                studies = json.loads(_get(f"http://127.0.0.1:{port}/api/studies"))
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("optuna-dashboard did not answer")
-                time.sleep(0.5)
-    finally:
-        _stop(proc)
-    assert "ui-study" in [s["study_name"] for s in studies["study_summaries"]]
+@needs_chromium
+def test_a_trial_opens_on_its_main_curves_and_the_parent_charts_the_study(ui, tmp_path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{ui['folder'] / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([_experiment_id(ui)])
+    trial = next(r for r in runs if r.data.tags.get("autolr.role") == "trial")
+    assert any(k.startswith("weight_grad_norm.") for k in trial.data.metrics)  # per-layer statistics are there
+    page = f"{ui['base']}/#/experiments/{_experiment_id(ui)}/runs"
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(f"{page}/{trial.info.run_id}/model-metrics")
+        charts = _lines(browser.wait_for_text("train_loss", "weight_grad_norm.", "val_loss"))
+        browser.screenshot(tmp_path / "trial.png")
+        browser.open(f"{page}/{ui['result'].parent_run_id}/model-metrics")
+        study = _lines(browser.wait_for_text("best_so_far", "objective"))
+        browser.screenshot(tmp_path / "parent.png")
+    titles = charts[charts.index("Model metrics") :]
+    first_layer_chart = next(i for i, t in enumerate(titles) if t.startswith("weight_"))
+    assert {"train_loss", "lr", "grad_norm"} <= set(titles[:first_layer_chart])  # the main curves come first
+    assert "study" in study  # the study's own section: objective and best so far per trial
