@@ -47,3 +47,29 @@ def test_compare_of_a_study_not_stored_is_an_error_and_creates_nothing(write_stu
     db = tmp_path / "none.db"
     assert main(["compare", str(path), "--storage", f"sqlite:///{db}"]) == 2
     assert not db.exists()
+
+
+def test_the_optuna_storage_stays_readable_by_optuna_dashboard(write_study, stores) -> None:
+    """`optuna-dashboard sqlite:///...` over autolr's storage: the study, its trials and their params load
+    through the dashboard's own API (its WSGI app, as its command line serves it)."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    path = write_study(STUDY.format(name="cmp-dash", seed=0))
+    autolr.tune(path, storage=stores["storage"], tracking_uri=None, progress=False)
+    app = wsgi(stores["storage"])
+
+    def get(url: str):
+        environ, status = {"PATH_INFO": url, "REQUEST_METHOD": "GET"}, []
+        setup_testing_defaults(environ)
+        body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+        assert status[0].startswith("200"), (url, status, body[:500])
+        return json.loads(body)
+
+    studies = {s["study_name"]: s for s in get("/api/studies")["study_summaries"]}
+    assert {"cmp-dash", "cmp-dash.confirm"} <= set(studies)  # the search and its confirmation runs
+    detail = get(f"/api/studies/{studies['cmp-dash']['study_id']}")
+    assert len(detail["trials"]) == 3
+    assert all("lr" in {p["name"] for p in t["params"]} for t in detail["trials"])  # the searched rate, as Optuna stores it
