@@ -17,7 +17,7 @@ from typing import Any
 
 from autolr import keys, plots, stability
 
-__all__ = ["STUDY_PLOTS", "TOP_K", "history", "metric_key", "record_study", "record_trial_curves", "top_trials"]
+__all__ = ["STUDY_PLOTS", "TOP_K", "draw_study_plots", "history", "metric_key", "record_study", "record_trial_curves", "top_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,17 +52,32 @@ def record_study(
     study: str,
     metric: str,
     direction: str,
-    importances: Mapping[str, float],
-    importance_note: str = "",
     summary: str = "",
     range_tests: Mapping[str, float] | None = None,
-) -> list[str]:
-    """The five study plots on the parent run, its description, and the study's own curves as metrics
-    (``study/objective``, ``study/best_so_far``; step = trial number), all from the stored trials, so
-    every invocation (and every ``--jobs`` worker's trial) is drawn; returns the plots' file names.
-    ``range_tests``: optimizer -> the cached range test's ``max_stable_lr`` (:mod:`autolr.stability`)."""
+) -> None:
+    """The parent run's description and the study's own curves as metrics (``study/objective``,
+    ``study/best_so_far``; step = trial number), and the experiment's trials view, all from the stored
+    trials, so every invocation (and every ``--jobs`` worker's trial) counts. Quick: no plot is drawn
+    (:func:`draw_study_plots` does that, in :mod:`autolr.plot_job`). ``range_tests``: optimizer -> the
+    cached range test's ``max_stable_lr`` (:mod:`autolr.stability`)."""
     tracker.log_series(parent_run_id, history(rows, direction))
     tracker.set_trials_view(metric_key(metric), ascending=direction == "minimize")
+    limits = stability.study_limits(rows, range_tests)
+    tracker.set_description(parent_run_id, describe(rows, study=study, metric=metric, direction=direction, summary=summary, limits=limits))
+
+
+def draw_study_plots(
+    tracker,
+    parent_run_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    metric: str,
+    direction: str,
+    importances: Mapping[str, float],
+    importance_note: str = "",
+    range_tests: Mapping[str, float] | None = None,
+) -> list[str]:
+    """The five study plots on the parent run; returns their file names."""
     study_limits = stability.study_limits(rows, range_tests)
     top = top_trials(rows, direction)
     key = metric_key(metric)
@@ -83,8 +98,6 @@ def record_study(
         plots.learning_curves(curves, metric=key, path=folder / STUDY_PLOTS[3])
         plots.lr_curves(lrs, path=folder / STUDY_PLOTS[4])
         tracker.log_artifacts(parent_run_id, folder, PLOTS_DIR)
-    text = describe(rows, study=study, metric=metric, direction=direction, summary=summary, limits=study_limits)
-    tracker.set_description(parent_run_id, text)
     return list(STUDY_PLOTS)
 
 

@@ -111,6 +111,11 @@ def load(config: StudyConfig, url: str, *, identity: bool = True) -> optuna.Stud
     return study
 
 
+def load_named(name: str, url: str) -> optuna.Study:
+    """The stored study called ``name``, for reading, without its study file (the plot job's view)."""
+    return optuna.load_study(study_name=name, storage=_storage(url, reading=True))
+
+
 def check_identity(config: StudyConfig, url: str) -> None:
     """Refuse a study file that another study's stored identity does not admit, before anything runs
     or is written (what :func:`create_or_load` would refuse).
@@ -219,7 +224,45 @@ def experimental_ok() -> Iterator[None]:
         yield
 
 
+_OPEN: dict[tuple, optuna.storages.BaseStorage] | None = None  # (url, reading, file) -> storage, inside reusing_storages()
+
+
+@contextlib.contextmanager
+def reusing_storages() -> Iterator[None]:
+    """Within the block, each storage is opened once: opening one checks its tables and schema version
+    (~0.1 s, more on a loaded machine), and one invocation of ``tune`` reads its storage a dozen times.
+    Outside it every call opens afresh, so a file changed between two commands is seen as it is."""
+    global _OPEN
+    outer, _OPEN = _OPEN, {} if _OPEN is None else _OPEN
+    try:
+        yield
+    finally:
+        _OPEN = outer
+
+
 def _storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
+    """:func:`_open_storage`, reused within :func:`reusing_storages` (an SQLite file replaced under
+    the same URL is opened afresh)."""
+    path = sqlite.sqlite_path(url)
+    key = (url, reading, _file_identity(path) if path is not None else None)
+    if _OPEN is None or key[2] == "missing":  # a missing file is created (or refused) by the open itself
+        return _open_storage(url, reading=reading)
+    if path is not None:
+        _refuse_foreign(path, url)  # each time: the file may have been written by something else since
+    if key not in _OPEN:
+        _OPEN[key] = _open_storage(url, reading=reading)
+    return _OPEN[key]
+
+
+def _file_identity(path: Path) -> tuple[int, int] | str:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    return (stat.st_dev, stat.st_ino)
+
+
+def _open_storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
     """The storage at ``url``. An SQLite file: checked to be a study storage before anything is written
     into it; read as it is where it cannot be written (``reading``); otherwise in WAL mode, checkpointed
     after each finished trial and at exit, so that the ``.db`` file alone holds every finished trial."""
@@ -231,6 +274,7 @@ def _storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
         return _rdb(url, {"creator": sqlite.read_only_connector(path)}, skip_table_creation=True)
     with sqlite.prepared(path):  # the first process creates the tables, the others wait
         storage = _rdb(url, {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}, cls=_CheckpointedStorage)
+    sqlite.commit_without_fsync(storage.engine)
     sqlite.checkpoint_at_exit(path)
     return storage
 

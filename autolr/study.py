@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import math
 import os
 import socket
 import time
@@ -77,6 +76,13 @@ class TuneResult:
     def best_params(self) -> dict[str, Any] | None:
         """The best single-seed trial's flat configuration (``optimizer``, ``lr``, ``schedule``, ...)."""
         return None if self.best is None else dict(self.best.user_attrs[keys.PARAMS])
+
+    def wait_for_plots(self, timeout_s: float = 120.0) -> bool:
+        """Wait for this invocation's plots (drawn after it in a process of their own: see
+        :mod:`autolr.plot_job`); True once they are on the parent run."""
+        from autolr import plot_job
+
+        return plot_job.wait(self.parent_run_id, timeout_s)
 
     def count(self, state: TrialState) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -194,7 +200,7 @@ def tune(
         extend_space: let the stored study's search space grow to the file's wider one (a study file
             that differs in anything else is refused: see :mod:`autolr.identity`).
     """
-    with _quiet_libraries(), sigterm_interrupts():
+    with _quiet_libraries(), sigterm_interrupts(), store.reusing_storages():
         return _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress, extend_space)
 
 
@@ -354,8 +360,6 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
         try:
             work(parent_run_id)
         finally:
-            if tracker.active:
-                on_trial.bar.note("drawing the MLflow plots")  # a few seconds: say so
             _finish_parent(config, plan.storage_url, tracker, parent_run_id)
     return parent_run_id
 
@@ -415,26 +419,26 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
         logger.exception("could not record the best configuration on the parent run")
         return
     try:
-        _record_plots(config, study, tracker, parent_run_id)
+        _record_plots(config, study, tracker, parent_run_id, storage_url)
     except OSError as exc:
         logger.error("could not draw the study's plots: %s", exc)
     except Exception:  # noqa: BLE001
         logger.exception("could not draw the study's plots")
 
 
-def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, parent_run_id: str) -> None:
-    """Plots regenerated from the stored data at the end of every invocation (see :mod:`autolr.report`)."""
-    from autolr import report
+def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, parent_run_id: str, storage_url: str) -> None:
+    """The parent run's description and study curves now; its plots and the best trials' curves in a
+    detached job (:mod:`autolr.plot_job`): all of it from the stored data (see :mod:`autolr.report`)."""
+    from autolr import plot_job, report
 
-    trials = study.get_trials(deepcopy=False)
-    rows = [dict(store.trial_row(t), last_value=store.last_reported(t)) for t in trials]
-    importances, note = store.importances(study)
+    rows = [store.trial_row(t) for t in study.get_trials(deepcopy=False)]
     summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
-    report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction,
-                        importances=importances, importance_note=note, summary=summary, range_tests=store.range_test_limits(study))  # fmt: skip
-    sign = 1.0 if config.direction == "minimize" else -1.0
-    ranking = {r["trial"]: sign * v for r in rows if (v := r["value"] if r["value"] is not None else r["last_value"]) is not None and math.isfinite(v)}
-    report.record_trial_curves(tracker, parent_run_id, metric=config.metric, ranking=ranking)
+    limits = store.range_test_limits(study)
+    report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction, summary=summary, range_tests=limits)
+    job = plot_job.PlotJob(
+        tracker.tracking_uri, tracker.experiment_name, tracker.study_uid, parent_run_id, storage_url, config.name, config.metric, config.direction, summary
+    )
+    plot_job.start(job)
 
 
 def summarize(config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None) -> TuneResult:

@@ -162,6 +162,8 @@ def _runs(tracking_uri: str, experiment: str):
 def test_tuned_study_holds_plots_best_config_and_curves(write_study, stores) -> None:
     path = write_study(STUDY.format(name="layout", task="digits_mlp", trials=4, high=30.0))
     result = autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"])
+    assert "autolr study `layout`" in _runs(stores["tracking_uri"], "layout")[1][0].data.tags["mlflow.note.content"]  # at once
+    assert result.wait_for_plots()  # the plots are drawn after tune() returns, in a process of their own
     client, parents, trials = _runs(stores["tracking_uri"], "layout")
     (parent,) = parents
     assert len(trials) == 4 and all(r.info.status != "RUNNING" for r in [parent, *trials])

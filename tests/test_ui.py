@@ -76,6 +76,7 @@ def ui(tmp_path_factory):
     (folder / "study.yaml").write_text(textwrap.dedent(STUDY))
     tracking_uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
     result = autolr.tune(folder / "study.yaml", storage=f"sqlite:///{folder / 'optuna.db'}", tracking_uri=tracking_uri)
+    assert result.wait_for_plots()
     proc, base = _start_ui(tracking_uri, _free_port(), folder / "ui.log")
     try:
         yield {"base": base, "result": result, "folder": folder}
