@@ -67,6 +67,7 @@ DIVERGED = "autolr.diverged"  # read by the sampler's ceiling
 STEPS = "autolr.steps"  # optimisation steps the trial ran
 LOSS_RATIO = "autolr.loss_ratio"  # smoothed training loss at the end / at the start: above 1, no progress
 ERROR = "autolr.error"  # "TypeError: ..." of a FAIL trial
+PLOTS_ERROR = "autolr.plots_error"  # on a parent run whose plot job failed: why (the next invocation draws them)
 SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test")
 CONFIRM_OF = "autolr.confirm_of"  # a confirmation run: the number of the search trial it re-trains
 SEED = "autolr.seed"  # the seed a confirmation run trained with

@@ -6,7 +6,8 @@ them: they are derived from what is already stored (the Optuna trials, the MLflo
 trials, the best configuration and the parent run's description are written, ``autolr tune`` starts
 this job detached (a session of its own: a Ctrl-C in the terminal does not reach it) and exits; the
 PNGs appear on the parent run a few seconds later. A job that fails or is killed loses nothing: the
-next invocation draws every plot again from the stored data.
+next invocation draws every plot again from the stored data; a failure is tagged on the parent run
+(``autolr.plots_error``), since the job has no terminal to print to.
 
 The Python API starts the same job; :meth:`autolr.TuneResult.wait_for_plots` waits for it.
 """
@@ -51,7 +52,8 @@ def start(job: PlotJob) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "autolr.plot_job", json.dumps(dataclasses.asdict(job))],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,  # its one line on failure goes to stderr, as the invocation's would have
+        stdout=subprocess.DEVNULL,  # not the invocation's: a pipe reading `autolr tune` must end with it, not
+        stderr=subprocess.DEVNULL,  # with the job (a failure is tagged on the parent run instead)
         start_new_session=True,
     )
     _jobs[job.parent_run_id] = proc
@@ -97,11 +99,23 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         draw(job)
-    except Exception as exc:  # noqa: BLE001 - one line: the next invocation draws them again
-        logger.error("could not draw the plots of study %r on run %s (%s: %s); the next `autolr tune` draws them again",
-                     job.study_name, job.parent_run_id, type(exc).__name__, exc)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the next invocation draws them again
+        why = f"could not draw the plots ({type(exc).__name__}: {exc}); the next `autolr tune` of the study draws them again"
+        logger.error("study %r, run %s: %s", job.study_name, job.parent_run_id, why)
+        _tag_failure(job, why)
         return 1
     return 0
+
+
+def _tag_failure(job: PlotJob, why: str) -> None:
+    """Say it where the plots were to be: the parent run's ``autolr.plots_error`` tag (best effort)."""
+    from autolr import keys
+    from autolr.tracking import Tracker
+
+    try:
+        Tracker(job.tracking_uri, experiment=job.experiment, writer="thread").set_tags(job.parent_run_id, {keys.PLOTS_ERROR: why[:500]})
+    except Exception:  # noqa: BLE001 - the store itself is what failed
+        logger.exception("could not tag the failure on run %s either", job.parent_run_id)
 
 
 if __name__ == "__main__":
