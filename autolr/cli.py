@@ -143,6 +143,13 @@ def _no_interrupt_traceback(record: logging.LogRecord) -> bool:
 
 
 def _tune(args) -> int:
+    from autolr import store
+
+    with store.reusing_storages():  # the storage is read before, during and after the trials: opened once
+        return _tune_and_report(args)
+
+
+def _tune_and_report(args) -> int:
     import autolr
 
     config = autolr.load_study(args.study)

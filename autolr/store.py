@@ -244,6 +244,8 @@ def _storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
     """:func:`_open_storage`, reused within :func:`reusing_storages` (an SQLite file replaced under
     the same URL is opened afresh)."""
     path = sqlite.sqlite_path(url)
+    if reading and path is not None and path.exists() and sqlite.writable(path):
+        reading = False  # opened as for writing either way (see _open_storage): one storage, not two
     key = (url, reading, _file_identity(path) if path is not None else None)
     if _OPEN is None or key[2] == "missing":  # a missing file is created (or refused) by the open itself
         return _open_storage(url, reading=reading)

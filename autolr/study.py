@@ -35,7 +35,7 @@ from autolr.progress import NullProgress, Progress
 from autolr.pruning import make_pruner
 from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
-from autolr.tracking import open_tracker
+from autolr.tracking import discard_warm_writers, open_tracker, prestart_writer
 from autolr.trainer import worker_device
 from autolr.workers import run_workers, sigterm_interrupts
 
@@ -227,7 +227,12 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
     plan = _Plan(config, storage or store.default_storage_url(config), tracking_uri, jobs, timeout_s)
     check_crosses_processes(config, jobs)
     store.check_identity(config, plan.storage_url)  # another study's file: refused before its code runs
-    preflight(config)  # before any store is created: bad input writes nothing
+    prestart_writer(tracking_uri)  # its imports overlap the preflight; it opens the store only once given work
+    try:
+        preflight(config)  # before any store is created: bad input writes nothing
+    except BaseException:
+        discard_warm_writers()
+        raise
     tracker = open_tracker(tracking_uri, config.name)
     tracker.check_reachable()
     tracker.write_unsent()

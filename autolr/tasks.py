@@ -7,12 +7,15 @@ the training split, a fixed stratified train/validation split, seeded. A user ta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import inspect
+import os
 import random
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,14 +108,41 @@ def _split(x: np.ndarray, y: np.ndarray, *, val_fraction: float, seed: int, clas
 
 @functools.lru_cache(maxsize=8)
 def _bundled_split(name: str, *, val_fraction: float, seed: int, classify: bool) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], int]:
-    """scikit-learn's bundled dataset ``load_<name>``, split and standardised, once per process (every
-    trial of a study builds its task afresh: reading and splitting the file each time cost ~0.1 s a
-    trial); returns the tensors, which the tasks wrap in datasets of their own, and the feature count."""
+    """scikit-learn's bundled dataset ``load_<name>``, split and standardised: once per process (every
+    trial builds its task afresh), and kept on disk (:func:`_split_cache`) so that a later invocation
+    need not import scikit-learn (about 2 s: it pulls in SciPy) to split the same data the same way.
+    Returns the tensors, which the tasks wrap in datasets of their own, and the feature count."""
+    path = _split_cache(name, val_fraction=val_fraction, seed=seed, classify=classify)
+    if path is not None and path.exists():
+        try:
+            kept = torch.load(path, weights_only=True)
+            return tuple(kept["train"]), tuple(kept["val"]), int(kept["n_features"])
+        except Exception:  # noqa: BLE001 - a damaged cache file is made again below
+            pass
     import sklearn.datasets
 
     x, y = getattr(sklearn.datasets, f"load_{name}")(return_X_y=True)
     train, val = _split(x, y, val_fraction=val_fraction, seed=seed, classify=classify)
+    if path is not None:
+        with contextlib.suppress(OSError):  # a read-only home: split again next time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            torch.save({"train": list(train.tensors), "val": list(val.tensors), "n_features": x.shape[1]}, tmp)
+            os.replace(tmp, path)  # whole or not at all, for processes that read it meanwhile
     return train.tensors, val.tensors, x.shape[1]
+
+
+def _split_cache(name: str, *, val_fraction: float, seed: int, classify: bool) -> Path | None:
+    """``$AUTOLR_CACHE_DIR`` (default ``~/.cache/autolr``)``/datasets/<name>-...-sklearn<version>.pt``:
+    the version is in the name because another scikit-learn may split or scale differently."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        sklearn_version = version("scikit-learn")
+    except PackageNotFoundError:
+        return None
+    root = Path(os.environ.get("AUTOLR_CACHE_DIR") or Path.home() / ".cache" / "autolr")
+    return root / "datasets" / f"{name}-val{val_fraction}-seed{seed}-{'classes' if classify else 'target'}-sklearn{sklearn_version}.pt"
 
 
 def _bundled(name: str, *, val_fraction: float, seed: int, classify: bool) -> tuple[TensorDataset, TensorDataset, int]:

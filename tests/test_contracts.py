@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,18 @@ def test_study_files_know_every_builtin_task_by_name_without_importing_torch() -
     from autolr.config import BUILTIN_TASK_NAMES
 
     assert set(BUILTIN_TASK_NAMES) == set(BUILTIN_TASKS)
+
+
+def test_bundled_datasets_are_split_once_and_read_back_without_scikit_learn(tmp_path, monkeypatch) -> None:
+    """The built-in tasks keep their split on disk: a later process gets the same tensors without
+    importing scikit-learn (and its SciPy), which would cost seconds of every invocation."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AUTOLR_CACHE_DIR": str(tmp_path)}
+    probe = ("import sys, torch; from autolr.tasks import digits_mlp; t = digits_mlp(); "
+             "print('sklearn' in sys.modules, float(t.train_data.tensors[0].double().sum()), t.val_data.tensors[1][:20].tolist())")  # fmt: skip
+    first, second = (subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout.split(" ", 1) for _ in range(2))
+    assert first[0] == "True" and second[0] == "False"  # split by scikit-learn once, then read back
+    assert first[1] == second[1]  # the same standardised data, the same validation labels
+    assert list((tmp_path / "datasets").iterdir())[0].name.startswith("digits-val0.25-seed0-classes-sklearn")

@@ -55,7 +55,9 @@ __all__ = [
     "Tracker",
     "TrialRun",
     "artifact_root_for",
+    "discard_warm_writers",
     "open_tracker",
+    "prestart_writer",
     "read_trial_curves",
     "trials_view_links",
 ]
@@ -90,6 +92,22 @@ def open_tracker(tracking_uri: str | None, experiment: str) -> Tracker | NullTra
     from autolr.tracking._tracker import Tracker
 
     return Tracker(tracking_uri, experiment=experiment)
+
+
+def prestart_writer(tracking_uri: str | None) -> None:
+    """Start the MLflow writer process for ``tracking_uri`` ahead of need: it imports, then waits for
+    work before it opens the store (see ``_warm.py``); the next :class:`Tracker` adopts it."""
+    if tracking_uri:
+        from autolr.tracking import _warm
+
+        _warm.prestart(tracking_uri)
+
+
+def discard_warm_writers() -> None:
+    """End the writers :func:`prestart_writer` started that no tracker adopted (they opened nothing)."""
+    from autolr.tracking import _warm
+
+    _warm.discard()
 
 
 __getattr__, __dir__ = lazy_names(globals(), _LAZY)

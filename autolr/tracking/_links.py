@@ -15,21 +15,19 @@ import pickle
 import queue
 import select
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from autolr.tracking import _warm
 from autolr.tracking._messages import FromWriter, ToWriter, WriterExited
 from autolr.tracking._writer import STOP, serve
 
-__all__ = ["ProcessLink", "ThreadLink", "writer_command"]
+__all__ = ["ProcessLink", "ThreadLink"]
 
 logger = logging.getLogger(__name__)
 
 OnReply = Callable[[FromWriter], None]
-WRITER_MODULE = "autolr.tracking._writer_process"
 
 
 class ThreadLink:
@@ -71,24 +69,6 @@ class ThreadLink:
         return not self.thread.is_alive()
 
 
-def writer_command(tracking_uri: str, *, fast_path: bool = True) -> list[str]:
-    return [sys.executable, "-m", WRITER_MODULE, tracking_uri, *([] if fast_path else ["--no-fast-path"])]
-
-
-def writer_env() -> dict[str, str]:
-    """The writer's environment: this autolr first on the path; MLflow's HTTP client gives up on a dead
-    server after seconds, not minutes (the writer holds and retries itself), and prints no "View run"
-    line per trial run."""
-    env = dict(os.environ)
-    package_parent = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-    return env
-
-
 class ProcessLink:
     """The writer as a child process: pickled messages to its stdin, length-prefixed replies from its
     stdout, both pipes non-blocking and served from the calling thread.
@@ -99,14 +79,7 @@ class ProcessLink:
     """
 
     def __init__(self, tracking_uri: str, on_reply: OnReply, *, fast_path: bool = True) -> None:
-        self.proc = subprocess.Popen(
-            writer_command(tracking_uri, fast_path=fast_path),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-            env=writer_env(),
-            start_new_session=True,  # a Ctrl-C meant for training must not kill the writer mid-commit
-        )
+        self.proc = _warm.take(tracking_uri, fast_path=fast_path) or _warm.spawn(tracking_uri, fast_path=fast_path)
         self.to_writer, self.from_writer = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         os.set_blocking(self.to_writer, False)
         os.set_blocking(self.from_writer, False)

@@ -1,4 +1,4 @@
-"""The writer process: ``python -m autolr.tracking._writer_process TRACKING_URI [--no-fast-path]``.
+"""The writer process: ``python -m autolr.tracking._writer_process TRACKING_URI [--no-fast-path] [--wait-for-work]``.
 
 Messages arrive pickled on stdin, replies leave length-prefixed on stdout; :func:`autolr.tracking._writer.serve`
 does the work. It imports mlflow and no torch.
@@ -15,6 +15,7 @@ import threading
 
 from autolr.tracking._errors import quiet_store_errors
 from autolr.tracking._messages import FromWriter
+from autolr.tracking._warm import WAIT_FOR_WORK
 from autolr.tracking._writer import STOP, Reply, serve
 
 __all__ = ["main"]
@@ -33,7 +34,17 @@ def main(argv: list[str]) -> None:
     _commit_without_fsync(tracking_uri)
     inbox: queue.Queue = queue.Queue()
     threading.Thread(target=_read_messages, args=(sys.stdin.buffer, inbox), daemon=True).start()
+    if WAIT_FOR_WORK in argv[1:] and not _work_arrives(inbox):
+        return  # a warm writer nobody adopted (the preflight refused the input): it opened nothing
     serve(tracking_uri, inbox, _replier(replies), fast_path=fast_path)
+
+
+def _work_arrives(inbox: queue.Queue) -> bool:
+    """Wait for the first message (left in ``inbox``); False when the pipe closes first."""
+    with inbox.not_empty:
+        while not inbox.queue:
+            inbox.not_empty.wait()
+        return inbox.queue[0] is not STOP
 
 
 def _replier(replies) -> Reply:
