@@ -124,16 +124,20 @@ class ProcessLink:
             self.poll(0.1)
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
-        while self.alive and time.monotonic() < deadline:
+        while self.alive and not self.exited and time.monotonic() < deadline:
             self.poll(0.1)
+        if not self.exited:  # once it said so, everything is in the store: its interpreter's exit is not waited for
+            self._wait_or_kill(deadline)
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
+        return self.exited
+
+    def _wait_or_kill(self, deadline: float) -> None:
         try:
             self.proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.proc.kill()  # it hangs in a store call; what it had not confirmed goes to a successor
             self.proc.wait()
-        with contextlib.suppress(OSError):
-            self.proc.stdout.close()
-        return self.exited
 
     def _pump(self) -> None:
         while self.outgoing and self.alive:
