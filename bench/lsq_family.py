@@ -11,18 +11,19 @@ trials, no confirmation) on each study seed, per arm:
   the figures by under 0.5% either way, within seed noise: it was not shipped. Measured again on the
   whole family with the sampler alone: ``bench/lsq_sampler_only.py``.)
 
-Figures per problem, median over the study seeds (initial weights and sampler; 0, 1, 2): best loss / the exact optimum, and best loss / the best a
-dense grid reaches with the same budget (250 rates log-spaced over [2e-3, 4], 3% apart, up to twice
-the limit of a constant rate, constant and cosine, simulated in float64 from the study's initial
-weights: within 30 steps the exact optimum is out of reach of gradient descent at any rate, so the
-grid is what a tuner can reach). A cosine's best peak lies above the constant rate's limit (near 3 to
-3.8 here), where ``lr: auto``'s bounds, which end at the range test's lowest unstable rate (near 2.1),
-do not reach; the grid sees it. Up there the loss against the peak is jagged at 30 steps (a cosine
-that passes 1/eigenvalue at the right step wipes out a stiff direction that had grown by orders of
-magnitude; condition 100, 30 steps, log, problem and study seed 0: 1.50x the optimum at peak 3.88,
-1.08x at 4.0), so a finer or wider grid finds narrower
-spikes; ``--grid-max 2.1`` holds the grid to autolr's own search space. A grid ratio below 1 is float32 training or a rate between grid points. The last lines name
-the worst problem, with the grid's own ratio there: the part of the gap the step budget makes.
+Figures per problem, median over the study seeds (initial weights and sampler; 0, 1, 2): best loss /
+the exact optimum, and best loss / the best a dense grid reaches with the same budget (250 rates log-
+spaced over [2e-3, 4], 3% apart, up to twice the limit of a constant rate, constant and cosine,
+simulated in float64 from the study's initial weights: within 30 steps the exact optimum is out of
+reach of gradient descent at any rate, so the grid is what a tuner can reach). A cosine's best peak
+lies above the constant rate's limit (near 3 to 3.8 here), where ``lr: auto``'s bounds, which end at
+the range test's lowest unstable rate (near 2.1), do not reach; the grid sees it. Up there the loss
+against the peak is jagged at 30 steps (a cosine that passes 1/eigenvalue at the right step wipes out
+a stiff direction that had grown by orders of magnitude; condition 100, 30 steps, log, problem and
+study seed 0: 1.50x the optimum at peak 3.88, 1.08x at 4.0), so a finer or wider grid finds narrower
+spikes; ``--grid-max 2.1`` holds the grid to autolr's own search space. A grid ratio below 1 is
+float32 training or a rate between grid points. The last lines name the worst problem, with the grid's
+own ratio there: the part of the gap the step budget makes.
 
     python bench/lsq_family.py [--seeds 0 1 2] [--problems 0 1] [--conditions 10 100 1000] [--steps 30 100 300]
                                [--spectra log clustered] [--grid-max 4] [--arms lr-auto] [--jobs 2] [--trials 30]
