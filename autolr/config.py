@@ -8,7 +8,6 @@ a raw dict.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import sys
 import unicodedata
@@ -19,6 +18,8 @@ from typing import Any
 import yaml
 
 from autolr import _yaml
+from autolr._checker import TOP as _TOP
+from autolr._checker import Checker as _Checker
 from autolr.errors import StudyFileError
 from autolr.params import FINDER_STEPS, LR, MAX_WARMUP, WARMUP, Choice, Fixed, ParamSpec, Range, Setting
 
@@ -38,6 +39,7 @@ __all__ = [
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # the embedded MLflow store, under the project
 SAMPLERS = ("tpe", "random", "grid", "gp", "cmaes")
+UNSTEERED_SAMPLERS = ("grid", "random")  # no divergence ceiling: they propose what they propose
 CURVE_PRUNERS = ("none", "median", "hyperband")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -142,6 +144,7 @@ class StudyConfig:
     tracking: TrackingConfig = TrackingConfig()
     loop: str | Callable[..., Any] | None = None
     confirm: ConfirmConfig = ConfirmConfig()
+    sampler_ceiling: bool = True  # the sampler keeps lr off the learned divergence ceiling (autolr.sampler)
     extend_space: bool = False  # never from the file: tune(extend_space=True) lets the stored study's space grow to this one
 
     @property
@@ -200,7 +203,6 @@ _TOP_KEYS = {
     "name", "task", "loop", "confirm", "task_args", "train", "objective", "trials", "seed", "sampler", "search", "pruning",
     "finder", "tracking",
 }  # fmt: skip
-_TOP = "(top level)"
 _NAME_RE = re.compile(r"^[\w.\- ]+$")  # \w: letters and digits of any script, and '_'
 # A name becomes a file name (<name>.db, <name>.db-wal, <name>.db.lock: at most 8 more bytes within the
 # 255 bytes a file system allows a name), an MLflow run name (<name>@<date> <time> within MLflow's 250
@@ -218,57 +220,6 @@ def safe_name(name: str) -> str:
     return cleaned or "study"
 
 
-class _Checker:
-    """Validates one study file, remembering its path for every error."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def fail(self, key: str, expected: str, given: object) -> StudyFileError:
-        return StudyFileError(self.path, key, expected, given)
-
-    def mapping(self, value: object, key: str, allowed: set[str] | None = None) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(key, "a mapping", value)
-        for k in value:
-            if not isinstance(k, str):
-                raise self.fail(key, "string keys", k)
-            if allowed is not None and k not in allowed:
-                where = k if key == _TOP else f"{key}.{k}"
-                raise self.fail(where, f"one of the keys {sorted(allowed)}", f"<unknown key {k!r}>")
-        return value
-
-    def integer(self, value: object, key: str, *, minimum: int, maximum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
-            raise self.fail(key, f"an integer >= {minimum}" if maximum is None else f"an integer in [{minimum}, {maximum}]", value)
-        return value
-
-    def number(self, value: object, key: str, *, low: float | None = None, high: float | None = None) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(key, "a finite number", value)
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise self.fail(key, f"a number in [{low}, {high}]", value)
-        return float(value)
-
-    def param(self, value: object, key: str, spec: ParamSpec) -> Any:
-        """A declared hyperparameter's value, checked with the words every other entry uses."""
-        if not spec.valid(value):
-            raise self.fail(key, spec.expected, value)
-        return spec.kind(value)
-
-    def choice(self, value: object, key: str, options: tuple[str, ...]) -> str:
-        if value not in options:
-            raise self.fail(key, f"one of {list(options)}", value)
-        return value
-
-    def string(self, value: object, key: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, "a non-empty string", value)
-        return value
-
-
 def parse_study(raw: object, *, path: str = "study.yaml", task: Callable[..., Any] | None = None, loop: Callable[..., Any] | None = None) -> StudyConfig:
     """Validate a study already read from YAML (a dict) into a :class:`StudyConfig`."""
     c = _Checker(path)
@@ -276,6 +227,7 @@ def parse_study(raw: object, *, path: str = "study.yaml", task: Callable[..., An
     name = _parse_name(c, doc.get("name", Path(path).stem))
     task, loop = _parse_code(c, doc, task, loop)
     objective = c.mapping(doc.get("objective"), "objective", {"metric", "direction"})
+    sampler, ceiling = _parse_sampler(c, doc.get("sampler", "tpe"))
     search = _parse_search(c, c.mapping(doc.get("search"), "search", {"lr", "optimizer", "schedule", "warmup"}))
     if loop is not None and search.lr.auto:
         raise c.fail("search.lr", "{low: L, high: H} with loop: (the range test of lr: auto needs a task:, whose batches autolr sees)", "auto")
@@ -290,7 +242,8 @@ def parse_study(raw: object, *, path: str = "study.yaml", task: Callable[..., An
         direction=c.choice(objective.get("direction", "minimize"), "objective.direction", ("minimize", "maximize")),
         trials=c.integer(doc.get("trials", 20), "trials", minimum=1),
         seed=c.integer(doc.get("seed", 0), "seed", minimum=0, maximum=MAX_SEED),
-        sampler=c.choice(doc.get("sampler", "tpe"), "sampler", SAMPLERS),
+        sampler=sampler,
+        sampler_ceiling=ceiling,
         search=search,
         pruning=_parse_pruning(c, doc.get("pruning")),
         finder=_parse_finder(c, doc.get("finder")),
@@ -309,6 +262,19 @@ def with_overrides(config: StudyConfig, *, trials: int | None = None, seed: int 
     if seed is not None:
         changes["seed"] = c.integer(seed, "--seed", minimum=0, maximum=MAX_SEED)
     return dataclasses.replace(config, **changes)
+
+
+def _parse_sampler(c: _Checker, sampler: object) -> tuple[str, bool]:
+    """``sampler: tpe`` (ceiling on) or ``sampler: {name: tpe, ceiling: false}``. Grid and random
+    sample without a model to steer, so the ceiling is never theirs: ``ceiling: true`` there is refused."""
+    if not isinstance(sampler, dict):
+        return c.choice(sampler, "sampler", SAMPLERS), True
+    s = c.mapping(sampler, "sampler", {"name", "ceiling"})
+    name = c.choice(s.get("name", "tpe"), "sampler.name", SAMPLERS)
+    ceiling = c.flag(s.get("ceiling", name not in UNSTEERED_SAMPLERS), "sampler.ceiling")
+    if ceiling and name in UNSTEERED_SAMPLERS:
+        raise c.fail("sampler.ceiling", f"false or omitted with the {name} sampler (it never uses the ceiling)", True)
+    return name, ceiling
 
 
 def _parse_name(c: _Checker, name: object) -> str:
@@ -447,9 +413,7 @@ def _parse_setting(c: _Checker, value: object, key: str, spec: ParamSpec) -> Set
         if spec.kind is bool:
             raise c.fail(key, "true, false or a list of them", value)
         low, high = c.param(value.get("low"), f"{key}.low", spec), c.param(value.get("high"), f"{key}.high", spec)
-        log = value.get("log", False)
-        if not isinstance(log, bool):
-            raise c.fail(f"{key}.log", "true or false", log)
+        log = c.flag(value.get("log", False), f"{key}.log")
         if low >= high:
             raise c.fail(key, "low < high", value)
         if log and low <= 0:
@@ -460,11 +424,8 @@ def _parse_setting(c: _Checker, value: object, key: str, spec: ParamSpec) -> Set
 
 def _parse_pruning(c: _Checker, pruning: object) -> PruningConfig:
     p = c.mapping(pruning, "pruning", {f.name for f in dataclasses.fields(PruningConfig)})
-    divergence = p.get("divergence", True)
-    if not isinstance(divergence, bool):
-        raise c.fail("pruning.divergence", "true or false", divergence)
     return PruningConfig(
-        divergence=divergence,
+        divergence=c.flag(p.get("divergence", True), "pruning.divergence"),
         curve=c.choice(p.get("curve", "median"), "pruning.curve", CURVE_PRUNERS),
         loss_factor=c.number(p.get("loss_factor", PruningConfig.loss_factor), "pruning.loss_factor", low=1.0001),
         startup_trials=c.integer(p.get("startup_trials", PruningConfig.startup_trials), "pruning.startup_trials", minimum=0),

@@ -11,7 +11,7 @@ means nothing beside a value of another task. So the stored study remembers, und
 - the objective: metric and direction;
 - the search space: ``lr``, the optimizers and schedules with their settings, warmup.
 
-``trials``, ``seed``, ``sampler``, ``--jobs``, ``confirm``, ``pruning``, ``finder`` and ``tracking``
+``trials``, ``seed``, ``sampler`` (its ceiling switch included), ``--jobs``, ``confirm``, ``pruning``, ``finder`` and ``tracking``
 change how a study is run, not what its values mean: they may change freely. A file whose identity
 differs is refused, never merged, with one exception asked for explicitly: ``--extend-space``
 (``tune(extend_space=True)``) lets the stored search space grow to a file's wider one (every stored

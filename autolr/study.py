@@ -121,7 +121,7 @@ def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, para
     if config.sampler == "grid" and lr_bounds is None:  # reading only: the grid is not known yet
         return optuna.samplers.RandomSampler(seed=seed)
     grid = grid_search_space(config.search, lr_bounds) if config.sampler == "grid" else None
-    return make_sampler(config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence, parallel=parallel)
+    return make_sampler(config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence and config.sampler_ceiling, parallel=parallel)
 
 
 def fixed_lr_bounds(config: StudyConfig) -> LrBounds:
@@ -346,6 +346,7 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             "study": config.name,
             "task": config.code_label,
             "sampler": config.sampler,
+            "sampler_ceiling": config.sampler_ceiling,
             "target_trials": config.trials,
             "epochs": config.train.epochs,
             "batch_size": config.train.batch_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from autolr import identity
 from autolr.config import LrSearch, load_study, safe_name
 from autolr.errors import StudyFileError
 from autolr.params import Fixed, Range
@@ -74,6 +75,18 @@ BAD = [
     ("wrong type", GOOD.replace("epochs: 2", "epochs: two"), r"train.epochs: expected an integer >= 1, got 'two'"),
     ("bool as int", GOOD.replace("trials: 4", "trials: true"), r"trials: expected an integer >= 1, got True"),
     ("bad sampler", GOOD.replace("sampler: tpe", "sampler: bayes"), r"sampler: expected one of \['tpe', 'random', 'grid', 'gp', 'cmaes'\], got 'bayes'"),
+    (
+        "bad sampler name",
+        GOOD.replace("sampler: tpe", "sampler: {name: bayes}"),
+        r"sampler.name: expected one of \['tpe', 'random', 'grid', 'gp', 'cmaes'\], got 'bayes'",
+    ),
+    ("ceiling not a flag", GOOD.replace("sampler: tpe", "sampler: {name: tpe, ceiling: 0}"), r"sampler.ceiling: expected true or false, got 0"),
+    ("unknown sampler key", GOOD.replace("sampler: tpe", "sampler: {name: tpe, ceil: false}"), r"sampler.ceil: expected one of the keys \['ceiling', 'name'\]"),
+    (
+        "ceiling with random",
+        GOOD.replace("sampler: tpe", "sampler: {name: random, ceiling: true}"),
+        r"sampler.ceiling: expected false or omitted with the random sampler \(it never uses the ceiling\), got True",
+    ),
     ("bad pruner", GOOD.replace("curve: median", "curve: asha"), r"pruning.curve: expected one of \['none', 'median', 'hyperband'\]"),
     ("bad direction", GOOD.replace("direction: minimize", "direction: down"), r"objective.direction: expected one of"),
     ("warmup too long", GOOD.replace("high: 0.1}", "high: 0.95}"), r"search.warmup.high: expected a number in \[0, 0.9\]"),
@@ -109,6 +122,30 @@ BAD = [
         r"\(yaml\): expected valid YAML .*could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    "given, name, ceiling",
+    [
+        ("tpe", "tpe", True),
+        ("{name: tpe, ceiling: false}", "tpe", False),
+        ("{ceiling: false}", "tpe", False),
+        ("{name: gp}", "gp", True),
+        ("{name: random}", "random", False),
+        ("{name: grid, ceiling: false}", "grid", False),
+    ],
+)
+def test_sampler_names_a_sampler_and_its_ceiling(write_study, given, name, ceiling) -> None:
+    config = load_study(write_study(GOOD.replace("sampler: tpe", f"sampler: {given}")))
+    assert (config.sampler, config.sampler_ceiling) == (name, ceiling)
+
+
+def test_the_ceiling_switch_is_not_part_of_the_study_identity(write_study) -> None:
+    """Like ``sampler`` itself, the switch changes how a study searches, not what its values mean: a
+    study may be resumed with the ceiling turned off (the benchmark's arm does) and stays one study."""
+    on = load_study(write_study(GOOD))
+    off = load_study(write_study(GOOD.replace("sampler: tpe", "sampler: {name: tpe, ceiling: false}")))
+    assert identity.record(on)["fingerprint"] == identity.record(off)["fingerprint"]
 
 
 @pytest.mark.parametrize("label, text, message", BAD, ids=[b[0] for b in BAD])

@@ -11,6 +11,7 @@ from autolr.config import parse_study
 from autolr.hparams import RunConfig
 from autolr.sampler import CeilingSampler, make_sampler
 from autolr.space import grid_search_space, lr_decades, suggest_run
+from autolr.study import open_study
 
 SPACE = {
     "task": "digits_mlp",
@@ -97,3 +98,12 @@ def test_random_and_grid_stay_plain() -> None:
     assert isinstance(make_sampler("random", seed=0), optuna.samplers.RandomSampler)
     with pytest.raises(ValueError, match="unknown sampler 'bayes'"):
         make_sampler("bayes", seed=0)
+
+
+@pytest.mark.parametrize("sampler, wrapped", [("tpe", True), ({"name": "tpe", "ceiling": False}, False), ({"name": "gp", "ceiling": False}, False)])
+def test_the_study_files_ceiling_switch_reaches_the_studys_sampler(tmp_path, sampler, wrapped: bool) -> None:
+    config = parse_study({**SPACE, "name": "switch", "sampler": sampler})
+    study = open_study(config, f"sqlite:///{tmp_path / 'switch.db'}")
+    assert isinstance(study.sampler, CeilingSampler) is wrapped
+    base = study.sampler.base if wrapped else study.sampler
+    assert isinstance(base, optuna.samplers.TPESampler if config.sampler == "tpe" else optuna.samplers.GPSampler)
