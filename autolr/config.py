@@ -57,6 +57,7 @@ class TrainConfig:
     accumulate: int = 1  # micro-batches per optimizer step
     max_steps: int | None = None  # a step budget beside epochs: training stops at whichever comes first
     steps_per_epoch: int | None = None  # batches per epoch, for data without a length (iterable datasets)
+    seed_per_trial: bool = False  # search trial n trains on its own seed (autolr.seeds.trial_seed), not the study's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +259,11 @@ class _Checker:
             raise self.fail(key, spec.expected, value)
         return spec.kind(value)
 
+    def flag(self, value: object, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false", value)
+        return value
+
     def choice(self, value: object, key: str, options: tuple[str, ...]) -> str:
         if value not in options:
             raise self.fail(key, f"one of {list(options)}", value)
@@ -366,6 +372,7 @@ def _parse_train(c: _Checker, train: dict) -> TrainConfig:
         accumulate=c.integer(train.get("accumulate", 1), "train.accumulate", minimum=1),
         max_steps=None if max_steps is None else c.integer(max_steps, "train.max_steps", minimum=1),
         steps_per_epoch=None if per_epoch is None else c.integer(per_epoch, "train.steps_per_epoch", minimum=1),
+        seed_per_trial=c.flag(train.get("seed_per_trial", False), "train.seed_per_trial"),
     )
 
 
@@ -447,9 +454,7 @@ def _parse_setting(c: _Checker, value: object, key: str, spec: ParamSpec) -> Set
         if spec.kind is bool:
             raise c.fail(key, "true, false or a list of them", value)
         low, high = c.param(value.get("low"), f"{key}.low", spec), c.param(value.get("high"), f"{key}.high", spec)
-        log = value.get("log", False)
-        if not isinstance(log, bool):
-            raise c.fail(f"{key}.log", "true or false", log)
+        log = c.flag(value.get("log", False), f"{key}.log")
         if low >= high:
             raise c.fail(key, "low < high", value)
         if log and low <= 0:
@@ -460,11 +465,8 @@ def _parse_setting(c: _Checker, value: object, key: str, spec: ParamSpec) -> Set
 
 def _parse_pruning(c: _Checker, pruning: object) -> PruningConfig:
     p = c.mapping(pruning, "pruning", {f.name for f in dataclasses.fields(PruningConfig)})
-    divergence = p.get("divergence", True)
-    if not isinstance(divergence, bool):
-        raise c.fail("pruning.divergence", "true or false", divergence)
     return PruningConfig(
-        divergence=divergence,
+        divergence=c.flag(p.get("divergence", True), "pruning.divergence"),
         curve=c.choice(p.get("curve", "median"), "pruning.curve", CURVE_PRUNERS),
         loss_factor=c.number(p.get("loss_factor", PruningConfig.loss_factor), "pruning.loss_factor", low=1.0001),
         startup_trials=c.integer(p.get("startup_trials", PruningConfig.startup_trials), "pruning.startup_trials", minimum=0),

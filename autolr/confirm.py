@@ -31,15 +31,14 @@ from autolr import keys, store
 from autolr.claim import ask_owned
 from autolr.config import PruningConfig, StudyConfig
 from autolr.driver import run_one
+from autolr.seeds import SEED_STRIDE, fresh_seed
 
 if TYPE_CHECKING:
     from autolr.space import LrBounds
 
-__all__ = ["Confirmation", "confirmation", "confirmation_pending", "run_confirmation"]
+__all__ = ["SEED_STRIDE", "Confirmation", "confirmation", "confirmation_pending", "run_confirmation"]
 
 logger = logging.getLogger(__name__)
-
-SEED_STRIDE = 1_000  # fresh seed k of a study seeded s is s + k * SEED_STRIDE: far from any search seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +69,7 @@ def confirm_name(config: StudyConfig) -> str:
 
 
 def fresh_seeds(config: StudyConfig, n: int) -> list[int]:
-    return [config.seed + k * SEED_STRIDE for k in range(1, n + 1)]
+    return [fresh_seed(config.seed, k) for k in range(1, n + 1)]  # no search trial's seed, per trial or not
 
 
 def status(confirmations: Sequence[Confirmation], enabled: bool) -> str:
