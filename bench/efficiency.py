@@ -1,0 +1,231 @@
+"""Winners that hold, at equal compute: each tuner's exported winner re-trained on fresh seeds, against
+a dense-grid oracle (``bench/oracle/``, made by ``bench/oracle/make_oracle.py``).
+
+Tasks: ``digits`` (the built-in digits MLP, 20 epochs, batch 64, sgd(momentum 0.9)/adam x
+constant/cosine/step/exponential, lr in [1e-5, 1]), ``breast_cancer`` (the same space on the
+built-in breast-cancer MLP) and ``lsq`` (least squares, condition 100, 60 full-batch SGD steps, lr in
+[1e-4, 100], constant/cosine; its oracle is the exact optimum). Per task and study seed, every arm
+gets the same trial budget (30 trials) on the same space:
+
+- ``autolr fixed``: ``autolr.tune`` with the fixed bounds, defaults otherwise (TPE under the
+  divergence ceiling, median pruning, confirmation); its export rebuilt with ``autolr.load_best``;
+- ``autolr fixed, single seed``: the same study's best single-seed trial (what confirmation off exports);
+- ``autolr lr: auto`` (and its single-seed best): bounds from the LR range test;
+- ``autolr seed per trial`` (and its single-seed best): ``train.seed_per_trial: true``;
+- ``random search``: a plain Optuna script, ``RandomSampler``, the plain loop below;
+- ``TPE + MedianPruner``: a plain Optuna script (a diverged trial returns inf; val_loss reported per
+  epoch to the pruner);
+- ``schedulefree_adamw`` (constant schedule) and ``prodigy`` (the task's schedules): autolr studies
+  with the LR-free optimizer alone.
+(TPE + guard without the ceiling: not measured; main has no study-file switch for the ceiling yet.)
+
+Every winner is re-trained in a plain PyTorch loop (``bench/oracle/make_oracle.py:plain_train``:
+seeded model, shuffled batches, ``optimizer.step(); scheduler.step()``) on 3 fresh seeds
+(500001-500003: no study, confirmation or oracle seed); the figure is their mean final val_loss / the
+oracle's (1.00: as good as the best cell of the grid; below 1: a rate between grid points, or the
+grid's seeds' noise). Compute is training steps (range tests and confirmation runs included), as a
+share of the grid's. Results append to a JSON-lines file as they come (``--out``; a rerun skips what
+it holds), so a stopped run loses nothing.
+
+    nice -n 5 python bench/efficiency.py [--seeds 5] [--tasks digits breast_cancer lsq] [--arms ...] [--trials 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+
+import autolr
+from autolr import keys
+from autolr.hparams import RunConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "oracle"))
+from make_oracle import TASKS, plain_train, run_config, steps_per_run  # noqa: E402
+
+ORACLE = Path(__file__).resolve().parent / "oracle"
+FRESH_SEEDS = (500_001, 500_002, 500_003)
+AUTOLR_ARMS = ("fixed", "auto", "seed-per-trial", "schedulefree", "prodigy")
+PLAIN_ARMS = ("random", "tpe-median")
+ARMS = AUTOLR_ARMS + PLAIN_ARMS
+LABELS = {
+    "fixed": "autolr fixed",
+    "fixed/single": "autolr fixed, single seed",
+    "auto": "autolr lr: auto",
+    "auto/single": "autolr lr: auto, single seed",
+    "seed-per-trial": "autolr seed per trial",
+    "seed-per-trial/single": "autolr seed per trial, single seed",
+    "random": "random search",
+    "tpe-median": "TPE + MedianPruner",
+    "schedulefree": "schedulefree_adamw",
+    "prodigy": "prodigy",
+}
+
+
+def study_text(task: str, arm: str, seed: int, trials: int) -> str:
+    spec = TASKS[task]
+    space = dict(spec["space"])
+    if arm == "schedulefree":
+        space = {"optimizer": {"schedulefree_adamw": {}}, "schedule": {"constant": {}}}
+    elif arm == "prodigy":
+        space = {"optimizer": {"prodigy": {}}, "schedule": space["schedule"]}
+    train = {"epochs": spec["epochs"], "batch_size": spec["batch_size"]}
+    if arm == "seed-per-trial":
+        train["seed_per_trial"] = True
+    doc = {
+        "name": f"eff-{task}-{arm}-{seed}",
+        "task": spec["task"],
+        "task_args": spec["task_args"],
+        "train": train,
+        "trials": trials,
+        "seed": seed,
+        "search": {"lr": "auto" if arm == "auto" else {"low": spec["lr"][0], "high": spec["lr"][1]}, **space},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _steps(trials: list[optuna.trial.FrozenTrial]) -> int:
+    return sum(int(t.user_attrs.get(keys.STEPS, 0)) for t in trials)
+
+
+def autolr_arm(task: str, arm: str, seed: int, trials: int, folder: Path) -> dict[str, tuple[Any, int]]:
+    """{row: (what rebuilds the winner, compute in steps)}: the export, and the single-seed best."""
+    path = folder / f"{task}-{arm}-{seed}.yaml"
+    path.write_text(study_text(task, arm, seed, trials))
+    storage = f"sqlite:///{folder}/{task}-{arm}-{seed}.db"
+    result = autolr.tune(str(path), storage=storage, tracking_uri=None, progress=False)
+    study = optuna.load_study(study_name=result.study_name, storage=storage)
+    search = _steps(study.get_trials(deepcopy=False))
+    finder = sum(int(v["result"].get("steps", 0)) for k, v in study.user_attrs.items() if k.startswith("autolr.range_test."))
+    confirm = optuna.load_study(study_name=f"{result.study_name}.confirm", storage=storage)
+    out = folder / f"{task}-{arm}-{seed}.best.yaml"
+    autolr.export_best(str(path), storage=storage, path=out)
+    rows = {arm: (autolr.load_best(out), search + finder + _steps(confirm.get_trials(deepcopy=False)))}
+    if arm in ("fixed", "auto", "seed-per-trial"):
+        rows[f"{arm}/single"] = (RunConfig.from_flat(result.best_params), search + finder)
+    return rows
+
+
+def plain_arm(task: str, arm: str, seed: int, trials: int) -> dict[str, tuple[Any, int]]:
+    """What a user writes: an Optuna study over the same space, the plain loop on the study's seed."""
+    spec, steps = TASKS[task], [0]
+    per_epoch = steps_per_run(spec) // spec["epochs"]
+
+    def objective(trial: optuna.Trial) -> float:
+        opt = trial.suggest_categorical("optimizer", list(spec["space"]["optimizer"]))
+        lr = trial.suggest_float("lr", *spec["lr"], log=True)
+        sched = trial.suggest_categorical("schedule", list(spec["space"]["schedule"]))
+
+        def report(epoch: int, val: float) -> None:
+            seen[0] = epoch
+            trial.report(val, epoch)
+            if arm == "tpe-median" and trial.should_prune():
+                raise optuna.TrialPruned()
+
+        seen = [0]
+        try:
+            value, n = plain_train(spec, run_config(opt, lr, sched, spec["space"]), seed, on_epoch=report)
+        except optuna.TrialPruned:
+            steps[0] += seen[0] * per_epoch
+            raise
+        steps[0] += n
+        return value  # inf when it diverged: ranked last, never NaN
+
+    if arm == "random":
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed), pruner=optuna.pruners.NopPruner())
+    else:
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), pruner=optuna.pruners.MedianPruner())
+    study.optimize(objective, n_trials=trials)
+    best = study.best_trial.params
+    return {arm: (run_config(best["optimizer"], best["lr"], best["schedule"], spec["space"]), steps[0])}
+
+
+def fresh(task: str, build: Any) -> float:
+    values = [plain_train(TASKS[task], build, s)[0] for s in FRESH_SEEDS]
+    return statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf
+
+
+def oracle(task: str) -> dict[str, Any]:
+    path = ORACLE / f"{task}.json"
+    if not path.exists():
+        sys.exit(f"{path}: no oracle yet; run: nice -n 5 python bench/oracle/make_oracle.py --tasks {task}")
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=5, help="study seeds 0..N-1")
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--trials", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=ORACLE / "efficiency_runs.jsonl")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    done = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
+    have = {(r["task"], r["arm"], r["seed"], r["trials"]) for r in done}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in args.tasks:
+            ref = oracle(task)
+            for seed in range(args.seeds):
+                for arm in args.arms:
+                    if (task, arm, seed, args.trials) in have:
+                        continue
+                    t0 = time.perf_counter()
+                    rows = autolr_arm(task, arm, seed, args.trials, Path(tmp)) if arm in AUTOLR_ARMS else plain_arm(task, arm, seed, args.trials)
+                    for row, (build, steps) in rows.items():
+                        value = fresh(task, build)
+                        rec = {"task": task, "arm": arm, "row": row, "seed": seed, "trials": args.trials, "fresh": value,
+                               "ratio": value / ref["best"]["mean"], "steps": steps, "params": _params(build)}  # fmt: skip
+                        done.append(rec)
+                        with args.out.open("a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                    figures = ", ".join(f"{r['row']} {r['ratio']:.3f}x" for r in done[-len(rows) :])
+                    print(f"{task} seed {seed} {arm}: {figures} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    report([r for r in done if r["task"] in args.tasks and r["seed"] < args.seeds and r["trials"] == args.trials], args)
+
+
+def _params(build: Any) -> dict[str, Any]:
+    flat = build.params if hasattr(build, "params") else build.flat()
+    return {k: flat[k] for k in ("optimizer", "lr", "schedule")}
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    print(
+        f"fresh-seed mean final val_loss / oracle (dense grid's best; least squares: exact optimum); {args.trials} trials; study seeds 0-{args.seeds - 1}; fresh seeds {FRESH_SEEDS}"
+    )
+    print(f"{'task':<14} {'arm':<36} {'median':>8} {'worst':>8} {'compute':>9}")
+    headline: list[float] = []
+    shares: list[float] = []
+    for task in args.tasks:
+        ref = oracle(task)
+        grid = ref.get("compute_steps")
+        for row in LABELS:
+            mine = [r for r in rows if r["task"] == task and r["row"] == row]
+            if not mine:
+                continue
+            ratios = [r["ratio"] for r in mine]
+            share = statistics.fmean(r["steps"] for r in mine) / grid if grid else None
+            print(f"{task:<14} {LABELS[row]:<36} {statistics.median(ratios):>7.3f}x {max(ratios):>7.3f}x {'-' if share is None else f'{share:.1%}':>9}")
+        if grid:  # the headline: autolr's exported winner, fixed bounds and lr: auto, on the tasks with a grid
+            mine = [r for r in rows if r["task"] == task and r["row"] in ("fixed", "auto")]
+            headline += [r["ratio"] for r in mine]
+            shares += [r["steps"] / grid for r in mine]
+    if headline:
+        print(
+            f"autolr vs oracle: median {statistics.median(headline):.2f}x, worst {max(headline):.2f}x at {100 * statistics.fmean(shares):.0f}% of grid compute"
+        )
+
+
+if __name__ == "__main__":
+    main()
