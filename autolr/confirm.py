@@ -1,8 +1,9 @@
 """Winners that hold: the top configurations of a search, trained again on fresh seeds.
 
-Every search trial trains from the study's seed (the same initial weights, the same batches), so the
-best single-seed value is the best *draw*, and part of its lead is that seed's luck (the winner's
-curse: on a digits MLP outside this repository, winners lost 8-30% when re-trained on fresh seeds).
+Every search trial trains from the study's seed (the same initial weights, the same batches; with
+``train.seed_per_trial`` each on its own, never one of the fresh seeds below), so the best
+single-seed value is the best *draw*, and part of its lead is that seed's luck (the winner's curse:
+on a digits MLP outside this repository, winners lost 8-30% when re-trained on fresh seeds).
 After the search reaches its target, the ``top`` configurations are trained on ``seeds`` fresh seeds
 each; the export names the configuration with the best mean over those seeds and holds the spread.
 

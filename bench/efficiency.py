@@ -175,9 +175,9 @@ def main() -> None:
     done = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
     have = {(r["task"], r["arm"], r["seed"], r["trials"]) for r in done}
     with tempfile.TemporaryDirectory() as tmp:
-        for task in args.tasks:
-            ref = oracle(task)
-            for seed in range(args.seeds):
+        for seed in range(args.seeds):  # every task's seed 0 before anyone's seed 1: a stopped run covers every task
+            for task in args.tasks:
+                ref = oracle(task)
                 for arm in args.arms:
                     if (task, arm, seed, args.trials) in have:
                         continue
