@@ -48,7 +48,9 @@ import yaml
 
 import autolr
 from autolr import keys
+from autolr.confirm import candidates
 from autolr.hparams import RunConfig
+from autolr.seeds import fresh_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "oracle"))
 from make_oracle import EVAL_SEEDS, TASKS, plain_train, run_config, steps_per_run  # noqa: E402
@@ -57,7 +59,10 @@ ORACLE = Path(__file__).resolve().parent / "oracle"
 FRESH_SEEDS = EVAL_SEEDS  # the grid's seeds too: the figure compares like with like
 AUTOLR_ARMS = ("fixed", "auto", "seed-per-trial", "schedulefree", "prodigy")
 PLAIN_ARMS = ("random", "tpe-median")
-ARMS = AUTOLR_ARMS + PLAIN_ARMS
+PLAN_ARMS = ("plans", "plans-spt")  # confirmation plans replayed on one search (one seed, or a seed per trial)
+ARMS = AUTOLR_ARMS + PLAIN_ARMS + PLAN_ARMS
+# (configurations, fresh seeds each): (1, 0) exports the single-seed best; (2, 3) is the default for 30 trials
+PLANS = ((1, 0), (1, 1), (1, 3), (2, 3), (3, 2), (7, 1), (4, 3))
 LABELS = {
     "fixed": "autolr fixed",
     "fixed/single": "autolr fixed, single seed",
@@ -70,6 +75,9 @@ LABELS = {
     "schedulefree": "schedulefree_adamw",
     "prodigy": "prodigy",
 }
+for _t, _k in PLANS:
+    LABELS[f"plans/{_t}x{_k}"] = f"replay: top {_t} x {_k} seeds" if _k else "replay: single-seed best"
+    LABELS[f"plans-spt/{_t}x{_k}"] = f"replay, seed per trial: top {_t} x {_k}" if _k else "replay, seed per trial: single-seed best"
 
 
 def study_text(task: str, arm: str, seed: int, trials: int) -> str:
@@ -150,9 +158,36 @@ def plain_arm(task: str, arm: str, seed: int, trials: int) -> dict[str, tuple[An
     return {arm: (run_config(best["optimizer"], best["lr"], best["schedule"], spec["space"]), steps[0])}
 
 
+def plans_arm(task: str, arm: str, seed: int, trials: int, folder: Path) -> dict[str, tuple[Any, int]]:
+    """One autolr search (fixed bounds, confirmation off), its top configurations trained on the
+    confirmation's seeds in the plain loop, and every plan of PLANS replayed on those values: which
+    configuration each would export, and at what compute (the search plus top x seeds runs)."""
+    base = "seed-per-trial" if arm == "plans-spt" else "fixed"
+    path = folder / f"{task}-{arm}-{seed}.yaml"
+    path.write_text(study_text(task, base, seed, trials).replace(f"eff-{task}-{base}-", f"eff-{task}-{arm}-") + "confirm: false\n")
+    storage = f"sqlite:///{folder}/{task}-{arm}-{seed}.db"
+    result = autolr.tune(str(path), storage=storage, tracking_uri=None, progress=False)
+    study = optuna.load_study(study_name=result.study_name, storage=storage)
+    search, per_run = _steps(study.get_trials(deepcopy=False)), steps_per_run(TASKS[task])
+    picked = [RunConfig.from_flat(t.user_attrs[keys.PARAMS]) for t in candidates(study, max(t for t, _ in PLANS))]
+    seeds = [fresh_seed(seed, k) for k in range(1, max(k for _, k in PLANS) + 1)]  # the confirmation's own seeds
+    values = [[plain_train(TASKS[task], c, s)[0] for s in seeds] for c in picked]
+    rows = {}
+    for top, k in PLANS:
+        mean = [statistics.fmean(v[:k]) if k and all(math.isfinite(x) for x in v[:k]) else (0.0 if not k else math.inf) for v in values[:top]]
+        rows[f"{arm}/{top}x{k}"] = (picked[min(range(len(mean)), key=mean.__getitem__)], search + top * k * per_run)
+    return rows
+
+
+_FRESH: dict[tuple[str, str], float] = {}  # one configuration's fresh-seed value, trained once
+
+
 def fresh(task: str, build: Any) -> float:
-    values = [plain_train(TASKS[task], build, s)[0] for s in FRESH_SEEDS]
-    return statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf
+    key = (task, json.dumps(build.params if hasattr(build, "params") else build.flat(), sort_keys=True, default=str))
+    if key not in _FRESH:
+        values = [plain_train(TASKS[task], build, s)[0] for s in FRESH_SEEDS]
+        _FRESH[key] = statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf
+    return _FRESH[key]
 
 
 def oracle(task: str) -> dict[str, Any]:
@@ -182,7 +217,8 @@ def main() -> None:
                     if (task, arm, seed, args.trials) in have:
                         continue
                     t0 = time.perf_counter()
-                    rows = autolr_arm(task, arm, seed, args.trials, Path(tmp)) if arm in AUTOLR_ARMS else plain_arm(task, arm, seed, args.trials)
+                    run = autolr_arm if arm in AUTOLR_ARMS else plans_arm if arm in PLAN_ARMS else lambda *a: plain_arm(*a[:4])
+                    rows = run(task, arm, seed, args.trials, Path(tmp))
                     for row, (build, steps) in rows.items():
                         value = fresh(task, build)
                         rec = {"task": task, "arm": arm, "row": row, "seed": seed, "trials": args.trials, "fresh": value,
