@@ -59,6 +59,7 @@ class TrainConfig:
     accumulate: int = 1  # micro-batches per optimizer step
     max_steps: int | None = None  # a step budget beside epochs: training stops at whichever comes first
     steps_per_epoch: int | None = None  # batches per epoch, for data without a length (iterable datasets)
+    seed_per_trial: bool = False  # search trial n trains on its own seed (autolr.seeds.trial_seed), not the study's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +333,7 @@ def _parse_train(c: _Checker, train: dict) -> TrainConfig:
         accumulate=c.integer(train.get("accumulate", 1), "train.accumulate", minimum=1),
         max_steps=None if max_steps is None else c.integer(max_steps, "train.max_steps", minimum=1),
         steps_per_epoch=None if per_epoch is None else c.integer(per_epoch, "train.steps_per_epoch", minimum=1),
+        seed_per_trial=c.flag(train.get("seed_per_trial", False), "train.seed_per_trial"),
     )
 
 

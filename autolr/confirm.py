@@ -1,8 +1,9 @@
 """Winners that hold: the top configurations of a search, trained again on fresh seeds.
 
-Every search trial trains from the study's seed (the same initial weights, the same batches), so the
-best single-seed value is the best *draw*, and part of its lead is that seed's luck (the winner's
-curse: on a digits MLP outside this repository, winners lost 8-30% when re-trained on fresh seeds).
+Every search trial trains from the study's seed (the same initial weights, the same batches; with
+``train.seed_per_trial`` each on its own, never one of the fresh seeds below), so the best
+single-seed value is the best *draw*, and part of its lead is that seed's luck (the winner's curse:
+on a digits MLP outside this repository, winners lost 8-30% when re-trained on fresh seeds).
 After the search reaches its target, the ``top`` configurations are trained on ``seeds`` fresh seeds
 each; the export names the configuration with the best mean over those seeds and holds the spread.
 
@@ -31,15 +32,14 @@ from autolr import keys, store
 from autolr.claim import ask_owned
 from autolr.config import PruningConfig, StudyConfig
 from autolr.driver import run_one
+from autolr.seeds import SEED_STRIDE, fresh_seed
 
 if TYPE_CHECKING:
     from autolr.space import LrBounds
 
-__all__ = ["Confirmation", "confirmation", "confirmation_pending", "run_confirmation"]
+__all__ = ["SEED_STRIDE", "Confirmation", "confirmation", "confirmation_pending", "run_confirmation"]
 
 logger = logging.getLogger(__name__)
-
-SEED_STRIDE = 1_000  # fresh seed k of a study seeded s is s + k * SEED_STRIDE: far from any search seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ def confirm_name(config: StudyConfig) -> str:
 
 
 def fresh_seeds(config: StudyConfig, n: int) -> list[int]:
-    return [config.seed + k * SEED_STRIDE for k in range(1, n + 1)]
+    return [fresh_seed(config.seed, k) for k in range(1, n + 1)]  # no search trial's seed, per trial or not
 
 
 def status(confirmations: Sequence[Confirmation], enabled: bool) -> str:

@@ -70,7 +70,7 @@ ERROR = "autolr.error"  # "TypeError: ..." of a FAIL trial
 PLOTS_ERROR = "autolr.plots_error"  # on a parent run whose plot job failed: why (the next invocation draws them)
 SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test")
 CONFIRM_OF = "autolr.confirm_of"  # a confirmation run: the number of the search trial it re-trains
-SEED = "autolr.seed"  # the seed a confirmation run trained with
+SEED = "autolr.seed"  # the seed a confirmation run (or, with train.seed_per_trial, a search trial) trained with
 OWNER = "autolr.owner"  # the process running the trial: {machine, pid, start} (autolr.owner)
 RETRY_OF = "autolr.retry_of"  # a killed trial's configuration run again: the killed trial's number
 

@@ -14,6 +14,7 @@ is told here, so the objective runs under :func:`autolr.driver.run_one`, not ``s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
 from autolr.progress import NullProgress
 from autolr.retry import StorageFull, StorageUnavailable
+from autolr.seeds import trial_seed
 from autolr.space import LrBounds, suggest_run
 from autolr.tasks import build_task, resolve_callable, seed_everything
 from autolr.trainer import Trainer, pick_device
@@ -69,27 +71,36 @@ class Objective:
         self.parent_run_id = parent_run_id
 
     def __call__(self, trial: optuna.Trial) -> float:
-        cfg = self.config
+        cfg = self._seeded(trial)
         run_config = suggest_run(trial, cfg.search, self.lr_bounds, grid=cfg.sampler == "grid")
         flat = run_config.flat()
         trial.set_user_attr(keys.PARAMS, flat)
-        run = self.tracker.trial_run(self.parent_run_id, trial.number, flat, **_run_labels(trial, self.config.seed))
+        run = self.tracker.trial_run(self.parent_run_id, trial.number, flat, **_run_labels(trial, cfg.seed))
         try:
             with run:
-                return self._train(trial, run_config, run)
+                return self._train(cfg, trial, run_config, run)
         except (optuna.TrialPruned, StorageFull, StorageUnavailable):
             raise  # the storage failing cannot take an error attr either
         except Exception as exc:
             trial.set_user_attr(keys.ERROR, f"{type(exc).__name__}: {exc}"[:500])
             raise
 
-    def _train(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | NullTrialRun) -> float:
+    def _seeded(self, trial: optuna.Trial) -> StudyConfig:
+        """The study's configuration, seeded for this trial: with ``train.seed_per_trial`` a search
+        trial trains on its own seed (recorded as ``autolr.seed``); a confirmation run keeps its fresh one."""
         cfg = self.config
+        if not cfg.train.seed_per_trial or keys.CONFIRM_OF in trial.user_attrs:
+            return cfg
+        seed = trial_seed(cfg.seed, trial.number)
+        trial.set_user_attr(keys.SEED, seed)
+        return dataclasses.replace(cfg, seed=seed)
+
+    def _train(self, cfg: StudyConfig, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | NullTrialRun) -> float:
         try:
             if cfg.loop is not None:
-                report, value, steps = self._run_loop(trial, run_config, run)
+                report, value, steps = self._run_loop(cfg, trial, run_config, run)
             else:
-                report, value, steps = self._run_task(trial, run_config, run)
+                report, value, steps = self._run_task(cfg, trial, run_config, run)
         except optuna.TrialPruned as exc:  # autolr's TrialPruned, or a loop's own optuna.TrialPruned
             diverged, step = getattr(exc, "diverged", False), getattr(exc, "step", None)
             if not diverged:
@@ -106,9 +117,8 @@ class Objective:
         run.end("COMPLETE", {keys.VALUE: value})
         return value
 
-    def _run_task(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | NullTrialRun) -> tuple[TrialReport, float, int]:
+    def _run_task(self, cfg: StudyConfig, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | NullTrialRun) -> tuple[TrialReport, float, int]:
         """autolr's trainer on the study's task."""
-        cfg = self.config
         task = build_task(cfg.task, cfg.task_args, seed=cfg.seed)
         metric = resolve_metric(cfg, task)
         self._report = report = TrialReport(trial, run, metric, cfg.pruning.curve != "none", progress=self.progress, epochs=cfg.train.epochs)
@@ -122,9 +132,8 @@ class Objective:
             raise Pruned(exc.reason, step=exc.step, diverged=True) from None
         return report, result.final[metric], result.steps
 
-    def _run_loop(self, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | NullTrialRun) -> tuple[TrialReport, float, int]:
+    def _run_loop(self, cfg: StudyConfig, trial: optuna.Trial, run_config: RunConfig, run: TrialRun | NullTrialRun) -> tuple[TrialReport, float, int]:
         """The user's own loop, handed an :class:`autolr.Trial`; its return value is the trial's."""
-        cfg = self.config
         loop = resolve_loop(cfg.loop)
         metric = keys.val_metric(cfg.metric)
         self._report = report = TrialReport(trial, run, metric, cfg.pruning.curve != "none", progress=self.progress)

@@ -40,6 +40,8 @@ def test_good_study_loads_into_typed_objects(write_study) -> None:
     assert config.search.schedules["step"]["gamma"] == Fixed(0.5)
     assert isinstance(config.search.schedules["step"]["step_frac"], Range)  # schedule defaults are searched
     assert config.search.warmup == Range(0.0, 0.1)
+    assert config.train.seed_per_trial is False  # every search trial on the study's seed unless asked
+    assert load_study(write_study(GOOD.replace("batch_size: 64}", "batch_size: 64, seed_per_trial: true}"))).train.seed_per_trial is True
 
 
 def test_lr_auto_and_plain_lists(write_study) -> None:
@@ -114,6 +116,17 @@ BAD = [
         r"train.precision: expected one of \['fp32', 'bf16', 'fp16'\], got 'half'",
     ),
     ("accumulate zero", GOOD.replace("batch_size: 64}", "batch_size: 64, accumulate: 0}"), r"train.accumulate: expected an integer >= 1, got 0"),
+    (
+        "seed per trial not a flag",
+        GOOD.replace("batch_size: 64}", "batch_size: 64, seed_per_trial: 1}"),
+        r"train.seed_per_trial: expected true or false, got 1$",
+    ),
+    (
+        "seed per trial a word",
+        GOOD.replace("batch_size: 64}", "batch_size: 64, seed_per_trial: yes please}"),
+        r"train.seed_per_trial: expected true or false, got 'yes please'",
+    ),
+    ("divergence not a flag", GOOD.replace("divergence: true", "divergence: 0"), r"pruning.divergence: expected true or false, got 0$"),
     ("not a mapping", "- just\n- a list\n", r"\(top level\): expected a mapping"),
     ("broken yaml", "name: x\nsearch: {lr: [1, 2\n", r"\(yaml\): expected valid YAML with plain values only, got <.*line \d+, column \d+>"),
     (

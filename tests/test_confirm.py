@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 import autolr
+import autolr.tasks
 from autolr import confirm
 from autolr.cli import main
 from autolr.config import ConfirmConfig, load_study
@@ -125,3 +127,44 @@ def test_bad_confirm_settings_are_one_line(write_study) -> None:
         load_study(_study(write_study, "bad", confirm_line="confirm: {seeds: 0}"))
     with pytest.raises(StudyFileError, match=r"confirm.runs: expected one of the keys \['seeds', 'top'\]"):
         load_study(_study(write_study, "bad2", confirm_line="confirm: {runs: 3}"))
+
+
+def test_seed_per_trial_gives_each_search_trial_its_own_seed_and_keeps_the_fresh_seeds_apart(write_study, stores) -> None:
+    seen: list[tuple[int, float]] = []  # (the seed the task was built under, its first weight)
+
+    def make(**kwargs):
+        task = autolr.tasks.least_squares(**kwargs)
+        seen.append((torch.initial_seed(), float(task.model.weight[0, 0].detach())))
+        return task
+
+    text = STUDY.format(name="per-trial", trials=4, confirm="confirm: {top: 1, seeds: 2}").replace("task: least_squares\n", "")
+    path = write_study(text.replace("batch_size: 16}", "batch_size: 16, seed_per_trial: true}"), "per-trial.yaml")
+    result = autolr.tune(str(path), task=make, seed=7, progress=False, **stores)
+    search = [t.user_attrs["autolr.seed"] for t in result.trials]
+    assert search == [7, 8, 9, 10]  # trial n on the study's seed + n
+    built = {s for s, _ in seen}
+    assert set(search) <= built and {1007, 2007} <= built  # the search's seeds, then the confirmation's fresh ones
+    assert len({w for s, w in seen if s in search}) == 4  # different initial weights per trial
+    assert not set(search) & set(result.confirmations[0].seeds)
+    assert result.confirmations[0].seeds == (1007, 2007)
+
+
+def test_trial_seeds_never_reach_a_fresh_seed() -> None:
+    from autolr.seeds import SEED_STRIDE, fresh_seed, trial_seed
+
+    search = [trial_seed(5, n) for n in range(3 * SEED_STRIDE)]
+    assert search[:3] == [5, 6, 7] and len(set(search)) == len(search)
+    assert not set(search) & {fresh_seed(5, k) for k in range(1, 10)}  # trial 999 is 1004, trial 1000 is 1006: 1005 skipped
+    assert trial_seed(5, 999) == 5 + 999 and trial_seed(5, 1000) == 5 + 1001
+
+
+def test_without_seed_per_trial_every_search_trial_trains_on_the_study_seed(write_study, stores) -> None:
+    seeds: list[int] = []
+
+    def make(**kwargs):
+        seeds.append(torch.initial_seed())
+        return autolr.tasks.least_squares(**kwargs)
+
+    path = write_study(STUDY.format(name="one-seed", trials=3, confirm="confirm: false").replace("task: least_squares\n", ""), "one-seed.yaml")
+    result = autolr.tune(str(path), task=make, seed=7, progress=False, **stores)
+    assert set(seeds) == {7} and all("autolr.seed" not in t.user_attrs for t in result.trials)
