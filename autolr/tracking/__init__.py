@@ -98,16 +98,16 @@ def prestart_writer(tracking_uri: str | None) -> None:
     """Start the MLflow writer process for ``tracking_uri`` ahead of need: it imports, then waits for
     work before it opens the store (see ``_warm.py``); the next :class:`Tracker` adopts it."""
     if tracking_uri:
-        from autolr.tracking import _warm
+        from autolr.tracking._warm import prestart
 
-        _warm.prestart(tracking_uri)
+        prestart(tracking_uri)
 
 
 def discard_warm_writers() -> None:
     """End the writers :func:`prestart_writer` started that no tracker adopted (they opened nothing)."""
-    from autolr.tracking import _warm
+    from autolr.tracking._warm import discard
 
-    _warm.discard()
+    discard()
 
 
 __getattr__, __dir__ = lazy_names(globals(), _LAZY)

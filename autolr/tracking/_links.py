@@ -19,8 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from autolr.tracking import _warm
 from autolr.tracking._messages import FromWriter, ToWriter, WriterExited
+from autolr.tracking._warm import spawn, take
 from autolr.tracking._writer import STOP, serve
 
 __all__ = ["ProcessLink", "ThreadLink"]
@@ -79,7 +79,7 @@ class ProcessLink:
     """
 
     def __init__(self, tracking_uri: str, on_reply: OnReply, *, fast_path: bool = True) -> None:
-        self.proc = _warm.take(tracking_uri, fast_path=fast_path) or _warm.spawn(tracking_uri, fast_path=fast_path)
+        self.proc = take(tracking_uri, fast_path=fast_path) or spawn(tracking_uri, fast_path=fast_path)
         self.to_writer, self.from_writer = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         os.set_blocking(self.to_writer, False)
         os.set_blocking(self.from_writer, False)
