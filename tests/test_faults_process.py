@@ -173,7 +173,9 @@ def test_workers_of_a_killed_main_process_stop_instead_of_finishing_the_study(tm
 
 def test_a_worker_killed_outright_costs_its_trial_only(tmp_path) -> None:
     storage, tracking = _stores(tmp_path)
-    path = _study(tmp_path, "lostworker", 4, sleep_s=0.3)  # as long: the spawned worker joins before the end
+    path = _study(
+        tmp_path, "lostworker", 4, sleep_s=0.8
+    )  # ~10 s a trial: the spawned worker (seconds of imports, more under load) joins before worker 0 ends the study
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
     wait_for(lambda: len(_running_owners(storage, "lostworker")) == 2, what="two running trials")
     os.kill(next(pid for pid in _running_owners(storage, "lostworker") if pid != proc.pid), signal.SIGKILL)  # a spawned worker
