@@ -41,7 +41,6 @@ class PlotJob:
     study_name: str
     metric: str
     direction: str
-    summary: str
 
 
 _jobs: dict[str, subprocess.Popen] = {}  # parent run id -> this process's job for it

@@ -244,24 +244,17 @@ def _storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
     """:func:`_open_storage`, reused within :func:`reusing_storages` (an SQLite file replaced under
     the same URL is opened afresh)."""
     path = sqlite.sqlite_path(url)
-    if reading and path is not None and path.exists() and sqlite.writable(path):
-        reading = False  # opened as for writing either way (see _open_storage): one storage, not two
-    key = (url, reading, _file_identity(path) if path is not None else None)
-    if _OPEN is None or key[2] == "missing":  # a missing file is created (or refused) by the open itself
+    if _OPEN is None or (path is not None and not path.exists()):  # a missing file is created (or refused) by the open
         return _open_storage(url, reading=reading)
-    if path is not None:
-        _refuse_foreign(path, url)  # each time: the file may have been written by something else since
+    if reading and path is not None and sqlite.writable(path):
+        reading = False  # opened as for writing either way (see _open_storage): one storage, not two
+    stat = None if path is None else path.stat()
+    key = (url, reading, None if stat is None else (stat.st_dev, stat.st_ino))
     if key not in _OPEN:
         _OPEN[key] = _open_storage(url, reading=reading)
+    elif path is not None:
+        _refuse_foreign(path, url)  # as _open_storage does: the file may have been written by something else since
     return _OPEN[key]
-
-
-def _file_identity(path: Path) -> tuple[int, int] | str:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return "missing"
-    return (stat.st_dev, stat.st_ino)
 
 
 def _open_storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:

@@ -425,14 +425,14 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
         logger.exception("could not record the best configuration on the parent run")
         return
     try:
-        _record_plots(config, study, tracker, parent_run_id, storage_url)
+        _record_study(config, study, tracker, parent_run_id, storage_url)
     except OSError as exc:
-        logger.error("could not draw the study's plots: %s", exc)
+        logger.error("could not record the study's description or start its plots: %s", exc)
     except Exception:  # noqa: BLE001
-        logger.exception("could not draw the study's plots")
+        logger.exception("could not record the study's description or start its plots")
 
 
-def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, parent_run_id: str, storage_url: str) -> None:
+def _record_study(config: StudyConfig, study: optuna.Study, tracker: Tracker, parent_run_id: str, storage_url: str) -> None:
     """The parent run's description and study curves now; its plots and the best trials' curves in a
     detached job (:mod:`autolr.plot_job`): all of it from the stored data (see :mod:`autolr.report`)."""
     from autolr import plot_job, report
@@ -442,7 +442,7 @@ def _record_plots(config: StudyConfig, study: optuna.Study, tracker: Tracker, pa
     limits = store.range_test_limits(study)
     report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction, summary=summary, range_tests=limits)
     job = plot_job.PlotJob(
-        tracker.tracking_uri, tracker.experiment_name, tracker.study_uid, parent_run_id, storage_url, config.name, config.metric, config.direction, summary
+        tracker.tracking_uri, tracker.experiment_name, tracker.study_uid, parent_run_id, storage_url, config.name, config.metric, config.direction
     )
     plot_job.start(job)
 

@@ -162,6 +162,11 @@ def _mlp(n_in: int, n_out: int, hidden: int, depth: int) -> nn.Sequential:
 
 def _classification(name: str, *, hidden: int, depth: int, val_fraction: float, split_seed: int) -> Task:
     train, val, n_features = _bundled(name, val_fraction=val_fraction, seed=split_seed, classify=True)
+    return _classifier(train, val, n_features, hidden=hidden, depth=depth)
+
+
+def _classifier(train: TensorDataset, val: TensorDataset, n_features: int, *, hidden: int, depth: int) -> Task:
+    """An MLP over ``n_features`` with one output per class the training labels hold, cross-entropy."""
     model = _mlp(n_features, int(train.tensors[1].max()) + 1, hidden, depth)
     return Task(model, train, val, nn.functional.cross_entropy, {"accuracy": accuracy})
 
@@ -223,7 +228,7 @@ def classification_mlp(
         random_state=split_seed,
     )
     train, val = _split(x, y, val_fraction=val_fraction, seed=split_seed, classify=True)
-    return Task(_mlp(x.shape[1], int(np.max(y)) + 1, hidden, depth), train, val, nn.functional.cross_entropy, {"accuracy": accuracy})
+    return _classifier(train, val, x.shape[1], hidden=hidden, depth=depth)
 
 
 def least_squares(

@@ -35,7 +35,7 @@ def test_plots_arrive_after_tune_and_a_failed_job_is_tagged_on_the_parent(write_
     assert {a.path for a in client.list_artifacts(result.parent_run_id, "plots")} == {f"plots/{name}" for name in STUDY_PLOTS}
 
     experiment = client.get_experiment(client.get_run(result.parent_run_id).info.experiment_id).name
-    job = plot_job.PlotJob(stores["tracking_uri"], experiment, None, result.parent_run_id, stores["storage"], "no-such-study", "val_loss", "minimize", "")
+    job = plot_job.PlotJob(stores["tracking_uri"], experiment, None, result.parent_run_id, stores["storage"], "no-such-study", "val_loss", "minimize")
     assert plot_job.main([json.dumps(dataclasses.asdict(job))]) == 1
     why = client.get_run(result.parent_run_id).data.tags[keys.PLOTS_ERROR]
     assert why.startswith("could not draw the plots (") and "next `autolr tune`" in why
