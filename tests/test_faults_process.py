@@ -140,7 +140,7 @@ def test_sigterm_is_a_ctrl_c_with_its_own_exit_code(tmp_path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_with_two_workers_stops_them_all_without_tracebacks(tmp_path, sig) -> None:
     storage, tracking = _stores(tmp_path)
-    path = _study(tmp_path, "stopped", 6, sleep_s=0.3)  # trials long enough that the spawned worker, seconds to start, joins the one here
+    path = _study(tmp_path, "stopped", 6, sleep_s=0.8)  # trials long enough that the spawned worker, seconds to start, joins the one here
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
     wait_for(lambda: len(_running_owners(storage, "stopped")) == 2, what="two running trials")
     workers = _running_owners(storage, "stopped")
@@ -157,7 +157,7 @@ def test_a_stop_signal_with_two_workers_stops_them_all_without_tracebacks(tmp_pa
 
 def test_workers_of_a_killed_main_process_stop_instead_of_finishing_the_study(tmp_path) -> None:
     storage, tracking = _stores(tmp_path)
-    path = _study(tmp_path, "orphaned", 8, sleep_s=0.3)
+    path = _study(tmp_path, "orphaned", 8, sleep_s=0.8)
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
     wait_for(lambda: len(_running_owners(storage, "orphaned")) == 2, what="two running trials")
     proc.send_signal(signal.SIGKILL)
