@@ -96,8 +96,20 @@ class TrialReport(TrainerCallback):
         for v in losses:
             self.smoothed_loss = v if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * v
         step = first_step + len(values.get("train_loss", ()))
+        if self._near_the_end(first_step, step):
+            self.run.flush()
         epoch = (step - 1) // self.steps_per_epoch + 1 if self.steps_per_epoch else len(self.last_epochs) + 1
         self.progress.steps(self.trial.number, step, self.total_steps, epoch, self.epochs, losses[-1] if losses else None)
+
+    def _near_the_end(self, first_step: int, step: int) -> bool:
+        """Whether the window ``[first_step, step)`` reaches the last epoch's first step or the last
+        step: the points up to there leave at once, so the writer commits them while the last epoch and
+        the final validation run, and what is left to write once the trial ends is only the last
+        validation's metrics and the run's end."""
+        if self.total_steps is None:
+            return False
+        marks = (self.total_steps - (self.steps_per_epoch or 0), self.total_steps)
+        return any(first_step < mark <= step for mark in marks)
 
     def record_loss_ratio(self) -> None:
         """Where training ended against where it started, as a trial attr (a run can get worse without
@@ -112,7 +124,6 @@ class TrialReport(TrainerCallback):
         self.last_metrics = dict(metrics)
         self.last_epochs.append(epoch)
         self.run.log_metrics(epoch, metrics)
-        self.run.flush()
         value = metrics[self.metric]
         self.trial.report(value, epoch)
         if self.curve_pruning and self.trial.should_prune():

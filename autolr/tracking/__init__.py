@@ -11,12 +11,13 @@ would cost more than training; written from a thread, it would compete for the G
 holds between torch ops. So a trial run's SQL work all happens in one writer process per
 :class:`Tracker`, and the training process only appends to a list:
 
-1. the training process hands a trial's points to the writer at each epoch end, on prune, at the end of
-   the trial and at least every ``FLUSH_INTERVAL_S``: one pickled message (``_messages.py``) written to a
-   non-blocking pipe from the training thread itself (``_links.py``: no helper thread to wake);
-2. the writer (``_writer.py``) commits pending points once the oldest has waited ``WRITE_DELAY_S`` (or
-   ``WRITE_POINTS`` are pending), taking everything that arrived meanwhile into the same transaction, and
-   at once for a trial's end or a barrier; at most 20 commits a second per writer keeps the SQLite
+1. the training process hands a trial's points to the writer once the oldest has waited
+   ``FLUSH_INTERVAL_S`` (50 ms), at the start of the last epoch and after the last step (so they are
+   written while the last epoch and the final validation run), on prune and at the end of the trial:
+   one pickled message (``_messages.py``) written to a non-blocking pipe from the training thread itself
+   (``_links.py``: no helper thread to wake);
+2. the writer (``_writer.py``) commits what has arrived as soon as its inbox is empty, everything that
+   arrived together in one transaction; about 20 commits a second per trial at most keeps the SQLite
    file's write lock free for other workers. ``Tracker.flush()`` is a barrier;
 3. the writer creates, tags and closes each trial run in order, closing it in the transaction that
    commits its last points: the training process never waits at the end of a trial;

@@ -1,9 +1,11 @@
 """The writer: applies the training process's messages to the MLflow store, in order.
 
 It owns all SQL work of trial runs (see ``autolr/tracking/__init__.py`` for why it is a process of its
-own). Pending points are committed once the oldest has waited ``WRITE_DELAY_S`` (or ``WRITE_POINTS``
-are pending), with whatever else arrived meanwhile in the same transaction, and at once for a trial's
-end or a barrier. While the store does not answer, what cannot be written is held per run, in order,
+own). Points are committed as soon as nothing more is waiting in the inbox, everything that arrived
+together in one transaction: the training process already sends them in batches (``FLUSH_INTERVAL_S``),
+so a delay here only left more to write after a trial's end (measured: with 50 ms here, a 20-epoch
+digits trial's end waited ~2.5 ms for ~300 points; committed on arrival, they are in while the last
+epoch trains). While the store does not answer, what cannot be written is held per run, in order,
 retried every ``RETRY_S`` and at every barrier, and kept in the spool at exit (``_spool.py``).
 
 The writer process (``_writer_process.py``) runs :func:`serve`; a writer thread (``_links.ThreadLink``)
@@ -60,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 entities (metrics + params + tags) a call
 TAG_LIMIT = 100  # ... and at most 100 params and 100 tags
-WRITE_DELAY_S = 0.05  # points wait at most this long in the writer before they are committed,
+WRITE_DELAY_S = 0.0  # points wait at most this long in the writer before they are committed (see above),
 WRITE_POINTS = 20_000  # or until this many are pending
 CHUNK_POINTS = 50_000  # held points written this many a transaction
 RETRY_S = 10.0  # while the store does not answer, the writer holds what it gets and tries again this often
