@@ -154,10 +154,12 @@ def _worker(plan: _Plan, lr_bounds: LrBounds, parent_run_id: str | None, index: 
     device = worker_device(plan.config.train.device, index)
     if device.type == "cuda":  # this worker's "cuda" is its own GPU: worker i on cuda:(i % GPUs)
         torch.cuda.set_device(device)
+    prestart_writer(plan.tracking_uri)  # the writer's imports overlap the preflight's
     preflight(plan.config)  # the worker's imports and first build (seconds) before its first trial's clock, as in the main process
     study = open_study(plan.config, plan.storage_url, lr_bounds, worker=index, parallel=True)
     tracker = open_tracker(plan.tracking_uri, plan.config.name)
     tracker.study_uid = store.study_uid(study)
+    tracker.open_writer()  # its store opened before the first trial, not during the other workers' trials
     deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
     objective = Objective(plan.config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id)
     try:

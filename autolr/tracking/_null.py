@@ -135,6 +135,9 @@ class NullTracker:
     ) -> NullTrialRun:
         return NullTrialRun(self, trial_number)
 
+    def open_writer(self, timeout_s: float = 30.0) -> bool:
+        return True
+
     def flush(self, timeout_s: float = 300.0) -> bool:
         return True
 
