@@ -237,6 +237,7 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
         raise
     tracker = open_tracker(tracking_uri, config.name)
     tracker.check_reachable()
+    tracker.open_writer(timeout_s=0)  # the input passed: the warm writer opens its store meanwhile
     tracker.write_unsent()
 
     opt_study = open_study(config, plan.storage_url)

@@ -394,10 +394,14 @@ class Tracker:
 
     def open_writer(self, timeout_s: float = 30.0) -> bool:
         """Start the writer now and wait until it has opened the store (False after ``timeout_s``:
-        training goes on, and the writer catches up or is given up as usual). A ``--jobs`` worker calls
-        it before its first trial: otherwise the writer's start (its store's engine and tables, on top of
-        its imports) runs during that trial, on a core the other workers' trials need (measured with
-        ``bench/scaling.py``: the first trials the two workers shared took ~1.9 s instead of ~1 s)."""
+        training goes on, and the writer catches up or is given up as usual; 0: do not wait).
+
+        ``tune`` calls it without waiting once the preflight passed: the writer opens its store on the
+        second core while this process opens its own stores, instead of after the first trial's first
+        points (a 1-epoch trial's invocation then waited ~0.5 s at its end). A ``--jobs`` worker waits:
+        otherwise the writer's start (its store's engine and tables, on top of its imports) runs during
+        its first trial, on a core the other workers' trials need (measured with ``bench/scaling.py``:
+        the first trials the two workers shared took ~1.9 s instead of ~1 s)."""
         return self._writer.barrier(timeout_s)  # a message: a warm writer opens its store on its first
 
     def flush(self, timeout_s: float = 300.0) -> bool:
