@@ -298,3 +298,65 @@ def test_training_process_dying_while_the_store_is_down_keeps_its_points(tmp_pat
     for e in entries:
         assert e["version"] == SPOOL_VERSION and e["end"]["status"] == "KILLED" and e["tags"]["autolr.state"] == "FAIL"
         assert sorted((p[0], p[3]) for p in e["points"]) == sorted((k, s) for k in ("train_loss", "lr", "grad_norm") for s in (0, 1))
+
+
+class _CountingTracker:
+    """Stands in for a Tracker: counts the messages a trial run hands over."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def _send(self, msg) -> None:
+        self.sent.append(msg)
+
+
+class _NoOptunaTrial:
+    number = 0
+
+    def report(self, value, step) -> None: ...
+
+    def should_prune(self) -> bool:
+        return False
+
+
+def test_points_leave_at_the_last_epochs_start_and_last_step_not_at_every_epoch_end(monkeypatch) -> None:
+    """A trial of 5 epochs x 8 steps in windows of 4, faster than the flush interval: its points are
+    handed over twice before the end (the last epoch's first step, the last step), epoch ends send
+    nothing of their own, and the end hands over the last validation's metrics."""
+    from autolr.tracking import _trial_run
+    from autolr.tracking._messages import EndRun, LogPoints
+    from autolr.tracking._trial_run import TrialRun
+    from autolr.trial import TrialReport
+
+    monkeypatch.setattr(_trial_run, "FLUSH_INTERVAL_S", 3600.0)
+    tracker = _CountingTracker()
+    run = TrialRun(tracker, 1)
+    report = TrialReport(_NoOptunaTrial(), run, "val_loss", curve_pruning=False)
+    report.on_train_start(total_steps=40, steps_per_epoch=8)
+    handed_over_at = []
+    for epoch in range(1, 6):
+        for first in range((epoch - 1) * 8, epoch * 8, 4):
+            report.on_steps(first, {"train_loss": [0.5] * 4, "lr": [0.1] * 4, "grad_norm": [1.0] * 4})
+            if tracker.sent:
+                handed_over_at.append(first + 4)
+                tracker.sent.clear()
+        report.on_epoch_end(epoch, epoch * 8, {"val_loss": 0.5})
+        assert not tracker.sent, f"epoch {epoch}'s end handed points over"
+    assert handed_over_at == [32, 40]  # the window reaching the last epoch's first step (32), the last step
+    run.end("COMPLETE")
+    last, end = tracker.sent
+    assert isinstance(last, LogPoints) and last.points == 1 and isinstance(end, EndRun)
+
+
+def test_points_leave_once_the_flush_interval_has_passed(monkeypatch) -> None:
+    from autolr.tracking import _trial_run
+    from autolr.tracking._trial_run import TrialRun
+
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(_trial_run.time, "monotonic", lambda: next(clock) * _trial_run.FLUSH_INTERVAL_S * 0.6)
+    tracker = _CountingTracker()
+    run = TrialRun(tracker, 1)  # created at t=0
+    run.log_metrics(0, {"val_loss": 1.0})  # t=0.6 intervals: kept
+    assert not tracker.sent
+    run.log_steps(0, {"train_loss": [1.0]})  # t=1.2 intervals: both points leave together
+    assert len(tracker.sent) == 1 and tracker.sent[0].points == 2

@@ -12,7 +12,7 @@ holds between torch ops. So a trial run's SQL work all happens in one writer pro
 :class:`Tracker`, and the training process only appends to a list:
 
 1. the training process hands a trial's points to the writer once the oldest has waited
-   ``FLUSH_INTERVAL_S`` (50 ms), at the start of the last epoch and after the last step (so they are
+   ``FLUSH_INTERVAL_S`` (0.1 s), at the start of the last epoch and after the last step (so they are
    written while the last epoch and the final validation run), on prune and at the end of the trial:
    one pickled message (``_messages.py``) written to a non-blocking pipe from the training thread itself
    (``_links.py``: no helper thread to wake);

@@ -75,7 +75,7 @@ class ProcessLink:
 
     Why no helper threads here: a thread woken to feed the pipe or read a reply needs the GIL, and the
     training thread hands the GIL back and forth at every torch op; under CPU contention each handoff
-    can stall training for a scheduler tick. Writing a few kB to a pipe every 50 ms costs less.
+    can stall training for a scheduler tick. Writing a few kB to a pipe every 0.1 s costs less.
     """
 
     def __init__(self, tracking_uri: str, on_reply: OnReply, *, fast_path: bool = True) -> None:
