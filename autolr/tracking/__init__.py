@@ -11,8 +11,8 @@ would cost more than training; written from a thread, it would compete for the G
 holds between torch ops. So a trial run's SQL work all happens in one writer process per
 :class:`Tracker`, and the training process only appends to a list:
 
-1. the training process hands a trial's points to the writer once the oldest has waited
-   ``FLUSH_INTERVAL_S`` (0.1 s), at the start of the last epoch and after the last step (so they are
+1. the training process hands a trial's points to the writer once ``FLUSH_INTERVAL_S`` (0.1 s) has
+   passed since the last hand-over, at the start of the last epoch and after the last step (so they are
    written while the last epoch and the final validation run), on prune and at the end of the trial:
    one pickled message (``_messages.py``) written to a non-blocking pipe from the training thread itself
    (``_links.py``: no helper thread to wake);

@@ -402,7 +402,7 @@ class Tracker:
         otherwise the writer's start (its store's engine and tables, on top of its imports) runs during
         its first trial, on a core the other workers' trials need (measured with ``bench/scaling.py``:
         the first trials the two workers shared took ~1.9 s instead of ~1 s)."""
-        return self._writer.barrier(timeout_s)  # a message: a warm writer opens its store on its first
+        return self._writer.barrier(timeout_s)  # a barrier, not a bare start: a warm writer opens its store on its first message
 
     def flush(self, timeout_s: float = 300.0) -> bool:
         """Wait until every point sent so far is committed and every ended trial run is closed (or,

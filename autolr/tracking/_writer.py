@@ -62,8 +62,6 @@ logger = logging.getLogger(__name__)
 
 BATCH_LIMIT = 1000  # MLflow's log_batch accepts at most 1000 entities (metrics + params + tags) a call
 TAG_LIMIT = 100  # ... and at most 100 params and 100 tags
-WRITE_DELAY_S = 0.0  # points wait at most this long in the writer before they are committed (see above),
-WRITE_POINTS = 20_000  # or until this many are pending
 CHUNK_POINTS = 50_000  # held points written this many a transaction
 RETRY_S = 10.0  # while the store does not answer, the writer holds what it gets and tries again this often
 TAG_VALUE_LIMIT = 8000  # characters MLflow keeps of a tag value
@@ -109,8 +107,7 @@ class Writer:
             )
 
             self.fast = SqlFastPath.for_client(self.client)
-        self._pending = 0  # points not yet written, over all runs
-        self._oldest: float | None = None  # when the oldest of them arrived
+        self._unwritten = False  # a run's creation or points wait to be written (they are, once the inbox is empty)
         self._artifact_roots: dict[str, str] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             CreateRun: self._create,
@@ -150,13 +147,14 @@ class Writer:
         for key, run in self.runs.items():
             if run.points or run.tags or run.new_run:
                 self._write(key, run)
-        self._pending, self._oldest = 0, None
+        self._unwritten = False
 
     def time_to_write(self) -> float | None:
-        """Seconds until pending points are due (0: now), or None when nothing is pending."""
+        """Seconds until something is due to be written (0: now: what waits is written once the inbox
+        is empty; held points at their next retry), or None when nothing waits."""
         due = []
-        if self._oldest is not None:
-            due.append(0.0 if self._pending >= WRITE_POINTS else self._oldest + WRITE_DELAY_S - time.monotonic())
+        if self._unwritten:
+            due.append(0.0)
         if self.held and not self.spool_only:
             due.append(self.next_try - time.monotonic())
         return max(0.0, min(due)) if due else None
@@ -211,14 +209,12 @@ class Writer:
     def _create(self, msg: CreateRun) -> None:
         # created with its first points (on the fast path in the same transaction: one commit less)
         self.runs[msg.key] = _OpenRun(None, new_run=msg)
-        self._oldest = self._oldest or time.monotonic()
+        self._unwritten = True
 
     def _points(self, msg: LogPoints) -> None:
         run = self._run(msg.key)
         out = run.points
-        before = len(out)
-        if self._oldest is None:
-            self._oldest = time.monotonic()
+        self._unwritten = True
         for item in msg.items:
             if isinstance(item, StepSeries):
                 for name, series in item.values.items():
@@ -231,7 +227,6 @@ class Writer:
                 reason_tag, step_tag = keys.gradient_flag(flag.kind)
                 run.tags[step_tag] = str(flag.step)
                 run.tags[reason_tag] = flag.reason
-        self._pending += len(out) - before
 
     def _set_tags(self, msg: SetTags) -> None:
         self._run(msg.key).tags.update(msg.tags)
@@ -421,8 +416,8 @@ STOP = None  # in the inbox: stop (or the training process is gone)
 def serve(
     tracking_uri: str, inbox: queue.Queue, reply: Reply, *, fast_path: bool = True, spool_only: bool = False, given_up: threading.Event | None = None
 ) -> None:
-    """The writer loop: take what has arrived, apply it in order, and commit pending points once due
-    (ends and barriers commit at once), with whatever else has arrived by then in the same transaction.
+    """The writer loop: take everything that has arrived, apply it in order (ends and barriers commit
+    at once), then commit what waits in one transaction.
     ``given_up`` (a writer thread): once set, the loop writes nothing more and leaves, as soon as the
     store call it hangs in returns; a successor has its work."""
     writer = Writer(tracking_uri, reply, fast_path=fast_path, spool_only=spool_only)
