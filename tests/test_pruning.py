@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from autolr import keys
-from autolr.pruning import WarmupGracePruner
+from autolr.pruning import CompletedSnapshot, WarmupGracePruner
 
 
 class Always(optuna.pruners.BasePruner):
@@ -37,3 +37,43 @@ def test_a_warmup_is_never_judged_before_its_epochs_are_over() -> None:
 def test_epochs_must_be_positive() -> None:
     with pytest.raises(ValueError, match="epochs: expected an integer >= 1, got 0"):
         WarmupGracePruner(Always(), epochs=0)
+
+
+def _median_decisions(pruner: optuna.pruners.BasePruner, storage) -> list[tuple[int, int | None]]:
+    """(trial, epoch it was pruned at) over a study of made-up curves, some better, some worse."""
+    study = optuna.create_study(storage=storage, pruner=pruner)
+    decisions = []
+    for number in range(14):
+        trial = study.ask()
+        pruned_at = None
+        for epoch in range(1, 9):
+            trial.report(1.0 / epoch + 0.05 * ((number * 7) % 5) - 0.01 * epoch * (number % 3), epoch)
+            if trial.should_prune():
+                pruned_at = epoch
+                break
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned_at else study.tell(trial, 1.0 / 8)
+        decisions.append((number, pruned_at))
+    return decisions
+
+
+def test_the_completed_snapshot_prunes_exactly_as_optunas_median_pruner(tmp_path) -> None:
+    def median():
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+
+    plain = _median_decisions(median(), f"sqlite:///{tmp_path}/plain.db")
+    snapshot = _median_decisions(CompletedSnapshot(median()), f"sqlite:///{tmp_path}/snapshot.db")
+    assert snapshot == plain
+    assert any(at is not None for _, at in plain) and any(at is None for _, at in plain[3:])  # both kinds happened
+
+
+def test_the_completed_snapshot_reads_the_complete_trials_once_per_trial() -> None:
+    reads = []
+
+    class Counting(optuna.storages.InMemoryStorage):
+        def get_all_trials(self, study_id, deepcopy=True, states=None):
+            if states is not None and tuple(states) == (optuna.trial.TrialState.COMPLETE,):
+                reads.append(1)
+            return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+    _median_decisions(CompletedSnapshot(optuna.pruners.MedianPruner(n_startup_trials=3)), Counting())
+    assert len(reads) == 14  # once per trial, not once per epoch (Optuna's own: up to 8 a trial)
