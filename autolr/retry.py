@@ -130,7 +130,22 @@ def _already(storage: RetryingRDBStorage, trial_id: int, state: TrialState, valu
 
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
-    """``optuna.storages.RDBStorage`` whose calls are retried on transient errors (see the module)."""
+    """``optuna.storages.RDBStorage`` whose calls are retried on transient errors (see the module), and
+    whose per-epoch reports take one statement where that was verified (:mod:`autolr.fast_report`;
+    ``fast_report = False`` on an instance: Optuna's own)."""
+
+    fast_report: bool = True
+    _fast: Any = None  # the FastReport of this storage's database once looked for (False: none)
+
+    def _report(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        if self._fast is None:
+            from autolr.fast_report import FastReport
+
+            self._fast = FastReport.for_storage(self) or False
+        if self.fast_report and self._fast:
+            self._fast.write(self, trial_id, step, intermediate_value)
+        else:
+            optuna.storages.RDBStorage.set_trial_intermediate_value(self, trial_id, step, intermediate_value)
 
     @property
     def where(self) -> str:
@@ -153,3 +168,4 @@ _CALLS = (
 )  # fmt: skip
 for _name in _CALLS:
     setattr(RetryingRDBStorage, _name, _retried(_name, getattr(optuna.storages.RDBStorage, _name)))
+RetryingRDBStorage.set_trial_intermediate_value = _retried("set_trial_intermediate_value", RetryingRDBStorage._report)

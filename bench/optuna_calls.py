@@ -1,12 +1,16 @@
 """What Optuna's per-epoch calls cost a trial: ``trial.report`` and ``trial.should_prune`` with the
-median pruner, Optuna's own against autolr's :class:`~autolr.pruning.CompletedSnapshot`, side by side.
+median pruner, Optuna's own against autolr's, side by side.
+
+- optuna: Optuna's ``RDBStorage.set_trial_intermediate_value`` and its ``MedianPruner``;
+- autolr: the one-statement report (:mod:`autolr.fast_report`) and the median pruner reading the
+  complete trials once per trial (:class:`~autolr.pruning.CompletedSnapshot`).
 
 A study of ``TRIALS`` trials of ``EPOCHS`` epochs each, on the storages autolr opens (SQLite as
 ``autolr tune`` sets it up: WAL, checkpointed after each trial; PostgreSQL when it answers). Each
 epoch reports a made-up curve and asks whether to prune; no training, so only the storage work is
 timed. The two pruners alternate trial by trial in two studies, so drift on a shared machine hits
 both alike. Printed per storage: each call's milliseconds per trial (all its epochs; the median over
-trials), and the ratio Optuna's median pruner / the snapshot for ``should_prune``.
+trials), optuna / autolr, and their ratio.
 
     python bench/optuna_calls.py [--trials 40] [--postgres URL | --no-postgres]
 """
@@ -33,16 +37,16 @@ EPOCHS = 20
 POSTGRES_URL = os.environ.get("AUTOLR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def _pruner(kind: str) -> optuna.pruners.BasePruner:
+def _study(kind: str, url: str) -> optuna.Study:
+    storage = store._open_storage(url)  # as autolr opens it (WAL, checkpoints, retries)
+    storage.fast_report = kind == "autolr"
     median = optuna.pruners.MedianPruner(n_startup_trials=5)
-    return CompletedSnapshot(median) if kind == "snapshot" else median
+    pruner = CompletedSnapshot(median) if kind == "autolr" else median
+    return optuna.create_study(storage=storage, study_name=f"calls-{kind}-{uuid.uuid4().hex[:8]}", pruner=pruner)
 
 
 def measure(url: str, trials: int) -> dict[str, dict[str, list[float]]]:
-    storage = store._open_storage(url)  # as autolr opens it (WAL, checkpoints, retries)
-    studies = {
-        kind: optuna.create_study(storage=storage, study_name=f"calls-{kind}-{uuid.uuid4().hex[:8]}", pruner=_pruner(kind)) for kind in ("optuna", "snapshot")
-    }
+    studies = {kind: _study(kind, url) for kind in ("optuna", "autolr")}
     times = {kind: {"report": [], "should_prune": []} for kind in studies}
     try:
         for number in range(trials):
@@ -86,9 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: skipped ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
             continue
         ms = {kind: {call: statistics.median(v) * 1000 for call, v in calls.items()} for kind, calls in times.items()}
-        print(f"{label:<11} report {ms['optuna']['report']:.2f} / {ms['snapshot']['report']:.2f};  should_prune: Optuna's median pruner "
-              f"{ms['optuna']['should_prune']:.2f}, with the snapshot {ms['snapshot']['should_prune']:.2f} "
-              f"({ms['optuna']['should_prune'] / ms['snapshot']['should_prune']:.0f}x)")  # fmt: skip
+        said = [
+            f"{call} {ms['optuna'][call]:.1f} / {ms['autolr'][call]:.1f} ms ({ms['optuna'][call] / ms['autolr'][call]:.1f}x)"
+            for call in ("report", "should_prune")
+        ]
+        print(f"{label:<11} optuna / autolr, per trial: {'; '.join(said)}")
     return 0
 
 
