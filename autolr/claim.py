@@ -89,17 +89,23 @@ class ClaimLock:
             self._engine.dispose()
 
 
-def n_claimed(study: optuna.Study) -> int:
-    """Finished trials plus those running in live processes (dead ones are failed first)."""
-    store.fail_stale_trials(study)
-    return len(study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.RUNNING)))
+def n_claimed(study: optuna.Study, target: int) -> int:
+    """Finished trials plus those running in live processes, from one read of the study: running
+    trials whose process is gone are failed first (their configuration queued again while fewer than
+    ``target`` are finished); with none running, nothing else is read."""
+    trials = study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.RUNNING))
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if not running:
+        return len(trials)
+    failed = store.fail_stale_trials(study, retry=len(trials) - len(running) < target, running=running)
+    return len(trials) - len(failed)
 
 
 def claim(study: optuna.Study, lock: ClaimLock, target: int) -> optuna.Trial | None:
     """A new trial of this process (a killed trial's configuration first, where one waits), or None
     when the finished and running trials already make ``target``."""
     with lock.held():
-        if n_claimed(study) >= target:
+        if n_claimed(study, target) >= target:
             return None
         return ask_owned(study)
 

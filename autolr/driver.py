@@ -55,11 +55,13 @@ def run_trials(
     """Run trials one at a time until the study holds ``target`` finished trials or time runs out."""
     lock, fails = ClaimLock(url, study.study_name), 0
     try:
-        while store.n_finished(study) < target and (deadline is None or time.monotonic() < deadline):
+        while deadline is None or time.monotonic() < deadline:
             if grid and _grid_exhausted(study):
                 break
             trial = claim(study, lock, target)
-            if trial is None:  # the rest are running elsewhere
+            if trial is None:  # the target is reached, or the rest are running elsewhere
+                if store.n_finished(study) >= target:
+                    break
                 time.sleep(WAIT_S)
                 continue
             try:

@@ -179,7 +179,7 @@ def study_uid(study: optuna.Study) -> str:
     return uid
 
 
-def fail_stale_trials(study: optuna.Study, *, retry: bool = True) -> list[FrozenTrial]:
+def fail_stale_trials(study: optuna.Study, *, retry: bool = True, running: Sequence[FrozenTrial] | None = None) -> list[FrozenTrial]:
     """Mark FAIL the running trials whose process is gone, and queue each one's configuration to run
     once more; returns the trials failed here.
 
@@ -189,14 +189,17 @@ def fail_stale_trials(study: optuna.Study, *, retry: bool = True) -> list[Frozen
     others) and that one queues the retry: a WAITING trial with the same configuration and
     ``autolr.retry_of`` = the killed trial's number, which the next trial asked runs. A retry is not
     retried again, nor is a confirmation run (the confirmation trains its missing seeds itself).
-    ``retry``: False when the study holds its target already.
+    ``retry``: False when the study holds its target already. ``running``: the study's RUNNING trials
+    as the caller just read them (else they are read here).
     """
     storage = study._storage
     with experimental_ok():
         beats = getattr(storage, "get_heartbeat_interval", lambda: None)()  # RDB storages; not the in-memory one
         stale = set(storage._get_stale_trial_ids(study._study_id)) if beats else set()
     failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    if running is None:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
         record = t.user_attrs.get(keys.OWNER)
         dead = owner.is_dead(record)
         if not dead and (t._trial_id not in stale or owner.on_this_machine(record)):  # alive here: late beats (a storage outage) do not kill it
