@@ -1,10 +1,10 @@
 """A trial's per-epoch value (``trial.report``) written in one statement instead of Optuna's ORM round trips.
 
 Why: every epoch of every trial reports its value to the storage. Optuna's ``RDBStorage`` loads the
-trial through its ORM, looks the step up, adds the row and commits: ~1.1 ms on SQLite and ~2.7 ms on
-PostgreSQL here, 20-50 ms of a 20-epoch trial (``bench/optuna_calls.py``). This reads the trial's
-state and upserts the ``(trial_id, step)`` row with the table definitions of the installed Optuna,
-in one transaction (~0.15 ms and ~1.2 ms): the same rows, the same errors (``KeyError`` for an unknown
+trial through its ORM, looks the step up, adds the row and commits: 23-33 ms of a 20-epoch trial on
+SQLite and ~70-78 ms on PostgreSQL here (``bench/optuna_calls.py``). This reads the trial's state and
+upserts the ``(trial_id, step)`` row with the table definitions of the installed Optuna, in one
+transaction (3-5 ms and 27-31 ms a trial): the same rows, the same errors (``KeyError`` for an unknown
 trial, ``UpdateFinishedTrialError`` for a finished one), the trial's row locked on PostgreSQL as
 Optuna locks it. It writes into Optuna's own schema, so it is used only with the Optuna versions it
 was compared against row for row (``tests/test_fast_report.py``); with any other version, or a

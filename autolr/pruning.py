@@ -7,8 +7,8 @@ is longest. So no trial is judged on its curve until its warmup's epochs are ove
 (:class:`WarmupGracePruner`; the warmup fraction is the trial's ``autolr.params`` user attr ``warmup``).
 
 Optuna's median pruner reads every COMPLETE trial from the storage at each judgement, i.e. each epoch of
-each trial: ~3.7 ms on SQLite, ~7 ms on PostgreSQL here (``bench/optuna_calls.py``), as much as a small
-model's epoch. :class:`CompletedSnapshot` reads them once per judged trial and reuses them for its
+each trial: 57-86 ms of a 20-epoch trial on SQLite, 136-150 ms on PostgreSQL here
+(``bench/optuna_calls.py``; with the snapshot 5-7 ms and 11-12 ms), as much as a small model's epoch. :class:`CompletedSnapshot` reads them once per judged trial and reuses them for its
 later epochs. With one process nothing completes while a trial runs, so the decisions are Optuna's own;
 with ``--jobs N`` a trial is judged against the trials complete when it was first judged (a trial
 another worker completes meanwhile counts from the next trial on).
