@@ -185,9 +185,11 @@ def test_the_db_file_alone_holds_every_finished_trial_after_kill_9(tmp_path) -> 
 
 
 def _training(url: str, name: str) -> bool:
-    """A trial is running and has reported an epoch: the process is inside training, not a checkpoint."""
+    """A trial is running and has reported an epoch, but not past its tenth of 30: the process is inside
+    training, far from the checkpoint at the trial's end (a trial seen late in its epochs had once ended,
+    and the kill landed in its checkpoint)."""
     study = optuna.load_study(study_name=name, storage=url)
-    return any(t.state.name == "RUNNING" and t.intermediate_values for t in study.get_trials(deepcopy=False))
+    return any(t.state.name == "RUNNING" and t.intermediate_values and max(t.intermediate_values) <= 10 for t in study.get_trials(deepcopy=False))
 
 
 def _finished(url: str, name: str) -> int:
