@@ -92,7 +92,11 @@ class ClaimLock:
 def n_claimed(study: optuna.Study, target: int) -> int:
     """Finished trials plus those running in live processes, from one read of the study: running
     trials whose process is gone are failed first (their configuration queued again while fewer than
-    ``target`` are finished); with none running, nothing else is read."""
+    ``target`` are finished); with none running, nothing else is read. Where the database counts the
+    trials (autolr's RDB storages), a count comes first and the trials are loaded only if some run."""
+    counts = store.count_by_state(study)
+    if counts is not None and not counts.get(TrialState.RUNNING):
+        return sum(counts.get(s, 0) for s in store.FINISHED)
     trials = study.get_trials(deepcopy=False, states=(*store.FINISHED, TrialState.RUNNING))
     running = [t for t in trials if t.state == TrialState.RUNNING]
     if not running:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from autolr import keys
+from autolr import keys, store
 from autolr.config import StudyConfig
 from autolr.errors import StudyFileError
 from autolr.guard import Diverged, DivergenceGuard
@@ -113,7 +113,7 @@ class Objective:
             reason = f"diverged: {report.metric} {value} after the last epoch"
             self._record_prune(trial, run, reason, divergence_step=steps - 1, diverged=True)
             raise Pruned(reason, step=steps - 1, diverged=True)
-        trial.study.tell(trial, value)
+        store.tell(trial, value)
         run.end("COMPLETE", {keys.VALUE: value})
         return value
 
@@ -154,7 +154,7 @@ class Objective:
         tags = {keys.PRUNE_REASON: reason}
         if divergence_step is not None:
             tags[keys.DIVERGENCE_STEP] = divergence_step
-        trial.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        store.tell(trial, state=optuna.trial.TrialState.PRUNED)
         run.end("PRUNED", tags)
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "HEARTBEAT_S",
     "best_trial",
     "check_identity",
+    "count_by_state",
     "create_or_load",
     "default_storage_url",
     "exists",
@@ -42,6 +44,8 @@ __all__ = [
     "n_finished",
     "range_test_limits",
     "study_uid",
+    "tell",
+    "told",
     "trial_row",
 ]
 
@@ -153,7 +157,34 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def n_finished(study: optuna.Study) -> int:
+    counts = count_by_state(study)
+    if counts is not None:
+        return sum(counts.get(s, 0) for s in FINISHED)
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def count_by_state(study: optuna.Study) -> dict[TrialState, int] | None:
+    """The study's trials per state counted by the database (autolr's RDB storages), or None where the
+    storage can only count by loading every trial."""
+    backend = getattr(study._storage, "_backend", study._storage)  # Optuna puts a cache in front of an RDBStorage
+    count = getattr(backend, "count_trials", None)
+    return count(study._study_id) if count is not None else None
+
+
+_TOLD: weakref.WeakKeyDictionary[optuna.Trial, FrozenTrial] = weakref.WeakKeyDictionary()
+
+
+def tell(trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None) -> FrozenTrial:
+    """``study.tell`` that keeps the stored trial it returns, for :func:`told`: whoever runs the trial
+    gets it without reading the trial back (two reads of the storage between trials)."""
+    frozen = trial.study.tell(trial, value, state=state)
+    _TOLD[trial] = frozen
+    return frozen
+
+
+def told(trial: optuna.Trial) -> FrozenTrial | None:
+    """The trial as :func:`tell` stored it in this process, or None when it was not told that way."""
+    return _TOLD.pop(trial, None)
 
 
 def range_test_limits(study: optuna.Study) -> dict[str, float]:
@@ -290,13 +321,23 @@ class _CheckpointedStorage(RetryingRDBStorage):
     In WAL mode a commit lands in ``<file>-wal``; SQLite copies it into the file only every 1000 pages
     or when the last connection closes. A process killed before that leaves the study's recent trials
     in the ``-wal`` alone, lost to whoever copies the ``.db`` (as backups do). A PASSIVE checkpoint
-    after each finished trial copies what no reader holds, without waiting for anyone.
+    after each finished trial copies what no reader holds, without waiting for anyone; it runs in a
+    thread of its own (:class:`autolr.sqlite.BackgroundCheckpoint`), so the next trial does not wait.
     """
+
+    _checkpoint: sqlite.BackgroundCheckpoint | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # a thread does not pickle; a copy starts its own
+        state = super().__getstate__()
+        state.pop("_checkpoint", None)
+        return state
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         changed = super().set_trial_state_values(trial_id, state, values)
         if state.is_finished():
-            sqlite.checkpoint_engine(self.engine)
+            if self._checkpoint is None:
+                self._checkpoint = sqlite.BackgroundCheckpoint(self.engine)
+            self._checkpoint.request()
         return changed
 
 

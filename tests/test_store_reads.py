@@ -1,0 +1,113 @@
+"""What the study loop reads and writes between two trials: the claim's count, the told trial handed
+back without a second read, and the WAL checkpoint off the trial's path."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autolr import store
+from autolr.claim import ask_owned, n_claimed
+from autolr.driver import run_one
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/reads.db"
+    return request.getfixturevalue("postgres_url")
+
+
+def _study(url: str, name: str) -> optuna.Study:
+    return optuna.create_study(storage=store._open_storage(url), study_name=name)
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        return study.ask()
+
+
+def test_the_database_count_is_optunas_count_in_every_state(url, unique_name) -> None:
+    study = _study(url, unique_name)
+    for state, n in ((TrialState.COMPLETE, 3), (TrialState.PRUNED, 2), (TrialState.FAIL, 1)):
+        for _ in range(n):
+            study.tell(_ask(study), 1.0 if state == TrialState.COMPLETE else None, state=state)
+    study.enqueue_trial({"x": 1.0})
+    counts = store.count_by_state(study)
+    assert counts == {s: len(study.get_trials(states=(s,))) for s in TrialState if study.get_trials(states=(s,))}
+    assert counts == {TrialState.COMPLETE: 3, TrialState.PRUNED: 2, TrialState.FAIL: 1, TrialState.WAITING: 1}
+    assert store.n_finished(study) == 5
+    assert n_claimed(study, target=10) == 5  # nothing runs: the count alone
+
+    running = ask_owned(study)  # this process's: alive, so claimed
+    assert store.count_by_state(study)[TrialState.RUNNING] == 1
+    assert n_claimed(study, target=10) == 6
+    study.tell(running, 2.0)
+    assert n_claimed(study, target=10) == 6
+    if url.startswith("postgresql"):
+        optuna.delete_study(study_name=unique_name, storage=url)
+
+
+def test_storages_that_cannot_count_are_read_as_before() -> None:
+    study = optuna.create_study()  # in memory
+    study.tell(_ask(study), 1.0)
+    assert store.count_by_state(study) is None
+    assert store.n_finished(study) == 1
+    assert n_claimed(study, target=3) == 1
+
+
+def test_the_driver_hands_back_the_trial_as_told_without_reading_it_again(tmp_path) -> None:
+    study = _study(f"sqlite:///{tmp_path}/told.db", "told")
+
+    def complete(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 1.0)
+        trial.set_user_attr("note", "kept")
+        store.tell(trial, 0.5)
+        return 0.5
+
+    reads = []
+    backend = study._storage._backend
+    get_trial = backend.get_trial
+    backend.get_trial = lambda trial_id: reads.append(trial_id) or get_trial(trial_id)
+    trial = ask_owned(study)
+    reads.clear()
+    last = run_one(study, trial, complete)
+    told_reads = len(reads)
+    assert last.state == TrialState.COMPLETE and last.value == 0.5 and last.user_attrs["note"] == "kept"
+    assert last.datetime_complete == study.trials[0].datetime_complete  # the stored trial, not a local copy
+
+    def broken(trial: optuna.Trial) -> float:
+        raise ValueError("boom")
+
+    trial = ask_owned(study)
+    failed = run_one(study, trial, broken)
+    assert failed.state == TrialState.FAIL
+    assert store.told(trial) is None
+
+    trial = ask_owned(study)
+    reads.clear()
+    study.tell(trial, 1.0)
+    assert told_reads == len(reads), "the driver read the told trial again (once, a tell is all it takes)"
+
+
+def test_a_finished_trial_reaches_the_db_file_alone_without_waiting_in_the_trial(tmp_path) -> None:
+    db = tmp_path / "alone.db"
+    study = _study(f"sqlite:///{db}", "alone")
+    storage = study._storage._backend
+    study.tell(_ask(study), 1.0)
+    deadline = time.monotonic() + 10
+    while True:  # the checkpoint runs in its own thread, right after the trial is told
+        copy = tmp_path / f"copy-{time.monotonic_ns()}.db"
+        shutil.copy(db, copy)  # the .db alone, as a backup takes it
+        copied = optuna.load_study(study_name="alone", storage=f"sqlite:///{copy}")
+        if [t.state for t in copied.trials] == [TrialState.COMPLETE]:
+            break
+        assert time.monotonic() < deadline, "the .db file alone never held the finished trial"
+        time.sleep(0.05)
+    assert storage._checkpoint is not None and storage._checkpoint._thread.daemon
