@@ -14,11 +14,12 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from autolr import __version__
 from autolr.config import DEFAULT_TRACKING_URI
 from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
-from autolr.workers import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, delivered
+from autolr.workers import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, delivered, exit_without_teardown
 
 __all__ = ["main"]
 
@@ -87,6 +88,12 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
     return value
+
+
+def run() -> NoReturn:
+    """The ``autolr`` command (and ``python -m autolr.cli``): :func:`main`, then an exit without the
+    interpreter's teardown (:func:`exit_without_teardown`)."""
+    exit_without_teardown(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -404,4 +411,4 @@ def _stop_session(proc) -> None:
 _COMMANDS = {"tune": _tune, "find-lr": _find_lr, "export": _export, "show": _show, "compare": _compare, "ui": _ui}
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

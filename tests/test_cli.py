@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import optuna
@@ -248,3 +251,48 @@ def test_unknown_objective_metric_exits_2_before_any_store_exists(write_study, t
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"autolr: error: {path}: objective.metric: expected one of ['val_loss', 'val_accuracy'] (from task digits_mlp), got 'f1'"
     assert not stores.exists()
+
+
+def _python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_ends_without_teardown_after_atexit_handlers_and_flushed_output(tmp_path) -> None:
+    done = _python(
+        """
+        import atexit, sys
+        from autolr.workers import exit_without_teardown
+        atexit.register(lambda: open("atexit-ran", "w").close())
+        print("said", end="")  # buffered: a pipe is not a terminal
+        sys.stderr.write("warned")
+        exit_without_teardown(3)
+        print("never")
+        """,
+        tmp_path,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (3, "said", "warned")
+    assert (tmp_path / "atexit-ran").exists()
+
+
+def test_the_command_exits_the_usual_way_while_a_thread_of_its_own_runs(tmp_path) -> None:
+    done = _python(
+        """
+        import threading, time
+        from autolr.workers import exit_without_teardown
+        def late():
+            time.sleep(0.5)
+            open("thread-finished", "w").close()
+        threading.Thread(target=late).start()
+        exit_without_teardown(4)
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 4, done.stderr
+    assert (tmp_path / "thread-finished").exists(), "the usual exit waits for a non-daemon thread"
+
+
+def test_the_autolr_command_keeps_its_exit_code_and_output(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntask: nope\n")
+    done = subprocess.run([sys.executable, "-m", "autolr.cli", "tune", str(bad)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "task:" in done.stderr and done.stderr.count("\n") == 1
