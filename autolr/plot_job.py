@@ -118,4 +118,6 @@ def _tag_failure(job: PlotJob, why: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from autolr.workers import exit_without_teardown
+
+    exit_without_teardown(main())  # the plots are logged: freeing matplotlib's, torch's and MLflow's objects would only hold a core
