@@ -163,16 +163,14 @@ def run_confirmation(
     confirm_study = _open(config, url)
     confirm_study.set_user_attr(keys.CONFIRM_PLAN, {"top": top, "seeds": seeds})
     picked = candidates(study, top)
-    done = list(confirm_study.get_trials(deepcopy=False))  # read once; this loop adds its own runs as they end
     for seed in seeds:
         for trial in picked:
-            runs = [t for t in done if t.user_attrs.get(keys.CONFIRM_OF) == trial.number]
+            runs = [t for t in confirm_study.get_trials(deepcopy=False) if t.user_attrs.get(keys.CONFIRM_OF) == trial.number]
             if any(_dropped(t) for t in runs) or any(t.user_attrs.get(keys.SEED) == seed and t.state == TrialState.COMPLETE for t in runs):
                 continue  # out of the race, or this seed is done (an interrupted run is trained again)
             confirm_study.enqueue_trial(trial.params, user_attrs={keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"})
             seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
             last = run_one(confirm_study, ask_owned(confirm_study), make_objective(seeded))
-            done.append(last)
             if on_trial is not None:
                 on_trial(last)
             logger.info("confirmation of trial %d on seed %d: %s %s", trial.number, seed, last.state.name, last.value)

@@ -21,6 +21,7 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,15 +125,22 @@ def checkpoint_engine(engine: Any) -> None:
         logger.debug("WAL checkpoint of %s failed: %s", engine.url, exc)
 
 
+_CHECKPOINTING = threading.Lock()  # held by a background checkpoint, so the exit's waits for it
+
+
 class BackgroundCheckpoint:
     """:func:`checkpoint_engine` in a daemon thread: :meth:`request` returns at once (the checkpoint is
     where a commit without fsync reaches the disk, ~1 ms here and more on a slower disk, which the next
     trial's start no longer waits for). Requests made while one runs are served by one more checkpoint;
     SQLite runs the checkpoint without the GIL, beside the caller's next statements (PASSIVE blocks no
-    writer). At a clean exit :func:`checkpoint_at_exit` copies whatever is left."""
+    writer). At a clean exit :func:`checkpoint_at_exit` waits for a checkpoint under way, then copies
+    whatever is left. The thread holds the engine weakly and ends once the engine is gone, so a storage
+    dropped by its owner (a notebook running study after study) leaves no thread or open file behind."""
+
+    IDLE_S = 1.0  # how often an idle thread looks whether its engine is still there
 
     def __init__(self, engine: Any) -> None:
-        self.engine = engine
+        self._engine = weakref.ref(engine)
         self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -140,15 +148,23 @@ class BackgroundCheckpoint:
     def request(self) -> None:
         self._wanted.set()
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name="autolr-wal-checkpoint", daemon=True)
                 self._thread.start()
 
     def _serve(self) -> None:
         while True:
-            self._wanted.wait()
+            if not self._wanted.wait(self.IDLE_S):
+                if self._engine() is None:
+                    return
+                continue
             self._wanted.clear()
-            checkpoint_engine(self.engine)
+            engine = self._engine()
+            if engine is None:
+                return
+            with _CHECKPOINTING:
+                checkpoint_engine(engine)
+            del engine  # not held while waiting
 
 
 _AT_EXIT: set[Path] = set()
@@ -162,9 +178,12 @@ def checkpoint_at_exit(path: Path) -> None:
 
 
 def _checkpoint_all() -> None:
-    for path in sorted(p for p in _AT_EXIT if p.exists()):
-        try:
-            with contextlib.closing(sqlite3.connect(path, timeout=1)) as conn:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:  # another process is writing: its own exit checkpoints
-            logger.debug("WAL checkpoint of %s at exit failed: %s", path, exc)
+    with _CHECKPOINTING:  # a background checkpoint of this process would make SQLite skip this one
+        for path in sorted(p for p in _AT_EXIT if p.exists()):
+            try:
+                with contextlib.closing(sqlite3.connect(path, timeout=1)) as conn:
+                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if busy:  # another process reads or writes: its own exit checkpoints
+                    logger.debug("WAL checkpoint of %s at exit left part of the -wal (the file is busy)", path)
+            except sqlite3.Error as exc:  # another process is writing: its own exit checkpoints
+                logger.debug("WAL checkpoint of %s at exit failed: %s", path, exc)

@@ -3,7 +3,9 @@ back without a second read, and the WAL checkpoint off the trial's path."""
 
 from __future__ import annotations
 
+import gc
 import shutil
+import threading
 import time
 import warnings
 
@@ -11,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autolr import store
+from autolr import sqlite, store
 from autolr.claim import ask_owned, n_claimed
 from autolr.driver import run_one
 
@@ -79,6 +81,7 @@ def test_the_driver_hands_back_the_trial_as_told_without_reading_it_again(tmp_pa
     reads.clear()
     last = run_one(study, trial, complete)
     told_reads = len(reads)
+    assert store.told(trial) is None, "run_one took the told trial: nothing is left behind"
     assert last.state == TrialState.COMPLETE and last.value == 0.5 and last.user_attrs["note"] == "kept"
     assert last.datetime_complete == study.trials[0].datetime_complete  # the stored trial, not a local copy
 
@@ -88,7 +91,6 @@ def test_the_driver_hands_back_the_trial_as_told_without_reading_it_again(tmp_pa
     trial = ask_owned(study)
     failed = run_one(study, trial, broken)
     assert failed.state == TrialState.FAIL
-    assert store.told(trial) is None
 
     trial = ask_owned(study)
     reads.clear()
@@ -114,3 +116,35 @@ def test_a_finished_trial_reaches_the_db_file_alone_without_waiting_in_the_trial
         assert time.monotonic() < deadline, "the .db file alone never held the finished trial"
         time.sleep(0.05)
     assert storage._checkpoint is not None and storage._checkpoint._thread.daemon
+
+
+def test_a_dropped_storage_leaves_no_checkpoint_thread_or_open_file(tmp_path, monkeypatch) -> None:
+    """A notebook or a test runs study after study: each storage's checkpoint thread ends with it."""
+    monkeypatch.setattr(sqlite.BackgroundCheckpoint, "IDLE_S", 0.05)
+    for i in range(3):
+        study = _study(f"sqlite:///{tmp_path}/dropped-{i}.db", "dropped")
+        study.tell(_ask(study), 1.0)
+        thread = study._storage._backend._checkpoint._thread
+        assert thread.is_alive()
+        del study
+        deadline = time.monotonic() + 10
+        while thread.is_alive() or (tmp_path / f"dropped-{i}.db-wal").exists():  # the last connection's close takes the -wal along
+            assert time.monotonic() < deadline, "the checkpoint thread (or a connection) outlived its storage"
+            gc.collect()
+            time.sleep(0.05)
+
+
+def test_the_exit_checkpoint_waits_for_a_background_one(tmp_path, monkeypatch) -> None:
+    db = tmp_path / "exit.db"
+    study = _study(f"sqlite:///{db}", "exit")
+    study.tell(_ask(study), 1.0)
+    monkeypatch.setattr(sqlite, "_AT_EXIT", {db})
+    order = []
+    with sqlite._CHECKPOINTING:  # a background checkpoint under way
+        exiting = threading.Thread(target=lambda: (sqlite._checkpoint_all(), order.append("exit")))
+        exiting.start()
+        time.sleep(0.2)
+        order.append("background done")
+    exiting.join(10)
+    assert order == ["background done", "exit"]
+    assert not (tmp_path / "exit.db-wal").exists() or (tmp_path / "exit.db-wal").stat().st_size == 0
