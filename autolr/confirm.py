@@ -165,6 +165,7 @@ def run_confirmation(
     picked = candidates(study, top)
     for seed in seeds:
         for trial in picked:
+            # read before every run, not once: another invocation on the study may have trained (or dropped) this pair since
             runs = [t for t in confirm_study.get_trials(deepcopy=False) if t.user_attrs.get(keys.CONFIRM_OF) == trial.number]
             if any(_dropped(t) for t in runs) or any(t.user_attrs.get(keys.SEED) == seed and t.state == TrialState.COMPLETE for t in runs):
                 continue  # out of the race, or this seed is done (an interrupted run is trained again)
