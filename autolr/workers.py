@@ -213,10 +213,11 @@ def exit_without_teardown(code: int) -> NoReturn:
     that load big libraries do: every atexit handler runs (the SQLite stores' WAL checkpoint, the
     trackers' last writes, worker processes joined, logging flushed), stdout and stderr are flushed,
     and the process ends with ``os._exit``. Where a non-daemon thread still runs (the usual exit would
-    wait for it), the usual exit is taken.
+    wait for it), or ``code`` is not an exit status (``sys.exit`` prints a message, exits 0 for None),
+    the usual exit is taken.
     """
     main_thread = threading.main_thread()
-    if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
+    if not isinstance(code, int) or any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -296,3 +296,9 @@ def test_the_autolr_command_keeps_its_exit_code_and_output(tmp_path) -> None:
     bad.write_text("name: bad\ntask: nope\n")
     done = subprocess.run([sys.executable, "-m", "autolr.cli", "tune", str(bad)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "task:" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_code_that_is_not_an_exit_status_exits_as_sys_exit_would(tmp_path) -> None:
+    for code, status, stderr in (("None", 0, ""), ("'stopped: why'", 1, "stopped: why\n")):
+        done = _python(f"from autolr.workers import exit_without_teardown\nexit_without_teardown({code})", tmp_path)
+        assert (done.returncode, done.stderr) == (status, stderr)
