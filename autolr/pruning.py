@@ -9,9 +9,11 @@ is longest. So no trial is judged on its curve until its warmup's epochs are ove
 Optuna's median pruner reads every COMPLETE trial from the storage at each judgement, i.e. each epoch of
 each trial: 57-86 ms of a 20-epoch trial on SQLite, 136-150 ms on PostgreSQL here
 (``bench/optuna_calls.py``; with the snapshot 5-7 ms and 11-12 ms), as much as a small model's epoch. :class:`CompletedSnapshot` reads them once per judged trial and reuses them for its
-later epochs. With one process nothing completes while a trial runs, so the decisions are Optuna's own;
-with ``--jobs N`` a trial is judged against the trials complete when it was first judged (a trial
-another worker completes meanwhile counts from the next trial on).
+later epochs; they are the trials the sampler drew the trial's configuration from (Optuna's samplers
+read the study once per trial), so judging costs no read of its own. With one process nothing
+completes while a trial runs, so the decisions are Optuna's own; with ``--jobs N`` a trial is judged
+against the trials complete when it started (a trial another worker completes meanwhile counts from
+the next trial on).
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ class WarmupGracePruner(optuna.pruners.BasePruner):
 
 class CompletedSnapshot(optuna.pruners.BasePruner):
     """Wraps a pruner that judges a trial against the study's COMPLETE trials (median, percentile):
-    they are read from the storage at a trial's first judgement and reused for its later epochs (see
-    the module docstring)."""
+    those of the list the sampler read for the trial, reused for all its epochs (see the module
+    docstring)."""
 
     def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
         self.pruner = pruner
@@ -86,7 +88,9 @@ class CompletedSnapshot(optuna.pruners.BasePruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         key = (study.study_name, trial.number)
         if key != self._of:
-            self._completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            # The trials the sampler drew this trial's configuration from (read once per trial, as
+            # Optuna's samplers read them), not another read of the storage.
+            self._completed = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
             self._of = key
         return self.pruner.prune(_CompletedAsOf(study, self._completed), trial)
 

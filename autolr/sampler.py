@@ -124,7 +124,9 @@ class CeilingSampler(BaseSampler):
         return value
 
     def _below_ceiling(self, study, optimizer: str | None, lr: float, dist) -> float:
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        # The trials the base sampler sampled from (Optuna's samplers read them once per trial, as
+        # TPE does): study.get_trials would read the storage again for every proposal.
+        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True)
         band = risky_band(lr, *lr_ceiling(trials, optimizer))
         if band is None:
             return lr

@@ -71,9 +71,40 @@ def test_the_completed_snapshot_reads_the_complete_trials_once_per_trial() -> No
 
     class Counting(optuna.storages.InMemoryStorage):
         def get_all_trials(self, study_id, deepcopy=True, states=None):
-            if states is not None and tuple(states) == (optuna.trial.TrialState.COMPLETE,):
+            if states is None or tuple(states) == (optuna.trial.TrialState.COMPLETE,):  # not ask's look for WAITING trials
                 reads.append(1)
             return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
 
     _median_decisions(CompletedSnapshot(optuna.pruners.MedianPruner(n_startup_trials=3)), Counting())
     assert len(reads) == 14  # once per trial, not once per epoch (Optuna's own: up to 8 a trial)
+
+
+def test_judging_reads_nothing_once_the_sampler_read_the_trials() -> None:
+    """The snapshot is the list the sampler drew the trial's configuration from (TPE reads it once per
+    trial): judging every epoch adds no read of the storage, and the decisions are still the median's."""
+    reads = []
+
+    class Counting(optuna.storages.InMemoryStorage):
+        def get_all_trials(self, study_id, deepcopy=True, states=None):
+            reads.append(states)
+            return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+    pruner = CompletedSnapshot(optuna.pruners.MedianPruner(n_startup_trials=2))
+    study = optuna.create_study(storage=Counting(), sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3), pruner=pruner)
+    pruned = 0
+    for number in range(8):
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        before = len(reads)
+        for epoch in range(1, 5):
+            trial.report(x + 1.0 / epoch, epoch)
+            if trial.should_prune():
+                break
+        assert len(reads) == before, f"trial {number}: judging read the storage"
+        if trial.should_prune():
+            pruned += 1
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, x)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert pruned > 0 and len(complete) >= 2  # the median judged, and it cut some

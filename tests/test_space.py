@@ -94,6 +94,28 @@ def test_model_based_samplers_keep_proposals_off_rates_that_diverged(name: str) 
     assert all(lr < ceiling for lr in late)  # learned: nothing proposed at or above the lowest divergence
 
 
+def test_the_ceiling_reads_the_trials_the_sampler_read() -> None:
+    """Keeping a proposal below the ceiling costs no read of the storage beyond the base sampler's own."""
+    config = parse_study({"task": "digits_mlp", "search": {"lr": {"low": 1e-4, "high": 10.0}, "optimizer": ["sgd", "adam"]}})
+
+    def reads_with(ceiling: bool) -> int:
+        reads = []
+
+        class Counting(optuna.storages.InMemoryStorage):
+            def get_all_trials(self, study_id, deepcopy=True, states=None):
+                reads.append(states)
+                return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+        study = optuna.create_study(storage=Counting(), sampler=make_sampler("tpe", seed=0, ceiling=ceiling))
+        for _ in range(12):
+            trial = study.ask()
+            run = suggest_run(trial, config.search, {"sgd": (1e-4, 10.0), "adam": (1e-4, 10.0)})
+            study.tell(trial, abs(math.log10(run.lr) + 1.5))
+        return len(reads)
+
+    assert reads_with(ceiling=True) == reads_with(ceiling=False)
+
+
 def test_random_and_grid_stay_plain() -> None:
     assert isinstance(make_sampler("random", seed=0), optuna.samplers.RandomSampler)
     with pytest.raises(ValueError, match="unknown sampler 'bayes'"):
