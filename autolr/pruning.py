@@ -12,8 +12,8 @@ each trial: 57-86 ms of a 20-epoch trial on SQLite, 136-150 ms on PostgreSQL her
 later epochs; they are the trials the sampler drew the trial's configuration from (Optuna's samplers
 read the study once per trial), so judging costs no read of its own. With one process nothing
 completes while a trial runs, so the decisions are Optuna's own; with ``--jobs N`` a trial is judged
-against the trials complete when it started (a trial another worker completes meanwhile counts from
-the next trial on).
+against the trials complete when it started (with the random and grid samplers, which read none, when
+it was first judged); a trial another worker completes meanwhile counts from the next trial on.
 """
 
 from __future__ import annotations
@@ -88,11 +88,20 @@ class CompletedSnapshot(optuna.pruners.BasePruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         key = (study.study_name, trial.number)
         if key != self._of:
-            # The trials the sampler drew this trial's configuration from (read once per trial, as
-            # Optuna's samplers read them), not another read of the storage.
-            self._completed = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+            self._completed = [t for t in _trials_of(study, trial) if t.state == TrialState.COMPLETE]
             self._of = key
         return self.pruner.prune(_CompletedAsOf(study, self._completed), trial)
+
+
+def _trials_of(study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
+    """The study's trials as the sampler read them for ``trial`` (Optuna's per-trial list, which
+    ``ask`` and ``tell`` renew in their thread; read here where no sampler read it, as with the
+    random and grid samplers); read afresh where that list predates the trial (a trial judged in
+    another thread than the one that asked it)."""
+    trials = study._get_trials(deepcopy=False, use_cache=True)
+    if any(t.number == trial.number for t in reversed(trials)):
+        return trials
+    return study.get_trials(deepcopy=False)
 
 
 class _CompletedAsOf:

@@ -125,7 +125,8 @@ class CeilingSampler(BaseSampler):
 
     def _below_ceiling(self, study, optimizer: str | None, lr: float, dist) -> float:
         # The trials the base sampler sampled from (Optuna's samplers read them once per trial, as
-        # TPE does): study.get_trials would read the storage again for every proposal.
+        # TPE does): study.get_trials would read the storage again for every proposal. Under Hyperband
+        # that is every bracket's trials, not the proposing bracket's alone: a rate diverges in any.
         trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True)
         band = risky_band(lr, *lr_ceiling(trials, optimizer))
         if band is None:

@@ -108,3 +108,30 @@ def test_judging_reads_nothing_once_the_sampler_read_the_trials() -> None:
             study.tell(trial, x)
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert pruned > 0 and len(complete) >= 2  # the median judged, and it cut some
+
+
+def test_a_trial_judged_in_another_thread_is_judged_against_the_trials_before_it() -> None:
+    """Optuna's per-trial list lives in the thread that asked the trial: a loop that reports from a
+    worker thread of its own gets the study read for each trial, not that thread's first list."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def pruned_count(pool) -> int:
+        study = optuna.create_study(pruner=CompletedSnapshot(optuna.pruners.MedianPruner(n_startup_trials=2)))
+        pruned = 0
+        for number in range(12):
+            trial = study.ask()
+
+            def judge(trial=trial, number=number) -> bool:
+                for epoch in range(1, 5):
+                    trial.report(number + 1.0 / epoch, epoch)  # each trial worse than the last: the median cuts it
+                    if trial.should_prune():
+                        return True
+                return False
+
+            cut = pool.submit(judge).result() if pool is not None else judge()
+            pruned += cut
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED) if cut else study.tell(trial, float(number))
+        return pruned
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pruned_count(pool) == pruned_count(None) == 10
