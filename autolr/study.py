@@ -256,7 +256,7 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
     finally:
         bar.close()
         tracker.close()  # stops the MLflow writer once every trial run is written and closed
-    result = summarize(config, plan.storage_url, tracking_uri, parent_run_id)
+    result = summarize(config, plan.storage_url, tracking_uri, parent_run_id, study=opt_study)
     wall = time.time() - watch.first_start if watch.first_start is not None else 0.0
     return dataclasses.replace(result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=jobs)
 
@@ -369,7 +369,7 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
         try:
             work(parent_run_id)
         finally:
-            _finish_parent(config, plan.storage_url, tracker, parent_run_id)
+            _finish_parent(config, study, plan.storage_url, tracker, parent_run_id)
     return parent_run_id
 
 
@@ -400,9 +400,10 @@ def _report_new(study: optuna.Study, seen: set[int], on_trial) -> None:
                 on_trial(t)
 
 
-def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, parent_run_id: str) -> None:
+def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, tracker: Tracker, parent_run_id: str) -> None:
     """Best configuration (params, tags, YAML artifact), plots and description on the parent run, curves
-    on this invocation's trial runs; failures here lose nothing."""
+    on this invocation's trial runs; failures here lose nothing. ``study`` is the invocation's own: its
+    cache holds every trial it saw, so only newer ones are read (a study loaded afresh reads them all)."""
     from autolr.export import best_export, to_yaml
 
     if not tracker.active:  # nothing to record the best configuration and plots into
@@ -415,7 +416,6 @@ def _finish_parent(config: StudyConfig, storage_url: str, tracker: Tracker, pare
                          "reads the best configuration from the Optuna storage, and the next invocation that runs trials "
                          "draws the study's plots again")  # fmt: skip
             return
-        study = store.load(config, storage_url)
         export = best_export(config, study, storage_url)
         if export is not None:
             tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in export["params"].items()})
@@ -450,8 +450,11 @@ def _record_study(config: StudyConfig, study: optuna.Study, tracker: Tracker, pa
     plot_job.start(job)
 
 
-def summarize(config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None) -> TuneResult:
-    study = store.load(config, storage_url)
+def summarize(
+    config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None, *, study: optuna.Study | None = None
+) -> TuneResult:
+    """What the storage holds of the study; ``study``: an open one to read through (its cache is kept)."""
+    study = study if study is not None else store.load(config, storage_url)
     trials = study.get_trials(deepcopy=False)
     confirmations = confirmation(config, study, storage_url)
     return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, store.best_trial(study), trials, parent_run_id, confirmations)
