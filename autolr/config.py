@@ -108,19 +108,26 @@ class TrackingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ConfirmConfig:
-    """Winners that hold: after the search, the top configurations are trained again on fresh seeds
-    and the export names the one with the best mean. ``top`` and ``seeds`` None: as many as a quarter
-    of the study's trials affords (3 seeds, fewer for small studies; at least one configuration)."""
+    """Winners that hold: after the search, the best configurations are trained again on fresh seeds
+    and the export names the one with the best mean. ``top`` None: a race of candidates within a
+    quarter of the study's trials (:func:`autolr.confirm._race`); ``top`` given: exactly those
+    configurations. ``seeds`` None: 3 (fewer for small studies)."""
 
     enabled: bool = True
     top: int | None = None
     seeds: int | None = None
 
     def plan(self, trials: int) -> tuple[int, int]:
-        """``(configurations, seeds)`` for a study of ``trials`` trials."""
+        """``(configurations, seeds)`` for a study of ``trials`` trials (with ``top`` left to autolr,
+        the configurations that surely fit the budget; the race may try more: :meth:`budget`)."""
         budget = max(1, trials // 4)  # confirmation costs at most a quarter of the study's trials
         seeds = self.seeds or min(3, budget)
         return (self.top or max(1, budget // seeds)), seeds
+
+    def budget(self, trials: int) -> int | None:
+        """Runs the confirmation may spend, with ``top`` left to autolr (None: ``top`` is given, and
+        exactly those configurations run on every seed)."""
+        return None if self.top is not None else max(max(1, trials // 4), self.plan(trials)[1])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,8 +4,10 @@ Every search trial trains from the study's seed (the same initial weights, the s
 ``train.seed_per_trial`` each on its own, never one of the fresh seeds below), so the best
 single-seed value is the best *draw*, and part of its lead is that seed's luck (the winner's curse:
 on a digits MLP outside this repository, winners lost 8-30% when re-trained on fresh seeds).
-After the search reaches its target, the ``top`` configurations are trained on ``seeds`` fresh seeds
-each; the export names the configuration with the best mean over those seeds and holds the spread.
+After the search reaches its target, the best configurations are trained on ``seeds`` fresh seeds
+each (by default a race within a quarter of the study's trials: :func:`_race`; with ``top`` given,
+exactly the ``top`` best: :func:`_fixed`); the export names the configuration with the best mean over
+those seeds and holds the spread.
 
 - The runs live in a sibling Optuna study ``<name>.confirm`` in the same storage (each an enqueued
   trial carrying the search trial it re-trains and its seed), so an interrupted confirmation resumes
@@ -51,7 +53,7 @@ class Confirmation:
     seeds: tuple[int, ...]
     values: tuple[float, ...]
     complete: bool
-    dropped: str = ""  # why it is out of the race (diverged or failed on a fresh seed)
+    dropped: str = ""  # why it is out of the race (diverged or failed on a fresh seed; cannot beat the best mean)
 
     @property
     def mean(self) -> float | None:
@@ -82,9 +84,12 @@ def status(confirmations: Sequence[Confirmation], enabled: bool) -> str:
     return "complete" if any(c.complete and not c.dropped for c in confirmations) else "all dropped"
 
 
-def _plan(config: StudyConfig) -> tuple[int, list[int]]:
+def _plan(config: StudyConfig) -> tuple[int, list[int], int | None]:
+    """``(candidates, fresh seeds, budget)``: with ``top`` left to autolr, a race of up to ``budget``
+    runs over as many candidates; with ``top`` given, exactly those configurations (budget None)."""
     top, n_seeds = config.confirm.plan(config.trials)
-    return top, fresh_seeds(config, n_seeds)
+    budget = config.confirm.budget(config.trials)
+    return (budget if budget is not None else top), fresh_seeds(config, n_seeds), budget
 
 
 def candidates(study: optuna.Study, top: int) -> list[FrozenTrial]:
@@ -110,22 +115,97 @@ def confirmation(config: StudyConfig, study: optuna.Study, url: str) -> list[Con
     runs = confirm_study.get_trials(deepcopy=False) if confirm_study else []
     # the plan of the invocation that confirmed (its --trials and --seed may differ from the study file's)
     plan = confirm_study.user_attrs.get(keys.CONFIRM_PLAN) if confirm_study else None
-    top, seed_list = (plan["top"], plan["seeds"]) if isinstance(plan, dict) else _plan(config)
-    out = []
-    for trial in candidates(study, top):
-        mine = {t.user_attrs[keys.SEED]: t for t in runs if t.user_attrs.get(keys.CONFIRM_OF) == trial.number}
-        values, seeds, dropped = [], [], ""
-        for seed in seed_list:
+    top, seed_list, budget = (plan["top"], plan["seeds"], plan.get("budget")) if isinstance(plan, dict) else _plan(config)
+    return _walk(candidates(study, top), runs, seed_list, budget, config.direction)[0]
+
+
+def _walk(
+    picked: Sequence[FrozenTrial], runs: Sequence[FrozenTrial], seeds: Sequence[int], budget: int | None, direction: str
+) -> tuple[list[Confirmation], tuple[FrozenTrial, int] | None]:
+    """Where the confirmation stands, from its stored runs: each candidate's confirmation, and the
+    next (candidate, seed) to train (None: it is over). A pure function of the runs, so an
+    interrupted confirmation, or another invocation's, resumes exactly where it stood."""
+    by_candidate: dict[int, dict[int, FrozenTrial]] = {}
+    for t in sorted(runs, key=lambda t: t.number):  # a seed trained again after an interruption: the later run
+        of, seed = t.user_attrs.get(keys.CONFIRM_OF), t.user_attrs.get(keys.SEED)
+        if of is not None and seed is not None:
+            by_candidate.setdefault(of, {})[seed] = t
+    if budget is None:
+        return _fixed(picked, by_candidate, seeds)
+    return _race(picked, by_candidate, seeds, budget, direction)
+
+
+def _fixed(picked, by_candidate, seeds) -> tuple[list[Confirmation], tuple[FrozenTrial, int] | None]:
+    """``top`` given: every candidate on every seed, seed by seed (every candidate's first fresh seed
+    before anyone's second); a candidate that diverges or fails is dropped."""
+    out, todo = [], []
+    for trial in picked:
+        mine, values, done, dropped = by_candidate.get(trial.number, {}), [], [], ""
+        for k, seed in enumerate(seeds):
             t = mine.get(seed)
-            if t is None:
-                continue
-            if t.state == TrialState.COMPLETE:
+            if t is not None and _dropped(t):
+                dropped = _why(t)
+            elif t is not None and t.state == TrialState.COMPLETE:
                 values.append(float(t.value))
-                seeds.append(seed)
-            elif _dropped(t):
-                dropped = t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR) or t.state.name
-        out.append(Confirmation(trial.number, float(trial.value), tuple(seeds), tuple(values), len(values) == len(seed_list), dropped))
-    return out
+                done.append(seed)
+            else:
+                todo.append((k, trial, seed))
+        out.append(Confirmation(trial.number, float(trial.value), tuple(done), tuple(values), len(values) == len(seeds), dropped))
+    dropped = {c.trial for c in out if c.dropped}
+    todo = [(k, trial, seed) for k, trial, seed in todo if trial.number not in dropped]
+    return out, (min(todo, key=lambda x: x[0])[1:] if todo else None)
+
+
+def _race(picked, by_candidate, seeds, budget: int, direction: str) -> tuple[list[Confirmation], tuple[FrozenTrial, int] | None]:
+    """``top`` left to autolr: candidates in the order of their search values, each on every fresh
+    seed, while the runs fit in ``budget``. A search value is the best draw of its configuration, so
+    it is an optimistic estimate of what the configuration does on a fresh seed:
+
+    - a candidate whose search value does not beat the best confirmed mean so far is not tried (nor
+      is anyone after it);
+    - a candidate is dropped after a seed once its mean could not beat the best confirmed mean even if
+      its remaining seeds did as well as its search value;
+    - one that diverges or fails on a fresh seed is dropped, as always.
+
+    So a winner whose search value was luck (it regressed on the fresh seeds) makes the race go on to
+    the next candidates, and a winner that held ends it after its own seeds."""
+    better = (lambda a, b: a < b) if direction == "minimize" else (lambda a, b: a > b)
+    out: list[Confirmation] = []
+    used, best = 0, None
+    for trial in picked:
+        mine = by_candidate.get(trial.number, {})
+        if not any(seed in mine for seed in seeds):  # not started: is it worth starting, and does it fit?
+            if best is not None and not better(trial.value, best.mean):
+                break
+            if used + len(seeds) > budget:
+                break
+        values, done, dropped, pending = [], [], "", None
+        for seed in seeds:
+            t = mine.get(seed)
+            if t is not None and _dropped(t):
+                used, dropped = used + 1, _why(t)
+                break
+            if t is None or t.state != TrialState.COMPLETE:
+                pending = seed
+                break
+            used += 1
+            values.append(float(t.value))
+            done.append(seed)
+            at_best = (sum(values) + (len(seeds) - len(values)) * trial.value) / len(seeds)
+            if best is not None and len(values) < len(seeds) and not better(at_best, best.mean):
+                dropped = f"cannot beat #{best.trial}'s confirmed mean {best.mean:.4g} ({at_best:.4g} at best)"
+                break
+        c = Confirmation(trial.number, float(trial.value), tuple(done), tuple(values), len(values) == len(seeds) and not dropped, dropped)
+        out.append(c)
+        if pending is not None:
+            return out, (trial, pending)
+        if c.complete and (best is None or better(c.mean, best.mean)):
+            best = c
+    return out, None
+
+
+def _why(t: FrozenTrial) -> str:
+    return t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR) or t.state.name
 
 
 def confirmation_pending(config: StudyConfig, study: optuna.Study, url: str) -> bool:
@@ -154,27 +234,30 @@ def run_confirmation(
     lr_bounds: LrBounds,
     on_trial: Callable[[FrozenTrial], None] | None = None,
 ) -> None:
-    """Train what is still missing of the confirmation: each candidate on each fresh seed, seed by
-    seed (every candidate's first fresh seed before anyone's second), dropping a candidate that
-    diverges or fails."""
+    """Train what is still missing of the confirmation (:func:`_fixed` with ``top`` given, else
+    :func:`_race`), one run at a time."""
     if not config.confirm.enabled:
         return
-    top, seeds = _plan(config)
+    top, seeds, budget = _plan(config)
     confirm_study = _open(config, url)
-    confirm_study.set_user_attr(keys.CONFIRM_PLAN, {"top": top, "seeds": seeds})
-    picked = candidates(study, top)
-    for seed in seeds:
-        for trial in picked:
-            # read before every run, not once: another invocation on the study may have trained (or dropped) this pair since
-            runs = [t for t in confirm_study.get_trials(deepcopy=False) if t.user_attrs.get(keys.CONFIRM_OF) == trial.number]
-            if any(_dropped(t) for t in runs) or any(t.user_attrs.get(keys.SEED) == seed and t.state == TrialState.COMPLETE for t in runs):
-                continue  # out of the race, or this seed is done (an interrupted run is trained again)
-            confirm_study.enqueue_trial(trial.params, user_attrs={keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"})
-            seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
-            last = run_one(confirm_study, ask_owned(confirm_study), make_objective(seeded))
-            if on_trial is not None:
-                on_trial(last)
-            logger.info("confirmation of trial %d on seed %d: %s %s", trial.number, seed, last.state.name, last.value)
+    confirm_study.set_user_attr(keys.CONFIRM_PLAN, {"top": top, "seeds": seeds, "budget": budget})
+    picked, tried = candidates(study, top), set()
+    while True:
+        # read before every run, not once: another invocation on the study may have trained (or dropped) a pair since
+        _, following = _walk(picked, confirm_study.get_trials(deepcopy=False), seeds, budget, config.direction)
+        if following is None:
+            return
+        trial, seed = following
+        if (trial.number, seed) in tried:  # ended without a result or an error: trained again by the next invocation
+            logger.warning("confirmation of trial %d on seed %d did not finish; the next invocation trains it again", trial.number, seed)
+            return
+        tried.add((trial.number, seed))
+        confirm_study.enqueue_trial(trial.params, user_attrs={keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"})
+        seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
+        last = run_one(confirm_study, ask_owned(confirm_study), make_objective(seeded))
+        if on_trial is not None:
+            on_trial(last)
+        logger.info("confirmation of trial %d on seed %d: %s %s", trial.number, seed, last.state.name, last.value)
 
 
 def _dropped(t: FrozenTrial) -> bool:

@@ -64,7 +64,8 @@ AUTOLR_ARMS = ("fixed", "auto", "seed-per-trial", "schedulefree", "prodigy")
 PLAIN_ARMS = ("random", "tpe-median")
 PLAN_ARMS = ("plans", "plans-spt")  # confirmation plans replayed on one search (one seed, or a seed per trial)
 ARMS = AUTOLR_ARMS + PLAIN_ARMS + PLAN_ARMS
-# (configurations, fresh seeds each): (1, 0) exports the single-seed best; (2, 3) is the default for 30 trials
+# (configurations, fresh seeds each): (1, 0) exports the single-seed best; (2, 3) was the default for 30 trials
+# before the race (autolr.confirm._race: up to 7 runs, 3 seeds a configuration), which these replays do not cover
 PLANS = ((1, 0), (1, 1), (1, 3), (2, 3), (3, 2), (7, 1), (4, 3))
 LABELS = {
     "fixed": "autolr fixed",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
 import autolr
 import autolr.tasks
-from autolr import confirm
+from autolr import confirm, keys
 from autolr.cli import main
 from autolr.config import ConfirmConfig, load_study
 from autolr.errors import StudyFileError
@@ -120,6 +123,76 @@ def test_a_winner_must_hold_on_every_fresh_seed() -> None:
     assert confirm.confirmed_winner([lucky, held, better], "minimize") is better
     assert confirm.confirmed_winner([lucky], "minimize") is None
     assert confirm.confirmed_winner([held, better], "maximize") is held
+
+
+def _searched(values: list[float]) -> list:
+    """Search trials #0, #1, ... with these single-seed values (the candidates, best first)."""
+    return [
+        optuna.trial.create_trial(value=v, params={"lr": 10.0**-k}, distributions={"lr": FloatDistribution(1e-9, 1.0, log=True)}) for k, v in enumerate(values)
+    ]
+
+
+def _ran(of: int, seed: int, value: float | None, *, state=None):
+    """A stored confirmation run of search trial ``of`` on ``seed`` (None: it diverged)."""
+    attrs = {keys.CONFIRM_OF: of, keys.SEED: seed}
+    if value is None:
+        return optuna.trial.create_trial(state=state or TrialState.PRUNED, user_attrs={**attrs, keys.PRUNE_REASON: "diverged: loss nan"})
+    return optuna.trial.create_trial(value=value, user_attrs=attrs)
+
+
+def _race(searched: list, runs: list, *, budget: int = 7, seeds=(11, 12, 13), direction: str = "minimize"):
+    picked = _searched(searched)
+    for number, t in enumerate(picked):
+        t.number = number
+    stored = []
+    for number, run in enumerate(runs):
+        run.number = number
+        stored.append(run)
+    return confirm._walk(picked, stored, list(seeds), budget, direction)
+
+
+def test_the_race_ends_when_the_winner_held() -> None:
+    """The best search value confirmed at 0.105: the next candidate's search value (0.11) is its
+    best draw, and it does not beat 0.105, so it is not trained: 3 runs of the 7 the budget allows."""
+    done, following = _race([0.10, 0.11, 0.12], [_ran(0, 11, 0.10), _ran(0, 12, 0.11), _ran(0, 13, 0.105)])
+    assert following is None
+    assert [c.trial for c in done] == [0] and done[0].complete and confirm.confirmed_winner(done, "minimize").trial == 0
+
+
+def test_a_lucky_winner_makes_the_race_go_on_and_a_hopeless_candidate_is_dropped_early() -> None:
+    """#0 looked best (0.066) and regressed on fresh seeds (mean 0.137): #1 is tried, and dropped
+    after one seed (0.78; with its other seeds at its search value 0.079 its mean would be 0.31);
+    #2 (0.087) is trained on every seed and wins; #3 would not fit the 7 runs."""
+    runs = [_ran(0, 11, 0.143), _ran(0, 12, 0.114), _ran(0, 13, 0.153), _ran(1, 11, 0.78)]
+    done, following = _race([0.066, 0.079, 0.087, 0.088], runs)
+    assert following[0].number == 2 and following[1] == 11  # what is trained next
+    assert done[1].dropped.startswith("cannot beat #0's confirmed mean 0.1367") and not done[1].complete
+    runs += [_ran(2, 11, 0.09), _ran(2, 12, 0.085), _ran(2, 13, 0.092)]
+    done, following = _race([0.066, 0.079, 0.087, 0.088], runs)
+    assert following is None and [c.trial for c in done] == [0, 1, 2]  # 7 runs: #3 does not fit
+    assert confirm.confirmed_winner(done, "minimize").trial == 2
+
+
+def test_the_race_resumes_from_its_runs_and_drops_what_diverges() -> None:
+    # interrupted after #0's first seed: its second is next, whoever resumes it
+    assert _race([0.1, 0.2], [_ran(0, 11, 0.12)])[1][1] == 12
+    # an interrupted run (FAIL, no error) is trained again
+    assert _race([0.1, 0.2], [_ran(0, 11, 0.12), _ran(0, 12, None, state=TrialState.FAIL)])[1][1] == 12
+    # #0 diverged on its first fresh seed: dropped, and #1 is tried (nothing to beat yet)
+    done, following = _race([0.1, 0.2], [_ran(0, 11, None)])
+    assert done[0].dropped and following[0].number == 1 and following[1] == 11
+
+
+def test_the_race_maximizes_too_and_keeps_to_its_budget() -> None:
+    done, following = _race([0.99, 0.98, 0.90], [_ran(0, 11, 0.95), _ran(0, 12, 0.96), _ran(0, 13, 0.94)], direction="maximize")
+    assert following[0].number == 1  # 0.98 could beat the confirmed 0.95
+    done, following = _race([0.99, 0.98], [_ran(0, 11, 0.95), _ran(0, 12, 0.96), _ran(0, 13, 0.94)], direction="maximize", budget=5)
+    assert following is None and len(done) == 1  # a second candidate's 3 runs do not fit 5
+
+
+def test_the_default_plan_races_and_an_explicit_top_runs_every_pair() -> None:
+    assert ConfirmConfig().budget(30) == 7 and ConfirmConfig().budget(8) == 2
+    assert ConfirmConfig(top=2).budget(30) is None
 
 
 def test_bad_confirm_settings_are_one_line(write_study) -> None:
