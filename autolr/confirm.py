@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -120,22 +120,30 @@ def confirmation(config: StudyConfig, study: optuna.Study, url: str) -> list[Con
 
 
 def _walk(
-    picked: Sequence[FrozenTrial], runs: Sequence[FrozenTrial], seeds: Sequence[int], budget: int | None, direction: str
+    picked: Sequence[FrozenTrial],
+    runs: Sequence[FrozenTrial],
+    seeds: Sequence[int],
+    budget: int | None,
+    direction: str,
+    *,
+    skip: Container[tuple[int, int]] = (),
 ) -> tuple[list[Confirmation], tuple[FrozenTrial, int] | None]:
     """Where the confirmation stands, from its stored runs: each candidate's confirmation, and the
-    next (candidate, seed) to train (None: it is over). A pure function of the runs, so an
-    interrupted confirmation, or another invocation's, resumes exactly where it stood."""
+    next (candidate, seed) to train (None: it is over, or what is left waits for a (trial number,
+    seed) pair in ``skip``). A pure function of the runs, so an interrupted confirmation, or another
+    invocation's, resumes exactly where it stood."""
     by_candidate: dict[int, dict[int, FrozenTrial]] = {}
     for t in sorted(runs, key=lambda t: t.number):  # a seed trained again after an interruption: the later run
         of, seed = t.user_attrs.get(keys.CONFIRM_OF), t.user_attrs.get(keys.SEED)
         if of is not None and seed is not None:
             by_candidate.setdefault(of, {})[seed] = t
     if budget is None:
-        return _fixed(picked, by_candidate, seeds)
-    return _race(picked, by_candidate, seeds, budget, direction)
+        return _fixed(picked, by_candidate, seeds, skip)
+    done, following = _race(picked, by_candidate, seeds, budget, direction)
+    return done, (None if following is not None and (following[0].number, following[1]) in skip else following)
 
 
-def _fixed(picked, by_candidate, seeds) -> tuple[list[Confirmation], tuple[FrozenTrial, int] | None]:
+def _fixed(picked, by_candidate, seeds, skip=()) -> tuple[list[Confirmation], tuple[FrozenTrial, int] | None]:
     """``top`` given: every candidate on every seed, seed by seed (every candidate's first fresh seed
     before anyone's second); a candidate that diverges or fails is dropped."""
     out, todo = [], []
@@ -152,7 +160,7 @@ def _fixed(picked, by_candidate, seeds) -> tuple[list[Confirmation], tuple[Froze
                 todo.append((k, trial, seed))
         out.append(Confirmation(trial.number, float(trial.value), tuple(done), tuple(values), len(values) == len(seeds), dropped))
     dropped = {c.trial for c in out if c.dropped}
-    todo = [(k, trial, seed) for k, trial, seed in todo if trial.number not in dropped]
+    todo = [(k, trial, seed) for k, trial, seed in todo if trial.number not in dropped and (trial.number, seed) not in skip]
     return out, (min(todo, key=lambda x: x[0])[1:] if todo else None)
 
 
@@ -243,14 +251,12 @@ def run_confirmation(
     confirm_study.set_user_attr(keys.CONFIRM_PLAN, {"top": top, "seeds": seeds, "budget": budget})
     picked, tried = candidates(study, top), set()
     while True:
-        # read before every run, not once: another invocation on the study may have trained (or dropped) a pair since
-        _, following = _walk(picked, confirm_study.get_trials(deepcopy=False), seeds, budget, config.direction)
+        # read before every run, not once: another invocation on the study may have trained (or dropped) a pair since;
+        # a pair tried here that ended without a result or an error is left to the next invocation
+        _, following = _walk(picked, confirm_study.get_trials(deepcopy=False), seeds, budget, config.direction, skip=tried)
         if following is None:
             return
         trial, seed = following
-        if (trial.number, seed) in tried:  # ended without a result or an error: trained again by the next invocation
-            logger.warning("confirmation of trial %d on seed %d did not finish; the next invocation trains it again", trial.number, seed)
-            return
         tried.add((trial.number, seed))
         confirm_study.enqueue_trial(trial.params, user_attrs={keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"})
         seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
@@ -258,6 +264,8 @@ def run_confirmation(
         if on_trial is not None:
             on_trial(last)
         logger.info("confirmation of trial %d on seed %d: %s %s", trial.number, seed, last.state.name, last.value)
+        if last.state == TrialState.FAIL and not _dropped(last):
+            logger.warning("confirmation of trial %d on seed %d ended without a result; the next invocation trains it again", trial.number, seed)
 
 
 def _dropped(t: FrozenTrial) -> bool:

@@ -77,6 +77,29 @@ def test_confirmation_runs_after_the_search_and_the_export_holds_the_spread(writ
     assert f"{winner.mean:.4g} +- " in shown  # the confirmed mean beside the single-seed value
 
 
+def test_the_default_confirmation_races_within_its_budget(write_study, stores, tmp_path) -> None:
+    """``top`` left to autolr, end to end: at most a quarter of the trials in runs, candidates in the
+    order of their search values with none skipped before the last one tried, the export the best
+    complete mean, and what show/export read is what the runs were."""
+    path = _study(write_study, "raced", trials=16, confirm_line="confirm: {seeds: 1}")  # 4 runs: up to 4 candidates
+    result = autolr.tune(path, progress=False, **stores)
+    confirm_study = optuna.load_study(study_name="raced.confirm", storage=stores["storage"])
+    assert confirm_study.user_attrs[keys.CONFIRM_PLAN]["budget"] == 4
+    runs = confirm_study.get_trials(deepcopy=False)
+    assert 1 <= len(runs) <= 4 and len({(t.user_attrs[keys.CONFIRM_OF], t.user_attrs[keys.SEED]) for t in runs}) == len(runs)
+    ranked = [t.number for t in confirm.candidates(optuna.load_study(study_name="raced", storage=stores["storage"]), 16)]
+    tried = [c.trial for c in result.confirmations]
+    assert tried == ranked[: len(tried)] and [t.user_attrs[keys.CONFIRM_OF] for t in runs] == tried  # in order, one seed each
+    complete = [c for c in result.confirmations if c.complete]
+    winner = confirm.confirmed_winner(result.confirmations, "minimize")
+    assert winner is not None and winner.mean == min(c.mean for c in complete)
+    for later in result.confirmations[1:]:  # each was worth trying: its search value beat the best mean before it
+        before = [c.mean for c in result.confirmations[: result.confirmations.index(later)] if c.complete]
+        assert not before or later.single_seed_value < min(before)
+    export = yaml.safe_load(autolr.export_best(path, storage=stores["storage"]))
+    assert export["confirmed"]["trial"] == winner.trial and export["confirmation"] == "complete"
+
+
 def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, stores, monkeypatch) -> None:
     path = _study(write_study, "resumed", confirm_line="confirm: {top: 1, seeds: 3}")
     real = confirm.run_confirmation
