@@ -79,6 +79,8 @@ LABELS = {
     "schedulefree": "schedulefree_adamw",
     "prodigy": "prodigy",
 }
+LABELS["plans/race"] = "replay: race (the default)"
+LABELS["plans-spt/race"] = "replay, seed per trial: race"
 for _t, _k in PLANS:
     LABELS[f"plans/{_t}x{_k}"] = f"replay: top {_t} x {_k} seeds" if _k else "replay: single-seed best"
     LABELS[f"plans-spt/{_t}x{_k}"] = f"replay, seed per trial: top {_t} x {_k}" if _k else "replay, seed per trial: single-seed best"
@@ -180,7 +182,34 @@ def plans_arm(task: str, arm: str, seed: int, trials: int, folder: Path) -> dict
     for top, k in PLANS:
         mean = [statistics.fmean(v[:k]) if k and all(math.isfinite(x) for x in v[:k]) else (0.0 if not k else math.inf) for v in values[:top]]
         rows[f"{arm}/{top}x{k}"] = (picked[min(range(len(mean)), key=mean.__getitem__)], search + top * k * per_run)
+    winner, runs = _race_replay(candidates(study, len(picked)), values, seeds[:3], budget=max(1, trials // 4))
+    rows[f"{arm}/race"] = (picked[winner], search + runs * per_run)
     return rows
+
+
+def _race_replay(searched: list[optuna.trial.FrozenTrial], values: list[list[float]], seeds: list[int], budget: int) -> tuple[int, int]:
+    """autolr's default confirmation (``autolr.confirm._race``) replayed on the plain loop's values:
+    run by run as ``run_confirmation`` asks for them; (index of the exported candidate, runs used)."""
+    from autolr.confirm import _walk, confirmed_winner
+
+    runs: list[optuna.trial.FrozenTrial] = []
+    while True:
+        done, following = _walk(searched, runs, seeds, budget, "minimize")
+        if following is None:
+            break
+        trial, seed = following
+        value = values[searched.index(trial)][seeds.index(seed)]
+        attrs = {keys.CONFIRM_OF: trial.number, keys.SEED: seed}
+        run = (
+            optuna.trial.create_trial(value=value, user_attrs=attrs)
+            if math.isfinite(value)
+            else optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs=attrs)
+        )
+        run.number = len(runs)
+        runs.append(run)
+    winner = confirmed_winner(done, "minimize")
+    number = winner.trial if winner is not None else searched[0].number  # every candidate dropped: the export's single-seed best
+    return [t.number for t in searched].index(number), len(runs)
 
 
 _FRESH: dict[tuple[str, str], float] = {}  # one configuration's fresh-seed value, trained once
