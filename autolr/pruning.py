@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys
 from autolr.config import StudyConfig
+from autolr.sampler import trials_as_sampled
 
 __all__ = ["CompletedSnapshot", "WarmupGracePruner", "make_pruner", "warmup_epochs"]
 
@@ -88,20 +89,9 @@ class CompletedSnapshot(optuna.pruners.BasePruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         key = (study.study_name, trial.number)
         if key != self._of:
-            self._completed = [t for t in _trials_of(study, trial) if t.state == TrialState.COMPLETE]
+            self._completed = [t for t in trials_as_sampled(study, trial) if t.state == TrialState.COMPLETE]
             self._of = key
         return self.pruner.prune(_CompletedAsOf(study, self._completed), trial)
-
-
-def _trials_of(study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
-    """The study's trials as the sampler read them for ``trial`` (Optuna's per-trial list, which
-    ``ask`` and ``tell`` renew in their thread; read here where no sampler read it, as with the
-    random and grid samplers); read afresh where that list predates the trial (a trial judged in
-    another thread than the one that asked it)."""
-    trials = study._get_trials(deepcopy=False, use_cache=True)
-    if any(t.number == trial.number for t in reversed(trials)):
-        return trials
-    return study.get_trials(deepcopy=False)
 
 
 class _CompletedAsOf:

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, stability
 
-__all__ = ["CeilingSampler", "lr_ceiling", "make_sampler", "risky_band"]
+__all__ = ["CeilingSampler", "lr_ceiling", "make_sampler", "risky_band", "trials_as_sampled"]
 
 
 def make_sampler(name: str, *, seed: int, grid_space: dict | None = None, ceiling: bool = True, parallel: bool = False) -> BaseSampler:
@@ -100,6 +100,18 @@ def risky_band(lr: float, stable_max: float | None, ceiling: float | None) -> tu
     return None
 
 
+def trials_as_sampled(study: optuna.Study, trial: FrozenTrial) -> list[FrozenTrial]:
+    """The study's trials as its sampler read them for ``trial``: Optuna's per-trial list (``ask`` and
+    ``tell`` renew it in their thread; its samplers read it once per trial, as TPE does), so no read of
+    the storage of its own; filled here where no sampler read it (the random and grid samplers). Read
+    afresh where that list predates the trial: a trial handled in another thread than the one that
+    asked it (a user's loop judging epochs from a thread of its own)."""
+    trials = study._get_trials(deepcopy=False, use_cache=True)
+    if any(t.number == trial.number for t in reversed(trials)):
+        return trials
+    return study.get_trials(deepcopy=False)
+
+
 class CeilingSampler(BaseSampler):
     """Wraps any sampler; keeps its proposals for ``lr`` below the learned divergence ceiling."""
 
@@ -114,20 +126,20 @@ class CeilingSampler(BaseSampler):
         params = self.base.sample_relative(study, trial, search_space)
         if "lr" in params:
             optimizer = params.get("optimizer", trial.params.get("optimizer"))
-            params["lr"] = self._below_ceiling(study, optimizer, params["lr"], search_space["lr"])
+            params["lr"] = self._below_ceiling(study, trial, optimizer, params["lr"], search_space["lr"])
         return params
 
     def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
         value = self.base.sample_independent(study, trial, param_name, param_distribution)
         if param_name == "lr":
-            value = self._below_ceiling(study, trial.params.get("optimizer"), value, param_distribution)
+            value = self._below_ceiling(study, trial, trial.params.get("optimizer"), value, param_distribution)
         return value
 
-    def _below_ceiling(self, study, optimizer: str | None, lr: float, dist) -> float:
-        # The trials the base sampler sampled from (Optuna's samplers read them once per trial, as
-        # TPE does): study.get_trials would read the storage again for every proposal. Under Hyperband
-        # that is every bracket's trials, not the proposing bracket's alone: a rate diverges in any.
-        trials = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True)
+    def _below_ceiling(self, study, trial: FrozenTrial, optimizer: str | None, lr: float, dist) -> float:
+        # The trials the base sampler sampled from, not another read of the storage for every proposal.
+        # Under Hyperband that is every bracket's trials, not the proposing bracket's alone: a rate
+        # diverges in any.
+        trials = [t for t in trials_as_sampled(study, trial) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         band = risky_band(lr, *lr_ceiling(trials, optimizer))
         if band is None:
             return lr

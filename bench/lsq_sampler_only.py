@@ -46,14 +46,14 @@ SHARE = 1 / 3  # of the proposals, once they do
 class BracketSampler(CeilingSampler):
     """The measured alternative (not shipped): refines between the best trials and the limit."""
 
-    def _below_ceiling(self, study, optimizer, lr, dist):
+    def _below_ceiling(self, study, trial, optimizer, lr, dist):
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         done = sorted((t for t in trials if t.state == TrialState.COMPLETE and "lr" in t.params), key=lambda t: t.value)
         limit = min(lr_ceiling(trials, optimizer)[1] or dist.high, dist.high)
         low = min((t.params["lr"] for t in done[:3]), default=limit)
         if len(done) >= 8 and low * CROWD >= limit and low < limit and self._rng.uniform() < SHARE:
             return float(math.exp(self._rng.uniform(math.log(low), math.log(limit))))
-        return super()._below_ceiling(study, optimizer, lr, dist)
+        return super()._below_ceiling(study, trial, optimizer, lr, dist)
 
 
 def bracket_sampler(seed: int) -> BracketSampler:
