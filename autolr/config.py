@@ -120,14 +120,19 @@ class ConfirmConfig:
     def plan(self, trials: int) -> tuple[int, int]:
         """``(configurations, seeds)`` for a study of ``trials`` trials (with ``top`` left to autolr,
         the configurations that surely fit the budget; the race may try more: :meth:`budget`)."""
-        budget = max(1, trials // 4)  # confirmation costs at most a quarter of the study's trials
-        seeds = self.seeds or min(3, budget)
-        return (self.top or max(1, budget // seeds)), seeds
+        runs = _quarter(trials)
+        seeds = self.seeds or min(3, runs)
+        return (self.top or max(1, runs // seeds)), seeds
 
     def budget(self, trials: int) -> int | None:
         """Runs the confirmation may spend, with ``top`` left to autolr (None: ``top`` is given, and
-        exactly those configurations run on every seed)."""
-        return None if self.top is not None else max(max(1, trials // 4), self.plan(trials)[1])
+        exactly those configurations run on every seed); at least one configuration's seeds."""
+        return None if self.top is not None else max(_quarter(trials), self.plan(trials)[1])
+
+
+def _quarter(trials: int) -> int:
+    """Confirmation runs at most a quarter of the study's trials (at least one)."""
+    return max(1, trials // 4)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -119,6 +119,10 @@ def confirmation(config: StudyConfig, study: optuna.Study, url: str) -> list[Con
     return _walk(candidates(study, top), runs, seed_list, budget, config.direction)[0]
 
 
+_Runs = dict[int, dict[int, FrozenTrial]]  # search trial number -> fresh seed -> its latest confirmation run
+_Next = tuple[FrozenTrial, int] | None  # the (candidate, seed) to train next; None: nothing is left
+
+
 def _walk(
     picked: Sequence[FrozenTrial],
     runs: Sequence[FrozenTrial],
@@ -127,12 +131,12 @@ def _walk(
     direction: str,
     *,
     skip: Container[tuple[int, int]] = (),
-) -> tuple[list[Confirmation], tuple[FrozenTrial, int] | None]:
+) -> tuple[list[Confirmation], _Next]:
     """Where the confirmation stands, from its stored runs: each candidate's confirmation, and the
     next (candidate, seed) to train (None: it is over, or what is left waits for a (trial number,
     seed) pair in ``skip``). A pure function of the runs, so an interrupted confirmation, or another
     invocation's, resumes exactly where it stood."""
-    by_candidate: dict[int, dict[int, FrozenTrial]] = {}
+    by_candidate: _Runs = {}
     for t in sorted(runs, key=lambda t: t.number):  # a seed trained again after an interruption: the later run
         of, seed = t.user_attrs.get(keys.CONFIRM_OF), t.user_attrs.get(keys.SEED)
         if of is not None and seed is not None:
@@ -143,7 +147,7 @@ def _walk(
     return done, (None if following is not None and (following[0].number, following[1]) in skip else following)
 
 
-def _fixed(picked, by_candidate, seeds, skip=()) -> tuple[list[Confirmation], tuple[FrozenTrial, int] | None]:
+def _fixed(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[int], skip: Container[tuple[int, int]]) -> tuple[list[Confirmation], _Next]:
     """``top`` given: every candidate on every seed, seed by seed (every candidate's first fresh seed
     before anyone's second); a candidate that diverges or fails is dropped."""
     out, todo = [], []
@@ -159,12 +163,12 @@ def _fixed(picked, by_candidate, seeds, skip=()) -> tuple[list[Confirmation], tu
             else:
                 todo.append((k, trial, seed))
         out.append(Confirmation(trial.number, float(trial.value), tuple(done), tuple(values), len(values) == len(seeds), dropped))
-    dropped = {c.trial for c in out if c.dropped}
-    todo = [(k, trial, seed) for k, trial, seed in todo if trial.number not in dropped and (trial.number, seed) not in skip]
+    out_of_race = {c.trial for c in out if c.dropped}
+    todo = [(k, trial, seed) for k, trial, seed in todo if trial.number not in out_of_race and (trial.number, seed) not in skip]
     return out, (min(todo, key=lambda x: x[0])[1:] if todo else None)
 
 
-def _race(picked, by_candidate, seeds, budget: int, direction: str) -> tuple[list[Confirmation], tuple[FrozenTrial, int] | None]:
+def _race(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[int], budget: int, direction: str) -> tuple[list[Confirmation], _Next]:
     """``top`` left to autolr: candidates in the order of their search values, each on every fresh
     seed, while the runs fit in ``budget``. A search value is the best draw of its configuration, so
     it is an optimistic estimate of what the configuration does on a fresh seed:
