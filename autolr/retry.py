@@ -23,7 +23,7 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["RETRY_S", "RetryingRDBStorage", "StorageFull", "StorageUnavailable", "call_with_retry", "cause_line", "is_disk_full", "is_transient"]
 
@@ -131,11 +131,20 @@ def _already(storage: RetryingRDBStorage, trial_id: int, state: TrialState, valu
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
     """``optuna.storages.RDBStorage`` whose calls are retried on transient errors (see the module), and
-    whose per-epoch reports take one statement where that was verified (:mod:`autolr.fast_report`;
-    ``fast_report = False`` on an instance: Optuna's own)."""
+    whose per-epoch reports take one statement and whose trial reads skip the ORM where that was verified
+    (:mod:`autolr.fast_report`, :mod:`autolr.fast_read`; ``fast_report`` or ``fast_read`` False on an
+    instance: Optuna's own)."""
 
     fast_report: bool = True
+    fast_read: bool = True  # trials read in plain statements where verified (:mod:`autolr.fast_read`)
     _fast: Any = None  # the FastReport of this storage's database once looked for (False: none)
+    _fast_read: Any = None  # its FastRead, likewise
+
+    def __getstate__(self) -> dict[str, Any]:  # the fast paths hold the engine: a copy looks for its own
+        state = super().__getstate__()
+        state.pop("_fast", None)
+        state.pop("_fast_read", None)
+        return state
 
     def _report(self, trial_id: int, step: int, intermediate_value: float) -> None:
         if self._fast is None:
@@ -146,6 +155,25 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
             self._fast.write(self, trial_id, step, intermediate_value)
         else:
             optuna.storages.RDBStorage.set_trial_intermediate_value(self, trial_id, step, intermediate_value)
+
+    def _reader(self) -> Any:
+        if not self.fast_read:
+            return None
+        if self._fast_read is None:
+            from autolr.fast_read import FastRead
+
+            self._fast_read = FastRead.for_storage(self) or False
+        return self._fast_read or None
+
+    def _get_trial(self, trial_id: int) -> FrozenTrial:
+        reader = self._reader()
+        return reader.trial(trial_id) if reader else optuna.storages.RDBStorage.get_trial(self, trial_id)
+
+    def _get_study_trials(self, study_id: int, states: Any, included_trial_ids: set[int], trial_id_greater_than: int) -> list[FrozenTrial]:
+        reader = self._reader()
+        if reader:
+            return reader.study_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        return optuna.storages.RDBStorage._get_trials(self, study_id, states, included_trial_ids, trial_id_greater_than)
 
     def count_trials(self, study_id: int) -> dict[TrialState, int]:
         """The study's trials per state from one ``count(*) ... group by state`` (no trial is loaded):
@@ -185,4 +213,6 @@ _CALLS = (
 for _name in _CALLS:
     setattr(RetryingRDBStorage, _name, _retried(_name, getattr(optuna.storages.RDBStorage, _name)))
 RetryingRDBStorage.set_trial_intermediate_value = _retried("set_trial_intermediate_value", RetryingRDBStorage._report)
+RetryingRDBStorage.get_trial = _retried("get_trial", RetryingRDBStorage._get_trial)
+RetryingRDBStorage._get_trials = _retried("_get_trials", RetryingRDBStorage._get_study_trials)
 RetryingRDBStorage.count_trials = _retried("count_trials", RetryingRDBStorage.count_trials)
