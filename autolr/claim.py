@@ -21,6 +21,7 @@ import contextlib
 import warnings
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -28,7 +29,7 @@ from optuna.trial import TrialState
 from autolr import keys, owner, sqlite, store
 from autolr.retry import call_with_retry
 
-__all__ = ["ClaimLock", "ask_owned", "claim", "n_claimed"]
+__all__ = ["ClaimLock", "ask_owned", "claim", "n_claimed", "start_owned"]
 
 LOCK_TIMEOUT_S = 300
 
@@ -112,6 +113,16 @@ def claim(study: optuna.Study, lock: ClaimLock, target: int) -> optuna.Trial | N
         if n_claimed(study, target) >= target:
             return None
         return ask_owned(study)
+
+
+def start_owned(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]) -> optuna.Trial:
+    """A new trial of this process that runs ``params`` (suggested as an enqueued trial's are), made
+    RUNNING with its owner in one write. ``enqueue_trial`` and then ``ask`` take three (insert, read
+    the queue, update), and another process asking in between could take the queued configuration."""
+    template = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={"fixed_params": params},
+                                         user_attrs={**user_attrs, keys.OWNER: owner.this_process()})  # fmt: skip
+    study._thread_local.cached_all_trials = None  # as Study.ask: a sampler reading the study sees it afresh
+    return optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=template))
 
 
 def ask_owned(study: optuna.Study) -> optuna.Trial:

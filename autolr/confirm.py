@@ -9,14 +9,15 @@ each (by default a race within a quarter of the study's trials: :func:`_race`; w
 exactly the ``top`` best: :func:`_fixed`); the export names the configuration with the best mean over
 those seeds and holds the spread.
 
-- The runs live in a sibling Optuna study ``<name>.confirm`` in the same storage (each an enqueued
-  trial carrying the search trial it re-trains and its seed), so an interrupted confirmation resumes
-  where it stopped and the search's sampler never sees them.
+- The runs live in a sibling Optuna study ``<name>.confirm`` in the same storage (each a trial with
+  the search trial's configuration fixed, as an enqueued trial's, carrying the trial it re-trains and
+  its seed), so an interrupted confirmation resumes where it stopped and the search's sampler never
+  sees them.
 - They are MLflow runs under the invocation's parent run, tagged ``autolr.role = confirm``,
   ``autolr.confirm_of`` and ``autolr.seed``.
 - A configuration that diverges (or fails) on a fresh seed is dropped: a winner that does not hold.
 - With ``--jobs`` they run in the main process, after the workers; with ``lr: auto`` within the same
-  bounds; with every sampler (the configurations are enqueued as they were tried).
+  bounds; with every sampler (the configurations are fixed as they were tried).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
-from autolr.claim import ask_owned
+from autolr.claim import start_owned
 from autolr.config import PruningConfig, StudyConfig
 from autolr.driver import run_one
 from autolr.seeds import SEED_STRIDE, fresh_seed
@@ -262,9 +263,9 @@ def run_confirmation(
             return
         trial, seed = following
         tried.add((trial.number, seed))
-        confirm_study.enqueue_trial(trial.params, user_attrs={keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"})
         seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
-        last = run_one(confirm_study, ask_owned(confirm_study), make_objective(seeded))
+        started = start_owned(confirm_study, trial.params, {keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"})
+        last = run_one(confirm_study, started, make_objective(seeded))
         if on_trial is not None:
             on_trial(last)
         logger.info("confirmation of trial %d on seed %d: %s %s", trial.number, seed, last.state.name, last.value)

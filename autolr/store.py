@@ -70,7 +70,11 @@ def exists(name: str, url: str) -> bool:
     path = sqlite.sqlite_path(url)
     if path is not None and not path.exists():
         return False
-    return name in optuna.study.get_all_study_names(storage=_storage(url, reading=True))
+    try:
+        _storage(url, reading=True).get_study_id_from_name(name)  # one row; the study names load every study's attrs
+    except KeyError:
+        return False
+    return True
 
 
 def create_or_load(
@@ -278,17 +282,28 @@ def _storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
     """:func:`_open_storage`, reused within :func:`reusing_storages` (an SQLite file replaced under
     the same URL is opened afresh)."""
     path = sqlite.sqlite_path(url)
-    if _OPEN is None or (path is not None and not path.exists()):  # a missing file is created (or refused) by the open
+    if _OPEN is None:
         return _open_storage(url, reading=reading)
-    if reading and path is not None and sqlite.writable(path):
-        reading = False  # opened as for writing either way (see _open_storage): one storage, not two
-    stat = None if path is None else path.stat()
-    key = (url, reading, None if stat is None else (stat.st_dev, stat.st_ino))
+    if path is not None and not path.exists():  # created (or refused) by the open, then kept as an existing file is
+        storage = _open_storage(url, reading=reading)
+        if path.exists():
+            _OPEN[_key(url, path, reading)] = storage
+        return storage
+    key = _key(url, path, reading)
     if key not in _OPEN:
         _OPEN[key] = _open_storage(url, reading=reading)
     elif path is not None:
         _refuse_foreign(path, url)  # as _open_storage does: the file may have been written by something else since
     return _OPEN[key]
+
+
+def _key(url: str, path: Path | None, reading: bool) -> tuple:
+    """Which storage serves ``url`` within :func:`reusing_storages`: a writable SQLite file is opened as
+    for writing either way (see :func:`_open_storage`), one storage not two; a file is known by its inode."""
+    if path is None:
+        return (url, reading, None)
+    stat = path.stat()
+    return (url, reading and not sqlite.writable(path), (stat.st_dev, stat.st_ino))
 
 
 def _open_storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:

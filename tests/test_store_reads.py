@@ -148,3 +148,37 @@ def test_the_exit_checkpoint_waits_for_a_background_one(tmp_path, monkeypatch) -
     exiting.join(10)
     assert order == ["background done", "exit"]
     assert not (tmp_path / "exit.db-wal").exists() or (tmp_path / "exit.db-wal").stat().st_size == 0
+
+
+def test_a_confirmation_run_starts_running_with_its_configuration_and_owner_in_one_write(url, unique_name) -> None:
+    """``start_owned``: one new RUNNING trial (nothing queued that another process could take), its
+    configuration suggested as an enqueued trial's is, even where the space has changed since."""
+    from autolr import keys, owner
+    from autolr.claim import start_owned
+
+    study = _study(url, unique_name)
+    trial = start_owned(study, {"lr": 0.05, "optimizer": "sgd"}, {keys.SEED: 1000})
+    stored = study.get_trials(deepcopy=False)
+    assert [t.state for t in stored] == [TrialState.RUNNING] and stored[0].datetime_start is not None
+    assert stored[0].user_attrs == {keys.SEED: 1000, keys.OWNER: owner.this_process()}
+    assert trial.suggest_float("lr", 1e-4, 1.0, log=True) == 0.05
+    assert trial.suggest_categorical("optimizer", ["adam", "sgd", "prodigy"]) == "sgd"  # choices wider than the search's: kept
+    assert store.count_by_state(study) == {TrialState.RUNNING: 1}
+    study.tell(trial, 0.5)
+    assert study.trials[0].params == {"lr": 0.05, "optimizer": "sgd"}
+
+
+def test_a_storage_created_in_the_block_is_opened_once(tmp_path, monkeypatch) -> None:
+    """Within ``reusing_storages``, the storage that created a new SQLite file serves the next opens
+    too (opening one checks the schema again: ~25 ms); whether a study exists reads one row."""
+    url = f"sqlite:///{tmp_path}/new.db"
+    opened = []
+    real = store._open_storage
+    monkeypatch.setattr(store, "_open_storage", lambda u, reading=False: opened.append(u) or real(u, reading=reading))
+    with store.reusing_storages():
+        first = store._storage(url)
+        optuna.create_study(storage=first, study_name="s")
+        assert store._storage(url) is first and store._storage(url, reading=True) is first
+        assert store.exists("s", url) and not store.exists("t", url)
+    assert opened == [url]
+    assert not store.exists("s", f"sqlite:///{tmp_path}/missing.db") and not (tmp_path / "missing.db").exists()
