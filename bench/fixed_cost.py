@@ -114,8 +114,9 @@ def main() -> None:
                 runs[name].append(quickstart_share(Path(tmp), name, code))
     for name in codes:
         label = f" ({name})" if len(codes) > 1 else ""
-        median, worst = statistics.median(ratios[name]), max(ratios[name])
-        print(f"one 1-epoch trial / bare imports{label}: median {median:.2f}x, worst {worst:.2f}x over {len(ratios[name])} rounds (goal <= 2x)")
+        if ratios[name]:  # --rounds 0: the quickstarts alone
+            median, worst = statistics.median(ratios[name]), max(ratios[name])
+            print(f"one 1-epoch trial / bare imports{label}: median {median:.2f}x, worst {worst:.2f}x over {len(ratios[name])} rounds (goal <= 2x)")
         if runs[name]:
             shares, gaps = [r[0] for r in runs[name]], [r[1] for r in runs[name]]
             print(f"quickstart time in trials{label}: median {statistics.median(shares):.0%}, worst {min(shares):.0%} over {len(shares)} runs "
