@@ -48,7 +48,7 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
     confirmations = confirmation(config, study, url)
     winner = confirmed_winner(confirmations, config.direction)
     if winner is not None:
-        best = study.trials[winner.trial]
+        best = study.get_trials(deepcopy=False)[winner.trial]  # a study's trials in the order of their numbers
     return {
         "study": config.name,
         "metric": keys.val_metric(config.metric),  # as logged

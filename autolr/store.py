@@ -269,7 +269,9 @@ _OPEN: dict[tuple, optuna.storages.BaseStorage] | None = None  # (url, reading, 
 def reusing_storages() -> Iterator[None]:
     """Within the block, each storage is opened once: opening one checks its tables and schema version
     (~0.1 s, more on a loaded machine), and one invocation of ``tune`` reads its storage a dozen times.
-    Outside it every call opens afresh, so a file changed between two commands is seen as it is."""
+    Its studies share one Optuna trial cache (:func:`_cached`), so a study loaded again reads only the
+    trials that are new or were unfinished. Outside the block every call opens afresh, so a file
+    changed between two commands is seen as it is."""
     global _OPEN
     outer, _OPEN = _OPEN, {} if _OPEN is None else _OPEN
     try:
@@ -280,21 +282,33 @@ def reusing_storages() -> Iterator[None]:
 
 def _storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
     """:func:`_open_storage`, reused within :func:`reusing_storages` (an SQLite file replaced under
-    the same URL is opened afresh)."""
+    the same URL is opened afresh). The file is checked to be a study storage when it is opened, not
+    at each reuse (a connection and a read of its schema, 1-2 ms, several times at the end of a
+    study): within one invocation only a program rewriting the open database in place could change
+    that, and no check between two of our writes would stop it."""
     path = sqlite.sqlite_path(url)
     if _OPEN is None:
         return _open_storage(url, reading=reading)
     if path is not None and not path.exists():  # created (or refused) by the open, then kept as an existing file is
-        storage = _open_storage(url, reading=reading)
+        storage = _cached(_open_storage(url, reading=reading))
         if path.exists():
             _OPEN[_key(url, path, reading)] = storage
         return storage
-    key = _key(url, path, reading)
+    key = _key(url, path, reading)  # a file replaced under the URL (a new inode) is opened, and checked, afresh
     if key not in _OPEN:
-        _OPEN[key] = _open_storage(url, reading=reading)
-    elif path is not None:
-        _refuse_foreign(path, url)  # as _open_storage does: the file may have been written by something else since
+        _OPEN[key] = _cached(_open_storage(url, reading=reading))
     return _OPEN[key]
+
+
+def _cached(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """An RDB storage behind the trial cache Optuna puts in front of each study it opens on one,
+    made once so that every study opened on it shares the cache. A finished trial never changes
+    (Optuna refuses to update one), and the cache reads again every trial that was unfinished or is new."""
+    if isinstance(storage, optuna.storages.RDBStorage):
+        from optuna.storages._cached_storage import _CachedStorage
+
+        return _CachedStorage(storage)
+    return storage
 
 
 def _key(url: str, path: Path | None, reading: bool) -> tuple:
