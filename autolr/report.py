@@ -8,6 +8,7 @@ storage, see :mod:`autolr.plots`) and the MLflow metric histories read back thro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -17,7 +18,7 @@ from typing import Any
 
 from autolr import keys, plots, stability
 
-__all__ = ["STUDY_PLOTS", "TOP_K", "draw_study_plots", "history", "metric_key", "record_study", "record_trial_curves", "top_trials"]
+__all__ = ["STUDY_PLOTS", "TOP_K", "StudyRecord", "draw_study_plots", "history", "metric_key", "record_trial_curves", "study_record", "top_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +45,17 @@ def top_trials(rows: Sequence[Mapping[str, Any]], direction: str, k: int = TOP_K
     return sorted(done, key=lambda r: r["value"], reverse=direction == "maximize")[:k]
 
 
-def record_study(
-    tracker,
-    parent_run_id: str,
+@dataclasses.dataclass(frozen=True)
+class StudyRecord:
+    """What a parent run records of its study at the end, from the stored trials: the study's own
+    curves as metrics (``study/objective``, ``study/best_so_far``; step = trial number) and its
+    description (markdown)."""
+
+    series: dict[str, list[tuple[int, float]]]
+    description: str
+
+
+def study_record(
     rows: Sequence[Mapping[str, Any]],
     *,
     study: str,
@@ -54,16 +63,13 @@ def record_study(
     direction: str,
     summary: str = "",
     range_tests: Mapping[str, float] | None = None,
-) -> None:
-    """The parent run's description and the study's own curves as metrics (``study/objective``,
-    ``study/best_so_far``; step = trial number), and the experiment's trials view, all from the stored
-    trials, so every invocation (and every ``--jobs`` worker's trial) counts. Quick: no plot is drawn
-    (:func:`draw_study_plots` does that, in :mod:`autolr.plot_job`). ``range_tests``: optimizer -> the
-    cached range test's ``max_stable_lr`` (:mod:`autolr.stability`)."""
-    tracker.log_series(parent_run_id, history(rows, direction))
-    tracker.set_trials_view(metric_key(metric), ascending=direction == "minimize")
+) -> StudyRecord:
+    """The parent run's record of the study, from the stored trials, so every invocation (and every
+    ``--jobs`` worker's trial) counts. Quick: no plot is drawn (:func:`draw_study_plots` does that, in
+    :mod:`autolr.plot_job`). ``range_tests``: optimizer -> the cached range test's ``max_stable_lr``
+    (:mod:`autolr.stability`)."""
     limits = stability.study_limits(rows, range_tests)
-    tracker.set_description(parent_run_id, describe(rows, study=study, metric=metric, direction=direction, summary=summary, limits=limits))
+    return StudyRecord(history(rows, direction), describe(rows, study=study, metric=metric, direction=direction, summary=summary, limits=limits))
 
 
 def draw_study_plots(

@@ -366,6 +366,7 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
         },  # fmt: skip
         description=f"autolr study `{config.name}`: {config.code_label}, {config.sampler} sampler, target {config.trials} trials.",
     ) as parent_run_id:
+        _trials_view(config, tracker)
         try:
             work(parent_run_id)
         finally:
@@ -400,10 +401,23 @@ def _report_new(study: optuna.Study, seen: set[int], on_trial) -> None:
                 on_trial(t)
 
 
+def _trials_view(config: StudyConfig, tracker: Tracker) -> None:
+    """The experiment's trials view, sorted by the objective, set as the study starts: the MLflow UI
+    shows the trials that way while they run (a view already so is not written again)."""
+    from autolr.report import metric_key
+
+    try:
+        tracker.set_trials_view(metric_key(config.metric), ascending=config.direction == "minimize")
+    except Exception as exc:  # noqa: BLE001 - a view, not a record: the study goes on
+        logger.warning("could not set the experiment's trials view: %s", exc)
+
+
 def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, tracker: Tracker, parent_run_id: str) -> None:
-    """Best configuration (params, tags, YAML artifact), plots and description on the parent run, curves
-    on this invocation's trial runs; failures here lose nothing. ``study`` is the invocation's own: its
-    cache holds every trial it saw, so only newer ones are read (a study loaded afresh reads them all)."""
+    """Best configuration (params, tags, YAML artifact), the study's curves and description on the
+    parent run, then its plots in a detached job; failures here lose nothing. The run's params, tags
+    and metrics go in one ``log_batch`` (each is a transaction that reads the run first). ``study``
+    is the invocation's own: its cache holds every trial it saw, so only newer ones are read."""
+    from autolr import plot_job, report
     from autolr.export import best_export, to_yaml
 
     if not tracker.active:  # nothing to record the best configuration and plots into
@@ -417,37 +431,30 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
                          "draws the study's plots again")  # fmt: skip
             return
         export = best_export(config, study, storage_url)
+        rows = [store.trial_row(t) for t in study.get_trials(deepcopy=False)]
+        summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
+        record = report.study_record(rows, study=config.name, metric=config.metric, direction=config.direction, summary=summary,
+                                     range_tests=store.range_test_limits(study))  # fmt: skip
+        best = {} if export is None else {f"best.{k}": v for k, v in export["params"].items()}
+        tags = {} if export is None else {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"]}
+        tracker.log_run(parent_run_id, params=best, tags=tags, series=record.series, description=record.description)
         if export is not None:
-            tracker.log_params(parent_run_id, {f"best.{k}": v for k, v in export["params"].items()})
-            tracker.set_tags(parent_run_id, {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"]})
             tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")
     except OSError as exc:  # a full disk (the tracking store's StoreFullError says which) is one line
-        logger.error("could not record the best configuration on the parent run: %s", exc)
+        logger.error("could not record the best configuration and the study's curves on the parent run: %s", exc)
         return
     except Exception:  # noqa: BLE001 - the study itself is safe in its storage
-        logger.exception("could not record the best configuration on the parent run")
+        logger.exception("could not record the best configuration and the study's curves on the parent run")
         return
     try:
-        _record_study(config, study, tracker, parent_run_id, storage_url)
+        job = plot_job.PlotJob(
+            tracker.tracking_uri, tracker.experiment_name, tracker.study_uid, parent_run_id, storage_url, config.name, config.metric, config.direction
+        )
+        plot_job.start(job)
     except OSError as exc:
-        logger.error("could not record the study's description or start its plots: %s", exc)
+        logger.error("could not start the study's plots: %s", exc)
     except Exception:  # noqa: BLE001
-        logger.exception("could not record the study's description or start its plots")
-
-
-def _record_study(config: StudyConfig, study: optuna.Study, tracker: Tracker, parent_run_id: str, storage_url: str) -> None:
-    """The parent run's description and study curves now; its plots and the best trials' curves in a
-    detached job (:mod:`autolr.plot_job`): all of it from the stored data (see :mod:`autolr.report`)."""
-    from autolr import plot_job, report
-
-    rows = [store.trial_row(t) for t in study.get_trials(deepcopy=False)]
-    summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
-    limits = store.range_test_limits(study)
-    report.record_study(tracker, parent_run_id, rows, study=config.name, metric=config.metric, direction=config.direction, summary=summary, range_tests=limits)
-    job = plot_job.PlotJob(
-        tracker.tracking_uri, tracker.experiment_name, tracker.study_uid, parent_run_id, storage_url, config.name, config.metric, config.direction
-    )
-    plot_job.start(job)
+        logger.exception("could not start the study's plots")
 
 
 def summarize(

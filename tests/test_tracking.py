@@ -360,3 +360,63 @@ def test_points_leave_once_the_flush_interval_has_passed(monkeypatch) -> None:
     assert not tracker.sent
     run.log_steps(0, {"train_loss": [1.0]})  # t=1.2 intervals: both points leave together
     assert len(tracker.sent) == 1 and tracker.sent[0].points == 2
+
+
+def test_a_runs_params_tags_series_and_description_arrive_in_as_few_batches_as_mlflows_limits_allow(stores, monkeypatch) -> None:
+    """``Tracker.log_run``: one ``log_batch`` where MLflow takes it all (what a parent run's end writes),
+    split only at MLflow's limits (1000 entities, 100 params, 100 tags a call), nothing left out."""
+    from mlflow.tracking import MlflowClient as Client
+
+    tracker = Tracker(stores["tracking_uri"], experiment="batches", writer="thread")
+    calls = []
+    real = Client.log_batch
+    monkeypatch.setattr(Client, "log_batch", lambda self, run_id, **kw: calls.append({k: len(v or ()) for k, v in kw.items()}) or real(self, run_id, **kw))
+    with tracker.parent_run("p", params={}, tags={}) as run_id:
+        calls.clear()
+        tracker.log_run(
+            run_id,
+            params={"best.lr": 0.1},
+            tags={"autolr.best_trial": 3},
+            series={"study/objective": [(0, 1.0), (1, math.inf), (2, 0.5)]},
+            description="**hi**",
+        )
+        assert calls == [{"metrics": 2, "params": 1, "tags": 2}]
+        calls.clear()
+        params = {f"p{i}": i for i in range(150)}
+        tags = {f"t{i}": i for i in range(250)}
+        series = {"s": [(i, float(i)) for i in range(2500)]}
+        tracker.log_run(run_id, params=params, tags=tags, series=series)
+        assert all(c["params"] <= 100 and c["tags"] <= 100 and sum(c.values()) <= 1000 for c in calls) and len(calls) == 3  # 2,900 entities
+    tracker.close()
+    client = MlflowClient(stores["tracking_uri"])
+    run = client.get_run(run_id)
+    assert {k: v for k, v in run.data.params.items() if k.startswith("p")} == {k: str(v) for k, v in params.items()}
+    assert {f"t{i}" for i in range(250)} <= set(run.data.tags) and run.data.tags["mlflow.note.content"] == "**hi**"
+    assert [m.step for m in client.get_metric_history(run_id, "s")] == list(range(2500))
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "study/objective")] == [(0, 1.0), (2, 0.5)]
+
+
+def test_the_trials_view_is_set_as_the_study_starts_and_not_written_again(write_study, stores, monkeypatch) -> None:
+    """The experiment's trials view is there while the trials run (not only at the end), and a
+    resumed study whose experiment shows it already writes nothing; the parent run's best
+    configuration lands in its own artifact folder (located from the created run, not read back)."""
+    from mlflow.tracking import MlflowClient as Client
+
+    path = write_study(STUDY.format(name="view", task="digits_mlp", trials=2, high=30.0))
+    writes, seen = [], []
+    real = Client.set_experiment_tag
+    monkeypatch.setattr(Client, "set_experiment_tag", lambda self, *a: writes.append(a[1]) or real(self, *a))
+
+    def on_trial(trial) -> None:
+        exp = MlflowClient(stores["tracking_uri"]).get_experiment_by_name("view")
+        seen.append(keys.TRIALS_VIEW_TAG in exp.tags)
+
+    autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"], on_trial=on_trial, trials=2)
+    assert seen == [True, True] and writes.count(keys.TRIALS_VIEW_TAG) == 1
+    autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"], trials=3)
+    assert writes.count(keys.TRIALS_VIEW_TAG) == 1
+    client, parents, _ = _runs(stores["tracking_uri"], "view")
+    for parent in parents:
+        assert "best_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+        local = client.download_artifacts(parent.info.run_id, "best_config.yaml")
+        assert "study: view" in open(local).read()

@@ -85,13 +85,21 @@ class NullTracker:
     def set_trials_view(self, metric: str, *, ascending: bool) -> None:
         pass
 
-    def set_description(self, run_id: str, text: str) -> None:
-        pass
-
     def log_artifact(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         pass
 
     def log_artifacts(self, run_id: str, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_run(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        series: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+        description: str | None = None,
+    ) -> None:
         pass
 
     def log_series(self, run_id: str, series: Mapping[str, Sequence[tuple[int, float]]]) -> None:
