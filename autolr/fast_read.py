@@ -22,7 +22,7 @@ import datetime
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 
 import optuna
 import sqlalchemy as sa
@@ -34,6 +34,8 @@ from autolr.fast_report import verified
 __all__ = ["FastRead"]
 
 logger = logging.getLogger(__name__)
+
+IN_LIMIT = 500  # included trial ids bound one by one at most (Optuna's own IN has no bound, and a fallback)
 
 
 class FastRead:
@@ -77,15 +79,19 @@ class FastRead:
             logger.debug("no fast reads (%s); reading through Optuna", exc)
             return None
 
-    def _statements(self, which: sa.ColumnElement[bool]) -> tuple:
-        """The trials matching ``which`` (by trial id), and each child table's rows of those trials."""
-        trials = sa.select(*self._columns).where(which).order_by(self.trials.c.trial_id)
-        ids = sa.select(self.trials.c.trial_id).where(which)
+    def _statements(self, which: sa.ColumnElement[bool], *, states: bool = False) -> tuple:
+        """The trials matching ``which`` (and the ``states`` parameter, where given), by trial id, and
+        each child table's rows of the trials matching ``which``: a trial's id and study never change,
+        its state may between two statements (another process tells it), and a trial read must come
+        with all its rows."""
+        t = self.trials
+        trials = sa.select(*self._columns).where(which & t.c.state.in_(sa.bindparam("states", expanding=True)) if states else which)
+        ids = sa.select(t.c.trial_id).where(which)
         children = {
             name: sa.select(table.c.trial_id, *(table.c[c] for c in columns)).where(table.c.trial_id.in_(ids)).order_by(table.c.trial_id, table.c[order])
             for name, (table, order, columns) in self._children.items()
         }
-        return trials, children
+        return trials.order_by(t.c.trial_id), children
 
     def trial(self, trial_id: int) -> FrozenTrial:
         """``RDBStorage.get_trial``: KeyError where there is no such trial."""
@@ -98,31 +104,41 @@ class FastRead:
     def study_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int], trial_id_greater_than: int) -> list[FrozenTrial]:
         """``RDBStorage._get_trials``: the study's trials (in ``states``) whose id is in
         ``included_trial_ids`` or above ``trial_id_greater_than``, by trial id; KeyError where there is
-        no such study."""
+        no such study. More than ``IN_LIMIT`` included ids are not bound one by one (SQLite's limit on
+        bound variables is 999 in older builds): the trials from the lowest of them are read and the
+        others left out here, as Optuna does when its ``IN`` fails."""
         included = sorted(i for i in included_trial_ids if i <= trial_id_greater_than)  # as Optuna filters them
+        keep = None
+        if len(included) > IN_LIMIT:
+            wanted = set(included)
+            keep, included = (lambda i: i in wanted or i > trial_id_greater_than), []
+            low = min(wanted)
         t = self.trials
-        shape = (bool(included), trial_id_greater_than > -1, states is not None)
+        shape = ("in" if included else "from" if keep else "", trial_id_greater_than > -1, states is not None)
         if shape not in self._cache:
             which = t.c.study_id == sa.bindparam("study_id")
-            if shape[0] and shape[1]:
+            if shape[0] == "in":
                 which = which & sa.or_(t.c.trial_id.in_(sa.bindparam("included", expanding=True)), t.c.trial_id > sa.bindparam("greater"))
+            elif shape[0] == "from":
+                which = which & (t.c.trial_id >= sa.bindparam("low"))
             elif shape[1]:
                 which = which & (t.c.trial_id > sa.bindparam("greater"))
-            self._cache[shape] = (self._statements(which), self._statements(which & t.c.state.in_(sa.bindparam("states", expanding=True))))
-        plain, by_state = self._cache[shape]
+            self._cache[shape] = self._statements(which, states=shape[2])
         params = {"study_id": study_id, "included": included, "greater": trial_id_greater_than}
+        if keep is not None:
+            params["low"] = low
         if states is not None:
             assert isinstance(states, Iterable)
             params["states"] = list(states)
         with self.engine.connect() as conn:
-            found = self._read(conn, by_state if states is not None else plain, params)
+            found = self._read(conn, self._cache[shape], params, keep=keep)
             if not found and conn.execute(self.study, {"study_id": study_id}).first() is None:
                 raise KeyError(self._missing)  # Optuna's words (StudyModel.find_or_raise_by_id)
         return found
 
-    def _read(self, conn: sa.Connection, statements: tuple, params: dict) -> list[FrozenTrial]:
+    def _read(self, conn: sa.Connection, statements: tuple, params: dict, *, keep: Callable[[int], bool] | None = None) -> list[FrozenTrial]:
         trials, children = statements
-        rows = conn.execute(trials, params).all()
+        rows = [row for row in conn.execute(trials, params) if keep is None or keep(row.trial_id)]
         if not rows:
             return []
         # Child rows of trials created after the first statement are left out (only those read above are built).

@@ -139,3 +139,46 @@ def test_a_storage_with_fast_reads_pickles_without_its_engine(tmp_path) -> None:
     assert storage.get_trial(study.trials[0]._trial_id).params == {"c": "a"} and storage._fast_read
     copy = pickle.loads(pickle.dumps(storage))
     assert copy._fast_read is None and copy.get_trial(study.trials[0]._trial_id).params == {"c": "a"}
+
+
+def test_a_trial_told_elsewhere_between_the_statements_keeps_all_its_rows(url, unique_name) -> None:
+    """A read by state picks the trial rows first and their params, values and attrs after: a trial
+    another process finishes in between is still read whole (its rows picked by id, not by state)."""
+    import sqlalchemy as sa
+
+    storage, other = store._open_storage(url), store._open_storage(url)
+    study = optuna.create_study(storage=storage, study_name=unique_name)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = study.ask()
+    trial.suggest_float("lr", 1e-3, 1.0)
+    trial.set_user_attr("owner", "me")
+    told = []
+
+    def tell_elsewhere(conn, cursor, statement, *args) -> None:
+        if not told and statement.lstrip().upper().startswith("SELECT") and "trial_params" not in statement and "datetime_start" in statement:
+            told.append(other.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5]))
+
+    sa.event.listen(storage.engine, "after_cursor_execute", tell_elsewhere)
+    try:
+        (read,) = storage._get_trials(study._study_id, (TrialState.RUNNING,), set(), -1)
+    finally:
+        sa.event.remove(storage.engine, "after_cursor_execute", tell_elsewhere)
+    assert told == [True] and read.state == TrialState.RUNNING
+    assert read.params == {"lr": trial.params["lr"]} and read.user_attrs == {"owner": "me"}
+    if not url.startswith("sqlite"):
+        optuna.delete_study(study_name=unique_name, storage=url)
+
+
+def test_many_included_ids_are_read_without_binding_each(tmp_path, monkeypatch) -> None:
+    """More unfinished trials than ``IN_LIMIT`` (SQLite's bound variables are 999 in older builds):
+    the trials from the lowest id are read and the rest left out, as Optuna's fallback does."""
+    from autolr import fast_read
+
+    monkeypatch.setattr(fast_read, "IN_LIMIT", 3)
+    storage = store._open_storage(f"sqlite:///{tmp_path}/reads.db")
+    study = _fill(storage, "many")
+    ids = [t._trial_id for t in RDBStorage._get_trials(storage, study._study_id, None, set(), -1)]
+    for states in STATE_SETS:
+        for included, greater in (({ids[1], ids[3], ids[5], ids[7]}, ids[8]), (set(ids[2:9]), ids[10]), (set(ids), ids[0])):
+            _same(*_both(storage, "_get_trials", study._study_id, states, included, greater), ordered=True)
