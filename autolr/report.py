@@ -52,7 +52,7 @@ class StudyRecord:
     description (markdown)."""
 
     series: dict[str, list[tuple[int, float]]]
-    description: str
+    description: str | None  # None: none could be written (the run keeps the one it started with)
 
 
 def study_record(

@@ -294,7 +294,8 @@ def _storage(url: str, *, reading: bool = False) -> optuna.storages.BaseStorage:
         if path.exists():
             _OPEN[_key(url, path, reading)] = storage
         return storage
-    key = _key(url, path, reading)  # a file replaced under the URL (a new inode) is opened, and checked, afresh
+    key = _key(url, path, reading)  # a file replaced under the URL is opened, and checked, afresh: a new
+    # inode (the open storage's connections hold the old file, so its inode is not reused meanwhile)
     if key not in _OPEN:
         _OPEN[key] = _cached(_open_storage(url, reading=reading))
     return _OPEN[key]
@@ -315,7 +316,7 @@ def _key(url: str, path: Path | None, reading: bool) -> tuple:
     """Which storage serves ``url`` within :func:`reusing_storages`: a writable SQLite file is opened as
     for writing either way (see :func:`_open_storage`), one storage not two; a file is known by its inode."""
     if path is None:
-        return (url, reading, None)
+        return (url, False, None)  # a server database is opened the same way for reading and writing
     stat = path.stat()
     return (url, reading and not sqlite.writable(path), (stat.st_dev, stat.st_ino))
 

@@ -431,10 +431,14 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
                          "draws the study's plots again")  # fmt: skip
             return
         export = best_export(config, study, storage_url)
-        rows = [store.trial_row(t) for t in study.get_trials(deepcopy=False)]
-        summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
-        record = report.study_record(rows, study=config.name, metric=config.metric, direction=config.direction, summary=summary,
-                                     range_tests=store.range_test_limits(study))  # fmt: skip
+        try:
+            rows = [store.trial_row(t) for t in study.get_trials(deepcopy=False)]
+            summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
+            record = report.study_record(rows, study=config.name, metric=config.metric, direction=config.direction, summary=summary,
+                                         range_tests=store.range_test_limits(study))  # fmt: skip
+        except Exception:  # noqa: BLE001 - the best configuration is still recorded
+            logger.exception("could not describe the study on the parent run")
+            record = report.StudyRecord({}, None)
         best = {} if export is None else {f"best.{k}": v for k, v in export["params"].items()}
         tags = {} if export is None else {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"]}
         tracker.log_run(parent_run_id, params=best, tags=tags, series=record.series, description=record.description)

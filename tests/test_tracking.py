@@ -420,3 +420,18 @@ def test_the_trials_view_is_set_as_the_study_starts_and_not_written_again(write_
         assert "best_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
         local = client.download_artifacts(parent.info.run_id, "best_config.yaml")
         assert "study: view" in open(local).read()
+
+
+def test_the_best_configuration_is_recorded_even_where_the_study_cannot_be_described(write_study, stores, monkeypatch) -> None:
+    from autolr import report
+
+    def broken(*args, **kwargs):
+        raise ValueError("an odd stored attr")
+
+    monkeypatch.setattr(report, "study_record", broken)
+    path = write_study(STUDY.format(name="nodesc", task="digits_mlp", trials=2, high=30.0))
+    result = autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"])
+    client, (parent,), _ = _runs(stores["tracking_uri"], "nodesc")
+    assert parent.data.params["best.lr"] == repr(result.best.user_attrs["autolr.params"]["lr"]) and keys.BEST_TRIAL in parent.data.tags
+    assert "best_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "autolr study `nodesc`" in parent.data.tags["mlflow.note.content"]  # the description the run started with
