@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from optuna.distributions import json_to_distribution
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr.fast_report import verified
+from autolr.fast_report import fast_path
 
 __all__ = ["FastRead"]
 
@@ -68,16 +68,7 @@ class FastRead:
     @classmethod
     def for_storage(cls, storage: optuna.storages.RDBStorage) -> FastRead | None:
         """The reader of ``storage``'s database, or None (logged at debug) when it cannot take it."""
-        if not verified(optuna.__version__):
-            logger.debug("Optuna %s: fast reads are verified on other versions; reading through Optuna", optuna.__version__)
-            return None
-        if storage.engine.dialect.name not in ("sqlite", "postgresql"):
-            return None
-        try:
-            return cls(storage.engine)
-        except (ImportError, AttributeError) as exc:  # Optuna's models moved
-            logger.debug("no fast reads (%s); reading through Optuna", exc)
-            return None
+        return fast_path(cls, storage, "reads")
 
     def _statements(self, which: sa.ColumnElement[bool], *, states: bool = False) -> tuple:
         """The trials matching ``which`` (and the ``states`` parameter, where given), by trial id, and

@@ -14,20 +14,39 @@ database other than SQLite and PostgreSQL, reports go through Optuna's ``RDBStor
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 import optuna
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-__all__ = ["VERIFIED_OPTUNA", "FastReport", "verified"]
+__all__ = ["VERIFIED_OPTUNA", "FastReport", "fast_path", "verified"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 VERIFIED_OPTUNA = ("5.1",)  # major.minor of the Optuna versions whose rows were compared
 
 
 def verified(optuna_version: str) -> bool:
     return ".".join(optuna_version.split(".")[:2]) in VERIFIED_OPTUNA
+
+
+def fast_path(cls: type[T], storage: optuna.storages.RDBStorage, what: str) -> T | None:
+    """``cls(storage.engine)`` (a path into Optuna's own schema) where the installed Optuna and the
+    database are ones it was verified on, else None (logged at debug): ``what`` then goes through
+    Optuna's ``RDBStorage``."""
+    if not verified(optuna.__version__):
+        logger.debug("Optuna %s: fast %s are verified on %s only; going through Optuna", optuna.__version__, what, VERIFIED_OPTUNA)
+        return None
+    if storage.engine.dialect.name not in ("sqlite", "postgresql"):
+        return None
+    try:
+        return cls(storage.engine)
+    except (ImportError, AttributeError) as exc:  # Optuna's models moved
+        logger.debug("no fast %s (%s); going through Optuna", what, exc)
+        return None
 
 
 class FastReport:
@@ -56,16 +75,7 @@ class FastReport:
     @classmethod
     def for_storage(cls, storage: optuna.storages.RDBStorage) -> FastReport | None:
         """The fast report of ``storage``'s database, or None (logged at debug) when it cannot take it."""
-        if not verified(optuna.__version__):
-            logger.debug("Optuna %s: fast reports are verified on %s only; reporting through Optuna", optuna.__version__, VERIFIED_OPTUNA)
-            return None
-        if storage.engine.dialect.name not in ("sqlite", "postgresql"):
-            return None
-        try:
-            return cls(storage.engine)
-        except (ImportError, AttributeError) as exc:  # Optuna's models moved
-            logger.debug("no fast reports (%s); reporting through Optuna", exc)
-            return None
+        return fast_path(cls, storage, "reports")
 
     def write(self, storage: optuna.storages.RDBStorage, trial_id: int, step: int, value: float) -> None:
         stored, kind = self._stored_repr(value)
