@@ -102,9 +102,6 @@ class NullTracker:
     ) -> None:
         pass
 
-    def log_series(self, run_id: str, series: Mapping[str, Sequence[tuple[int, float]]]) -> None:
-        pass
-
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         pass
 

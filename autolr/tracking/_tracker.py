@@ -216,17 +216,11 @@ class Tracker:
             return False
         return True
 
-    @_full_disk_in_one_line
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        items = [Param(k, _param_text(v)) for k, v in params.items()]
-        for i in range(0, len(items), TAG_LIMIT):
-            self.client.log_batch(run_id, params=items[i : i + TAG_LIMIT])
+        self.log_run(run_id, params=params)
 
-    @_full_disk_in_one_line
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for i in range(0, len(items), TAG_LIMIT):
-            self.client.log_batch(run_id, tags=items[i : i + TAG_LIMIT])
+        self.log_run(run_id, tags=tags)
 
     @_full_disk_in_one_line
     def set_trials_view(self, metric: str, *, ascending: bool) -> None:
@@ -249,11 +243,6 @@ class Tracker:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
     @_full_disk_in_one_line
-    def log_series(self, run_id: str, series: Mapping[str, Sequence[tuple[int, float]]]) -> None:
-        """Metrics of a run written at once, each as ``(step, value)`` points (non-finite ones left out)."""
-        self.log_run(run_id, series=series)
-
-    @_full_disk_in_one_line
     def log_run(
         self,
         run_id: str,
@@ -263,8 +252,8 @@ class Tracker:
         series: Mapping[str, Sequence[tuple[int, float]]] | None = None,
         description: str | None = None,
     ) -> None:
-        """Params, tags, metric series (as :meth:`log_series`) and the description (markdown,
-        shown in the MLflow UI) of a run in as few ``log_batch`` calls as MLflow's limits allow: one,
+        """Params, tags, metric series (each as ``(step, value)`` points, non-finite ones left out) and
+        the description (markdown, shown in the MLflow UI) of a run in as few ``log_batch`` calls as MLflow's limits allow: one,
         for what a run's end writes (each call is a transaction that reads the run first: ~4 ms on
         SQLite here)."""
         if description is not None:
@@ -299,11 +288,10 @@ class Tracker:
         tags = {keys.ROLE: keys.ROLE_RANGE_TEST, keys.OPTIMIZER: optimizer}
         if parent_run_id:
             tags[PARENT] = parent_run_id
-        run_id = self.client.create_run(self.experiment_id, run_name=f"range-test-{optimizer}", tags=tags).info.run_id
+        run_id = self._create_run(f"range-test-{optimizer}", tags)
         status = "FAILED"
         try:
-            self.log_params(run_id, params)
-            self.log_series(run_id, {key: list(enumerate(values)) for key, values in curve.items()})
+            self.log_run(run_id, params=params, series={key: list(enumerate(values)) for key, values in curve.items()})
             for path in artifacts:
                 self.log_artifact(run_id, path)
             status = "FINISHED"
