@@ -4,8 +4,8 @@ Why: every trial is read back several times. Optuna's ``Study.tell`` reads the t
 storing its state, ``Study.ask`` refreshes the study's trial cache, and the sampler and the pruner read
 it again. Optuna's ``RDBStorage`` builds each read through its ORM: the trial row and, per trial, its
 params, values, attributes and reports in six statements, most of the cost in the ORM itself
-(``get_trial`` 1.2 ms, a cache refresh of one trial 2.4 ms on SQLite here, against 0.03 ms for the
-six statements themselves). Between two trials, that is most of the time not spent training.
+(``get_trial`` ~1.4 ms, a cache refresh of one trial ~2.6 ms on SQLite here, against 0.03 ms for the
+six statements themselves; these: ~0.3 ms each, ``bench/trial_reads.py``). Between two trials, that is most of the time not spent training.
 
 This runs the same six ``SELECT``s through SQLAlchemy Core, with the installed Optuna's own table
 definitions and value conversions, and builds the ``FrozenTrial`` as Optuna's
