@@ -117,10 +117,11 @@ def _steps(trials: list[optuna.trial.FrozenTrial]) -> int:
     return sum(int(t.user_attrs.get(keys.STEPS, 0)) for t in trials)
 
 
-def autolr_arm(task: str, arm: str, seed: int, trials: int, folder: Path) -> dict[str, tuple[Any, int]]:
-    """{row: (what rebuilds the winner, compute in steps)}: the export, and the single-seed best."""
+def autolr_arm(task: str, arm: str, seed: int, trials: int, folder: Path, extra: str = "") -> dict[str, tuple[Any, int]]:
+    """{row: (what rebuilds the winner, compute in steps)}: the export, and the single-seed best;
+    ``extra``: YAML appended to the study file (``--variant``)."""
     path = folder / f"{task}-{arm}-{seed}.yaml"
-    path.write_text(study_text(task, arm, seed, trials))
+    path.write_text(study_text(task, arm, seed, trials) + extra)
     storage = f"sqlite:///{folder}/{task}-{arm}-{seed}.db"
     result = autolr.tune(str(path), storage=storage, tracking_uri=None, progress=False)
     study = optuna.load_study(study_name=result.study_name, storage=storage)
@@ -243,7 +244,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--out", type=Path, nargs="+", default=[ORACLE / "efficiency_runs.jsonl"], help="appends to the first; reads them all")
     ap.add_argument("--report", action="store_true", help="print the table of what the files hold; train nothing")
+    ap.add_argument(
+        "--variant", nargs=2, metavar=("NAME", "YAML"), help="append YAML to each autolr arm's study file (e.g. 'pruning: {curve: none}'); rows ARM@NAME"
+    )
     args = ap.parse_args()
+    if args.variant and not args.report and set(args.arms) - set(AUTOLR_ARMS):
+        ap.error(f"--variant: only autolr's arms ({', '.join(AUTOLR_ARMS)}) read a study file, got --arms {' '.join(args.arms)}")
+    suffix, extra = (f"@{args.variant[0]}", args.variant[1].rstrip() + "\n") if args.variant else ("", "")
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     done = [json.loads(line) for out in args.out if out.exists() for line in out.read_text().splitlines()]
@@ -253,14 +260,16 @@ def main() -> None:
             for task in args.tasks:
                 ref = oracle(task)
                 for arm in args.arms:
-                    if args.report or (task, arm, seed, args.trials) in have:
+                    if args.report or (task, arm + suffix, seed, args.trials) in have:
                         continue
                     t0 = time.perf_counter()
-                    run = autolr_arm if arm in AUTOLR_ARMS else plans_arm if arm in PLAN_ARMS else lambda *a: plain_arm(*a[:4])
-                    rows = run(task, arm, seed, args.trials, Path(tmp))
+                    if arm in AUTOLR_ARMS:
+                        rows = autolr_arm(task, arm, seed, args.trials, Path(tmp), extra)
+                    else:
+                        rows = plans_arm(task, arm, seed, args.trials, Path(tmp)) if arm in PLAN_ARMS else plain_arm(task, arm, seed, args.trials)
                     for row, (build, steps) in rows.items():
                         value = fresh(task, build)
-                        rec = {"task": task, "arm": arm, "row": row, "seed": seed, "trials": args.trials, "fresh": value,
+                        rec = {"task": task, "arm": arm + suffix, "row": row + suffix, "seed": seed, "trials": args.trials, "fresh": value,
                                "ratio": value / ref["best"]["mean"], "steps": steps, "params": _params(build)}  # fmt: skip
                         done.append(rec)
                         with args.out[0].open("a") as f:
@@ -290,14 +299,17 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for task in args.tasks:
         ref = oracle(task)
         grid = ref.get("compute_steps")
-        for row in LABELS:
+        variants = sorted({r["row"] for r in rows if "@" in r["row"]})
+        for row in [x for base in LABELS for x in (base, *(v for v in variants if v.split("@")[0] == base))]:
             mine = [r for r in rows if r["task"] == task and r["row"] == row]
             if not mine:
                 continue
+            base, _, variant = row.partition("@")
+            label = f"{LABELS[base]} [{variant}]" if variant else LABELS[base]
             ratios, hind = [r["ratio"] for r in mine], [r["hindsight"] for r in mine]
             share = statistics.fmean(r["steps"] for r in mine) / grid if grid else None
             print(
-                f"{task:<14} {LABELS[row]:<42} {len(mine):>8} {statistics.median(ratios):>7.3f}x {max(ratios):>7.3f}x {statistics.median(hind):>16.3f}x {max(hind):>7.3f}x"
+                f"{task:<14} {label:<42} {len(mine):>8} {statistics.median(ratios):>7.3f}x {max(ratios):>7.3f}x {statistics.median(hind):>16.3f}x {max(hind):>7.3f}x"
                 f" {'-' if share is None else f'{share:.1%}':>8}"
             )
         if grid:  # the headline: autolr's exported winner, fixed bounds and lr: auto, on the tasks with a grid
