@@ -141,9 +141,11 @@ def test_sigterm_is_a_ctrl_c_with_its_own_exit_code(tmp_path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_with_two_workers_stops_them_all_without_tracebacks(tmp_path, sig) -> None:
     storage, tracking = _stores(tmp_path)
-    path = _study(tmp_path, "stopped", 6, sleep_s=0.8)  # trials long enough that the spawned worker, seconds to start, joins the one here
+    # trials long enough, and more than run before the stop, that the spawned worker (seconds to start,
+    # a minute on a loaded machine) joins the one here before the study is over
+    path = _study(tmp_path, "stopped", 16, sleep_s=0.8)
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
-    wait_for(lambda: len(_running_owners(storage, "stopped")) == 2, what="two running trials")
+    wait_for(lambda: len(_running_owners(storage, "stopped")) == 2, timeout_s=180, what="two running trials")
     workers = _running_owners(storage, "stopped")
     for pid in [proc.pid, *workers] if sig == signal.SIGINT else [proc.pid]:  # a terminal's Ctrl-C reaches the whole group
         os.kill(pid, sig)
@@ -158,9 +160,9 @@ def test_a_stop_signal_with_two_workers_stops_them_all_without_tracebacks(tmp_pa
 
 def test_workers_of_a_killed_main_process_stop_instead_of_finishing_the_study(tmp_path) -> None:
     storage, tracking = _stores(tmp_path)
-    path = _study(tmp_path, "orphaned", 8, sleep_s=0.8)
+    path = _study(tmp_path, "orphaned", 16, sleep_s=0.8)  # more trials than run before the kill, as above
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
-    wait_for(lambda: len(_running_owners(storage, "orphaned")) == 2, what="two running trials")
+    wait_for(lambda: len(_running_owners(storage, "orphaned")) == 2, timeout_s=180, what="two running trials")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     # the main process is worker 0: its own trial stays RUNNING until the next invocation fails it (at
@@ -169,7 +171,7 @@ def test_workers_of_a_killed_main_process_stop_instead_of_finishing_the_study(tm
     count = len(_trials(storage, "orphaned"))
     time.sleep(2.0)
     assert len(_trials(storage, "orphaned")) == count  # nothing started after the stop
-    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in _trials(storage, "orphaned")) < 8
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in _trials(storage, "orphaned")) < 16
 
 
 def test_a_worker_killed_outright_costs_its_trial_only(tmp_path) -> None:
@@ -178,7 +180,7 @@ def test_a_worker_killed_outright_costs_its_trial_only(tmp_path) -> None:
         tmp_path, "lostworker", 4, sleep_s=0.8
     )  # ~10 s a trial: the spawned worker (seconds of imports, more under load) joins before worker 0 ends the study
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
-    wait_for(lambda: len(_running_owners(storage, "lostworker")) == 2, what="two running trials")
+    wait_for(lambda: len(_running_owners(storage, "lostworker")) == 2, timeout_s=180, what="two running trials")
     os.kill(next(pid for pid in _running_owners(storage, "lostworker") if pid != proc.pid), signal.SIGKILL)  # a spawned worker
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-2000:]
