@@ -51,6 +51,7 @@ class StepScheduler(torch.optim.lr_scheduler.LRScheduler):
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps_for(warmup, total_steps)
         self.plateau = PlateauState(patience=self.params["patience"], mode=mode) if schedule == "plateau" else None
+        self.reports = 0  # calls of report(), for autolr.Trial to tell whether the loop reported itself
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
@@ -71,6 +72,7 @@ class StepScheduler(torch.optim.lr_scheduler.LRScheduler):
     def report(self, metric: float) -> None:
         """Give the epoch's validation metric; only ``plateau`` uses it. A reduction applies at once,
         to the next optimizer step, as with torch's ReduceLROnPlateau."""
+        self.reports += 1
         if self.plateau is None:
             return
         before = self.plateau.reductions

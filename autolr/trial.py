@@ -168,6 +168,9 @@ class Trial:
         self._named: list[tuple[str, torch.nn.Parameter]] = []
         self._recorder: StepRecorder | None = None
         self._epoch = 0
+        self._scheduler: StepScheduler | None = None
+        self._reports_seen = 0  # the scheduler's report() calls when last looked at
+        self._plateau_pending: float | None = None  # an epoch's metric for a plateau the loop did not report to
 
     def build_optimizer(self, parameters: torch.nn.Module | Iterable[Any]) -> torch.optim.Optimizer:
         """The trial's optimizer at its peak rate over ``parameters``: a model (per-layer statistics get
@@ -179,10 +182,14 @@ class Trial:
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> StepScheduler:
         """The trial's per-step schedule over ``total_steps`` optimizer steps: ``step()`` it after every
-        ``optimizer.step()`` (for ``plateau``, also ``report(metric)`` each epoch)."""
+        ``optimizer.step()``. A ``plateau`` schedule gets the objective's metric of each
+        :meth:`epoch` unless the loop calls ``scheduler.report(metric)`` itself that epoch (before or
+        after ``trial.epoch``), so the rate a plain loop trains with is the rate autolr's trainer would."""
         self._report.trial.set_user_attr(keys.STEPS, int(total_steps))
         self._report.total_steps = int(total_steps)
-        return self.run_config.build_scheduler(optimizer, total_steps, mode=self._mode)
+        self._scheduler = self.run_config.build_scheduler(optimizer, total_steps, mode=self._mode)
+        self._reports_seen, self._plateau_pending = 0, None
+        return self._scheduler
 
     def step(self, loss: torch.Tensor | float) -> None:
         """Record one optimisation step, after ``loss.backward()`` and before ``optimizer.step()``.
@@ -192,6 +199,8 @@ class Trial:
                 once per window of a few steps, so the loop never waits on the GPU step by step.
         """
         recorder = self._recorder or self._start()
+        if self._plateau_pending is not None:
+            self._report_plateau()
         params = [p for _, p in self._named]
         norms = grad_norms(params)
         device = norms[0].device if norms else (loss.device if isinstance(loss, torch.Tensor) else torch.device("cpu"))
@@ -218,6 +227,11 @@ class Trial:
             raise KeyError(f"trial.epoch: expected the objective's metric {self.metric!r} among the metrics, got {sorted(values)}")
         if self._guard is not None and not math.isfinite(values[metric]):
             raise Pruned(f"diverged: {metric} {values[metric]} after epoch {self._epoch}", step=self.steps - 1, diverged=True)
+        scheduler = self._scheduler
+        if scheduler is not None and scheduler.plateau is not None:
+            # reported by the loop this epoch already: nothing to add; else at the next step, unless the loop reports after this call
+            self._plateau_pending = values[metric] if scheduler.reports == self._reports_seen else None
+            self._reports_seen = scheduler.reports
         self._report.on_epoch_end(self._epoch, self.steps, {**values, self.metric: values[metric]})
 
     @property
@@ -248,6 +262,13 @@ class Trial:
                                       check_every=self._check_every, layer_stats_every=self._layer_stats_every,
                                       recorded_after_update=False)  # fmt: skip
         return self._recorder
+
+    def _report_plateau(self) -> None:
+        """The last epoch's metric to the plateau schedule, where the loop gave it none since."""
+        scheduler, value, self._plateau_pending = self._scheduler, self._plateau_pending, None
+        if scheduler.reports == self._reports_seen:
+            scheduler.report(value)
+        self._reports_seen = scheduler.reports
 
     def _diverged(self, exc: Diverged) -> Pruned:
         return Pruned(exc.reason, step=exc.step, diverged=True)

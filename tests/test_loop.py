@@ -215,3 +215,43 @@ def test_a_study_tuned_with_a_callable_loop_exports_as_a_loop(write_study, store
     assert main(["export", str(path), "--storage", stores["storage"], "-o", str(tmp_path / "best.yaml")]) == 0  # no code needed to read
     best = autolr.load_best(tmp_path / "best.yaml")
     assert best.loop.endswith("train") and best.task is None and best.epochs is None and best.batch_size is None
+
+
+@pytest.mark.parametrize("reports", ["never", "before", "after"])
+def test_a_plateau_schedule_in_a_loop_gets_each_epochs_metric_once(write_study, stores, reports) -> None:
+    """A loop that never calls ``scheduler.report`` still trains a plateau schedule on its metric (as
+    autolr's trainer and the exported winner rebuilt with ``report`` do); one that reports, before or
+    after ``trial.epoch``, is not counted twice."""
+    rates = []
+
+    def train(trial: autolr.Trial) -> float:
+        w = torch.nn.Parameter(torch.tensor([1.0]))
+        optimizer = trial.build_optimizer([w])
+        scheduler = trial.build_scheduler(optimizer, total_steps=12)
+        for epoch in range(4):
+            for _ in range(3):
+                optimizer.zero_grad()
+                loss = (w**2).sum()
+                loss.backward()
+                trial.step(loss)
+                rates.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                scheduler.step()
+            value = 1.0 + epoch  # worse every epoch: a reduction after each epoch from the second on
+            if reports == "before":
+                scheduler.report(value)
+            trial.epoch({"val_loss": value})
+            if reports == "after":
+                scheduler.report(value)
+        return value
+
+    path = write_study(f"""
+        name: plateau-loop-{reports}
+        trials: 1
+        search: {{lr: {{low: 0.01, high: 0.1}}, optimizer: {{sgd: {{momentum: 0.0}}}}, schedule: {{plateau: {{factor: 0.5, patience: 0}}}}}}
+        pruning: {{curve: none}}
+        confirm: false
+    """)
+    result = autolr.tune(path, loop=train, progress=False, **stores)
+    peak = result.trials[0].user_attrs["autolr.params"]["lr"]
+    assert rates == pytest.approx([peak] * 6 + [peak / 2] * 3 + [peak / 4] * 3)
