@@ -172,9 +172,18 @@ def find_lr(
     ``tracking_uri`` is None. Nothing is written to the study's storage.
 
     Raises:
-        StudyFileError: ``optimizer`` is not one of the study's, or ``steps`` is below ``MIN_RANGE_TEST_STEPS``.
+        StudyFileError: the study names no task (a ``loop:``, or none), ``optimizer`` is not one of the
+            study's, or ``steps`` is below ``MIN_RANGE_TEST_STEPS``.
     """
     config = study if isinstance(study, StudyConfig) else load_study(study)
+    if config.loop is not None:
+        raise StudyFileError(
+            config.path, "loop", "a task: instead (the range test trains autolr's trainer on the task's batches; a loop's are its own)", config.code_label
+        )
+    if config.task is None:
+        raise StudyFileError(
+            config.path, "task", 'a built-in task or "package.module:function" (a study for a callable: tune it with autolr.tune(path, task=...))', None
+        )
     names = _optimizers(config, optimizer)
     if steps is not None and steps < MIN_RANGE_TEST_STEPS:
         raise StudyFileError(config.path, "--steps", f"an integer >= {MIN_RANGE_TEST_STEPS} (enough for a few probes)", steps)

@@ -132,6 +132,15 @@ def test_cli_find_lr_rejects_an_optimizer_the_study_does_not_have(write_study, s
     assert err == f"autolr: error: {path}: --optimizer: expected one of the study's optimizers ['sgd'], got 'adam'"
 
 
+@pytest.mark.parametrize(("code", "key"), [('loop: "my_loop:train"\n', "loop"), ("", "task")])
+def test_cli_find_lr_on_a_study_without_a_task_is_one_line(write_study, stores, capsys, code, key):
+    """A loop: study, or a file for a callable task, has no batches autolr can probe: one line, exit 2."""
+    path = write_study(f"name: no-task\n{code}trials: 2\nsearch: {{lr: {{low: 0.001, high: 0.1}}}}\n")
+    assert main(["find-lr", str(path), "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"autolr: error: {path}: {key}: expected ") and "\n" not in err
+
+
 def test_find_lr_rejects_a_budget_too_small_to_bisect(write_study):
     with pytest.raises(autolr.StudyFileError, match=r"--steps: expected an integer >= 30"):
         autolr.find_lr(study_file(write_study), steps=10, tracking_uri=None)
