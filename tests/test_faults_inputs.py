@@ -306,6 +306,16 @@ def test_a_few_aliases_still_load(tmp_path) -> None:
     assert config.train.epochs == 2 and config.search.lr.low == 1e-3
 
 
+def test_a_key_given_twice_is_refused_and_a_merge_may_still_override(tmp_path, capsys) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: twice\ntask: least_squares\ntrials: 3\nsearch: {lr: {low: 1.0e-3, high: 0.1}}\ntrials: 4\n")
+    assert main(["show", str(path)]) == 2
+    assert _error(capsys) == f"autolr: error: {path}: (yaml): expected valid YAML with plain values only, got <key 'trials' given twice at line 5, column 1>"
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("name: merged\ntask: least_squares\nsearch:\n  lr: {<<: {low: 1.0e-3, high: 0.1}, high: 0.2}\n")
+    assert autolr.load_study(merged).search.lr.high == 0.2
+
+
 def test_a_301_character_name_is_refused_in_one_line(tmp_path, capsys) -> None:
     path = _study(tmp_path, "long.yaml", name="a" * 301)
     assert _tune(path) == 2
