@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the study ran but could not go on (e.g. every trial failing, its storage gone
 or full); 2 bad input (one line naming the file, the key and the expected form); 130 interrupted by
-Ctrl-C, 143 stopped by SIGTERM (everything finished so far is saved; re-run the same command to resume).
+Ctrl-C, 143 stopped by SIGTERM (everything finished so far is saved; re-run the same command to resume);
+141 the reader of the output left (``| head``), as a shell reports SIGPIPE.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from autolr import __version__
@@ -22,6 +24,8 @@ from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
 from autolr.workers import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, delivered, exit_without_teardown
 
 __all__ = ["main"]
+
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,8 +102,8 @@ def run() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _quiet_libraries()
     try:
+        _quiet_libraries()  # imports: a Ctrl-C in them is an interrupt like any other, not a traceback
         return _COMMANDS[args.command](args)
     except (StudyFileError, InputError, TrackingUnavailableError) as exc:
         print(f"autolr: error: {exc}", file=sys.stderr)
@@ -112,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autolr: interrupted; finished trials are saved, re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `autolr show ... | head`: the reader left; nothing to say, and nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except RuntimeError as exc:
         print(f"autolr: error: {exc}", file=sys.stderr)
         return 1
@@ -269,6 +276,10 @@ def _export(args) -> int:
     import autolr
 
     fmt = args.format or ("json" if str(args.output or "").lower().endswith(".json") else "yaml")
+    if args.output is not None and not Path(args.output).absolute().parent.is_dir():
+        raise InputError(
+            f"-o {args.output}: expected a file in an existing folder, got folder {str(Path(args.output).absolute().parent)!r}, which does not exist"
+        )
     text = autolr.export_best(args.study, storage=args.storage, path=args.output, fmt=fmt)
     if args.output is None:
         sys.stdout.write(text)

@@ -202,6 +202,25 @@ def test_export_before_any_trial_says_what_to_do(write_study, stores, capsys) ->
     assert "no study 'small'" in capsys.readouterr().err
 
 
+def test_export_into_a_missing_folder_is_bad_input(write_study, stores, tmp_path, capsys) -> None:
+    path = str(write_study(SMALL))
+    assert main(["export", path, "-o", str(tmp_path / "missing" / "best.yaml"), "--storage", stores["storage"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"autolr: error: -o {tmp_path / 'missing' / 'best.yaml'}: expected a file in an existing folder") and "\n" not in err
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path) -> None:
+    """``autolr show ... | head``: no BrokenPipeError line, the exit status a shell gives SIGPIPE."""
+    code = "from autolr import cli\n" \
+           "def left(args): raise BrokenPipeError(32, 'Broken pipe')\n" \
+           "cli._COMMANDS['show'] = left\n" \
+           "code = cli.main(['show', 'study.yaml'])\n" \
+           "print('more output, to nowhere', flush=True)\n" \
+           "raise SystemExit(code)\n"  # fmt: skip
+    proc = _python(code, tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (141, "", "")
+
+
 def test_a_storage_url_no_driver_takes_is_bad_input(write_study, capsys) -> None:
     path = str(write_study(SMALL))
     assert main(["show", path, "--storage", "foo://x"]) == 2
