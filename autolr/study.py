@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study, with_overrides
-from autolr.confirm import Confirmation, confirmation, confirmation_pending, run_confirmation
+from autolr.confirm import Confirmation, confirmation, confirmation_pending, confirmed_winner, run_confirmation
 from autolr.driver import run_trials
 from autolr.objective import Objective
 from autolr.optimizers import OPTIMIZERS
@@ -76,6 +76,21 @@ class TuneResult:
     def best_params(self) -> dict[str, Any] | None:
         """The best single-seed trial's flat configuration (``optimizer``, ``lr``, ``schedule``, ...)."""
         return None if self.best is None else dict(self.best.user_attrs[keys.PARAMS])
+
+    @property
+    def confirmed(self) -> Confirmation | None:
+        """The confirmation's winner (the best mean over the fresh seeds: ``mean``, ``std``, ``values``);
+        None while the confirmation is off, under way, or dropped every candidate."""
+        return confirmed_winner(self.confirmations, self.direction)
+
+    @property
+    def winner(self) -> FrozenTrial | None:
+        """The search trial whose configuration ``autolr export`` names: the confirmed winner's, else
+        (no confirmation to go by) the best single-seed trial, :attr:`best`."""
+        confirmed = self.confirmed
+        if confirmed is None:
+            return self.best
+        return next((t for t in self.trials if t.number == confirmed.trial), self.best)
 
     def wait_for_plots(self, timeout_s: float = 120.0) -> bool:
         """Wait for this invocation's plots (drawn after it in a process of their own: see

@@ -61,6 +61,8 @@ def test_confirmation_runs_after_the_search_and_the_export_holds_the_spread(writ
     assert best.value == pytest.approx(winner.mean) and best.trial == winner.trial
     assert best.confirmed["values"] == list(winner.values) and best.confirmed["std"] == pytest.approx(winner.std)
     assert best.single_seed_value == pytest.approx(result.trials[winner.trial].value)
+    assert result.confirmed == winner and result.winner.number == best.trial  # the API names what the export names
+    assert result.winner.user_attrs["autolr.params"] == best.params
 
     client = MlflowClient(stores["tracking_uri"])
     exp = client.get_experiment_by_name("held")
@@ -137,6 +139,7 @@ def test_confirmation_can_be_turned_off(write_study, stores) -> None:
     assert result.confirmations == []
     export = yaml.safe_load(autolr.export_best(path, storage=stores["storage"]))
     assert export["confirmed"] is None and export["value"] == result.best.value
+    assert result.confirmed is None and result.winner is result.best
 
 
 def test_a_winner_must_hold_on_every_fresh_seed() -> None:
