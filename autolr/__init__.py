@@ -55,7 +55,7 @@ _LAZY = {
     "tune": "autolr.study",
     "study_results": "autolr.study",
     "export_best": "autolr.study",
-    "TuneResult": "autolr.study",
+    "TuneResult": "autolr.result",
     "load_best": "autolr.export",
     "BestConfig": "autolr.export",
     "find_lr": "autolr.autobounds",
@@ -73,7 +73,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
     from autolr.export import BestConfig, load_best
     from autolr.finder import range_test
-    from autolr.study import TuneResult, export_best, study_results, tune
+    from autolr.result import TuneResult
+    from autolr.study import export_best, study_results, tune
     from autolr.tasks import Task
     from autolr.trial import Trial, TrialPruned
 

@@ -62,10 +62,17 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
         "epochs": None if code["key"] == "loop" else config.train.epochs,  # a loop's budget is its own
         "batch_size": None if code["key"] == "loop" else config.train.batch_size,
         "total_steps": best.user_attrs.get(keys.STEPS),
+        "train": None if code["key"] == "loop" else _mechanics(config.train),
         code["key"]: code["label"],
         "task_args": dict(config.task_args),
         "seed": config.seed,
     }
+
+
+def _mechanics(train) -> dict[str, Any]:
+    """What shaped the tuned run beside epochs and batch size: its optimizer steps per micro-batch,
+    its step budget, its clipping and its precision (``total_steps`` already counts the first two)."""
+    return {"accumulate": train.accumulate, "max_steps": train.max_steps, "grad_clip": train.grad_clip, "precision": train.precision}
 
 
 def to_yaml(export: Mapping[str, Any]) -> str:
@@ -95,6 +102,7 @@ class BestConfig:
     epochs: int | None
     batch_size: int | None
     total_steps: int | None = None
+    train: Mapping[str, Any] | None = None  # accumulate, max_steps, grad_clip, precision of the tuned run (None: a loop's own)
     task: str | None = None  # the task (or, for a loop: study, the loop) that trained it, and how
     loop: str | None = None
     task_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)

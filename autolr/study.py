@@ -26,13 +26,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study, with_overrides
-from autolr.confirm import Confirmation, confirmation, confirmation_pending, confirmed_winner, run_confirmation
+from autolr.confirm import confirmation, confirmation_pending, run_confirmation
 from autolr.driver import run_trials
 from autolr.objective import Objective
 from autolr.optimizers import OPTIMIZERS
 from autolr.preflight import check_crosses_processes, preflight
 from autolr.progress import NullProgress, Progress
 from autolr.pruning import make_pruner
+from autolr.result import TuneResult
 from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
 from autolr.tracking import discard_warm_writers, open_tracker, prestart_writer
@@ -50,57 +51,6 @@ logger = logging.getLogger(__name__)
 # train fastest on one thread, and OpenMP's spinning threads slow down badly when anything else (the
 # MLflow writer, another worker) wants a core. Raise it for large models on many cores.
 TORCH_THREADS = int(os.environ.get("AUTOLR_TORCH_THREADS", "1"))
-
-
-@dataclasses.dataclass
-class TuneResult:
-    study_name: str
-    storage: str
-    tracking_uri: str | None
-    direction: str
-    metric: str
-    best: FrozenTrial | None
-    trials: list[FrozenTrial]
-    parent_run_id: str | None = None
-    confirmations: list[Confirmation] = dataclasses.field(default_factory=list)  # best candidate first
-    trial_seconds: float = 0.0  # time this invocation's trials (and confirmation runs) trained, summed
-    wall_seconds: float = 0.0  # from this invocation's first trial start to the end of tune()
-    jobs: int = 1
-
-    @property
-    def in_trials(self) -> float | None:
-        """The share of the time since the first trial started that went into trials (None: no trial ran)."""
-        return self.trial_seconds / (self.wall_seconds * self.jobs) if self.wall_seconds > 0 else None
-
-    @property
-    def best_params(self) -> dict[str, Any] | None:
-        """The best single-seed trial's flat configuration (``optimizer``, ``lr``, ``schedule``, ...)."""
-        return None if self.best is None else dict(self.best.user_attrs[keys.PARAMS])
-
-    @property
-    def confirmed(self) -> Confirmation | None:
-        """The confirmation's winner (the best mean over the fresh seeds: ``mean``, ``std``, ``values``);
-        None while the confirmation is off, under way, or dropped every candidate."""
-        return confirmed_winner(self.confirmations, self.direction)
-
-    @property
-    def winner(self) -> FrozenTrial | None:
-        """The search trial whose configuration ``autolr export`` names: the confirmed winner's, else
-        (no confirmation to go by) the best single-seed trial, :attr:`best`."""
-        confirmed = self.confirmed
-        if confirmed is None:
-            return self.best
-        return next((t for t in self.trials if t.number == confirmed.trial), self.best)
-
-    def wait_for_plots(self, timeout_s: float = 120.0) -> bool:
-        """Wait for this invocation's plots (drawn after it in a process of their own: see
-        :mod:`autolr.plot_job`); True once they are on the parent run."""
-        from autolr import plot_job
-
-        return plot_job.wait(self.parent_run_id, timeout_s)
-
-    def count(self, state: TrialState) -> int:
-        return sum(1 for t in self.trials if t.state == state)
 
 
 @contextlib.contextmanager

@@ -79,3 +79,20 @@ def test_bounds_are_enforced_at_every_entry_with_the_study_files_words(tmp_path,
     if "lr" in flat or "momentum" in flat:
         with pytest.raises(ValueError, match=words):
             build_optimizer("sgd", torch.nn.Linear(2, 1).parameters(), params["lr"], {"momentum": params.get("momentum", 0.9)})
+
+
+def test_the_export_holds_the_mechanics_that_shaped_the_tuned_run(write_study, stores, tmp_path) -> None:
+    path = write_study("""
+        name: mechanics
+        task: least_squares
+        train: {epochs: 3, batch_size: 32, accumulate: 2, max_steps: 7, grad_clip: 1.0}
+        trials: 1
+        confirm: false
+        search: {lr: {low: 1.0e-3, high: 0.1}}
+    """)
+    autolr.tune(path, progress=False, storage=stores["storage"], tracking_uri=None)
+    out = tmp_path / "best.yaml"
+    autolr.export_best(path, storage=stores["storage"], path=out)
+    best = autolr.load_best(out)
+    assert best.total_steps == 7  # max_steps, not epochs x batches
+    assert best.train == {"accumulate": 2, "max_steps": 7, "grad_clip": 1.0, "precision": "fp32"}
