@@ -179,7 +179,7 @@ def _tune_and_report(args) -> int:
         seed=args.seed,
         extend_space=args.extend_space,
     )
-    if finished >= target:
+    if finished >= target and not result.trial_seconds:  # nothing trained here (a resumed confirmation is training)
         print(f"study {result.study_name} already holds its target of {target} finished trials; "
               f"--trials N (or trials: in the study file) runs more", file=sys.stderr)  # fmt: skip
     print(_summary(result))
@@ -217,17 +217,11 @@ def _summary(result, top: int = 5) -> str:
     lines.append(_table([dict(r, confirmed=_confirmed(confirmed.get(r["trial"]))) for r in rows], result.metric))
     if result.best is not None:
         lines.append(f"best single seed: trial {result.best.number}, {result.metric} = {_fmt(result.best.value)}")
-    winner = _winner(result)
+    winner = result.confirmed
     if winner is not None:
         spread = f" +- {winner.std:.2g} over {len(winner.values)} seeds" if len(winner.values) > 1 else " on 1 fresh seed"
         lines.append(f"winner on fresh seeds: trial {winner.trial}, {result.metric} = {winner.mean:.4g}{spread} (exported)")
     return "\n".join(lines)
-
-
-def _winner(result):
-    from autolr.confirm import confirmed_winner
-
-    return confirmed_winner(result.confirmations, result.direction)
 
 
 def _confirmed(c) -> str:
@@ -238,7 +232,7 @@ def _confirmed(c) -> str:
         return f"dropped ({c.dropped[:40]})"
     if not c.values:
         return "pending"
-    return f"{c.mean:.4g} +- {c.std:.2g} ({len(c.values)}{'' if c.complete else ', running'})"
+    return f"{c.mean:.4g} +- {c.std:.2g} ({len(c.values)}{'' if c.complete else ' so far'})"
 
 
 def _ranked(rows: list[dict], direction: str) -> list[dict]:

@@ -102,7 +102,7 @@ def test_the_default_confirmation_races_within_its_budget(write_study, stores, t
     assert export["confirmed"]["trial"] == winner.trial and export["confirmation"] == "complete"
 
 
-def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, stores, monkeypatch) -> None:
+def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, stores, monkeypatch, capsys) -> None:
     path = _study(write_study, "resumed", confirm_line="confirm: {top: 1, seeds: 3}")
     real = confirm.run_confirmation
     calls = {"n": 0}
@@ -125,7 +125,12 @@ def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, store
     with pytest.raises(KeyboardInterrupt):
         autolr.tune(path, progress=False, **stores)
     monkeypatch.setattr("autolr.study.run_confirmation", real)
-    result = autolr.tune(path, progress=False, **stores)
+    capsys.readouterr()
+    assert main(["show", str(path), "--storage", stores["storage"]]) == 0
+    assert " (1 so far)" in capsys.readouterr().out  # one fresh seed stored, nothing claimed to be running
+    assert main(["tune", str(path), "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]) == 0
+    assert "already holds its target" not in capsys.readouterr().err  # it resumed the confirmation
+    result = autolr.study_results(path, storage=stores["storage"])
     (c,) = result.confirmations
     assert c.complete and c.seeds == (1000, 2000, 3000)
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in result.trials) == 4  # no search trial added
