@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autolr import keys, store
 from autolr.claim import start_owned
 from autolr.config import PruningConfig, StudyConfig
-from autolr.driver import run_one
+from autolr.driver import INTERRUPTED, run_one
 from autolr.seeds import SEED_STRIDE, fresh_seed
 
 if TYPE_CHECKING:
@@ -275,8 +275,9 @@ def run_confirmation(
 
 def _dropped(t: FrozenTrial) -> bool:
     """Diverged on a fresh seed, or raised: out of the race. (An interrupted run, FAIL without an
-    error, is not: it is trained again when the confirmation resumes.)"""
-    return t.state == TrialState.PRUNED or (t.state == TrialState.FAIL and keys.ERROR in t.user_attrs)
+    error or with :data:`~autolr.driver.INTERRUPTED` as its error, is not: it is trained again when
+    the confirmation resumes.)"""
+    return t.state == TrialState.PRUNED or (t.state == TrialState.FAIL and t.user_attrs.get(keys.ERROR, INTERRUPTED) != INTERRUPTED)
 
 
 def _open(config: StudyConfig, url: str) -> optuna.Study:

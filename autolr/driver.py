@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_FAILS = 3
 WAIT_S = 0.5  # between looks at the study while the last trials run elsewhere
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"  # the error of a trial a stop signal ended
 
 
 def run_trials(
@@ -67,7 +68,7 @@ def run_trials(
             try:
                 last = run_one(study, trial, objective)
             except KeyboardInterrupt:  # also one landing before run_one's own handler: never left RUNNING
-                _fail_if_possible(study, trial)
+                _fail_if_possible(study, trial, INTERRUPTED)
                 raise
             if on_trial is not None:
                 on_trial(last)
@@ -95,7 +96,7 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is lost, the rest is saved
             delivered()
-            _fail_if_possible(study, trial)
+            _fail_if_possible(study, trial, INTERRUPTED)
             raise
         except Exception as exc:  # noqa: BLE001 - a trial's error is the trial's; the study goes on
             logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
@@ -103,8 +104,11 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
     return told if told is not None else study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def _fail_if_possible(study: optuna.Study, trial: optuna.Trial) -> None:
+def _fail_if_possible(study: optuna.Study, trial: optuna.Trial, why: str | None = None) -> None:
+    """FAIL, with ``why`` as its error (``autolr show``'s reason column) where given."""
     with contextlib.suppress(Exception):  # the storage may be what failed: the trial's dead owner tells later
+        if why is not None:  # a finished trial refuses it, and needs no tell either
+            trial.set_user_attr(keys.ERROR, why)
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 

@@ -128,6 +128,7 @@ def test_sigterm_is_a_ctrl_c_with_its_own_exit_code(tmp_path) -> None:
     assert proc.returncode == 143, err[-2000:]
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     stopped = next(t for t in _trials(storage, "termed") if t.state.name == "FAIL")
+    assert stopped.user_attrs[keys.ERROR] == "interrupted (Ctrl-C or SIGTERM)"  # autolr show's reason column
     runs = client.search_runs([client.get_experiment_by_name("termed").experiment_id])
     run = next(r for r in runs if r.data.tags.get(keys.TRIAL) == str(stopped.number))
     kept = len(client.get_metric_history(run.info.run_id, "train_loss"))
