@@ -55,8 +55,11 @@ class RunConfig:
         missing = [k for k in ("optimizer", "lr", "schedule") if k not in flat]
         if missing:
             raise ValueError(f"params: missing {missing}; expected at least optimizer, lr and schedule")
-        opt_names = {p.name for p in OPTIMIZERS[flat["optimizer"]].params} if flat["optimizer"] in OPTIMIZERS else set()
-        sched_names = {p.name for p in SCHEDULES[flat["schedule"]].params} if flat["schedule"] in SCHEDULES else set()
+        for key, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):  # an unknown name first: its parameters look unknown too
+            if flat[key] not in known:
+                raise ValueError(f"{key}: expected one of {sorted(known)}, got {flat[key]!r}")
+        opt_names = {p.name for p in OPTIMIZERS[flat["optimizer"]].params}
+        sched_names = {p.name for p in SCHEDULES[flat["schedule"]].params}
         unknown = set(flat) - opt_names - sched_names - set(_RESERVED)
         if unknown:
             raise ValueError(f"params: {sorted(unknown)} belong to neither {flat['optimizer']!r} nor {flat['schedule']!r}")

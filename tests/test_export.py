@@ -49,6 +49,9 @@ def test_load_best_rejects_what_is_not_an_export(tmp_path) -> None:
     path.write_text(json.dumps({**EXPORT, "params": {**EXPORT["params"], "gama": 0.5}}))
     with pytest.raises(ValueError, match=r"params: \['gama'\] belong to neither 'sgd' nor 'step'"):
         autolr.load_best(path)
+    path.write_text(json.dumps({**EXPORT, "params": {**EXPORT["params"], "optimizer": "sgdd"}}))  # not "momentum ... belong to neither"
+    with pytest.raises(ValueError, match=r"x.yaml: optimizer: expected one of \[.*'sgd'\], got 'sgdd'"):
+        autolr.load_best(path)
 
 
 def test_run_config_validates() -> None:
