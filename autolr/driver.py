@@ -106,9 +106,10 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
 
 def _fail_if_possible(study: optuna.Study, trial: optuna.Trial, why: str | None = None) -> None:
     """FAIL, with ``why`` as its error (``autolr show``'s reason column) where given."""
-    with contextlib.suppress(Exception):  # the storage may be what failed: the trial's dead owner tells later
-        if why is not None:  # a finished trial refuses it, and needs no tell either
+    if why is not None:
+        with contextlib.suppress(Exception):  # a finished trial refuses it; a storage that fails it must not keep the tell from being tried
             trial.set_user_attr(keys.ERROR, why)
+    with contextlib.suppress(Exception):  # the storage may be what failed: the trial's dead owner tells later
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
