@@ -69,6 +69,12 @@ class StepScheduler(torch.optim.lr_scheduler.LRScheduler):
             reductions=reductions,
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's, less the count of :meth:`report` calls (a count of this process's calls, not state)."""
+        state = super().state_dict()
+        state.pop("reports", None)
+        return state
+
     def report(self, metric: float) -> None:
         """Give the epoch's validation metric; only ``plateau`` uses it. A reduction applies at once,
         to the next optimizer step, as with torch's ReduceLROnPlateau."""

@@ -170,7 +170,8 @@ class Trial:
         self._epoch = 0
         self._scheduler: StepScheduler | None = None
         self._reports_seen = 0  # the scheduler's report() calls when last looked at
-        self._plateau_pending: float | None = None  # an epoch's metric for a plateau the loop did not report to
+        self._plateau_pending: float | None = None  # the last epoch's metric, for a plateau schedule
+        self._loop_reports = False  # the loop called scheduler.report itself: the schedule is its to feed
 
     def build_optimizer(self, parameters: torch.nn.Module | Iterable[Any]) -> torch.optim.Optimizer:
         """The trial's optimizer at its peak rate over ``parameters``: a model (per-layer statistics get
@@ -182,13 +183,14 @@ class Trial:
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> StepScheduler:
         """The trial's per-step schedule over ``total_steps`` optimizer steps: ``step()`` it after every
-        ``optimizer.step()``. A ``plateau`` schedule gets the objective's metric of each
-        :meth:`epoch` unless the loop calls ``scheduler.report(metric)`` itself that epoch (before or
-        after ``trial.epoch``), so the rate a plain loop trains with is the rate autolr's trainer would."""
+        ``optimizer.step()``. A ``plateau`` schedule (the one built last) gets the objective's metric of
+        the last :meth:`epoch` before the next step, once, so a plain loop trains the rate autolr's
+        trainer would; once the loop calls ``scheduler.report(metric)`` itself (before or after
+        ``trial.epoch``), the schedule is the loop's to feed."""
         self._report.trial.set_user_attr(keys.STEPS, int(total_steps))
         self._report.total_steps = int(total_steps)
         self._scheduler = self.run_config.build_scheduler(optimizer, total_steps, mode=self._mode)
-        self._reports_seen, self._plateau_pending = 0, None
+        self._reports_seen, self._plateau_pending, self._loop_reports = 0, None, False
         return self._scheduler
 
     def step(self, loss: torch.Tensor | float) -> None:
@@ -227,11 +229,8 @@ class Trial:
             raise KeyError(f"trial.epoch: expected the objective's metric {self.metric!r} among the metrics, got {sorted(values)}")
         if self._guard is not None and not math.isfinite(values[metric]):
             raise Pruned(f"diverged: {metric} {values[metric]} after epoch {self._epoch}", step=self.steps - 1, diverged=True)
-        scheduler = self._scheduler
-        if scheduler is not None and scheduler.plateau is not None:
-            # reported by the loop this epoch already: nothing to add; else at the next step, unless the loop reports after this call
-            self._plateau_pending = values[metric] if scheduler.reports == self._reports_seen else None
-            self._reports_seen = scheduler.reports
+        if self._scheduler is not None and self._scheduler.plateau is not None and not self._loop_reports:
+            self._plateau_pending = values[metric]  # given at the next step, unless the loop reports by then
         self._report.on_epoch_end(self._epoch, self.steps, {**values, self.metric: values[metric]})
 
     @property
@@ -264,10 +263,13 @@ class Trial:
         return self._recorder
 
     def _report_plateau(self) -> None:
-        """The last epoch's metric to the plateau schedule, where the loop gave it none since."""
+        """The last epoch's metric to the plateau schedule, unless the loop reported since the last
+        time autolr did (then autolr never reports again: the loop feeds it)."""
         scheduler, value, self._plateau_pending = self._scheduler, self._plateau_pending, None
-        if scheduler.reports == self._reports_seen:
-            scheduler.report(value)
+        if scheduler.reports != self._reports_seen:
+            self._loop_reports = True
+            return
+        scheduler.report(value)
         self._reports_seen = scheduler.reports
 
     def _diverged(self, exc: Diverged) -> Pruned:

@@ -217,11 +217,12 @@ def test_a_study_tuned_with_a_callable_loop_exports_as_a_loop(write_study, store
     assert best.loop.endswith("train") and best.task is None and best.epochs is None and best.batch_size is None
 
 
-@pytest.mark.parametrize("reports", ["never", "before", "after"])
+@pytest.mark.parametrize("reports", ["never", "before", "after", "never, validating twice", "before, validating twice", "never, checkpointed"])
 def test_a_plateau_schedule_in_a_loop_gets_each_epochs_metric_once(write_study, stores, reports) -> None:
     """A loop that never calls ``scheduler.report`` still trains a plateau schedule on its metric (as
     autolr's trainer and the exported winner rebuilt with ``report`` do); one that reports, before or
-    after ``trial.epoch``, is not counted twice."""
+    after ``trial.epoch``, is not counted twice, nor is a metric reported by two ``trial.epoch`` calls
+    in one epoch, and a scheduler restored from its state_dict goes on as it was."""
     rates = []
 
     def train(trial: autolr.Trial) -> float:
@@ -238,15 +239,19 @@ def test_a_plateau_schedule_in_a_loop_gets_each_epochs_metric_once(write_study, 
                 optimizer.step()
                 scheduler.step()
             value = 1.0 + epoch  # worse every epoch: a reduction after each epoch from the second on
-            if reports == "before":
+            if reports.startswith("before"):
                 scheduler.report(value)
             trial.epoch({"val_loss": value})
+            if reports.endswith("twice"):
+                trial.epoch({"val_loss": value})
             if reports == "after":
                 scheduler.report(value)
+            if reports.endswith("checkpointed"):
+                scheduler.load_state_dict(scheduler.state_dict())
         return value
 
     path = write_study(f"""
-        name: plateau-loop-{reports}
+        name: plateau-loop-{reports.replace(", ", "-").replace(" ", "-")}
         trials: 1
         search: {{lr: {{low: 0.01, high: 0.1}}, optimizer: {{sgd: {{momentum: 0.0}}}}, schedule: {{plateau: {{factor: 0.5, patience: 0}}}}}}
         pruning: {{curve: none}}
