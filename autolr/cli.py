@@ -116,18 +116,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autolr: interrupted; finished trials are saved, re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `autolr show ... | head`: the reader left; nothing to say, and nothing more to write
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError as exc:
+        if not _stdout_closed():  # a pipe of the task's own, say: an error like any other
+            return _unexpected(exc)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # `autolr show | head`: the reader left
         return EXIT_BROKEN_PIPE
     except RuntimeError as exc:
         print(f"autolr: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - anything else: one line, with where to look
-        logging.getLogger("autolr").debug("unexpected error", exc_info=True)
-        print(f"autolr: error: {type(exc).__name__}: {exc} (set AUTOLR_DEBUG=1 for the traceback)", file=sys.stderr)
-        if os.environ.get("AUTOLR_DEBUG"):
-            raise
-        return 1
+        return _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> int:
+    """One line, with where to look (the traceback with AUTOLR_DEBUG=1)."""
+    logging.getLogger("autolr").debug("unexpected error", exc_info=True)
+    print(f"autolr: error: {type(exc).__name__}: {exc} (set AUTOLR_DEBUG=1 for the traceback)", file=sys.stderr)
+    if os.environ.get("AUTOLR_DEBUG"):
+        raise exc
+    return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on its end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no fileno (a captured stdout), no poll
+        return False
 
 
 def _quiet_libraries() -> None:
@@ -270,6 +289,8 @@ def _export(args) -> int:
     import autolr
 
     fmt = args.format or ("json" if str(args.output or "").lower().endswith(".json") else "yaml")
+    if args.output is not None and Path(args.output).is_dir():
+        raise InputError(f"-o {args.output}: expected a file to write, got a folder")
     if args.output is not None and not Path(args.output).absolute().parent.is_dir():
         raise InputError(
             f"-o {args.output}: expected a file in an existing folder, got folder {str(Path(args.output).absolute().parent)!r}, which does not exist"

@@ -207,18 +207,24 @@ def test_export_into_a_missing_folder_is_bad_input(write_study, stores, tmp_path
     assert main(["export", path, "-o", str(tmp_path / "missing" / "best.yaml"), "--storage", stores["storage"]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"autolr: error: -o {tmp_path / 'missing' / 'best.yaml'}: expected a file in an existing folder") and "\n" not in err
+    assert main(["export", path, "-o", str(tmp_path), "--storage", stores["storage"]]) == 2
+    assert capsys.readouterr().err.strip() == f"autolr: error: -o {tmp_path}: expected a file to write, got a folder"
 
 
 def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path) -> None:
-    """``autolr show ... | head``: no BrokenPipeError line, the exit status a shell gives SIGPIPE."""
-    code = "from autolr import cli\n" \
-           "def left(args): raise BrokenPipeError(32, 'Broken pipe')\n" \
-           "cli._COMMANDS['show'] = left\n" \
-           "code = cli.main(['show', 'study.yaml'])\n" \
-           "print('more output, to nowhere', flush=True)\n" \
-           "raise SystemExit(code)\n"  # fmt: skip
-    proc = _python(code, tmp_path)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (141, "", "")
+    """``autolr show ... | head``: no BrokenPipeError line, the exit status a shell gives SIGPIPE; a
+    BrokenPipeError from anything but standard output is an error like any other."""
+    code = "import sys\nfrom autolr import cli\n" \
+           "def long(args):\n    for _ in range(100_000): print('a row of the table ' * 4)\n    return 0\n" \
+           "def other(args): raise BrokenPipeError(32, 'Broken pipe')\n" \
+           "cli._COMMANDS['show'], cli._COMMANDS['export'] = long, other\n" \
+           "raise SystemExit(cli.main([sys.argv[1], 'study.yaml']))\n"  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code, "show"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()  # as head does once it has its lines
+    assert (proc.wait(timeout=120), proc.stderr.read()) == (141, "")
+    other = subprocess.run([sys.executable, "-c", code, "export"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1 and other.stderr.startswith("autolr: error: BrokenPipeError: ")
 
 
 def test_a_storage_url_no_driver_takes_is_bad_input(write_study, capsys) -> None:
