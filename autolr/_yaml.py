@@ -51,6 +51,8 @@ class Loader(yaml.SafeLoader):
         node = super().compose_node(parent, index)
         if alias:  # the anchored node again: it counts again, in full (an unfinished one counts 1)
             return node
+        if isinstance(node, yaml.MappingNode):
+            self._check_unique(node)
         children = node.value if isinstance(node, yaml.SequenceNode) else ()
         if isinstance(node, yaml.MappingNode):
             children = [n for pair in node.value for n in pair]
@@ -60,17 +62,20 @@ class Loader(yaml.SafeLoader):
         self._expanded[id(node)] = size
         return node
 
-    def construct_mapping(self, node, deep=False):
-        seen = set()
+    def _check_unique(self, node: yaml.MappingNode) -> None:
+        """Each key once in a mapping as written, merged ones included (each mapping is checked as it
+        is composed, before a merge flattens it into another); one merge key (``<<: [*a, *b]`` merges several)."""
+        seen, merges = set(), 0
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) or key is None:
+                merges += 1
+                if merges > 1:
+                    raise DuplicateKeyError("<<", key_node.start_mark)
+            elif isinstance(key_node, yaml.ScalarNode):
+                key = self.construct_object(key_node)
                 if key in seen:
                     raise DuplicateKeyError(key, key_node.start_mark)
                 seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}

@@ -119,9 +119,9 @@ def _steps(trials: list[optuna.trial.FrozenTrial]) -> int:
 
 def autolr_arm(task: str, arm: str, seed: int, trials: int, folder: Path, extra: str = "") -> dict[str, tuple[Any, int]]:
     """{row: (what rebuilds the winner, compute in steps)}: the export, and the single-seed best;
-    ``extra``: YAML appended to the study file (``--variant``)."""
+    ``extra``: YAML merged into the study file (``--variant``)."""
     path = folder / f"{task}-{arm}-{seed}.yaml"
-    path.write_text(study_text(task, arm, seed, trials) + extra)
+    path.write_text(_merged(study_text(task, arm, seed, trials), extra))
     storage = f"sqlite:///{folder}/{task}-{arm}-{seed}.db"
     result = autolr.tune(str(path), storage=storage, tracking_uri=None, progress=False)
     study = optuna.load_study(study_name=result.study_name, storage=storage)
@@ -134,6 +134,17 @@ def autolr_arm(task: str, arm: str, seed: int, trials: int, folder: Path, extra:
     if arm in ("fixed", "auto", "seed-per-trial"):
         rows[f"{arm}/single"] = (RunConfig.from_flat(result.best_params), search + finder)
     return rows
+
+
+def _merged(text: str, extra: str) -> str:
+    """The study file ``text`` with the YAML mapping ``extra`` merged in, key by key at every depth."""
+
+    def merge(base: Any, over: Any) -> Any:
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in over.items()}}
+        return over
+
+    return yaml.safe_dump(merge(yaml.safe_load(text), yaml.safe_load(extra) or {}), sort_keys=False)
 
 
 def plain_arm(task: str, arm: str, seed: int, trials: int) -> dict[str, tuple[Any, int]]:
@@ -245,7 +256,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, nargs="+", default=[ORACLE / "efficiency_runs.jsonl"], help="appends to the first; reads them all")
     ap.add_argument("--report", action="store_true", help="print the table of what the files hold; train nothing")
     ap.add_argument(
-        "--variant", nargs=2, metavar=("NAME", "YAML"), help="append YAML to each autolr arm's study file (e.g. 'pruning: {curve: none}'); rows ARM@NAME"
+        "--variant", nargs=2, metavar=("NAME", "YAML"), help="merge YAML into each autolr arm's study file (e.g. 'pruning: {curve: none}'); rows ARM@NAME"
     )
     args = ap.parse_args()
     if args.variant and not args.report and set(args.arms) - set(AUTOLR_ARMS):

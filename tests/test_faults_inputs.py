@@ -314,6 +314,10 @@ def test_a_key_given_twice_is_refused_and_a_merge_may_still_override(tmp_path, c
     merged = tmp_path / "merged.yaml"
     merged.write_text("name: merged\ntask: least_squares\nsearch:\n  lr: {<<: {low: 1.0e-3, high: 0.1}, high: 0.2}\n")
     assert autolr.load_study(merged).search.lr.high == 0.2
+    for text, key in (("{<<: {low: 1.0e-3, low: 2.0e-3}}", "low"), ("{<<: *a, <<: *a}", "<<")):  # inside a merge; two merges
+        path.write_text(f"name: twice\ntask: least_squares\nbase: &a {{high: 0.1}}\nsearch:\n  lr: {text}\n")
+        assert main(["show", str(path)]) == 2
+        assert f"key {key!r} given twice at line 5" in _error(capsys)
 
 
 def test_a_301_character_name_is_refused_in_one_line(tmp_path, capsys) -> None:
