@@ -102,13 +102,13 @@ class BestConfig:
     epochs: int | None
     batch_size: int | None
     total_steps: int | None = None
-    train: Mapping[str, Any] | None = None  # accumulate, max_steps, grad_clip, precision of the tuned run (None: a loop's own)
     task: str | None = None  # the task (or, for a loop: study, the loop) that trained it, and how
     loop: str | None = None
     task_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     seed: int | None = None
     single_seed_value: float | None = None  # the trial's value on the study's seed
     confirmed: Mapping[str, Any] | None = None  # {trial, seeds, values, mean, std} on fresh seeds; None: not confirmed
+    train: Mapping[str, Any] | None = None  # accumulate, max_steps, grad_clip, precision of the tuned run (None: a loop's own)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property

@@ -178,15 +178,15 @@ def test_workers_of_a_killed_main_process_stop_instead_of_finishing_the_study(tm
 def test_a_worker_killed_outright_costs_its_trial_only(tmp_path) -> None:
     storage, tracking = _stores(tmp_path)
     path = _study(
-        tmp_path, "lostworker", 4, sleep_s=0.8
-    )  # ~10 s a trial: the spawned worker (seconds of imports, more under load) joins before worker 0 ends the study
+        tmp_path, "lostworker", 8, sleep_s=0.8
+    )  # ~10 s a trial: the spawned worker (seconds of imports, a minute under load) joins before worker 0 ends the study
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
     wait_for(lambda: len(_running_owners(storage, "lostworker")) == 2, timeout_s=180, what="two running trials")
     os.kill(next(pid for pid in _running_owners(storage, "lostworker") if pid != proc.pid), signal.SIGKILL)  # a spawned worker
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-2000:]
     assert "killed by SIGKILL" in err and "Traceback" not in err
-    study = assert_stores_agree(storage, tracking, "lostworker", target=4)
+    study = assert_stores_agree(storage, tracking, "lostworker", target=8)
     killed = next(t for t in study.trials if t.state.name == "FAIL")
     assert any(t.user_attrs.get(keys.RETRY_OF) == killed.number for t in study.trials)
 
