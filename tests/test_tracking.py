@@ -435,3 +435,15 @@ def test_the_best_configuration_is_recorded_even_where_the_study_cannot_be_descr
     assert parent.data.params["best.lr"] == repr(result.best.user_attrs["autolr.params"]["lr"]) and keys.BEST_TRIAL in parent.data.tags
     assert "best_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "autolr study `nodesc`" in parent.data.tags["mlflow.note.content"]  # the description the run started with
+
+
+def test_the_python_api_prints_nothing_of_mlflow_setting_up_its_store(tmp_path) -> None:
+    """A notebook's ``autolr.tune`` on a new MLflow store: no "Creating initial MLflow database tables" INFO lines."""
+    (tmp_path / "s.yaml").write_text(
+        "name: api-quiet\ntask: least_squares\ntrials: 1\ntrain: {epochs: 1}\nconfirm: false\nsearch: {lr: {low: 0.001, high: 0.1}}\n"
+    )
+    code = "import autolr\nautolr.tune('s.yaml', progress=False)\n"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "database tables" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert (tmp_path / "mlruns" / "mlflow.db").exists()

@@ -113,13 +113,15 @@ def mount_point(path: Path) -> Path:
 
 
 def quiet_store_errors() -> None:
-    """MLflow logs a traceback for each database error it then raises; autolr says each in one line."""
+    """MLflow logs a traceback for each database error it then raises; autolr says each in one line.
+    Its INFO lines on creating the store's tables ("Creating initial MLflow database tables...") are
+    dropped too: the store is autolr's to set up, and the Python API printed them into notebooks."""
     logging.getLogger("mlflow.store.db.utils").addFilter(_not_reported_by_autolr)
 
 
 def _not_reported_by_autolr(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    return not unreachable(exc)
+    return record.levelno >= logging.WARNING and not unreachable(exc)
 
 
 def redact(uri: str) -> str:
