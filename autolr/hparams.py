@@ -24,6 +24,13 @@ __all__ = ["RunConfig"]
 _RESERVED = ("optimizer", "lr", "schedule", "warmup")
 
 
+def _check_names(optimizer: str, schedule: str) -> None:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {sorted(SCHEDULES)}, got {schedule!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     optimizer: str
@@ -34,10 +41,7 @@ class RunConfig:
     schedule_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: expected one of {sorted(SCHEDULES)}, got {self.schedule!r}")
+        _check_names(self.optimizer, self.schedule)
         LR.check(self.lr, owner="params")
         WARMUP.check(self.warmup, owner="params")
         self.flat()  # every optimizer and schedule parameter within its declared bounds, now, not at the first build
@@ -55,9 +59,7 @@ class RunConfig:
         missing = [k for k in ("optimizer", "lr", "schedule") if k not in flat]
         if missing:
             raise ValueError(f"params: missing {missing}; expected at least optimizer, lr and schedule")
-        for key, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):  # an unknown name first: its parameters look unknown too
-            if flat[key] not in known:
-                raise ValueError(f"{key}: expected one of {sorted(known)}, got {flat[key]!r}")
+        _check_names(flat["optimizer"], flat["schedule"])  # an unknown name first: its parameters would look unknown too
         opt_names = {p.name for p in OPTIMIZERS[flat["optimizer"]].params}
         sched_names = {p.name for p in SCHEDULES[flat["schedule"]].params}
         unknown = set(flat) - opt_names - sched_names - set(_RESERVED)
