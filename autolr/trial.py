@@ -169,9 +169,8 @@ class Trial:
         self._recorder: StepRecorder | None = None
         self._epoch = 0
         self._scheduler: StepScheduler | None = None
-        self._reports_seen = 0  # the scheduler's report() calls when last looked at
+        self._reports_seen = 0  # the scheduler's report() calls, as autolr made them (more: the loop reports itself)
         self._plateau_pending: float | None = None  # the last epoch's metric, for a plateau schedule
-        self._loop_reports = False  # the loop called scheduler.report itself: the schedule is its to feed
 
     def build_optimizer(self, parameters: torch.nn.Module | Iterable[Any]) -> torch.optim.Optimizer:
         """The trial's optimizer at its peak rate over ``parameters``: a model (per-layer statistics get
@@ -190,7 +189,7 @@ class Trial:
         self._report.trial.set_user_attr(keys.STEPS, int(total_steps))
         self._report.total_steps = int(total_steps)
         self._scheduler = self.run_config.build_scheduler(optimizer, total_steps, mode=self._mode)
-        self._reports_seen, self._plateau_pending, self._loop_reports = 0, None, False
+        self._reports_seen, self._plateau_pending = 0, None
         return self._scheduler
 
     def step(self, loss: torch.Tensor | float) -> None:
@@ -229,7 +228,7 @@ class Trial:
             raise KeyError(f"trial.epoch: expected the objective's metric {self.metric!r} among the metrics, got {sorted(values)}")
         if self._guard is not None and not math.isfinite(values[metric]):
             raise Pruned(f"diverged: {metric} {values[metric]} after epoch {self._epoch}", step=self.steps - 1, diverged=True)
-        if self._scheduler is not None and self._scheduler.plateau is not None and not self._loop_reports:
+        if self._scheduler is not None and self._scheduler.plateau is not None and not self._loop_reports():
             self._plateau_pending = values[metric]  # given at the next step, unless the loop reports by then
         self._report.on_epoch_end(self._epoch, self.steps, {**values, self.metric: values[metric]})
 
@@ -262,15 +261,16 @@ class Trial:
                                       recorded_after_update=False)  # fmt: skip
         return self._recorder
 
+    def _loop_reports(self) -> bool:
+        """Whether the loop has called ``scheduler.report`` itself: the schedule is then its to feed."""
+        return self._scheduler.reports != self._reports_seen
+
     def _report_plateau(self) -> None:
-        """The last epoch's metric to the plateau schedule, unless the loop reported since the last
-        time autolr did (then autolr never reports again: the loop feeds it)."""
-        scheduler, value, self._plateau_pending = self._scheduler, self._plateau_pending, None
-        if scheduler.reports != self._reports_seen:
-            self._loop_reports = True
-            return
-        scheduler.report(value)
-        self._reports_seen = scheduler.reports
+        """The last epoch's metric to the plateau schedule, unless the loop reports it itself."""
+        value, self._plateau_pending = self._plateau_pending, None
+        if not self._loop_reports():
+            self._scheduler.report(value)
+            self._reports_seen = self._scheduler.reports
 
     def _diverged(self, exc: Diverged) -> Pruned:
         return Pruned(exc.reason, step=exc.step, diverged=True)
