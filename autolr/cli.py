@@ -289,12 +289,11 @@ def _export(args) -> int:
     import autolr
 
     fmt = args.format or ("json" if str(args.output or "").lower().endswith(".json") else "yaml")
-    if args.output is not None and Path(args.output).is_dir():
+    out = None if args.output is None else Path(args.output)
+    if out is not None and out.is_dir():
         raise InputError(f"-o {args.output}: expected a file to write, got a folder")
-    if args.output is not None and not Path(args.output).absolute().parent.is_dir():
-        raise InputError(
-            f"-o {args.output}: expected a file in an existing folder, got folder {str(Path(args.output).absolute().parent)!r}, which does not exist"
-        )
+    if out is not None and not out.absolute().parent.is_dir():
+        raise InputError(f"-o {args.output}: expected a file in an existing folder, got folder {str(out.absolute().parent)!r}, which does not exist")
     text = autolr.export_best(args.study, storage=args.storage, path=args.output, fmt=fmt)
     if args.output is None:
         sys.stdout.write(text)

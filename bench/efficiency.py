@@ -31,7 +31,7 @@ is autolr's exported winner, fixed bounds and ``lr: auto``, on the tasks with a 
 share of the grid's. Results append to a JSON-lines file as they come (``--out``; a rerun skips what
 it holds), so a stopped run loses nothing.
 
-    nice -n 5 python bench/efficiency.py [--seeds 5] [--tasks digits breast_cancer lsq] [--arms ...] [--trials 30]
+    nice -n 5 python bench/efficiency.py [--seeds 5] [--tasks digits digits_deep breast_cancer lsq] [--arms ...] [--trials 30]
     python bench/efficiency.py --report --seeds 10 --out bench/oracle/efficiency_runs.jsonl bench/oracle/efficiency_plans.jsonl
 
 The stored runs hold study seeds 0-9 for the main arms on digits and breast cancer, 0-4 otherwise
@@ -261,7 +261,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.variant and not args.report and set(args.arms) - set(AUTOLR_ARMS):
         ap.error(f"--variant: only autolr's arms ({', '.join(AUTOLR_ARMS)}) read a study file, got --arms {' '.join(args.arms)}")
-    suffix, extra = (f"@{args.variant[0]}", args.variant[1].rstrip() + "\n") if args.variant else ("", "")
+    suffix, extra = (f"@{args.variant[0]}", args.variant[1]) if args.variant else ("", "")
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     done = [json.loads(line) for out in args.out if out.exists() for line in out.read_text().splitlines()]
