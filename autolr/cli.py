@@ -231,16 +231,25 @@ def _summary(result, top: int = 5) -> str:
         f"{result.count(TrialState.PRUNED)} pruned, {result.count(TrialState.FAIL)} failed "
         f"(storage {result.storage})"
     ]
-    confirmed = {c.trial: c for c in result.confirmations}
+    confirmed = {c.trial: c for c in result.confirmations if c.lr_scale == 1.0}
     rows = _ranked([trial_row(t) for t in result.trials], result.direction)[:top]
     lines.append(_table([dict(r, confirmed=_confirmed(confirmed.get(r["trial"]))) for r in rows], result.metric))
     if result.best is not None:
         lines.append(f"best single seed: trial {result.best.number}, {result.metric} = {_fmt(result.best.value)}")
+    for back in (c for c in result.confirmations if c.lr_scale != 1.0):
+        lines.append(f"step back: trial {back.trial} at {_at(back)}: {_confirmed(back)}")
     winner = result.confirmed
     if winner is not None:
         spread = f" +- {winner.std:.2g} over {len(winner.values)} seeds" if len(winner.values) > 1 else " on 1 fresh seed"
-        lines.append(f"winner on fresh seeds: trial {winner.trial}, {result.metric} = {winner.mean:.4g}{spread} (exported)")
+        what = f"trial {winner.trial}" + (f" at {_at(winner)}" if winner.lr_scale != 1.0 else "")
+        lines.append(f"winner on fresh seeds: {what}, {result.metric} = {winner.mean:.4g}{spread} (exported)")
     return "\n".join(lines)
+
+
+def _at(c) -> str:
+    """A step back's rate: ``0.7x its lr (0.00714)``."""
+    lr = (c.params or {}).get("lr")
+    return f"{c.lr_scale:g}x its lr" + (f" ({lr:.3g})" if lr is not None else "")
 
 
 def _confirmed(c) -> str:

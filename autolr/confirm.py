@@ -6,8 +6,17 @@ single-seed value is the best *draw*, and part of its lead is that seed's luck (
 on a digits MLP outside this repository, winners lost 8-30% when re-trained on fresh seeds).
 After the search reaches its target, the best configurations are trained on ``seeds`` fresh seeds
 each (by default a race within a quarter of the study's trials: :func:`_race`; with ``top`` given,
-exactly the ``top`` best: :func:`_fixed`); the export names the configuration with the best mean over
-those seeds and holds the spread.
+exactly the ``top`` best: :func:`_fixed`); then the winner's *step back*, its configuration at
+``step_back`` (0.7) times its rate, on the same seeds (:func:`_step_back`). The export names the
+configuration with the best mean over those seeds, or its step back when that is within
+:data:`STEP_BACK_TOLERANCE` of it, and holds the spread.
+
+Why the step back: a rate's loss rises gently below the best rate and steeply above it, where
+training starts to blow up, and the spread between seeds grows there. A search picks its best draw,
+so its winners crowd against that edge, and three fresh seeds may not see how far a winner there
+can fall (``bench/efficiency.py``, digits deep, study seed 8: adam 0.0102 cosine confirmed at 1.05x
+the grid's pick and re-trained at 1.30x on other fresh seeds; its step back, 0.0071, at 0.94x and
+1.03x). Giving up at most 3% of the confirmed mean for a rate further from the edge is the trade.
 
 - The runs live in a sibling Optuna study ``<name>.confirm`` in the same storage (each a trial with
   the search trial's configuration fixed, as an enqueued trial's, carrying the trial it re-trains and
@@ -16,6 +25,8 @@ those seeds and holds the spread.
 - They are MLflow runs under the invocation's parent run, tagged ``autolr.role = confirm``,
   ``autolr.confirm_of`` and ``autolr.seed``.
 - A configuration that diverges (or fails) on a fresh seed is dropped: a winner that does not hold.
+- Candidates that differ only in a rate within :data:`NEAR_DECADES` of a better one's are one
+  candidate: on the same fresh seeds they would confirm the same thing, twice.
 - With ``--jobs`` they run in the main process, after the workers; with ``lr: auto`` within the same
   bounds; with every sampler (the configurations are fixed as they were tried).
 """
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import statistics
 from collections.abc import Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,6 +56,10 @@ __all__ = ["SEED_STRIDE", "Confirmation", "confirmation", "confirmation_pending"
 
 logger = logging.getLogger(__name__)
 
+DROP_SLACK = 0.3  # a race candidate's remaining seeds may do this much better than its search value before it is dropped
+NEAR_DECADES = 0.1  # two rates closer than this (a factor 1.26), all else equal, are one candidate
+STEP_BACK_TOLERANCE = 0.03  # the step back is exported unless its mean is worse than the winner's by more than this share
+
 
 @dataclasses.dataclass(frozen=True)
 class Confirmation:
@@ -55,6 +71,8 @@ class Confirmation:
     values: tuple[float, ...]
     complete: bool
     dropped: str = ""  # why it is out of the race (diverged or failed on a fresh seed; cannot beat the best mean)
+    lr_scale: float = 1.0  # 1: the search trial's configuration; below 1: the winner's step back, at this factor of its rate
+    params: dict[str, Any] | None = None  # the step back's flat configuration, as its runs trained it
 
     @property
     def mean(self) -> float | None:
@@ -65,7 +83,8 @@ class Confirmation:
         return statistics.stdev(self.values) if len(self.values) > 1 else (0.0 if self.values else None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trial": self.trial, "seeds": list(self.seeds), "values": list(self.values), "mean": self.mean, "std": self.std}
+        out = {"trial": self.trial, "seeds": list(self.seeds), "values": list(self.values), "mean": self.mean, "std": self.std}
+        return out if self.lr_scale == 1.0 else {**out, "lr_scale": self.lr_scale}
 
 
 def confirm_name(config: StudyConfig) -> str:
@@ -85,27 +104,39 @@ def status(confirmations: Sequence[Confirmation], enabled: bool) -> str:
     return "complete" if any(c.complete and not c.dropped for c in confirmations) else "all dropped"
 
 
-def _plan(config: StudyConfig) -> tuple[int, list[int], int | None]:
-    """``(candidates, fresh seeds, budget)``: with ``top`` left to autolr, a race of up to ``budget``
-    runs over as many candidates; with ``top`` given, exactly those configurations (budget None)."""
+def _plan(config: StudyConfig) -> dict[str, Any]:
+    """``top`` candidates, fresh ``seeds``, ``budget`` and ``step_back``: with ``top`` left to autolr,
+    a race of up to ``budget`` runs over as many candidates; with ``top`` given, exactly those
+    configurations (budget None). Stored with the confirmation, so that reading it later walks the
+    plan it ran under."""
     top, n_seeds = config.confirm.plan(config.trials)
     budget = config.confirm.budget(config.trials)
-    return (budget if budget is not None else top), fresh_seeds(config, n_seeds), budget
+    return {"top": budget if budget is not None else top, "seeds": fresh_seeds(config, n_seeds), "budget": budget, "step_back": config.confirm.step_back}
 
 
 def candidates(study: optuna.Study, top: int) -> list[FrozenTrial]:
-    """The ``top`` best COMPLETE search trials with distinct configurations, best first."""
+    """The ``top`` best COMPLETE search trials with distinct configurations, best first. A trial
+    whose configuration is a better one's but for a rate within :data:`NEAR_DECADES` of it is passed
+    over: a search that closes in on a rate leaves several such trials at the top (digits, study seed
+    6: sgd 0.0386, 0.0394, 0.0419 constant), and racing each would spend the budget on one configuration."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    picked, seen = [], set()
+    picked: list[FrozenTrial] = []
     for t in sorted(complete, key=lambda t: t.value, reverse=reverse):
-        key = tuple(sorted(t.params.items()))
-        if key not in seen:
-            seen.add(key)
+        if not any(_near(t.params, p.params) for p in picked):
             picked.append(t)
         if len(picked) == top:
             break
     return picked
+
+
+def _near(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same configuration, or the same but for rates within :data:`NEAR_DECADES`."""
+    if a.keys() != b.keys() or any(a[k] != b[k] for k in a if k != "lr"):
+        return False
+    if "lr" not in a or a["lr"] == b["lr"]:
+        return True
+    return a["lr"] > 0 and b["lr"] > 0 and abs(math.log10(a["lr"] / b["lr"])) < NEAR_DECADES
 
 
 def confirmation(config: StudyConfig, study: optuna.Study, url: str) -> list[Confirmation]:
@@ -116,12 +147,13 @@ def confirmation(config: StudyConfig, study: optuna.Study, url: str) -> list[Con
     runs = confirm_study.get_trials(deepcopy=False) if confirm_study else []
     # the plan of the invocation that confirmed (its --trials and --seed may differ from the study file's)
     plan = confirm_study.user_attrs.get(keys.CONFIRM_PLAN) if confirm_study else None
-    top, seed_list, budget = (plan["top"], plan["seeds"], plan.get("budget")) if isinstance(plan, dict) else _plan(config)
-    return _walk(candidates(study, top), runs, seed_list, budget, config.direction)[0]
+    # a plan stored before the step back existed has none
+    plan = {"budget": None, "step_back": None, **plan} if isinstance(plan, dict) else _plan(config)
+    return _walk(candidates(study, plan["top"]), runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"])[0]
 
 
-_Runs = dict[int, dict[int, FrozenTrial]]  # search trial number -> fresh seed -> its latest confirmation run
-_Next = tuple[FrozenTrial, int] | None  # the (candidate, seed) to train next; None: nothing is left
+_Runs = dict[tuple[int, float], dict[int, FrozenTrial]]  # (search trial number, lr scale) -> fresh seed -> its latest run
+_Next = tuple[FrozenTrial, int, float] | None  # the (candidate, seed, lr scale) to train next; None: nothing is left
 
 
 def _walk(
@@ -131,21 +163,26 @@ def _walk(
     budget: int | None,
     direction: str,
     *,
-    skip: Container[tuple[int, int]] = (),
+    step_back: float | None = None,
+    skip: Container[tuple[int, int, float]] = (),
 ) -> tuple[list[Confirmation], _Next]:
-    """Where the confirmation stands, from its stored runs: each candidate's confirmation, and the
-    next (candidate, seed) to train (None: it is over, or what is left waits for a (trial number,
-    seed) pair in ``skip``). A pure function of the runs, so an interrupted confirmation, or another
-    invocation's, resumes exactly where it stood."""
+    """Where the confirmation stands, from its stored runs: each candidate's confirmation (and the
+    winner's step back), and the next (candidate, seed, lr scale) to train (None: it is over, or
+    what is left waits for a triple in ``skip``). A pure function of the runs, so an interrupted
+    confirmation, or another invocation's, resumes exactly where it stood."""
     by_candidate: _Runs = {}
     for t in sorted(runs, key=lambda t: t.number):  # a seed trained again after an interruption: the later run
         of, seed = t.user_attrs.get(keys.CONFIRM_OF), t.user_attrs.get(keys.SEED)
         if of is not None and seed is not None:
-            by_candidate.setdefault(of, {})[seed] = t
+            by_candidate.setdefault((of, float(t.user_attrs.get(keys.LR_SCALE, 1.0))), {})[seed] = t
     if budget is None:
-        return _fixed(picked, by_candidate, seeds, skip)
-    done, following = _race(picked, by_candidate, seeds, budget, direction)
-    return done, (None if following is not None and (following[0].number, following[1]) in skip else following)
+        done, following = _fixed(picked, by_candidate, seeds, skip)
+    else:
+        done, following = _race(picked, by_candidate, seeds, budget, direction)
+    if following is None and step_back is not None and all(c.complete or c.dropped for c in done):
+        back, following = _step_back(picked, done, by_candidate, seeds, step_back, direction)
+        done += [back] if back is not None else []
+    return done, (None if following is not None and (following[0].number, *following[1:]) in skip else following)
 
 
 def _fixed(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[int], skip: Container[tuple[int, int]]) -> tuple[list[Confirmation], _Next]:
@@ -153,7 +190,7 @@ def _fixed(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[i
     before anyone's second); a candidate that diverges or fails is dropped."""
     out, todo = [], []
     for trial in picked:
-        mine, values, done, dropped = by_candidate.get(trial.number, {}), [], [], ""
+        mine, values, done, dropped = by_candidate.get((trial.number, 1.0), {}), [], [], ""
         for k, seed in enumerate(seeds):
             t = mine.get(seed)
             if t is not None and _dropped(t):
@@ -165,56 +202,105 @@ def _fixed(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[i
                 todo.append((k, trial, seed))
         out.append(Confirmation(trial.number, float(trial.value), tuple(done), tuple(values), len(values) == len(seeds), dropped))
     out_of_race = {c.trial for c in out if c.dropped}
-    todo = [(k, trial, seed) for k, trial, seed in todo if trial.number not in out_of_race and (trial.number, seed) not in skip]
-    return out, (min(todo, key=lambda x: x[0])[1:] if todo else None)
+    todo = [(k, trial, seed) for k, trial, seed in todo if trial.number not in out_of_race and (trial.number, seed, 1.0) not in skip]
+    return out, ((*min(todo, key=lambda x: x[0])[1:], 1.0) if todo else None)
 
 
 def _race(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[int], budget: int, direction: str) -> tuple[list[Confirmation], _Next]:
     """``top`` left to autolr: candidates in the order of their search values, each on every fresh
     seed, while the runs fit in ``budget``. A search value is the best draw of its configuration, so
-    it is an optimistic estimate of what the configuration does on a fresh seed:
+    it is an optimistic estimate of what the configuration does on a fresh seed: a candidate whose
+    search value does not beat the best confirmed mean so far is not tried (nor is anyone after it).
+    One that diverges or fails on a fresh seed is dropped, as always.
 
-    - a candidate whose search value does not beat the best confirmed mean so far is not tried (nor
-      is anyone after it);
-    - a candidate is dropped after a seed once its mean could not beat the best confirmed mean even if
-      its remaining seeds did as well as its search value;
-    - one that diverges or fails on a fresh seed is dropped, as always.
+    A candidate is dropped after a seed once its mean could not beat the best confirmed mean even if
+    its remaining seeds did :data:`DROP_SLACK` better than its search value: a fresh seed can beat a
+    configuration's best draw on the study's seed (digits, study seed 6: adam 0.0063 step, search
+    value 0.0855, read 0.107 and 0.109 on its first two fresh seeds and 0.061 on its third, and won;
+    without the slack it was dropped after its second). One far off (0.78 against a best mean of
+    0.137) is still dropped at once, and its runs left to the next candidate.
 
     So a winner whose search value was luck (it regressed on the fresh seeds) makes the race go on to
     the next candidates, and a winner that held ends it after its own seeds."""
-    better = (lambda a, b: a < b) if direction == "minimize" else (lambda a, b: a > b)
+    better = _better(direction)
     out: list[Confirmation] = []
     used, best = 0, None
     for trial in picked:
-        mine = by_candidate.get(trial.number, {})
+        mine = by_candidate.get((trial.number, 1.0), {})
         if not any(seed in mine for seed in seeds):  # not started: is it worth starting, and does it fit?
             if best is not None and not better(trial.value, best.mean):
                 break
             if used + len(seeds) > budget:
                 break
-        values, done, dropped, pending = [], [], "", None
-        for seed in seeds:
-            t = mine.get(seed)
-            if t is not None and _dropped(t):
-                used, dropped = used + 1, _why(t)
-                break
-            if t is None or t.state != TrialState.COMPLETE:
-                pending = seed
-                break
-            used += 1
-            values.append(float(t.value))
-            done.append(seed)
-            at_best = (sum(values) + (len(seeds) - len(values)) * trial.value) / len(seeds)
-            if best is not None and len(values) < len(seeds) and not better(at_best, best.mean):
-                dropped = f"cannot beat #{best.trial}'s confirmed mean {best.mean:.4g} ({at_best:.4g} at best)"
-                break
-        c = Confirmation(trial.number, float(trial.value), tuple(done), tuple(values), len(values) == len(seeds) and not dropped, dropped)
+        hopeful = trial.value - DROP_SLACK * abs(trial.value) if direction == "minimize" else trial.value + DROP_SLACK * abs(trial.value)
+
+        def hopeless(values: list[float], best=best, hopeful=hopeful) -> str:
+            at_best = (sum(values) + (len(seeds) - len(values)) * hopeful) / len(seeds)
+            if best is None or len(values) == len(seeds) or better(at_best, best.mean):
+                return ""
+            return f"cannot beat #{best.trial}'s confirmed mean {best.mean:.4g} ({at_best:.4g} at best)"
+
+        c, pending, runs = _on_seeds(trial, mine, seeds, hopeless=hopeless)
+        used += runs
         out.append(c)
         if pending is not None:
-            return out, (trial, pending)
+            return out, (trial, pending, 1.0)
         if c.complete and (best is None or better(c.mean, best.mean)):
             best = c
     return out, None
+
+
+def _step_back(
+    picked: Sequence[FrozenTrial], done: Sequence[Confirmation], by_candidate: _Runs, seeds: Sequence[int], factor: float, direction: str
+) -> tuple[Confirmation | None, _Next]:
+    """The winner of the candidates at ``factor`` times its rate, on the same seeds: its
+    confirmation so far and its next seed (None, None: there is no winner, or the step back would
+    leave the rate's search range)."""
+    winner = _best([c for c in done if c.complete and not c.dropped], direction)
+    trial = next((t for t in picked if winner is not None and t.number == winner.trial), None)
+    lr, dist = (trial.params.get("lr"), trial.distributions.get("lr")) if trial is not None else (None, None)
+    if lr is None or (dist is not None and lr * factor < dist.low):
+        return None, None
+    c, pending, _ = _on_seeds(trial, by_candidate.get((trial.number, factor), {}), seeds, lr_scale=factor)
+    return c, (None if pending is None else (trial, pending, factor))
+
+
+def _on_seeds(
+    trial: FrozenTrial, mine: dict[int, FrozenTrial], seeds: Sequence[int], *, lr_scale: float = 1.0, hopeless: Callable[[list[float]], str] | None = None
+) -> tuple[Confirmation, int | None, int]:
+    """One configuration's runs, seed by seed in order, up to the first one missing: its
+    confirmation, that seed (None when every seed ran or the configuration was dropped: it diverged
+    or failed, or ``hopeless`` gave a reason after a seed) and the runs it spent."""
+    values, done, dropped, pending, params = [], [], "", None, None
+    for seed in seeds:
+        t = mine.get(seed)
+        if t is not None and _dropped(t):
+            dropped = _why(t)
+            return _confirmation(trial, done, values, seeds, dropped, lr_scale, params), None, len(values) + 1
+        if t is None or t.state != TrialState.COMPLETE:
+            pending = seed
+            break
+        values.append(float(t.value))
+        done.append(seed)
+        params = params or t.user_attrs.get(keys.PARAMS)
+        dropped = hopeless(values) if hopeless is not None else ""
+        if dropped:
+            break
+    return _confirmation(trial, done, values, seeds, dropped, lr_scale, params), pending, len(values)
+
+
+def _confirmation(trial: FrozenTrial, done: list[int], values: list[float], seeds: Sequence[int], dropped: str, lr_scale: float, params) -> Confirmation:
+    complete = len(values) == len(seeds) and not dropped
+    return Confirmation(trial.number, float(trial.value), tuple(done), tuple(values), complete, dropped, lr_scale, params if lr_scale != 1.0 else None)
+
+
+def _better(direction: str) -> Callable[[float, float], bool]:
+    return (lambda a, b: a < b) if direction == "minimize" else (lambda a, b: a > b)
+
+
+def _best(confirmations: Sequence[Confirmation], direction: str) -> Confirmation | None:
+    pick = min if direction == "minimize" else max
+    return pick(confirmations, key=lambda c: c.mean) if confirmations else None
 
 
 def _why(t: FrozenTrial) -> str:
@@ -227,15 +313,19 @@ def confirmation_pending(config: StudyConfig, study: optuna.Study, url: str) -> 
 
 
 def confirmed_winner(confirmations: Sequence[Confirmation], direction: str) -> Confirmation | None:
-    """The configuration with the best mean over every fresh seed, once the race is over (no candidate
-    still to train); None while it is under way, or when every candidate was dropped."""
+    """The configuration with the best mean over every fresh seed, or its step back when that is
+    within :data:`STEP_BACK_TOLERANCE` of it, once the confirmation is over (nothing still to train);
+    None while it is under way, or when every candidate was dropped."""
     if any(not c.complete and not c.dropped for c in confirmations):
         return None
-    complete = [c for c in confirmations if c.complete and not c.dropped]
-    if not complete:
-        return None
-    pick = min if direction == "minimize" else max
-    return pick(complete, key=lambda c: c.mean)
+    held = [c for c in confirmations if c.complete and not c.dropped]
+    winner = _best([c for c in held if c.lr_scale == 1.0], direction)
+    back = next((c for c in held if winner is not None and c.trial == winner.trial and c.lr_scale != 1.0), None)
+    if back is None:
+        return winner
+    slack = STEP_BACK_TOLERANCE * abs(winner.mean)
+    held_up = back.mean <= winner.mean + slack if direction == "minimize" else back.mean >= winner.mean - slack
+    return back if held_up else winner
 
 
 def run_confirmation(
@@ -248,29 +338,34 @@ def run_confirmation(
     on_trial: Callable[[FrozenTrial], None] | None = None,
 ) -> None:
     """Train what is still missing of the confirmation (:func:`_fixed` with ``top`` given, else
-    :func:`_race`), one run at a time."""
+    :func:`_race`; then :func:`_step_back`), one run at a time."""
     if not config.confirm.enabled:
         return
-    top, seeds, budget = _plan(config)
+    plan = _plan(config)
     confirm_study = _open(config, url)
-    confirm_study.set_user_attr(keys.CONFIRM_PLAN, {"top": top, "seeds": seeds, "budget": budget})
-    picked, tried = candidates(study, top), set()
+    confirm_study.set_user_attr(keys.CONFIRM_PLAN, plan)
+    picked, tried = candidates(study, plan["top"]), set()
     while True:
         # read before every run, not once: another invocation on the study may have trained (or dropped) a pair since;
         # a pair tried here that ended without a result or an error is left to the next invocation
-        _, following = _walk(picked, confirm_study.get_trials(deepcopy=False), seeds, budget, config.direction, skip=tried)
+        runs = confirm_study.get_trials(deepcopy=False)
+        _, following = _walk(picked, runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"], skip=tried)
         if following is None:
             return
-        trial, seed = following
-        tried.add((trial.number, seed))
+        trial, seed, scale = following
+        tried.add((trial.number, seed, scale))
         seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
-        started = start_owned(confirm_study, trial.params, {keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"})
-        last = run_one(confirm_study, started, make_objective(seeded))
+        attrs = {keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"}
+        params = dict(trial.params)
+        if scale != 1.0:
+            params["lr"], attrs[keys.LR_SCALE] = trial.params["lr"] * scale, scale
+        last = run_one(confirm_study, start_owned(confirm_study, params, attrs), make_objective(seeded))
         if on_trial is not None:
             on_trial(last)
-        logger.info("confirmation of trial %d on seed %d: %s %s", trial.number, seed, last.state.name, last.value)
+        what = f"trial {trial.number}" + (f" at {scale:g}x its lr" if scale != 1.0 else "")
+        logger.info("confirmation of %s on seed %d: %s %s", what, seed, last.state.name, last.value)
         if last.state == TrialState.FAIL and not _dropped(last):
-            logger.warning("confirmation of trial %d on seed %d ended without a result; the next invocation trains it again", trial.number, seed)
+            logger.warning("confirmation of %s on seed %d ended without a result; the next invocation trains it again", what, seed)
 
 
 def _dropped(t: FrozenTrial) -> bool:

@@ -36,9 +36,10 @@ _REQUIRED = ("study", "metric", "direction", "value", "trial", "params", "epochs
 def best_export(config, study, url: str) -> dict[str, Any] | None:
     """The export object of the study's winner (None when there is no COMPLETE trial yet).
 
-    The winner is the configuration with the best mean over the confirmation's fresh seeds, and
-    ``value`` that mean, with the spread under ``confirmed``; without a complete confirmation (it is
-    off, or not run yet), the best single-seed trial, with ``confirmed: null``.
+    The winner is the configuration with the best mean over the confirmation's fresh seeds (or its
+    step back: ``trial``'s configuration at ``confirmed.lr_scale`` times its rate, which ``params``
+    holds), and ``value`` that mean, with the spread under ``confirmed``; without a complete
+    confirmation (it is off, or not run yet), the best single-seed trial, with ``confirmed: null``.
     """
     best = best_trial(study)
     if best is None:
@@ -58,7 +59,7 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
         "confirmed": None if winner is None else winner.to_dict(),
         "confirmation": confirm_status(confirmations, config.confirm.enabled),  # off | pending | complete | all dropped
         "trial": best.number,
-        "params": dict(best.user_attrs[keys.PARAMS]),
+        "params": dict(winner.params if winner is not None and winner.params else best.user_attrs[keys.PARAMS]),
         "epochs": None if code["key"] == "loop" else config.train.epochs,  # a loop's budget is its own
         "batch_size": None if code["key"] == "loop" else config.train.batch_size,
         "total_steps": best.user_attrs.get(keys.STEPS),

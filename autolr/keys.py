@@ -28,6 +28,7 @@ __all__ = [
     "HOST",
     "IDENTITY",
     "LOSS_RATIO",
+    "LR_SCALE",
     "OPTIMIZER",
     "OWNER",
     "PARAMS",
@@ -70,6 +71,7 @@ ERROR = "autolr.error"  # "TypeError: ..." of a FAIL trial
 PLOTS_ERROR = "autolr.plots_error"  # on a parent run whose plot job failed: why (the next invocation draws them)
 SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test")
 CONFIRM_OF = "autolr.confirm_of"  # a confirmation run: the number of the search trial it re-trains
+LR_SCALE = "autolr.lr_scale"  # a confirmation's step back: the factor (e.g. 0.7) on the confirmed winner's lr
 SEED = "autolr.seed"  # the seed a confirmation run (or, with train.seed_per_trial, a search trial) trained with
 OWNER = "autolr.owner"  # the process running the trial: {machine, pid, start} (autolr.owner)
 RETRY_OF = "autolr.retry_of"  # a killed trial's configuration run again: the killed trial's number
@@ -79,7 +81,7 @@ UID = "autolr.uid"  # the study's own id, kept across invocations
 RANGE_TEST_CACHE = "autolr.range_test.{optimizer}"  # one optimizer's cached range test
 CODE = "autolr.code"  # {"key": "task" | "loop", "label": ...}: what trained the study (callables have no file key)
 IDENTITY = "autolr.identity"  # {"fingerprint", "identity", "summary"}: what defines the study (autolr.identity)
-CONFIRM_PLAN = "autolr.confirm_plan"  # [configurations, seeds] of the last invocation that confirmed
+CONFIRM_PLAN = "autolr.confirm_plan"  # {top, seeds, budget, step_back} of the last invocation that confirmed
 
 # --- MLflow run tags ----------------------------------------------------------------------------------
 ROLE = "autolr.role"

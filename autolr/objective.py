@@ -159,11 +159,14 @@ class Objective:
 
 
 def _run_labels(trial: optuna.Trial, seed: int) -> dict[str, Any]:
-    """A confirmation run (a search trial's configuration on a fresh seed) is told apart in MLflow."""
-    of = trial.user_attrs.get(keys.CONFIRM_OF)
+    """A confirmation run (a search trial's configuration on a fresh seed; the step back at a factor
+    of its rate) is told apart in MLflow."""
+    of, scale = trial.user_attrs.get(keys.CONFIRM_OF), trial.user_attrs.get(keys.LR_SCALE)
     if of is None:
         return {}
-    return {"role": keys.ROLE_CONFIRM, "name": f"confirm-{of}-seed{seed}", "tags": {keys.CONFIRM_OF: of, keys.SEED: seed}}
+    if scale is None:
+        return {"role": keys.ROLE_CONFIRM, "name": f"confirm-{of}-seed{seed}", "tags": {keys.CONFIRM_OF: of, keys.SEED: seed}}
+    return {"role": keys.ROLE_CONFIRM, "name": f"confirm-{of}-lr{scale:g}x-seed{seed}", "tags": {keys.CONFIRM_OF: of, keys.SEED: seed, keys.LR_SCALE: scale}}
 
 
 def make_trainer(config: StudyConfig, **kwargs: Any) -> Trainer:

@@ -38,12 +38,12 @@ def make_pruner(config: StudyConfig, *, warmup_grace: bool = True) -> optuna.pru
     ``warmup_grace`` (the default), never before the trial's warmup is over."""
     p = config.pruning
     if p.curve == "median":
-        median = CompletedSnapshot(optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs))
+        median = CompletedSnapshot(optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.first_epoch(config.train.epochs)))
         return WarmupGracePruner(median, epochs=config.train.epochs) if warmup_grace else median
     if p.curve == "hyperband":
         # Not wrapped: Optuna's TPE sampler looks for a HyperbandPruner itself (its brackets); its
         # min_resource already keeps the first epochs safe.
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.warmup_epochs), max_resource=config.train.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.first_epoch(config.train.epochs)), max_resource=config.train.epochs)
     return optuna.pruners.NopPruner()
 
 

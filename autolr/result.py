@@ -46,9 +46,18 @@ class TuneResult:
 
     @property
     def winner(self) -> FrozenTrial | None:
-        """The trial whose configuration ``autolr export`` names: the confirmed winner's, else :attr:`best`."""
+        """The trial whose configuration ``autolr export`` names: the confirmed winner's, else
+        :attr:`best` (for a step back, the trial it steps back from: :attr:`winner_params` has its rate)."""
         c = self.confirmed
         return self.best if c is None else next((t for t in self.trials if t.number == c.trial), self.best)
+
+    @property
+    def winner_params(self) -> dict[str, Any] | None:
+        """The flat configuration ``autolr export`` names (``optimizer``, ``lr``, ``schedule``, ...)."""
+        c, w = self.confirmed, self.winner
+        if c is not None and c.params:
+            return dict(c.params)
+        return None if w is None else dict(w.user_attrs[keys.PARAMS])
 
     def wait_for_plots(self, timeout_s: float = 120.0) -> bool:
         """Wait for this invocation's plots (drawn after it in a process of their own: see

@@ -245,7 +245,9 @@ class _Watch:
     def confirmed(self, trial: FrozenTrial) -> None:
         self._clock(trial)
         value = "" if trial.value is None else f" {trial.value:.4g}"
-        self.bar.note(f"confirming #{trial.user_attrs.get(keys.CONFIRM_OF)} on seed {trial.user_attrs.get(keys.SEED)}: {trial.state.name}{value}")
+        scale = trial.user_attrs.get(keys.LR_SCALE)
+        back = f" at {scale:g}x its lr" if scale is not None else ""
+        self.bar.note(f"confirming #{trial.user_attrs.get(keys.CONFIRM_OF)}{back} on seed {trial.user_attrs.get(keys.SEED)}: {trial.state.name}{value}")
 
     def __call__(self, trial: FrozenTrial) -> None:
         self._clock(trial)

@@ -151,7 +151,12 @@ def test_user_cnn_task_and_load_best_rebuilds_the_logged_lr_curve(stores, write_
     assert best.direction == "maximize" and 0.5 < best.value <= 1.0
 
     client, _, children = _runs(stores, "cnn")
-    run = next(r for r in children if r.data.tags["autolr.trial"] == str(best.trial))
+    scale = (best.confirmed or {}).get("lr_scale")  # a step back: the export is what its confirmation runs trained
+    if scale is None:
+        run = next(r for r in children if r.data.tags["autolr.trial"] == str(best.trial))
+    else:
+        confirms = client.search_runs([client.get_experiment_by_name("cnn").experiment_id], f"tags.`autolr.lr_scale` = '{scale}'")
+        run = next(r for r in confirms if r.data.tags["autolr.confirm_of"] == str(best.trial))
     logged = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
 
     import torch

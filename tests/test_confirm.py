@@ -33,7 +33,7 @@ pruning: {{curve: none}}
 """
 
 
-def _study(write_study, name: str, *, trials: int = 4, confirm_line: str = "confirm: {top: 2, seeds: 2}") -> str:
+def _study(write_study, name: str, *, trials: int = 4, confirm_line: str = "confirm: {top: 2, seeds: 2, step_back: false}") -> str:
     return str(write_study(STUDY.format(name=name, trials=trials, confirm=confirm_line), f"{name}.yaml"))
 
 
@@ -83,7 +83,7 @@ def test_the_default_confirmation_races_within_its_budget(write_study, stores, t
     """``top`` left to autolr, end to end: at most a quarter of the trials in runs, candidates in the
     order of their search values with none skipped before the last one tried, the export the best
     complete mean, and what show/export read is what the runs were."""
-    path = _study(write_study, "raced", trials=16, confirm_line="confirm: {seeds: 1}")  # 4 runs: up to 4 candidates
+    path = _study(write_study, "raced", trials=16, confirm_line="confirm: {seeds: 1, step_back: false}")  # 4 runs: up to 4 candidates
     result = autolr.tune(path, progress=False, **stores)
     confirm_study = optuna.load_study(study_name="raced.confirm", storage=stores["storage"])
     assert confirm_study.user_attrs[keys.CONFIRM_PLAN]["budget"] == 4
@@ -102,8 +102,39 @@ def test_the_default_confirmation_races_within_its_budget(write_study, stores, t
     assert export["confirmed"]["trial"] == winner.trial and export["confirmation"] == "complete"
 
 
+def test_the_winner_steps_back_and_the_export_names_what_held(write_study, stores, tmp_path, monkeypatch, capsys) -> None:
+    """By default the race's winner is trained again at 0.7x its rate on the same seeds; the export
+    names the step back when it held (here forced: any mean holds), with the rate it trained."""
+    monkeypatch.setattr(confirm, "STEP_BACK_TOLERANCE", 1e9)
+    path = _study(write_study, "stepped", trials=8, confirm_line="confirm: {seeds: 2}")
+    result = autolr.tune(path, progress=False, **stores)
+    *raced, back = result.confirmations
+    best = confirm.confirmed_winner(raced, "minimize")
+    searched = result.trials[best.trial]
+    assert back.lr_scale == 0.7 and back.trial == best.trial and back.complete and back.seeds == (1000, 2000)
+    assert back.params["lr"] == pytest.approx(0.7 * searched.params["lr"]) and back.params["schedule"] == searched.params["schedule"]
+    assert result.confirmed is back and result.winner.number == best.trial and result.winner_params == back.params
+
+    out = tmp_path / "best.yaml"
+    autolr.export_best(path, storage=stores["storage"], path=out)
+    exported = autolr.load_best(out)
+    assert exported.params == back.params and exported.trial == best.trial and exported.value == pytest.approx(back.mean)
+    assert exported.confirmed["lr_scale"] == 0.7 and exported.confirmed["values"] == list(back.values)
+    assert exported.build_optimizer([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"] == pytest.approx(back.params["lr"])
+
+    client = MlflowClient(stores["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("stepped").experiment_id], "tags.`autolr.lr_scale` = '0.7'")
+    assert sorted(r.info.run_name for r in runs) == [f"confirm-{best.trial}-lr0.7x-seed{s}" for s in (1000, 2000)]
+    assert all(r.data.params["lr"] == str(back.params["lr"]) for r in runs)
+
+    assert main(["show", path, "--storage", stores["storage"]]) == 0
+    shown = capsys.readouterr().out
+    assert f"step back: trial {best.trial} at 0.7x its lr ({back.params['lr']:.3g})" in shown
+    assert f"winner on fresh seeds: trial {best.trial} at 0.7x its lr" in shown
+
+
 def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, stores, monkeypatch, capsys) -> None:
-    path = _study(write_study, "resumed", confirm_line="confirm: {top: 1, seeds: 3}")
+    path = _study(write_study, "resumed", confirm_line="confirm: {top: 1, seeds: 3, step_back: false}")
     real = confirm.run_confirmation
     calls = {"n": 0}
 
@@ -163,15 +194,15 @@ def _searched(values: list[float]) -> list:
     ]
 
 
-def _ran(of: int, seed: int, value: float | None, *, state=None):
-    """A stored confirmation run of search trial ``of`` on ``seed`` (None: it diverged)."""
-    attrs = {keys.CONFIRM_OF: of, keys.SEED: seed}
+def _ran(of: int, seed: int, value: float | None, *, state=None, scale: float | None = None):
+    """A stored confirmation run of search trial ``of`` on ``seed`` (None: it diverged; ``scale``: a step back's)."""
+    attrs = {keys.CONFIRM_OF: of, keys.SEED: seed} | ({keys.LR_SCALE: scale, keys.PARAMS: {"lr": scale * 10.0**-of}} if scale else {})
     if value is None:
         return optuna.trial.create_trial(state=state or TrialState.PRUNED, user_attrs={**attrs, keys.PRUNE_REASON: "diverged: loss nan"})
     return optuna.trial.create_trial(value=value, user_attrs=attrs)
 
 
-def _race(searched: list, runs: list, *, budget: int = 7, seeds=(11, 12, 13), direction: str = "minimize"):
+def _race(searched: list, runs: list, *, budget: int | None = 7, seeds=(11, 12, 13), direction: str = "minimize", step_back: float | None = None):
     picked = _searched(searched)
     for number, t in enumerate(picked):
         t.number = number
@@ -179,7 +210,7 @@ def _race(searched: list, runs: list, *, budget: int = 7, seeds=(11, 12, 13), di
     for number, run in enumerate(runs):
         run.number = number
         stored.append(run)
-    return confirm._walk(picked, stored, list(seeds), budget, direction)
+    return confirm._walk(picked, stored, list(seeds), budget, direction, step_back=step_back)
 
 
 def test_the_race_ends_when_the_winner_held() -> None:
@@ -190,18 +221,78 @@ def test_the_race_ends_when_the_winner_held() -> None:
     assert [c.trial for c in done] == [0] and done[0].complete and confirm.confirmed_winner(done, "minimize").trial == 0
 
 
-def test_a_lucky_winner_makes_the_race_go_on_and_a_hopeless_candidate_is_dropped_early() -> None:
-    """#0 looked best (0.066) and regressed on fresh seeds (mean 0.137): #1 is tried, and dropped
-    after one seed (0.78; with its other seeds at its search value 0.079 its mean would be 0.31);
-    #2 (0.087) is trained on every seed and wins; #3 would not fit the 7 runs."""
+def test_a_lucky_winner_makes_the_race_go_on_and_a_started_candidate_runs_every_seed() -> None:
+    """#0 looked best (0.066) and regressed on fresh seeds (mean 0.137): #1 is tried. Its first two
+    seeds (0.107, 0.109) say little: it runs its third (0.061) and wins with 0.092. #2 would not fit
+    the 7 runs."""
+    runs = [_ran(0, 11, 0.143), _ran(0, 12, 0.114), _ran(0, 13, 0.153), _ran(1, 11, 0.107), _ran(1, 12, 0.109)]
+    done, following = _race([0.066, 0.079, 0.087, 0.088], runs)
+    assert following[0].number == 1 and following[1:] == (13, 1.0) and not done[1].dropped  # what is trained next
+    runs.append(_ran(1, 13, 0.061))
+    done, following = _race([0.066, 0.079, 0.087, 0.088], runs)
+    assert following is None and [c.trial for c in done] == [0, 1]  # 6 runs: #2's 3 do not fit 7
+    assert confirm.confirmed_winner(done, "minimize").trial == 1
+
+
+def test_a_hopeless_candidate_is_dropped_after_one_seed() -> None:
+    """#1 read 0.78 on its first fresh seed: even with its other two 30% better than its search value
+    (0.079) its mean would be 0.30, above #0's 0.137. Dropped after 1 run, so #2 fits the 7."""
     runs = [_ran(0, 11, 0.143), _ran(0, 12, 0.114), _ran(0, 13, 0.153), _ran(1, 11, 0.78)]
     done, following = _race([0.066, 0.079, 0.087, 0.088], runs)
-    assert following[0].number == 2 and following[1] == 11  # what is trained next
     assert done[1].dropped.startswith("cannot beat #0's confirmed mean 0.1367") and not done[1].complete
+    assert following[0].number == 2 and following[1] == 11
     runs += [_ran(2, 11, 0.09), _ran(2, 12, 0.085), _ran(2, 13, 0.092)]
     done, following = _race([0.066, 0.079, 0.087, 0.088], runs)
     assert following is None and [c.trial for c in done] == [0, 1, 2]  # 7 runs: #3 does not fit
     assert confirm.confirmed_winner(done, "minimize").trial == 2
+
+
+def test_the_step_back_follows_the_winner_and_is_exported_when_it_holds() -> None:
+    held = [_ran(0, 11, 0.10), _ran(0, 12, 0.11), _ran(0, 13, 0.105)]
+    done, following = _race([0.10, 0.11], held, step_back=0.7)
+    assert following[0].number == 0 and following[1:] == (11, 0.7)  # after the race: #0 at 0.7x its rate
+    assert confirm.confirmed_winner(done, "minimize") is None  # not over yet
+    within = [_ran(0, s, v, scale=0.7) for s, v in ((11, 0.105), (12, 0.11), (13, 0.105))]  # mean 0.1067: within 3% of 0.105
+    done, following = _race([0.10, 0.11], held + within, step_back=0.7)
+    winner = confirm.confirmed_winner(done, "minimize")
+    assert following is None and winner.lr_scale == 0.7 and winner.trial == 0 and winner.params == {"lr": 0.7}
+    assert winner.to_dict()["lr_scale"] == 0.7 and "lr_scale" not in done[0].to_dict()
+    worse = [_ran(0, s, v, scale=0.7) for s, v in ((11, 0.11), (12, 0.112), (13, 0.11))]  # mean 0.1107: 5% worse
+    assert confirm.confirmed_winner(_race([0.10, 0.11], held + worse, step_back=0.7)[0], "minimize").lr_scale == 1.0
+    diverged = [_ran(0, 11, None, scale=0.7)]
+    done, following = _race([0.10, 0.11], held + diverged, step_back=0.7)
+    assert following is None and done[-1].dropped and confirm.confirmed_winner(done, "minimize").lr_scale == 1.0
+    interrupted = [_ran(0, 11, None, state=TrialState.FAIL, scale=0.7)]  # no error: trained again
+    assert _race([0.10, 0.11], held + interrupted, step_back=0.7)[1][1:] == (11, 0.7)
+
+
+def test_the_step_back_maximizes_follows_an_explicit_top_and_stays_in_the_range() -> None:
+    held = [_ran(0, 11, 0.95), _ran(0, 12, 0.96)]
+    back = [_ran(0, 11, 0.93, scale=0.5), _ran(0, 12, 0.94, scale=0.5)]  # 2% below 0.955: held
+    done, following = _race([0.99], held + back, seeds=(11, 12), budget=None, direction="maximize", step_back=0.5)
+    assert following is None and confirm.confirmed_winner(done, "maximize").lr_scale == 0.5
+    done, following = _race([0.99], held, seeds=(11, 12), budget=None, direction="maximize", step_back=0.5)
+    assert following[1:] == (11, 0.5)  # top given: the step back follows the last candidate's seeds
+    picked = _searched([0.1])  # lr 1 in [1e-9, 1]; the range's low end at 0.8: a step back would leave it
+    picked[0] = optuna.trial.create_trial(value=0.1, params={"lr": 1.0}, distributions={"lr": FloatDistribution(0.8, 1.0, log=True)})
+    picked[0].number = 0
+    done, following = confirm._walk(picked, [_ran(0, 11, 0.1)], [11], 7, "minimize", step_back=0.7)
+    assert following is None and [c.lr_scale for c in done] == [1.0]
+
+
+def test_near_duplicates_are_one_candidate() -> None:
+    """A search closing in on a rate leaves several trials there; the race spends its runs once on it."""
+    study = optuna.create_study()
+    dists = {"lr": FloatDistribution(1e-5, 1.0, log=True), "schedule": optuna.distributions.CategoricalDistribution(["constant", "step"])}
+    for lr, schedule, value in (
+        (0.0386, "constant", 0.0770),
+        (0.0394, "constant", 0.07704),
+        (0.0419, "constant", 0.0778),
+        (0.0063, "step", 0.0855),
+        (0.055, "constant", 0.08),
+    ):
+        study.add_trial(optuna.trial.create_trial(value=value, params={"lr": lr, "schedule": schedule}, distributions=dists))
+    assert [t.number for t in confirm.candidates(study, 3)] == [0, 4, 3]  # 0.0394 and 0.0419 are 0.0386 again; 0.055 (0.15 decades) is not
 
 
 def test_the_race_resumes_from_its_runs_and_drops_what_diverges() -> None:
@@ -229,8 +320,12 @@ def test_the_default_plan_races_and_an_explicit_top_runs_every_pair() -> None:
 def test_bad_confirm_settings_are_one_line(write_study) -> None:
     with pytest.raises(StudyFileError, match=r"confirm.seeds: expected an integer >= 1, got 0"):
         load_study(_study(write_study, "bad", confirm_line="confirm: {seeds: 0}"))
-    with pytest.raises(StudyFileError, match=r"confirm.runs: expected one of the keys \['seeds', 'top'\]"):
+    with pytest.raises(StudyFileError, match=r"confirm.runs: expected one of the keys \['seeds', 'step_back', 'top'\]"):
         load_study(_study(write_study, "bad2", confirm_line="confirm: {runs: 3}"))
+    with pytest.raises(StudyFileError, match=r"confirm.step_back: expected a factor in \(0, 1\) or false, got 1.5"):
+        load_study(_study(write_study, "bad3", confirm_line="confirm: {step_back: 1.5}"))
+    assert load_study(_study(write_study, "no-step-back", confirm_line="confirm: {step_back: false}")).confirm.step_back is None
+    assert load_study(_study(write_study, "half", confirm_line="confirm: {step_back: 0.5}")).confirm.step_back == 0.5
 
 
 def test_seed_per_trial_gives_each_search_trial_its_own_seed_and_keeps_the_fresh_seeds_apart(write_study, stores) -> None:

@@ -135,3 +135,26 @@ def test_a_trial_judged_in_another_thread_is_judged_against_the_trials_before_it
 
     with ThreadPoolExecutor(1) as pool:
         assert pruned_count(pool) == pruned_count(None) == 10
+
+
+def test_curve_pruning_waits_a_fifth_of_the_epochs_by_default() -> None:
+    """Early in training a high rate leads every curve; a median judged after one epoch of 15 cut the
+    slow starters where the best rates were (bench/efficiency.py, digits wide)."""
+    from autolr.config import PruningConfig, parse_study
+    from autolr.errors import StudyFileError
+    from autolr.pruning import make_pruner
+
+    assert [PruningConfig().first_epoch(e) for e in (1, 5, 6, 10, 15, 20)] == [1, 1, 2, 2, 3, 4]
+    assert PruningConfig(warmup_epochs=1).first_epoch(20) == 1 and PruningConfig(warmup_epochs=0).first_epoch(20) == 0
+
+    def study(pruning: dict | None = None, epochs: int = 20):
+        doc = {"name": "p", "task": "least_squares", "train": {"epochs": epochs}, "search": {"lr": {"low": 1e-3, "high": 1.0}}}
+        return parse_study(doc if pruning is None else {**doc, "pruning": pruning})
+
+    assert study().pruning.warmup_epochs is None and study({"warmup_epochs": "auto"}).pruning.warmup_epochs is None
+    assert study({"warmup_epochs": 2}).pruning.warmup_epochs == 2
+    with pytest.raises(StudyFileError, match=r"pruning.warmup_epochs: expected an integer >= 0 or auto, got 'soon'"):
+        study({"warmup_epochs": "soon"})
+    median = make_pruner(study(epochs=15)).pruner.pruner  # WarmupGracePruner(CompletedSnapshot(MedianPruner))
+    assert median._n_warmup_steps == 3
+    assert make_pruner(study({"curve": "hyperband"}, epochs=15))._min_resource == 3
