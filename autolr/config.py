@@ -96,7 +96,7 @@ class PruningConfig:
         a fifth of the epochs (at least 1). Early in training a high rate leads every curve, so a
         median judged after one epoch of 15 (11 steps) cut the slow starters where the best rates
         were (``bench/efficiency.py``, digits wide: median 1.14x of the grid's pick; a fifth, 1.08x)."""
-        return self.warmup_epochs if self.warmup_epochs is not None else max(1, math.ceil(epochs / 5))
+        return self.warmup_epochs if isinstance(self.warmup_epochs, int) else max(1, math.ceil(epochs / 5))  # None or "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +136,9 @@ class ConfirmConfig:
         return (self.top or max(1, runs // seeds)), seeds
 
     def budget(self, trials: int) -> int | None:
-        """Runs the confirmation may spend, with ``top`` left to autolr (None: ``top`` is given, and
-        exactly those configurations run on every seed); at least one configuration's seeds."""
+        """Runs the race may spend, with ``top`` left to autolr (None: ``top`` is given, and exactly
+        those configurations run on every seed); at least one configuration's seeds. The step back's
+        seeds come on top."""
         return None if self.top is not None else max(_quarter(trials), self.plan(trials)[1])
 
 

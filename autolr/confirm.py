@@ -23,7 +23,7 @@ the grid's pick and re-trained at 1.30x on other fresh seeds; its step back, 0.0
   its seed), so an interrupted confirmation resumes where it stopped and the search's sampler never
   sees them.
 - They are MLflow runs under the invocation's parent run, tagged ``autolr.role = confirm``,
-  ``autolr.confirm_of`` and ``autolr.seed``.
+  ``autolr.confirm_of`` and ``autolr.seed`` (and the step back's ``autolr.lr_scale``).
 - A configuration that diverges (or fails) on a fresh seed is dropped: a winner that does not hold.
 - Candidates that differ only in a rate within :data:`NEAR_DECADES` of a better one's are one
   candidate: on the same fresh seeds they would confirm the same thing, twice.
@@ -107,36 +107,42 @@ def status(confirmations: Sequence[Confirmation], enabled: bool) -> str:
 def _plan(config: StudyConfig) -> dict[str, Any]:
     """``top`` candidates, fresh ``seeds``, ``budget`` and ``step_back``: with ``top`` left to autolr,
     a race of up to ``budget`` runs over as many candidates; with ``top`` given, exactly those
-    configurations (budget None). Stored with the confirmation, so that reading it later walks the
-    plan it ran under."""
+    configurations (budget None). Stored with the confirmation with the rules it races by (``near``,
+    ``slack``), so that reading it later walks the plan it ran under: a confirmation that is over
+    stays as it ended, whatever the study file or autolr says now."""
     top, n_seeds = config.confirm.plan(config.trials)
     budget = config.confirm.budget(config.trials)
-    return {"top": budget if budget is not None else top, "seeds": fresh_seeds(config, n_seeds), "budget": budget, "step_back": config.confirm.step_back}
+    return {"top": budget if budget is not None else top, "seeds": fresh_seeds(config, n_seeds), "budget": budget,
+            "step_back": config.confirm.step_back, "near": NEAR_DECADES, "slack": DROP_SLACK}  # fmt: skip
 
 
-def candidates(study: optuna.Study, top: int) -> list[FrozenTrial]:
+# what a plan stored before 2026-12-07 ran under: no budget (top given), no step back, exact duplicates, no slack
+_FIRST_RULES = {"budget": None, "step_back": None, "near": 0.0, "slack": 0.0}
+
+
+def candidates(study: optuna.Study, top: int, *, near: float = NEAR_DECADES) -> list[FrozenTrial]:
     """The ``top`` best COMPLETE search trials with distinct configurations, best first. A trial
-    whose configuration is a better one's but for a rate within :data:`NEAR_DECADES` of it is passed
+    whose configuration is a better one's but for a rate within ``near`` decades of it is passed
     over: a search that closes in on a rate leaves several such trials at the top (digits, study seed
     6: sgd 0.0386, 0.0394, 0.0419 constant), and racing each would spend the budget on one configuration."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     picked: list[FrozenTrial] = []
     for t in sorted(complete, key=lambda t: t.value, reverse=reverse):
-        if not any(_near(t.params, p.params) for p in picked):
+        if not any(_near(t.params, p.params, near) for p in picked):
             picked.append(t)
         if len(picked) == top:
             break
     return picked
 
 
-def _near(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """The same configuration, or the same but for rates within :data:`NEAR_DECADES`."""
+def _near(a: dict[str, Any], b: dict[str, Any], decades: float) -> bool:
+    """The same configuration, or the same but for rates within ``decades``."""
     if a.keys() != b.keys() or any(a[k] != b[k] for k in a if k != "lr"):
         return False
     if "lr" not in a or a["lr"] == b["lr"]:
         return True
-    return a["lr"] > 0 and b["lr"] > 0 and abs(math.log10(a["lr"] / b["lr"])) < NEAR_DECADES
+    return a["lr"] > 0 and b["lr"] > 0 and abs(math.log10(a["lr"] / b["lr"])) < decades
 
 
 def confirmation(config: StudyConfig, study: optuna.Study, url: str) -> list[Confirmation]:
@@ -147,9 +153,9 @@ def confirmation(config: StudyConfig, study: optuna.Study, url: str) -> list[Con
     runs = confirm_study.get_trials(deepcopy=False) if confirm_study else []
     # the plan of the invocation that confirmed (its --trials and --seed may differ from the study file's)
     plan = confirm_study.user_attrs.get(keys.CONFIRM_PLAN) if confirm_study else None
-    # a plan stored before the step back existed has none
-    plan = {"budget": None, "step_back": None, **plan} if isinstance(plan, dict) else _plan(config)
-    return _walk(candidates(study, plan["top"]), runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"])[0]
+    plan = {**_FIRST_RULES, **plan} if isinstance(plan, dict) else _plan(config)
+    picked = candidates(study, plan["top"], near=plan["near"])
+    return _walk(picked, runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"], slack=plan["slack"])[0]
 
 
 _Runs = dict[tuple[int, float], dict[int, FrozenTrial]]  # (search trial number, lr scale) -> fresh seed -> its latest run
@@ -164,6 +170,7 @@ def _walk(
     direction: str,
     *,
     step_back: float | None = None,
+    slack: float = DROP_SLACK,
     skip: Container[tuple[int, int, float]] = (),
 ) -> tuple[list[Confirmation], _Next]:
     """Where the confirmation stands, from its stored runs: each candidate's confirmation (and the
@@ -178,14 +185,16 @@ def _walk(
     if budget is None:
         done, following = _fixed(picked, by_candidate, seeds, skip)
     else:
-        done, following = _race(picked, by_candidate, seeds, budget, direction)
+        done, following = _race(picked, by_candidate, seeds, budget, direction, slack)
     if following is None and step_back is not None and all(c.complete or c.dropped for c in done):
         back, following = _step_back(picked, done, by_candidate, seeds, step_back, direction)
         done += [back] if back is not None else []
     return done, (None if following is not None and (following[0].number, *following[1:]) in skip else following)
 
 
-def _fixed(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[int], skip: Container[tuple[int, int]]) -> tuple[list[Confirmation], _Next]:
+def _fixed(
+    picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[int], skip: Container[tuple[int, int, float]]
+) -> tuple[list[Confirmation], _Next]:
     """``top`` given: every candidate on every seed, seed by seed (every candidate's first fresh seed
     before anyone's second); a candidate that diverges or fails is dropped."""
     out, todo = [], []
@@ -206,7 +215,9 @@ def _fixed(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[i
     return out, ((*min(todo, key=lambda x: x[0])[1:], 1.0) if todo else None)
 
 
-def _race(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[int], budget: int, direction: str) -> tuple[list[Confirmation], _Next]:
+def _race(
+    picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[int], budget: int, direction: str, slack: float
+) -> tuple[list[Confirmation], _Next]:
     """``top`` left to autolr: candidates in the order of their search values, each on every fresh
     seed, while the runs fit in ``budget``. A search value is the best draw of its configuration, so
     it is an optimistic estimate of what the configuration does on a fresh seed: a candidate whose
@@ -214,7 +225,7 @@ def _race(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[in
     One that diverges or fails on a fresh seed is dropped, as always.
 
     A candidate is dropped after a seed once its mean could not beat the best confirmed mean even if
-    its remaining seeds did :data:`DROP_SLACK` better than its search value: a fresh seed can beat a
+    its remaining seeds did ``slack`` (:data:`DROP_SLACK`) better than its search value: a fresh seed can beat a
     configuration's best draw on the study's seed (digits, study seed 6: adam 0.0063 step, search
     value 0.0855, read 0.107 and 0.109 on its first two fresh seeds and 0.061 on its third, and won;
     without the slack it was dropped after its second). One far off (0.78 against a best mean of
@@ -232,7 +243,7 @@ def _race(picked: Sequence[FrozenTrial], by_candidate: _Runs, seeds: Sequence[in
                 break
             if used + len(seeds) > budget:
                 break
-        hopeful = trial.value - DROP_SLACK * abs(trial.value) if direction == "minimize" else trial.value + DROP_SLACK * abs(trial.value)
+        hopeful = trial.value - slack * abs(trial.value) if direction == "minimize" else trial.value + slack * abs(trial.value)
 
         def hopeless(values: list[float], best=best, hopeful=hopeful) -> str:
             at_best = (sum(values) + (len(seeds) - len(values)) * hopeful) / len(seeds)
@@ -344,12 +355,12 @@ def run_confirmation(
     plan = _plan(config)
     confirm_study = _open(config, url)
     confirm_study.set_user_attr(keys.CONFIRM_PLAN, plan)
-    picked, tried = candidates(study, plan["top"]), set()
+    picked, tried = candidates(study, plan["top"], near=plan["near"]), set()
     while True:
         # read before every run, not once: another invocation on the study may have trained (or dropped) a pair since;
         # a pair tried here that ended without a result or an error is left to the next invocation
         runs = confirm_study.get_trials(deepcopy=False)
-        _, following = _walk(picked, runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"], skip=tried)
+        _, following = _walk(picked, runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"], slack=plan["slack"], skip=tried)
         if following is None:
             return
         trial, seed, scale = following

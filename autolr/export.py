@@ -108,7 +108,7 @@ class BestConfig:
     task_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     seed: int | None = None
     single_seed_value: float | None = None  # the trial's value on the study's seed
-    confirmed: Mapping[str, Any] | None = None  # {trial, seeds, values, mean, std} on fresh seeds; None: not confirmed
+    confirmed: Mapping[str, Any] | None = None  # {trial, seeds, values, mean, std[, lr_scale]} on fresh seeds; None: not confirmed
     train: Mapping[str, Any] | None = None  # accumulate, max_steps, grad_clip, precision of the tuned run (None: a loop's own)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -4,7 +4,9 @@ a dense-grid oracle (``bench/oracle/``, made by ``bench/oracle/make_oracle.py``)
 Tasks: ``digits`` (the built-in digits MLP, 20 epochs, batch 64, sgd(momentum 0.9)/adam x
 constant/cosine/step/exponential, lr in [1e-5, 1]), ``digits_deep`` (a digits-like task no default
 was chosen on: the digits MLP at depth 2, width 64, 10 epochs, batch 32, the same space; added after
-the defaults were set, as a held-out check), ``breast_cancer`` (the same space on the built-in
+the defaults were set, as a held-out check), ``digits_wide`` (a second held-out one, added with the
+confirmation's step back: width 256, one hidden layer, 15 epochs, batch 128, 11 steps an epoch; a
+narrow best region, Adam constant near 0.003), ``breast_cancer`` (the same space on the built-in
 breast-cancer MLP) and ``lsq`` (least squares, condition 100, 60 full-batch SGD steps, lr in
 [1e-4, 100], constant/cosine; its oracle is the exact optimum). Per task and study seed, every arm
 gets the same trial budget (30 trials) on the same space:
@@ -31,11 +33,16 @@ is autolr's exported winner, fixed bounds and ``lr: auto``, on the tasks with a 
 share of the grid's. Results append to a JSON-lines file as they come (``--out``; a rerun skips what
 it holds), so a stopped run loses nothing.
 
-    nice -n 5 python bench/efficiency.py [--seeds 5] [--tasks digits digits_deep breast_cancer lsq] [--arms ...] [--trials 30]
+    nice -n 5 python bench/efficiency.py [--seeds 5] [--tasks digits digits_deep digits_wide breast_cancer lsq] [--arms ...] [--trials 30]
     python bench/efficiency.py --report --seeds 10 --out bench/oracle/efficiency_runs.jsonl bench/oracle/efficiency_plans.jsonl
 
-The stored runs hold study seeds 0-9 for the main arms on digits and breast cancer, 0-4 otherwise
-(the ``searches`` column of the report says how many a row holds).
+The stored runs hold study seeds 0-9 for autolr (fixed, ``lr: auto``), random search and TPE on every
+task, 0-4 for the other arms (the ``searches`` column of the report says how many a row holds). Rows
+``ARM@NAME`` are earlier defaults and variants, kept to compare: ``@race-v1`` the confirmation before
+2026-12-07 (an early drop against the search value, near-duplicates raced, no step back; pruning
+from epoch 1), ``@no-drop`` no early drop and the step back (pruning from epoch 1), ``@warmup20pct``
+that with pruning from a fifth of the epochs (the default since), and ``--variant`` rows of pruning
+settings measured with ``@race-v1``'s confirmation.
 """
 
 from __future__ import annotations
@@ -84,7 +91,7 @@ LABELS = {
     "schedulefree": "schedulefree_adamw",
     "prodigy": "prodigy",
 }
-LABELS["plans/race"] = "replay: race (the default)"
+LABELS["plans/race"] = "replay: race (without the step back)"
 LABELS["plans-spt/race"] = "replay, seed per trial: race"
 for _t, _k in PLANS:
     LABELS[f"plans/{_t}x{_k}"] = f"replay: top {_t} x {_k} seeds" if _k else "replay: single-seed best"
@@ -214,7 +221,7 @@ def _race_replay(searched: list[optuna.trial.FrozenTrial], values: list[list[flo
         done, following = _walk(searched, runs, seeds, budget, "minimize")
         if following is None:
             break
-        trial, seed = following
+        trial, seed, _ = following  # no step back here (step_back None): each value is the candidate's own
         value = values[searched.index(trial)][seeds.index(seed)]
         attrs = {keys.CONFIRM_OF: trial.number, keys.SEED: seed}
         run = (

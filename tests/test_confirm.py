@@ -132,6 +132,14 @@ def test_the_winner_steps_back_and_the_export_names_what_held(write_study, store
     assert f"step back: trial {best.trial} at 0.7x its lr ({back.params['lr']:.3g})" in shown
     assert f"winner on fresh seeds: trial {best.trial} at 0.7x its lr" in shown
 
+    # a confirmation stored before the step back existed is read by the rules it ran under: no step back
+    confirm_study = optuna.load_study(study_name="stepped.confirm", storage=stores["storage"])
+    plan = confirm_study.user_attrs[keys.CONFIRM_PLAN]
+    assert plan["step_back"] == 0.7 and plan["near"] == confirm.NEAR_DECADES and plan["slack"] == confirm.DROP_SLACK
+    confirm_study.set_user_attr(keys.CONFIRM_PLAN, {k: plan[k] for k in ("top", "seeds", "budget")})
+    old = autolr.study_results(path, storage=stores["storage"])
+    assert [c.lr_scale for c in old.confirmations] == [1.0] * len(raced) and old.confirmed == best
+
 
 def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, stores, monkeypatch, capsys) -> None:
     path = _study(write_study, "resumed", confirm_line="confirm: {top: 1, seeds: 3, step_back: false}")
@@ -293,6 +301,7 @@ def test_near_duplicates_are_one_candidate() -> None:
     ):
         study.add_trial(optuna.trial.create_trial(value=value, params={"lr": lr, "schedule": schedule}, distributions=dists))
     assert [t.number for t in confirm.candidates(study, 3)] == [0, 4, 3]  # 0.0394 and 0.0419 are 0.0386 again; 0.055 (0.15 decades) is not
+    assert [t.number for t in confirm.candidates(study, 3, near=0.0)] == [0, 1, 2]  # a plan stored before: exact duplicates only
 
 
 def test_the_race_resumes_from_its_runs_and_drops_what_diverges() -> None:
