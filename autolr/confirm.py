@@ -9,7 +9,7 @@ each (by default a race within a quarter of the study's trials: :func:`_race`; w
 exactly the ``top`` best: :func:`_fixed`); then the winner's *step back*, its configuration at
 ``step_back`` (0.7) times its rate, on the same seeds (:func:`_step_back`). The export names the
 configuration with the best mean over those seeds, or its step back when that is within
-:data:`STEP_BACK_TOLERANCE` of it, and holds the spread.
+:data:`STEP_BACK_TOLERANCE` of it and within its standard error, and holds the spread.
 
 Why the step back: a rate's loss rises gently below the best rate and steeply above it, where
 training starts to blow up, and the spread between seeds grows there. A search picks its best draw,
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 DROP_SLACK = 0.3  # a race candidate's remaining seeds may do this much better than its search value before it is dropped
 NEAR_DECADES = 0.1  # two rates closer than this (a factor 1.26), all else equal, are one candidate
-STEP_BACK_TOLERANCE = 0.03  # the step back is exported unless its mean is worse than the winner's by more than this share
+STEP_BACK_TOLERANCE = 0.03  # the step back is exported unless its mean is worse than the winner's by more than this share (or its standard error)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,18 +325,21 @@ def confirmation_pending(config: StudyConfig, study: optuna.Study, url: str) -> 
 
 def confirmed_winner(confirmations: Sequence[Confirmation], direction: str) -> Confirmation | None:
     """The configuration with the best mean over every fresh seed, or its step back when that is
-    within :data:`STEP_BACK_TOLERANCE` of it, once the confirmation is over (nothing still to train);
-    None while it is under way, or when every candidate was dropped."""
+    within :data:`STEP_BACK_TOLERANCE` of it and within the standard error of its mean (what its
+    seeds cannot tell apart: where seeds agree, as on a full-batch least-squares problem, a slower
+    rate that is 2% worse is 2% lost), once the confirmation is over (nothing still to train); None
+    while it is under way, or when every candidate was dropped."""
     if any(not c.complete and not c.dropped for c in confirmations):
         return None
     held = [c for c in confirmations if c.complete and not c.dropped]
     winner = _best([c for c in held if c.lr_scale == 1.0], direction)
     back = next((c for c in held if winner is not None and c.trial == winner.trial and c.lr_scale != 1.0), None)
-    if back is None:
-        return winner
-    slack = STEP_BACK_TOLERANCE * abs(winner.mean)
-    held_up = back.mean <= winner.mean + slack if direction == "minimize" else back.mean >= winner.mean - slack
-    return back if held_up else winner
+    return back if back is not None and _held_up(back, winner, direction) else winner
+
+
+def _held_up(back: Confirmation, winner: Confirmation, direction: str) -> bool:
+    slack = min(STEP_BACK_TOLERANCE * abs(winner.mean), winner.std / math.sqrt(len(winner.values)))
+    return back.mean <= winner.mean + slack if direction == "minimize" else back.mean >= winner.mean - slack
 
 
 def run_confirmation(

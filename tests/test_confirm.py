@@ -105,7 +105,7 @@ def test_the_default_confirmation_races_within_its_budget(write_study, stores, t
 def test_the_winner_steps_back_and_the_export_names_what_held(write_study, stores, tmp_path, monkeypatch, capsys) -> None:
     """By default the race's winner is trained again at 0.7x its rate on the same seeds; the export
     names the step back when it held (here forced: any mean holds), with the rate it trained."""
-    monkeypatch.setattr(confirm, "STEP_BACK_TOLERANCE", 1e9)
+    monkeypatch.setattr(confirm, "_held_up", lambda back, winner, direction: True)
     path = _study(write_study, "stepped", trials=8, confirm_line="confirm: {seeds: 2}")
     result = autolr.tune(path, progress=False, **stores)
     *raced, back = result.confirmations
@@ -274,9 +274,23 @@ def test_the_step_back_follows_the_winner_and_is_exported_when_it_holds() -> Non
     assert _race([0.10, 0.11], held + interrupted, step_back=0.7)[1][1:] == (11, 0.7)
 
 
+def test_where_the_seeds_agree_the_step_back_must_be_as_good() -> None:
+    """The tolerance is 3% or the winner's standard error, whichever is less: seeds that agree (a
+    full-batch problem) leave nothing to trade, and a 2% slower rate would be 2% lost."""
+    agreed = [_ran(0, s, 0.100) for s in (11, 12, 13)]
+    slower = [_ran(0, s, 0.102, scale=0.7) for s in (11, 12, 13)]
+    assert confirm.confirmed_winner(_race([0.10], agreed + slower, step_back=0.7)[0], "minimize").lr_scale == 1.0
+    as_good = [_ran(0, s, 0.100, scale=0.7) for s in (11, 12, 13)]
+    assert confirm.confirmed_winner(_race([0.10], agreed + as_good, step_back=0.7)[0], "minimize").lr_scale == 0.7
+    spread = [_ran(0, 11, 0.08), _ran(0, 12, 0.10), _ran(0, 13, 0.12)]  # standard error 0.0115: 3% (0.003) is less
+    assert confirm.confirmed_winner(_race([0.10], spread + slower, step_back=0.7)[0], "minimize").lr_scale == 0.7
+    further = [_ran(0, s, 0.1035, scale=0.7) for s in (11, 12, 13)]
+    assert confirm.confirmed_winner(_race([0.10], spread + further, step_back=0.7)[0], "minimize").lr_scale == 1.0
+
+
 def test_the_step_back_maximizes_follows_an_explicit_top_and_stays_in_the_range() -> None:
-    held = [_ran(0, 11, 0.95), _ran(0, 12, 0.96)]
-    back = [_ran(0, 11, 0.93, scale=0.5), _ran(0, 12, 0.94, scale=0.5)]  # 2% below 0.955: held
+    held = [_ran(0, 11, 0.95), _ran(0, 12, 0.96)]  # standard error 0.005
+    back = [_ran(0, 11, 0.95, scale=0.5), _ran(0, 12, 0.952, scale=0.5)]  # 0.004 below 0.955: held
     done, following = _race([0.99], held + back, seeds=(11, 12), budget=None, direction="maximize", step_back=0.5)
     assert following is None and confirm.confirmed_winner(done, "maximize").lr_scale == 0.5
     done, following = _race([0.99], held, seeds=(11, 12), budget=None, direction="maximize", step_back=0.5)
