@@ -79,8 +79,8 @@ def train(trial: autolr.Trial) -> dict[str, float]:
 # --- cell 4: tune both, export the winners, rebuild them ---------------------------------------------
 def tune_and_rebuild(study_file: Path, out: Path, stores: dict, **code) -> None:
     result = autolr.tune(study_file, trials=2 if QUICK else None, progress=not QUICK, **stores, **code)
-    print(f"{result.study_name}: best trial {result.best.number}, {result.metric} = {result.best.value:.4g}")
-    print("  best configuration:", result.best.user_attrs["autolr.params"])
+    print(f"{result.study_name}: best single-seed trial {result.best.number}, {result.metric} = {result.best.value:.4g}")
+    print("  the configuration export names:", result.winner_params)  # the confirmed winner (or its step back)
     # export_best reads the study file, which names no task: hand it the callable again (see examples/README.md)
     config = autolr.load_study(study_file, **code)
     best_path = out / f"best-{result.study_name}.yaml"

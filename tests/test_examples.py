@@ -95,7 +95,7 @@ def test_notebook_style(stores, tmp_path: Path) -> None:
     cmd = [sys.executable, str(EXAMPLES / "notebook_style.py"), "--storage", stores["storage"], "--no-tracking", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "notebook-task: best trial" in proc.stdout and "notebook-loop: best trial" in proc.stdout
+    assert "notebook-task: best single-seed trial" in proc.stdout and "notebook-loop: best single-seed trial" in proc.stdout
     for name in ("notebook-task", "notebook-loop"):
         best = autolr.load_best(tmp_path / f"best-{name}.yaml")
         optimizer = best.build_optimizer(torch.nn.Linear(2, 1).parameters())

@@ -22,7 +22,7 @@ known analytically (``task.info["optimum"]``).
 
 The result is cached as JSON beside this script (``<task>.json``); ``bench/efficiency.py`` reads it.
 
-    nice -n 5 python bench/oracle/make_oracle.py [--tasks digits digits_deep breast_cancer lsq] [--seeds 3]
+    nice -n 5 python bench/oracle/make_oracle.py [--tasks digits digits_deep digits_wide breast_cancer lsq] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ TASKS: dict[str, dict[str, Any]] = {
     "digits": {"task": "digits_mlp", "task_args": {}, "epochs": 20, "batch_size": 64, "space": SPACE_MLP, "lr": [1e-5, 1.0]},
     # a digits-like task the searches were never tuned on: a deeper, narrower MLP, half the epochs, smaller batches
     "digits_deep": {"task": "digits_mlp", "task_args": {"hidden": 64, "depth": 2}, "epochs": 10, "batch_size": 32, "space": SPACE_MLP, "lr": [1e-5, 1.0]},
+    # a second held-out digits-like task, added with the confirmation's dedup and step back: wider, one hidden layer, 15 epochs, batch 128
+    "digits_wide": {"task": "digits_mlp", "task_args": {"hidden": 256, "depth": 1}, "epochs": 15, "batch_size": 128, "space": SPACE_MLP, "lr": [1e-5, 1.0]},
     "breast_cancer": {"task": "breast_cancer_mlp", "task_args": {}, "epochs": 20, "batch_size": 64, "space": SPACE_MLP, "lr": [1e-5, 1.0]},
     # bench/tuner.py's problem: full-batch SGD, 60 steps, stable exactly below lr 2
     "lsq": {
