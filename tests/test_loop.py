@@ -129,7 +129,7 @@ def test_a_loop_passed_as_a_callable(write_study, stores) -> None:
     """)
     )
     result = autolr.tune(path, loop=train, progress=False, **stores)
-    assert seen == [0, 1, 2, 0] and all(t.state.name == "COMPLETE" for t in result.trials)  # then the winner on a fresh seed
+    assert seen == [0, 1, 2, 0, 1] and all(t.state.name == "COMPLETE" for t in result.trials)  # then the winner and its step back on a fresh seed
     for t in result.trials:  # plain gradient descent on w**2 from 3: the value follows from the rate
         lr = t.user_attrs["autolr.params"]["lr"]
         assert t.value == pytest.approx(9 * (1 - 2 * lr) ** 10, rel=1e-4)

@@ -120,7 +120,7 @@ def test_rest_api_answers_with_the_study_experiment_and_its_runs(ui) -> None:
     (experiment,) = [e for e in experiments if e["name"] == "ui-study"]
     runs = _post(f"{ui['base']}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
     roles = sorted(next(t["value"] for t in r["data"]["tags"] if t["key"] == "autolr.role") for r in runs)
-    assert roles == ["confirm", "study", "trial", "trial", "trial"]  # the winner re-trained on a fresh seed beside the trials
+    assert roles == ["confirm", "confirm", "study", "trial", "trial", "trial"]  # the winner and its step back re-trained on a fresh seed beside the trials
     assert all(r["info"]["status"] in ("FINISHED", "FAILED", "KILLED") for r in runs)
 
 
