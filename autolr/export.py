@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from autolr import keys
+from autolr._yaml import Loader
 from autolr.confirm import confirmation, confirmed_winner
 from autolr.confirm import status as confirm_status
 from autolr.hparams import RunConfig
@@ -132,7 +133,8 @@ class BestConfig:
 def load_best(path: str | Path) -> BestConfig:
     """Read an export written by ``autolr export`` (YAML or JSON)."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    # the study files' loader: JSON is YAML too, but YAML 1.1 reads JSON's 1e-08 (Adam's eps) as a string
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 - a safe loader
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an autolr export (a mapping), got {type(data).__name__}")
     missing = [k for k in _REQUIRED if k not in data]

@@ -39,6 +39,19 @@ def test_load_best_rebuilds_optimizer_and_schedule(tmp_path) -> None:
     assert best.task == "digits_mlp" and best.extra == {}  # typed fields, not extra
 
 
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_an_adam_export_with_exponents_loads_back(tmp_path, fmt) -> None:
+    """JSON writes Adam's eps as 1e-08 and a small rate as 5e-05; YAML 1.1 would read both as strings
+    (a hand-edited best.yaml too); the export's reader reads them as the study files' reader does."""
+    params = {"optimizer": "adam", "lr": 5e-05, "schedule": "constant", "warmup": 0.0, "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.0}
+    export = {**EXPORT, "params": params}
+    path = tmp_path / f"best.{fmt}"
+    path.write_text(json.dumps(export, indent=2) if fmt == "json" else yaml.safe_dump(export).replace("1.0e-08", "1e-8"))
+    best = autolr.load_best(path)
+    group = best.build_optimizer([torch.nn.Parameter(torch.zeros(1))]).param_groups[0]
+    assert group["eps"] == 1e-08 and group["lr"] == 5e-05 and best.params == params
+
+
 def test_load_best_rejects_what_is_not_an_export(tmp_path) -> None:
     path = tmp_path / "x.yaml"
     path.write_text("study: s\nvalue: 1\n")
