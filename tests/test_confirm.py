@@ -274,6 +274,32 @@ def test_the_step_back_follows_the_winner_and_is_exported_when_it_holds() -> Non
     assert _race([0.10, 0.11], held + interrupted, step_back=0.7)[1][1:] == (11, 0.7)
 
 
+def test_a_clear_gain_takes_another_step_back_up_to_three() -> None:
+    """A winner over the edge (digits wide, study seed 2: 0.163 on fresh seeds, 0.126 at 0.7x): each
+    step back clearly better than the rate above it (by more than that one's standard error) is
+    followed by another, on the same seeds, at most 3 (0.7x, 0.49x, 0.343x); the last one that held
+    up is exported."""
+    held = [_ran(0, 11, 0.154), _ran(0, 12, 0.199), _ran(0, 13, 0.158)]
+    back1 = [_ran(0, s, v, scale=0.7) for s, v in ((11, 0.123), (12, 0.119), (13, 0.135))]
+    done, following = _race([0.10], held + back1, step_back=0.7)
+    assert following[0].number == 0 and following[1:] == (11, 0.7**2)
+    assert confirm.confirmed_winner(done, "minimize") is None  # not over yet
+    back2 = [_ran(0, s, v, scale=0.7**2) for s, v in ((11, 0.110), (12, 0.112), (13, 0.108))]
+    done, following = _race([0.10], held + back1 + back2, step_back=0.7)
+    assert following[1:] == (11, 0.7**3)
+    no_gain = [_ran(0, s, v, scale=0.7**3) for s, v in ((11, 0.111), (12, 0.113), (13, 0.112))]  # 0.112: 2% worse, over the 0.49x's standard error
+    done, following = _race([0.10], held + back1 + back2 + no_gain, step_back=0.7)
+    assert following is None and [c.lr_scale for c in done] == [1.0, 0.7, 0.7**2, 0.7**3]
+    assert confirm.confirmed_winner(done, "minimize").lr_scale == 0.7**2
+    as_good = [_ran(0, s, v, scale=0.7**3) for s, v in ((11, 0.109), (12, 0.112), (13, 0.108))]  # 0.1097: held up, exported
+    done, following = _race([0.10], held + back1 + back2 + as_good, step_back=0.7)
+    assert following is None and confirm.confirmed_winner(done, "minimize").lr_scale == 0.7**3
+    # a step back within the noise of the rate above it takes no further step: one step, as before the chain
+    noise = [_ran(0, s, v, scale=0.7) for s, v in ((11, 0.150), (12, 0.190), (13, 0.160))]  # 0.1667 vs 0.1703 +- 0.0146
+    done, following = _race([0.10], held + noise, step_back=0.7)
+    assert following is None and [c.lr_scale for c in done] == [1.0, 0.7] and confirm.confirmed_winner(done, "minimize").lr_scale == 0.7
+
+
 def test_where_the_seeds_agree_the_step_back_must_be_as_good() -> None:
     """The tolerance is 3% or the winner's standard error, whichever is less: seeds that agree (a
     full-batch problem) leave nothing to trade, and a 2% slower rate would be 2% lost."""
