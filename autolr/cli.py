@@ -260,7 +260,8 @@ def _confirmed(c) -> str:
         return f"dropped ({c.dropped[:40]})"
     if not c.values:
         return "pending"
-    return f"{c.mean:.4g} +- {c.std:.2g} ({len(c.values)}{'' if c.complete else ' so far'})"
+    spread = f" +- {c.std:.2g}" if c.std is not None else ""  # one seed has no spread, not a spread of 0
+    return f"{c.mean:.4g}{spread} ({len(c.values)}{'' if c.complete else ' so far'})"
 
 
 def _ranked(rows: list[dict], direction: str) -> list[dict]:

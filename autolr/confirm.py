@@ -82,7 +82,13 @@ class Confirmation:
 
     @property
     def std(self) -> float | None:
-        return statistics.stdev(self.values) if len(self.values) > 1 else (0.0 if self.values else None)
+        """The spread over the fresh seeds; None with fewer than two (one seed has no spread)."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    @property
+    def standard_error(self) -> float:
+        """Of the mean: 0 with one seed (nothing to tell it from), as with seeds that agree."""
+        return statistics.stdev(self.values) / math.sqrt(len(self.values)) if len(self.values) > 1 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = {"trial": self.trial, "seeds": list(self.seeds), "values": list(self.values), "mean": self.mean, "std": self.std}
@@ -300,7 +306,7 @@ def _step_back(
 
 def _clearly_better(c: Confirmation, than: Confirmation, direction: str) -> bool:
     """``c``'s mean beats ``than``'s by more than the standard error of ``than``'s mean."""
-    margin = than.std / math.sqrt(len(than.values))
+    margin = than.standard_error
     return c.mean < than.mean - margin if direction == "minimize" else c.mean > than.mean + margin
 
 
@@ -371,7 +377,7 @@ def confirmed_winner(confirmations: Sequence[Confirmation], direction: str) -> C
 
 def _held_up(back: Confirmation, winner: Confirmation, direction: str) -> bool:
     """``back``'s mean is no worse than ``winner``'s by more than the tolerance or its standard error."""
-    slack = min(STEP_BACK_TOLERANCE * abs(winner.mean), winner.std / math.sqrt(len(winner.values)))
+    slack = min(STEP_BACK_TOLERANCE * abs(winner.mean), winner.standard_error)
     return back.mean <= winner.mean + slack if direction == "minimize" else back.mean >= winner.mean - slack
 
 

@@ -416,3 +416,17 @@ def test_without_seed_per_trial_every_search_trial_trains_on_the_study_seed(writ
     path = write_study(STUDY.format(name="one-seed", trials=3, confirm="confirm: false").replace("task: least_squares\n", ""), "one-seed.yaml")
     result = autolr.tune(str(path), task=make, seed=7, progress=False, **stores)
     assert set(seeds) == {7} and all("autolr.seed" not in t.user_attrs for t in result.trials)
+
+
+def test_one_fresh_seed_has_no_spread() -> None:
+    """A small study confirms on one seed: its spread is unknown (null in the export, none printed),
+    not 0; its standard error counts as 0, so a step back must be as good to be taken."""
+    from autolr.cli import _confirmed
+
+    one = confirm.Confirmation(trial=3, single_seed_value=0.1, seeds=(11,), values=(0.125,), complete=True)
+    assert one.std is None and one.standard_error == 0.0 and one.to_dict()["std"] is None
+    assert _confirmed(one) == "0.125 (1)"
+    two = confirm.Confirmation(trial=3, single_seed_value=0.1, seeds=(11, 12), values=(0.12, 0.13), complete=True)
+    assert _confirmed(two) == "0.125 +- 0.0071 (2)"
+    back = confirm.Confirmation(trial=3, single_seed_value=0.1, seeds=(11,), values=(0.126,), complete=True, lr_scale=0.7)
+    assert confirm.confirmed_winner([one, back], "minimize") is one
