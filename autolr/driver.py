@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
 from autolr.claim import ClaimLock, claim
+from autolr.errors import StudyFileError
 from autolr.retry import StorageFull, StorageUnavailable
 from autolr.workers import delivered
 
@@ -92,6 +93,9 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
         except optuna.TrialPruned:
             pass
         except (StorageUnavailable, StorageFull):
+            _fail_if_possible(study, trial)
+            raise
+        except StudyFileError:  # the loop broke its contract: every trial would, so the study stops here, in one line
             _fail_if_possible(study, trial)
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is lost, the rest is saved

@@ -143,7 +143,7 @@ class Objective:
         seed_everything(cfg.seed)
         returned = loop(handle)
         handle.finish()
-        return report, _loop_value(returned, metric, report), handle.steps
+        return report, _loop_value(returned, metric, report, cfg.path), handle.steps
 
     def _record_prune(self, trial, run, reason: str, *, divergence_step: int | None, diverged: bool) -> None:
         trial.set_user_attr(keys.PRUNE_REASON, reason)
@@ -192,16 +192,25 @@ def resolve_loop(loop: str | Callable[..., Any]) -> Callable[..., Any]:
     return loop if callable(loop) else resolve_callable(loop)
 
 
-def _loop_value(returned: Any, metric: str, report: TrialReport) -> float:
+def _loop_value(returned: Any, metric: str, report: TrialReport, path: str) -> float:
     """The trial's value: what the loop returned (a number, or a dict holding the objective's metric),
-    or the metric of its last ``trial.epoch`` when it returned nothing."""
+    or the metric of its last ``trial.epoch`` when it returned nothing. Anything else breaks the
+    loop's contract, the same for every trial: a :class:`StudyFileError` on the ``loop`` key, which
+    stops the study at the first trial (one line, exit 2) rather than failing trial after trial."""
     if isinstance(returned, Mapping):
         name = keys.metric_name_in(returned, metric)
-        if name is not None:
-            return float(returned[name])
-        raise KeyError(f"loop: returned a dict without the objective's metric {metric!r}: {sorted(returned)}")
-    if returned is not None:
-        return float(returned)
-    if metric in report.last_metrics:
-        return report.last_metrics[metric]
-    raise ValueError(f"loop: returned None and reported no {metric!r} through trial.epoch(...); return the objective's value")
+        if name is None:
+            raise StudyFileError(path, "loop", f"a loop returning a number or a dict holding {metric!r}", f"<a dict of {sorted(map(str, returned))}>")
+        returned = returned[name]
+    if returned is None:
+        if metric in report.last_metrics:
+            return report.last_metrics[metric]
+        raise StudyFileError(
+            path, "loop", f"a loop returning the objective's value, or reporting {metric!r} through trial.epoch(...)", "<None, and no trial.epoch(...)>"
+        )
+    if not isinstance(returned, (str, bytes)):
+        try:
+            return float(returned)
+        except (TypeError, ValueError):
+            pass
+    raise StudyFileError(path, "loop", f"a loop returning a number (the objective's {metric!r})", f"<{type(returned).__name__} {returned!r:.60}>")

@@ -171,6 +171,44 @@ def test_a_loop_that_raises_is_fail_with_its_error(write_study, stores) -> None:
         autolr.tune(path, loop=train, progress=False, **stores)
 
 
+@pytest.mark.parametrize(
+    ("returned", "expected"),
+    [
+        (
+            None,
+            r"loop: expected a loop returning the objective's value, or reporting 'val_loss' through trial.epoch\(...\), got <None, and no trial.epoch\(...\)>",
+        ),
+        ({"accuracy": 0.5}, r"loop: expected a loop returning a number or a dict holding 'val_loss', got <a dict of \['accuracy'\]>"),
+        ("0.5", r"loop: expected a loop returning a number \(the objective's 'val_loss'\), got <str '0.5'>"),
+    ],
+)
+def test_a_loop_that_breaks_its_return_contract_stops_the_study_in_one_line(write_study, stores, returned, expected) -> None:
+    """Every trial would break it the same way: the first one fails (its error recorded) and the
+    study stops with the study file's one-line error, not after three failed trials and tracebacks."""
+    calls = []
+
+    def train(trial: autolr.Trial):
+        calls.append(trial.params["lr"])
+        return returned
+
+    path = write_study("name: bad-return\ntrials: 4\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    with pytest.raises(autolr.StudyFileError, match=expected):
+        autolr.tune(path, loop=train, progress=False, **stores)
+    [trial] = optuna.load_study(study_name="bad-return", storage=stores["storage"]).trials
+    assert len(calls) == 1 and trial.state.name == "FAIL" and trial.user_attrs["autolr.error"].startswith("StudyFileError:")
+
+
+def test_a_loop_returning_a_bad_value_is_exit_2_from_the_cli(tmp_path, stores, capsys) -> None:
+    (tmp_path / "noreturn.py").write_text("def train(trial):\n    pass\n")
+    path = tmp_path / "s.yaml"
+    path.write_text('name: noreturn\nloop: "noreturn:train"\ntrials: 2\nsearch: {lr: {low: 0.01, high: 0.1}}\n')
+    assert main(["tune", str(path), "--storage", stores["storage"], "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "failed" not in err  # the progress bar's lines, then the error's one
+    assert err.strip().splitlines()[-1] == (f"autolr: error: {path}: loop: expected a loop returning the objective's value, or reporting 'val_loss' "
+                                            "through trial.epoch(...), got <None, and no trial.epoch(...)>")  # fmt: skip
+
+
 def test_param_groups_given_as_generators_train(write_study, stores) -> None:
     """Naming the layers must not use up a param group's generator (the optimizer got none before)."""
     moved = []
