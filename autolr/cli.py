@@ -73,25 +73,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+def _number(text: str, kind: type, expected: str, ok) -> int | float:
+    """``text`` as a ``kind`` for which ``ok`` holds; else argparse's one line (exit 2), saying what was expected."""
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, "an integer >= 1", lambda v: v >= 1)
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0)
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
-    return value
+    return _number(text, float, "a number of seconds > 0", lambda v: v > 0)
 
 
 def run() -> NoReturn:
@@ -234,6 +236,9 @@ def _summary(result, top: int = 5) -> str:
     confirmed = {c.trial: c for c in result.confirmations if c.lr_scale == 1.0}
     rows = _ranked([trial_row(t) for t in result.trials], result.direction)[:top]
     lines.append(_table([dict(r, confirmed=_confirmed(confirmed.get(r["trial"]))) for r in rows], result.metric))
+    searched = _lr_ranges(result.trials)
+    if searched:
+        lines.append(f"lr searched: {searched}")
     if result.best is not None:
         lines.append(f"best single seed: trial {result.best.number}, {result.metric} = {_fmt(result.best.value)}")
     for back in (c for c in result.confirmations if c.lr_scale != 1.0):
@@ -244,6 +249,17 @@ def _summary(result, top: int = 5) -> str:
         what = f"trial {winner.trial}" + (f" at {_at(winner)}" if winner.lr_scale != 1.0 else "")
         lines.append(f"winner on fresh seeds: {what}, {result.metric} = {winner.mean:.4g}{spread} (exported)")
     return "\n".join(lines)
+
+
+def _lr_ranges(trials) -> str:
+    """Each optimizer's lr range as its latest trial searched it (``lr: auto``: the range test's
+    bounds): ``adam 0.000105-0.0318, sgd 0.00123-0.412``."""
+    latest = {}
+    for t in trials:
+        dist = t.distributions.get("lr")
+        if dist is not None:
+            latest[t.params.get("optimizer", "")] = dist
+    return ", ".join(f"{name} {d.low:.3g}-{d.high:.3g}".lstrip() for name, d in sorted(latest.items()))
 
 
 def _at(c) -> str:

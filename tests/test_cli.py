@@ -37,6 +37,7 @@ def test_quickstart_tune_export_and_mlflow_layout(stores, tmp_path, capsys) -> N
     assert main(["tune", QUICKSTART, "--trials", "6", *_args(stores)]) == 0
     out = capsys.readouterr().out
     assert "study quickstart:" in out and "best single seed: trial" in out and "winner on fresh seeds: trial" in out
+    assert "lr searched: adam 0.0001-3, sgd 0.0001-3\n" in out  # each optimizer's range (lr: auto: the range test's)
 
     study = optuna.load_study(study_name="quickstart", storage=stores["storage"])
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -332,3 +333,19 @@ def test_a_code_that_is_not_an_exit_status_exits_as_sys_exit_would(tmp_path) -> 
     for code, status, stderr in (("None", 0, ""), ("'stopped: why'", 1, "stopped: why\n")):
         done = _python(f"from autolr.workers import exit_without_teardown\nexit_without_teardown({code})", tmp_path)
         assert (done.returncode, done.stderr) == (status, stderr)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--trials", "abc", "an integer >= 1"),
+        ("--trials", "0", "an integer >= 1"),
+        ("--seed", "-1", "an integer >= 0"),
+        ("--timeout", "nan", "a number of seconds > 0"),
+    ],
+)
+def test_a_bad_number_flag_is_one_line_saying_what_was_expected(capsys, flag, value, expected) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tune", QUICKSTART, flag, value])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"autolr tune: error: argument {flag}: expected {expected}, got {value}"
