@@ -143,6 +143,10 @@ class Objective:
         seed_everything(cfg.seed)
         returned = loop(handle)
         handle.finish()
+        overrun = handle.schedule_overrun()
+        if overrun is not None and cfg.name not in _WARNED:  # once per study and process: every trial would say it
+            _WARNED.add(cfg.name)
+            logger.warning("%s: loop %s: %s", cfg.path, cfg.code_label, overrun)
         return report, _loop_value(returned, metric, report, cfg.path), handle.steps
 
     def _record_prune(self, trial, run, reason: str, *, divergence_step: int | None, diverged: bool) -> None:
@@ -156,6 +160,9 @@ class Objective:
             tags[keys.DIVERGENCE_STEP] = divergence_step
         store.tell(trial, state=optuna.trial.TrialState.PRUNED)
         run.end("PRUNED", tags)
+
+
+_WARNED: set[str] = set()  # studies whose loop's schedule overrun was reported in this process
 
 
 def _run_labels(trial: optuna.Trial, seed: int) -> dict[str, Any]:

@@ -250,6 +250,16 @@ class Trial:
             except Diverged as exc:
                 raise self._diverged(exc) from None
 
+    def schedule_overrun(self) -> str | None:
+        """Why the schedule did not cover the loop's steps (the loop ran more ``trial.step`` calls than
+        the ``total_steps`` it built the schedule for, so the rate sat at the schedule's last value
+        for the rest), or None when it did."""
+        if self._scheduler is None or self.steps <= self._scheduler.total_steps:
+            return None
+        total = self._scheduler.total_steps
+        return (f"the schedule was built for total_steps={total} and the loop ran {self.steps} steps: its rate held the schedule's "
+                f"last value for the last {self.steps - total}; give trial.build_scheduler the loop's number of optimizer steps")  # fmt: skip
+
     def _start(self) -> StepRecorder:
         if self._optimizer is None:
             raise RuntimeError("trial.step: build the optimizer with trial.build_optimizer(model) first")

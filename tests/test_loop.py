@@ -298,3 +298,27 @@ def test_a_plateau_schedule_in_a_loop_gets_each_epochs_metric_once(write_study, 
     result = autolr.tune(path, loop=train, progress=False, **stores)
     peak = result.trials[0].user_attrs["autolr.params"]["lr"]
     assert rates == pytest.approx([peak] * 6 + [peak / 2] * 3 + [peak / 4] * 3)
+
+
+def test_a_schedule_shorter_than_the_loop_is_reported_once(write_study, stores, caplog) -> None:
+    """A loop that builds its schedule for 10 steps and runs 30: the rate sat at the schedule's last
+    value for 20 steps. autolr knows both numbers and says so, once for the study."""
+
+    def train(trial: autolr.Trial) -> float:
+        model = torch.nn.Linear(3, 1)
+        optimizer = trial.build_optimizer(model)
+        scheduler = trial.build_scheduler(optimizer, total_steps=10)
+        for _ in range(30):
+            optimizer.zero_grad()
+            loss = model(torch.ones(4, 3)).pow(2).mean()
+            loss.backward()
+            trial.step(loss)
+            optimizer.step()
+            scheduler.step()
+        return float(loss.detach())
+
+    path = write_study("name: short-schedule\ntrials: 3\nsearch: {lr: {low: 0.001, high: 0.01}, schedule: {cosine: {}}}\n")
+    with caplog.at_level("WARNING", logger="autolr.objective"):
+        autolr.tune(path, loop=train, progress=False, **stores)
+    said = [r.getMessage() for r in caplog.records if "total_steps=10" in r.getMessage()]
+    assert len(said) == 1 and "the loop ran 30 steps: its rate held the schedule's last value for the last 20" in said[0]
