@@ -41,8 +41,11 @@ task, 0-4 for the other arms (the ``searches`` column of the report says how man
 ``ARM@NAME`` are earlier defaults and variants, kept to compare: ``@race-v1`` the confirmation before
 2026-12-07 (an early drop against the search value, near-duplicates raced, no step back; pruning
 from epoch 1), ``@no-drop`` no early drop and the step back (pruning from epoch 1), ``@warmup20pct``
-that with pruning from a fifth of the epochs (the default since), and ``--variant`` rows of pruning
-settings measured with ``@race-v1``'s confirmation.
+that with pruning from a fifth of the epochs (the default since), ``--variant`` rows of pruning
+settings measured with ``@race-v1``'s confirmation, and from 2026-12-07: ``@stepback1`` a single
+step back (before the chain of step backs), ``@top1`` (``--variant top1 'confirm: {top: 1}'``),
+and two code changes measured and not shipped, their rows renamed by hand: ``@sweep60`` (a schedule
+sweep at 60% of the trials) and ``@tpe-gamma25`` (TPE's ``gamma`` a quarter of the trials).
 """
 
 from __future__ import annotations
