@@ -50,6 +50,7 @@ __all__ = [
     "STUDY_OBJECTIVE",
     "STUDY",
     "STUDY_UID",
+    "SWEEP",
     "TRIAL",
     "UID",
     "VALUE",
@@ -69,7 +70,7 @@ STEPS = "autolr.steps"  # optimisation steps the trial ran
 LOSS_RATIO = "autolr.loss_ratio"  # smoothed training loss at the end / at the start: above 1, no progress
 ERROR = "autolr.error"  # "TypeError: ..." of a FAIL trial
 PLOTS_ERROR = "autolr.plots_error"  # on a parent run whose plot job failed: why (the next invocation draws them)
-SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test")
+SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test", "sweep")
 CONFIRM_OF = "autolr.confirm_of"  # a confirmation run: the number of the search trial it re-trains
 LR_SCALE = "autolr.lr_scale"  # a confirmation's step back: the factor (e.g. 0.7) on the confirmed winner's lr
 SEED = "autolr.seed"  # the seed a confirmation run (or, with train.seed_per_trial, a search trial) trained with
@@ -81,6 +82,7 @@ UID = "autolr.uid"  # the study's own id, kept across invocations
 RANGE_TEST_CACHE = "autolr.range_test.{optimizer}"  # one optimizer's cached range test
 CODE = "autolr.code"  # {"key": "task" | "loop", "label": ...}: what trained the study (callables have no file key)
 IDENTITY = "autolr.identity"  # {"fingerprint", "identity", "summary"}: what defines the study (autolr.identity)
+SWEEP = "autolr.sweep"  # {at, enqueued}: the schedule sweep (autolr.sweep) was enqueued at trial `at`
 CONFIRM_PLAN = "autolr.confirm_plan"  # {top, seeds, budget, step_back, near, slack} of the last invocation that confirmed
 
 # --- MLflow run tags ----------------------------------------------------------------------------------

@@ -22,12 +22,17 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, stability
+from autolr.sweep import SweepSampler
 
 __all__ = ["CeilingSampler", "lr_ceiling", "make_sampler", "risky_band", "trials_as_sampled"]
 
 
-def make_sampler(name: str, *, seed: int, grid_space: dict | None = None, ceiling: bool = True, parallel: bool = False) -> BaseSampler:
-    """The sampler named in a study file, seeded; wrapped with the ceiling unless it is grid or random.
+def make_sampler(
+    name: str, *, seed: int, grid_space: dict | None = None, ceiling: bool = True, parallel: bool = False, sweep: tuple[int, int] | None = None
+) -> BaseSampler:
+    """The sampler named in a study file, seeded; wrapped with the ceiling unless it is grid or random,
+    and with the schedule sweep (:mod:`autolr.sweep`; ``sweep``: its first trial and the study's
+    target) unless it is grid or random.
 
     ``parallel``: other processes run trials of the study at the same time (``--jobs``). TPE then
     treats their running trials as bad ones (``constant_liar``), so that workers do not all propose
@@ -48,7 +53,8 @@ def make_sampler(name: str, *, seed: int, grid_space: dict | None = None, ceilin
         base = optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=8, independent_sampler=independent)
     else:
         raise ValueError(f"unknown sampler {name!r}; expected tpe, random, grid, gp or cmaes")
-    return CeilingSampler(base, seed=seed) if ceiling else base
+    base = CeilingSampler(base, seed=seed) if ceiling else base
+    return SweepSampler(base, at=sweep[0], trials=sweep[1]) if sweep is not None else base
 
 
 def lr_ceiling(trials: Sequence[FrozenTrial], optimizer: str | None) -> tuple[float | None, float | None]:

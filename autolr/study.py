@@ -36,6 +36,7 @@ from autolr.pruning import make_pruner
 from autolr.result import TuneResult
 from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
+from autolr.sweep import sweep_at
 from autolr.tracking import discard_warm_writers, open_tracker, prestart_writer
 from autolr.trainer import worker_device
 from autolr.workers import run_workers, sigterm_interrupts
@@ -86,7 +87,11 @@ def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, para
     if config.sampler == "grid" and lr_bounds is None:  # reading only: the grid is not known yet
         return optuna.samplers.RandomSampler(seed=seed)
     grid = grid_search_space(config.search, lr_bounds) if config.sampler == "grid" else None
-    return make_sampler(config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence and config.sampler_ceiling, parallel=parallel)
+    at = sweep_at(config.trials, len(config.search.schedules))
+    sweep = (at, config.trials) if at is not None else None
+    return make_sampler(
+        config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence and config.sampler_ceiling, parallel=parallel, sweep=sweep
+    )
 
 
 def fixed_lr_bounds(config: StudyConfig) -> LrBounds:

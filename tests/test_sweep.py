@@ -1,0 +1,83 @@
+"""The schedule sweep: a study's last trials are the incumbent's rate with each other schedule."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+import autolr
+from autolr import keys
+from autolr.sweep import sweep_at, sweep_params
+
+SCHEDULES = CategoricalDistribution(["constant", "cosine", "step", "exponential"])
+LR = FloatDistribution(1e-5, 1.0, log=True)
+
+
+def test_the_sweep_takes_the_last_trials_of_studies_large_enough() -> None:
+    assert sweep_at(30, 4) == 26  # enqueued as trial 26 starts: 27, 28, 29 are the sweep
+    assert sweep_at(20, 4) == 16 and sweep_at(19, 4) is None  # under 20 trials: none to spare
+    assert sweep_at(30, 1) is None  # one schedule: nothing to sweep
+    assert sweep_at(30, 6) == 24 and sweep_at(30, 7) is None  # at most a sixth of the study
+
+
+def _trial(value, optimizer, lr, schedule, state=TrialState.COMPLETE, **more):
+    params = {"optimizer": optimizer, "lr": lr, "schedule": schedule, **more}
+    dists = {"optimizer": CategoricalDistribution(["adam", "sgd"]), "lr": LR, "schedule": SCHEDULES}
+    dists |= {k: FloatDistribution(0.0, 1.0) for k in more}
+    return optuna.trial.create_trial(state=state, value=value if state == TrialState.COMPLETE else None, params=params, distributions=dists)
+
+
+def test_the_incumbents_rate_goes_to_each_schedule_not_tried_near_it() -> None:
+    trials = [
+        _trial(0.09, "adam", 0.005, "step", **{"step.gamma": 0.3, "warmup": 0.1}),  # the incumbent
+        _trial(0.12, "adam", 0.0052, "cosine"),  # cosine tried within 0.1 decade of 0.005: not again
+        _trial(0.20, "sgd", 0.005, "constant"),  # another optimizer's constant does not count
+        _trial(None, "adam", 0.0049, "exponential", state=TrialState.PRUNED),  # pruned near it: tried
+    ]
+    assert sweep_params(trials, "minimize") == [{"optimizer": "adam", "lr": 0.005, "warmup": 0.1, "schedule": "constant"}]
+    assert [p["schedule"] for p in sweep_params(trials[:1], "minimize")] == ["constant", "cosine", "exponential"]
+    assert sweep_params(trials, "maximize")[0]["optimizer"] == "sgd"  # the best is the largest there
+    assert sweep_params([trials[3]], "minimize") == []  # nothing finished: no incumbent
+
+
+LSQ = """
+name: {name}
+task: least_squares
+task_args: {{n_samples: 128, n_features: 10, condition: 30}}
+train: {{epochs: 20, batch_size: 128}}
+trials: 20
+sampler: {sampler}
+confirm: false
+search:
+  lr: {{low: 1.0e-3, high: 3.0}}
+  optimizer: {{sgd: {{momentum: 0.0}}}}
+  schedule: {{constant: {{}}, cosine: {{}}, step: {{}}}}
+pruning: {{curve: none}}
+"""
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_tpe_study_ends_with_the_sweep_and_random_search_does_not(write_study, stores, sampler) -> None:
+    path = write_study(LSQ.format(name=f"swept-{sampler}", sampler=sampler))
+    autolr.tune(path, progress=False, **stores)
+    study = optuna.load_study(study_name=f"swept-{sampler}", storage=stores["storage"])
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 20 and all(t.state != TrialState.WAITING for t in trials)
+    swept = [t for t in trials if t.user_attrs.get(keys.SOURCE) == "sweep"]
+    if sampler == "random":
+        assert not swept and keys.SWEEP not in study.user_attrs
+        return
+    at = study.user_attrs[keys.SWEEP]["at"]  # the sweep's trials are the study's last, however many there are
+    before = [t for t in trials[:at] if t.state == TrialState.COMPLETE]
+    incumbent = min(before, key=lambda t: t.value)
+    expected = sweep_params(trials[:at], "minimize")  # the other schedules, less any tried near its rate
+    assert swept and [t.number for t in swept] == list(range(20 - len(swept), 20)) and at == 19 - len(swept)
+    assert study.user_attrs[keys.SWEEP] == {"at": at, "enqueued": len(expected)} and len(swept) == len(expected)
+    assert [{k: t.params[k] for k in ("lr", "schedule")} for t in swept] == [{k: p[k] for k in ("lr", "schedule")} for p in expected]
+    assert {t.params["lr"] for t in swept} == {incumbent.params["lr"]} and incumbent.params["schedule"] not in {t.params["schedule"] for t in swept}
+    client = MlflowClient(stores["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("swept-tpe").experiment_id], "tags.`autolr.source` = 'sweep'")
+    assert sorted(int(r.data.tags["autolr.trial"]) for r in runs) == [t.number for t in swept]
