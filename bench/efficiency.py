@@ -44,8 +44,10 @@ from epoch 1), ``@no-drop`` no early drop and the step back (pruning from epoch 
 that with pruning from a fifth of the epochs (the default since), ``--variant`` rows of pruning
 settings measured with ``@race-v1``'s confirmation, and from 2026-12-07: ``@stepback1`` a single
 step back (before the chain of step backs), ``@top1`` (``--variant top1 'confirm: {top: 1}'``),
-and two code changes measured and not shipped, their rows renamed by hand: ``@sweep60`` (a schedule
-sweep at 60% of the trials) and ``@tpe-gamma25`` (TPE's ``gamma`` a quarter of the trials).
+and code changes, their rows renamed by hand: ``@no-sweep`` (the defaults before the schedule sweep
+of ``autolr/sweep.py``), ``@sweep90`` (its first try, enqueued as trial 27 of 30 started, so one
+swept schedule never ran), and, measured and not shipped, ``@sweep60`` (the sweep at 60% of the
+trials) and ``@tpe-gamma25`` (TPE's ``gamma`` a quarter of the trials).
 """
 
 from __future__ import annotations
