@@ -9,25 +9,26 @@ only, and the grid's best, Adam constant near 0.003, is 10% better on fresh seed
 Adam step 0.0048).
 
 So the last trials of a study (one per other schedule, :func:`sweep_at`) are the best finished
-trial's configuration with each other schedule, at the same rate (the schedule's own parameters left
-to the sampler): enqueued once, in Optuna's own queue (``enqueue_trial``), tagged
-``autolr.source = sweep``. They are candidates for the confirmation like any trial: the race judges
-them on fresh seeds and the step back moves the rate. With the four built-in schedule families that
-is 3 trials of 30.
+trial's configuration with each other schedule not yet tried near its rate, at the same rate (the
+schedule's own parameters left to the sampler): enqueued once per target, in Optuna's own queue
+(``enqueue_trial``), tagged ``autolr.source = sweep``. They are candidates for the confirmation like
+any trial: one whose search value makes the top of the study is raced on fresh seeds, and the step
+back moves the rate. With the four built-in schedule families that is 3 trials of 30.
 
 Why last: swept earlier (at 60% of the trials), the sweep's trials at the incumbent's good rate fill
 TPE's good set with the incumbent's optimizer, and the rest of the search follows it (digits, study
 seed 6: it swept SGD's schedules and exported sgd 0.027 constant at 1.19x the grid's pick); digits
 and digits deep lost their worst cases while digits wide gained. At the end, digits wide with fixed
-bounds went from 1.079x / 1.326x (median / worst over 10 study seeds) to about 1.00x / 1.08x with no
+bounds went from 1.079x / 1.326x (median / worst over 10 study seeds) to 0.999x / 1.115x with no
 other task's worst case worse (the table under Benchmarks in the README).
 
-Only model-based samplers get it (TPE, GP, CMA-ES): random search stays random, a grid tries its
-own points.
+Only model-based samplers get it (TPE, GP, CMA-ES), in studies of 20 trials or more whose other
+schedules are at most a sixth of the trials: random search stays random, a grid tries its own points.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -39,6 +40,8 @@ from optuna.trial import FrozenTrial, TrialState
 from autolr import keys
 
 __all__ = ["SweepSampler", "sweep_at", "sweep_params"]
+
+logger = logging.getLogger(__name__)
 
 MIN_TRIALS = 20  # a smaller study has no trials to spare after the sampler's start-up
 MAX_SHARE = 6  # the sweep takes at most a sixth of the study's trials
@@ -56,7 +59,7 @@ def sweep_at(trials: int, schedules: int) -> int | None:
 
 def sweep_params(trials: list[FrozenTrial], direction: str) -> list[dict[str, Any]]:
     """The configurations to enqueue: the best COMPLETE trial's with each schedule it did not use
-    and no finished trial of its optimizer tried within :data:`NEAR_DECADES` of its rate; the
+    and no trial of its optimizer (finished, running or failed) tried within :data:`NEAR_DECADES` of its rate; the
     incumbent's schedule parameters (``step.gamma``...) dropped, every other parameter kept."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
     if not complete:
@@ -83,10 +86,12 @@ def _tried(t: FrozenTrial, optimizer: str | None, schedule: str, lr: float) -> b
 
 
 class SweepSampler(BaseSampler):
-    """Wraps a sampler; from trial ``at`` of a study of ``trials`` trials on, enqueues the schedule
-    sweep as soon as its trials would be the study's last (some schedules may have been tried near
-    the incumbent's rate by then): once per study, recorded in the study's ``autolr.sweep``
-    attribute, whichever process gets there."""
+    """Wraps a sampler; from trial ``at`` of a study with a target of ``trials`` finished trials on,
+    enqueues the schedule sweep once its trials fill what is left of the target (some schedules may
+    have been tried near the incumbent's rate by then; with less room than schedules, the first
+    ones): once per target, recorded in the study's ``autolr.sweep`` attribute, whichever process
+    gets there. A sweep that cannot be made is skipped with a warning: it never fails the ask it
+    runs in."""
 
     def __init__(self, base: BaseSampler, *, at: int, trials: int) -> None:
         self.base, self.at, self.trials, self._done = base, at, trials, False
@@ -102,19 +107,28 @@ class SweepSampler(BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if not self._done and trial.number >= self.at:
-            self._enqueue(study, trial)
+            try:
+                # Hyperband hands its samplers a view of one bracket's trials: the sweep is the study's
+                self._enqueue(getattr(study, "_study", study))
+            except Exception as exc:  # noqa: BLE001 - inside Study.ask: a failure here would orphan the asked trial
+                self._done = True
+                logger.warning("schedule sweep skipped: %s: %s", type(exc).__name__, exc)
         self.base.before_trial(study, trial)
 
-    def _enqueue(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if keys.SWEEP in study.user_attrs:  # another process swept, or an earlier invocation
+    def _enqueue(self, study: optuna.Study) -> None:
+        if study.user_attrs.get(keys.SWEEP, {}).get("target", 0) >= self.trials:  # swept for this target already
             self._done = True
             return
-        queued = sweep_params(study.get_trials(deepcopy=False), study.direction.name.lower())
-        if trial.number + 1 + len(queued) < self.trials:  # not yet: the sweep's trials come last
+        trials = study.get_trials(deepcopy=False)
+        claimed = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)  # the asked one included
+        room = self.trials - claimed  # trials still to start after the one being asked
+        queued = sweep_params(trials, study.direction.name.lower())
+        if 0 < room and len(queued) < room:  # not yet: the sweep's trials come last
             return
+        queued = queued[: max(room, 0)]
         for params in queued:
             study.enqueue_trial(params, user_attrs={keys.SOURCE: "sweep"}, skip_if_exists=True)
-        study.set_user_attr(keys.SWEEP, {"at": trial.number, "enqueued": len(queued)})
+        study.set_user_attr(keys.SWEEP, {"at": len(trials) - 1, "target": self.trials, "enqueued": len(queued)})
         self._done = True
 
     def after_trial(self, study, trial, state, values) -> None:

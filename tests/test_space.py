@@ -12,6 +12,7 @@ from autolr.hparams import RunConfig
 from autolr.sampler import CeilingSampler, make_sampler
 from autolr.space import grid_search_space, lr_decades, suggest_run
 from autolr.study import open_study
+from autolr.sweep import SweepSampler
 
 SPACE = {
     "task": "digits_mlp",
@@ -126,6 +127,7 @@ def test_random_and_grid_stay_plain() -> None:
 def test_the_study_files_ceiling_switch_reaches_the_studys_sampler(tmp_path, sampler, wrapped: bool) -> None:
     config = parse_study({**SPACE, "name": "switch", "sampler": sampler})
     study = open_study(config, f"sqlite:///{tmp_path / 'switch.db'}")
-    assert isinstance(study.sampler, CeilingSampler) is wrapped
-    base = study.sampler.base if wrapped else study.sampler
+    sampler = study.sampler.base if isinstance(study.sampler, SweepSampler) else study.sampler  # the schedule sweep wraps them all
+    assert isinstance(sampler, CeilingSampler) is wrapped
+    base = sampler.base if wrapped else sampler
     assert isinstance(base, optuna.samplers.TPESampler if config.sampler == "tpe" else optuna.samplers.GPSampler)

@@ -55,13 +55,13 @@ search:
   lr: {{low: 1.0e-3, high: 3.0}}
   optimizer: {{sgd: {{momentum: 0.0}}}}
   schedule: {{constant: {{}}, cosine: {{}}, step: {{}}}}
-pruning: {{curve: none}}
+pruning: {{curve: {curve}}}
 """
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_a_tpe_study_ends_with_the_sweep_and_random_search_does_not(write_study, stores, sampler) -> None:
-    path = write_study(LSQ.format(name=f"swept-{sampler}", sampler=sampler))
+    path = write_study(LSQ.format(name=f"swept-{sampler}", sampler=sampler, curve="none"))
     autolr.tune(path, progress=False, **stores)
     study = optuna.load_study(study_name=f"swept-{sampler}", storage=stores["storage"])
     trials = study.get_trials(deepcopy=False)
@@ -75,9 +75,66 @@ def test_a_tpe_study_ends_with_the_sweep_and_random_search_does_not(write_study,
     incumbent = min(before, key=lambda t: t.value)
     expected = sweep_params(trials[:at], "minimize")  # the other schedules, less any tried near its rate
     assert swept and [t.number for t in swept] == list(range(20 - len(swept), 20)) and at == 19 - len(swept)
-    assert study.user_attrs[keys.SWEEP] == {"at": at, "enqueued": len(expected)} and len(swept) == len(expected)
+    assert study.user_attrs[keys.SWEEP] == {"at": at, "target": 20, "enqueued": len(expected)} and len(swept) == len(expected)
     assert [{k: t.params[k] for k in ("lr", "schedule")} for t in swept] == [{k: p[k] for k in ("lr", "schedule")} for p in expected]
     assert {t.params["lr"] for t in swept} == {incumbent.params["lr"]} and incumbent.params["schedule"] not in {t.params["schedule"] for t in swept}
     client = MlflowClient(stores["tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("swept-tpe").experiment_id], "tags.`autolr.source` = 'sweep'")
     assert sorted(int(r.data.tags["autolr.trial"]) for r in runs) == [t.number for t in swept]
+
+
+def _study_with(n_complete: int, *, failed: int = 0) -> optuna.Study:
+    """A study holding ``n_complete`` finished trials (the best: adam step 0.005), ``failed`` FAIL
+    ones, and the trial being asked (RUNNING), as SweepSampler.before_trial sees it."""
+    study = optuna.create_study()
+    study.add_trial(_trial(0.09, "adam", 0.005, "step"))  # the incumbent
+    study.add_trial(_trial(0.5, "adam", 0.0052, "cosine"))  # cosine tried near its rate
+    for k in range(n_complete - 2):
+        study.add_trial(_trial(1.0 + k, "sgd", 0.1 / (k + 1), "constant"))  # another optimizer's: no bearing
+    for _ in range(failed):
+        study.add_trial(_trial(None, "sgd", 0.5, "constant", state=TrialState.FAIL))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))
+    return study
+
+
+def _sweep(study: optuna.Study, target: int) -> list[str]:
+    from autolr.sweep import SweepSampler
+
+    SweepSampler(optuna.samplers.RandomSampler(), at=0, trials=target)._enqueue(study)
+    return [t.system_attrs["fixed_params"]["schedule"] for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+
+
+def test_the_sweep_waits_until_it_fills_what_is_left_of_the_target() -> None:
+    """Counted in claimed trials (finished and running), not trial numbers: failed trials do not
+    count, so the sweep still comes last; with less room than schedules, the first ones."""
+    assert _sweep(_study_with(10), 15) == []  # 4 to start after the asked one, 2 schedules to sweep (cosine tried): not yet
+    assert _sweep(_study_with(12), 15) == ["constant", "exponential"]  # 2 left: the sweep is the last 2
+    assert _sweep(_study_with(12, failed=5), 15) == ["constant", "exponential"]  # failures are not trials of the target
+    assert _sweep(_study_with(13), 15) == ["constant"]  # 1 left: the first schedule only
+    assert _sweep(_study_with(14), 15) == []  # none left
+    study = _study_with(12)
+    assert _sweep(study, 15) == ["constant", "exponential"] and study.user_attrs[keys.SWEEP]["target"] == 15
+    assert len(_sweep(study, 15)) == 2  # once per target: nothing more queued
+
+
+def test_a_larger_target_sweeps_again() -> None:
+    study = _study_with(12)
+    _sweep(study, 15)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        study._storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.COMPLETE, [0.7])
+    assert _sweep(study, 16) == []  # the incumbent's other schedules are all tried near 0.005 now
+    study.add_trial(_trial(0.01, "adam", 0.05, "cosine"))  # a new incumbent
+    assert _sweep(study, 19) == ["constant", "step", "exponential"] and study.user_attrs[keys.SWEEP]["target"] == 19
+
+
+def test_hyperband_hands_the_sweep_its_bracket_and_the_sweep_reads_the_study(write_study, stores) -> None:
+    """Hyperband calls the sampler with one bracket's view of the study, which has no user attrs
+    and no queue: the sweep works on the study behind it, and the study ends at its target."""
+    path = write_study(LSQ.format(name="swept-hb", sampler="tpe", curve="hyperband"))
+    autolr.tune(path, progress=False, storage=stores["storage"], tracking_uri=None)
+    study = optuna.load_study(study_name="swept-hb", storage=stores["storage"])
+    states = [t.state for t in study.trials]
+    assert len(states) == 20 and TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert study.user_attrs[keys.SWEEP]["target"] == 20 and study.user_attrs[keys.SWEEP]["enqueued"] >= 1
+    assert sum(t.user_attrs.get(keys.SOURCE) == "sweep" for t in study.trials) == study.user_attrs[keys.SWEEP]["enqueued"]
