@@ -15,7 +15,7 @@ import re
 
 import yaml
 
-__all__ = ["MAX_VALUES", "AliasBombError", "DuplicateKeyError", "Loader", "problem"]
+__all__ = ["MAX_VALUES", "AliasBombError", "DuplicateKeyError", "Dumper", "Loader", "problem"]
 
 MAX_VALUES = 100_000  # values (scalars, lists, mappings) of a document with its aliases expanded
 
@@ -79,11 +79,17 @@ class Loader(yaml.SafeLoader):
 
 
 Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")  # 1e-3, 2.5E+4: YAML 1.1 reads them as strings
+Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
+
+
+class Dumper(yaml.SafeDumper):
+    """Safe YAML output that :class:`Loader` reads back as written: a string such as ``"1e5"`` is
+    quoted (the loader would read it unquoted as a number)."""
+
+
+Dumper.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
 
 
 def problem(exc: yaml.YAMLError) -> str:

@@ -48,6 +48,7 @@ from autolr import keys, store
 from autolr.claim import start_owned
 from autolr.config import PruningConfig, StudyConfig
 from autolr.driver import INTERRUPTED, run_one
+from autolr.errors import LoopContractError
 from autolr.seeds import SEED_STRIDE, fresh_seed
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def status(confirmations: Sequence[Confirmation], enabled: bool) -> str:
 
 
 def _plan(config: StudyConfig) -> dict[str, Any]:
-    """``top`` candidates, fresh ``seeds``, ``budget`` and ``step_back``: with ``top`` left to autolr,
+    """``top`` candidates, fresh ``seeds``, ``budget``, ``step_back`` and its ``steps``: with ``top`` left to autolr,
     a race of up to ``budget`` runs over as many candidates; with ``top`` given, exactly those
     configurations (budget None). Stored with the confirmation with the rules it races by (``near``,
     ``slack``), so that reading it later walks the plan it ran under: a confirmation that is over
@@ -125,7 +126,7 @@ def _plan(config: StudyConfig) -> dict[str, Any]:
 
 
 # what a plan stored before 2026-12-07 ran under: no budget (top given), no step back, exact duplicates, no slack;
-# one step back at most in plans stored before the chain of step backs (2026-12-07, later)
+# one step back at most in plans stored before the chain of step backs (2026-12-07, later; plan key "steps")
 _FIRST_RULES = {"budget": None, "step_back": None, "steps": 1, "near": 0.0, "slack": 0.0}
 
 
@@ -305,7 +306,10 @@ def _step_back(
 
 
 def _clearly_better(c: Confirmation, than: Confirmation, direction: str) -> bool:
-    """``c``'s mean beats ``than``'s by more than the standard error of ``than``'s mean."""
+    """``c``'s mean beats ``than``'s by more than the standard error of ``than``'s mean; never on one
+    seed, which has no standard error to beat (any gain would do, noise included)."""
+    if len(than.values) < 2:
+        return False
     margin = than.standard_error
     return c.mean < than.mean - margin if direction == "minimize" else c.mean > than.mean + margin
 
@@ -414,7 +418,11 @@ def run_confirmation(
         params = dict(trial.params)
         if scale != 1.0:
             params["lr"], attrs[keys.LR_SCALE] = trial.params["lr"] * scale, scale
-        last = run_one(confirm_study, start_owned(confirm_study, params, attrs), make_objective(seeded))
+        try:
+            last = run_one(confirm_study, start_owned(confirm_study, params, attrs), make_objective(seeded))
+        except LoopContractError as exc:  # FAIL with its error: the candidate is dropped, as for any error
+            logger.warning("confirmation of trial %d on seed %d failed: %s", trial.number, seed, exc)
+            continue
         if on_trial is not None:
             on_trial(last)
         what = f"trial {trial.number}" + (f" at {scale:g}x its lr" if scale != 1.0 else "")

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
 from autolr.claim import ClaimLock, claim
-from autolr.errors import StudyFileError
+from autolr.errors import LoopContractError
 from autolr.retry import StorageFull, StorageUnavailable
 from autolr.workers import delivered
 
@@ -71,6 +71,11 @@ def run_trials(
             except KeyboardInterrupt:  # also one landing before run_one's own handler: never left RUNNING
                 _fail_if_possible(study, trial, INTERRUPTED)
                 raise
+            except LoopContractError as exc:
+                if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                    raise  # no trial ever returned a value: every one would break it the same way
+                logger.warning("trial %d failed: %s", trial.number, exc)  # a loop that returns a value on other paths
+                last = study._storage.get_trial(trial._trial_id)
             if on_trial is not None:
                 on_trial(last)
             fails = fails + 1 if last.state == TrialState.FAIL else 0
@@ -95,7 +100,7 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
         except (StorageUnavailable, StorageFull):
             _fail_if_possible(study, trial)
             raise
-        except StudyFileError:  # the loop broke its contract: every trial would, so the study stops here, in one line
+        except LoopContractError:  # the trial is FAIL with its error (the objective set it); the caller decides the rest
             _fail_if_possible(study, trial)
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is lost, the rest is saved

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError", "StudyFileError", "TrackingUnavailableError"]
+__all__ = ["InputError", "LoopContractError", "StudyFileError", "TrackingUnavailableError"]
 
 
 class StudyFileError(ValueError):
@@ -18,6 +18,12 @@ class StudyFileError(ValueError):
         self.given = given
         given_text = given if isinstance(given, str) and given.startswith("<") else repr(given)
         super().__init__(f"{self.path}: {key}: expected {expected}, got {given_text}")
+
+
+class LoopContractError(StudyFileError):
+    """A ``loop:`` returned what is not a trial's value (None without ``trial.epoch``, a dict without
+    the objective's metric, a string). Before any trial of the study completed, every trial would
+    break it the same way, and the study stops in one line; after one did, it is that trial's FAIL."""
 
 
 class InputError(ValueError):

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from autolr import keys
-from autolr._yaml import Loader
+from autolr._yaml import Dumper, Loader
 from autolr.confirm import confirmation, confirmed_winner
 from autolr.confirm import status as confirm_status
 from autolr.hparams import RunConfig
@@ -78,7 +78,7 @@ def _mechanics(train) -> dict[str, Any]:
 
 
 def to_yaml(export: Mapping[str, Any]) -> str:
-    return yaml.safe_dump(dict(export), sort_keys=False)
+    return yaml.dump(dict(export), Dumper=Dumper, sort_keys=False)  # read back by load_best's Loader as written
 
 
 def write_export(export: Mapping[str, Any], path: str | Path | None, fmt: str = "yaml") -> str:

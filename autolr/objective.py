@@ -24,7 +24,7 @@ import optuna
 
 from autolr import keys, store
 from autolr.config import StudyConfig
-from autolr.errors import StudyFileError
+from autolr.errors import LoopContractError, StudyFileError
 from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
 from autolr.progress import NullProgress
@@ -203,17 +203,19 @@ def resolve_loop(loop: str | Callable[..., Any]) -> Callable[..., Any]:
 def _loop_value(returned: Any, metric: str, report: TrialReport, path: str) -> float:
     """The trial's value: what the loop returned (a number, or a dict holding the objective's metric),
     or the metric of its last ``trial.epoch`` when it returned nothing. Anything else breaks the
-    loop's contract, the same for every trial: a :class:`StudyFileError` on the ``loop`` key, which
-    stops the study at the first trial (one line, exit 2) rather than failing trial after trial."""
+    loop's contract: a :class:`LoopContractError` on the ``loop`` key (:func:`autolr.driver.run_trials`
+    stops a study none of whose trials completed with it, in one line, exit 2)."""
     if isinstance(returned, Mapping):
         name = keys.metric_name_in(returned, metric)
         if name is None:
-            raise StudyFileError(path, "loop", f"a loop returning a number or a dict holding {metric!r}", f"<a dict of {sorted(map(str, returned))}>")
+            raise LoopContractError(path, "loop", f"a loop returning a number or a dict holding {metric!r}", f"<a dict of {sorted(map(str, returned))}>")
+        if returned[name] is None:
+            raise LoopContractError(path, "loop", f"a loop returning a number or a dict holding {metric!r}", f"<a dict with {name!r}: None>")
         returned = returned[name]
     if returned is None:
         if metric in report.last_metrics:
             return report.last_metrics[metric]
-        raise StudyFileError(
+        raise LoopContractError(
             path, "loop", f"a loop returning the objective's value, or reporting {metric!r} through trial.epoch(...)", "<None, and no trial.epoch(...)>"
         )
     if not isinstance(returned, (str, bytes)):
@@ -221,4 +223,4 @@ def _loop_value(returned: Any, metric: str, report: TrialReport, path: str) -> f
             return float(returned)
         except (TypeError, ValueError):
             pass
-    raise StudyFileError(path, "loop", f"a loop returning a number (the objective's {metric!r})", f"<{type(returned).__name__} {returned!r:.60}>")
+    raise LoopContractError(path, "loop", f"a loop returning a number (the objective's {metric!r})", f"<{type(returned).__name__} {returned!r:.60}>")

@@ -248,7 +248,8 @@ def fail_stale_trials(study: optuna.Study, *, retry: bool = True, running: Seque
             failed.append(t)
             again = retry and t.params and not {keys.RETRY_OF, keys.CONFIRM_OF} & set(t.user_attrs)
             if again:
-                study.enqueue_trial(t.params, user_attrs={keys.RETRY_OF: t.number})
+                source = {keys.SOURCE: t.user_attrs[keys.SOURCE]} if keys.SOURCE in t.user_attrs else {}  # a swept configuration stays tagged
+                study.enqueue_trial(t.params, user_attrs={keys.RETRY_OF: t.number, **source})
             logger.warning("trial %d failed: %s%s", t.number, why, "; its configuration runs once more" if again else "")
     return failed
 

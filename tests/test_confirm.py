@@ -430,3 +430,6 @@ def test_one_fresh_seed_has_no_spread() -> None:
     assert _confirmed(two) == "0.125 +- 0.0071 (2)"
     back = confirm.Confirmation(trial=3, single_seed_value=0.1, seeds=(11,), values=(0.126,), complete=True, lr_scale=0.7)
     assert confirm.confirmed_winner([one, back], "minimize") is one
+    # nor does a gain on one seed take a further step back: it could be that seed's noise
+    done, following = _race([0.10], [_ran(0, 11, 0.2), _ran(0, 11, 0.1, scale=0.7)], seeds=(11,), step_back=0.7)
+    assert following is None and [c.lr_scale for c in done] == [1.0, 0.7] and confirm.confirmed_winner(done, "minimize").lr_scale == 0.7

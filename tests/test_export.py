@@ -52,6 +52,15 @@ def test_an_adam_export_with_exponents_loads_back(tmp_path, fmt) -> None:
     assert group["eps"] == 1e-08 and group["lr"] == 5e-05 and best.params == params
 
 
+def test_a_string_that_looks_like_a_number_stays_a_string(tmp_path) -> None:
+    """The export's YAML quotes what load_best would otherwise read as a number: a task argument "1e5"."""
+    from autolr.export import to_yaml
+
+    path = tmp_path / "best.yaml"
+    path.write_text(to_yaml({**EXPORT, "task_args": {"vocab": "1e5", "size": 2e-05}}))
+    assert autolr.load_best(path).task_args == {"vocab": "1e5", "size": 2e-05}
+
+
 def test_load_best_rejects_what_is_not_an_export(tmp_path) -> None:
     path = tmp_path / "x.yaml"
     path.write_text("study: s\nvalue: 1\n")

@@ -179,6 +179,7 @@ def test_a_loop_that_raises_is_fail_with_its_error(write_study, stores) -> None:
             r"loop: expected a loop returning the objective's value, or reporting 'val_loss' through trial.epoch\(...\), got <None, and no trial.epoch\(...\)>",
         ),
         ({"accuracy": 0.5}, r"loop: expected a loop returning a number or a dict holding 'val_loss', got <a dict of \['accuracy'\]>"),
+        ({"val_loss": None}, r"loop: expected a loop returning a number or a dict holding 'val_loss', got <a dict with 'val_loss': None>"),
         ("0.5", r"loop: expected a loop returning a number \(the objective's 'val_loss'\), got <str '0.5'>"),
     ],
 )
@@ -195,7 +196,23 @@ def test_a_loop_that_breaks_its_return_contract_stops_the_study_in_one_line(writ
     with pytest.raises(autolr.StudyFileError, match=expected):
         autolr.tune(path, loop=train, progress=False, **stores)
     [trial] = optuna.load_study(study_name="bad-return", storage=stores["storage"]).trials
-    assert len(calls) == 1 and trial.state.name == "FAIL" and trial.user_attrs["autolr.error"].startswith("StudyFileError:")
+    assert len(calls) == 1 and trial.state.name == "FAIL" and trial.user_attrs["autolr.error"].startswith("LoopContractError:")
+
+
+def test_after_a_trial_completed_a_bad_return_is_that_trials_fail(write_study, stores) -> None:
+    """A loop that returns a value on other paths (here its third call returns None): the study goes
+    on, the trial is FAIL with its error, in one warning line."""
+    calls = []
+
+    def train(trial: autolr.Trial):
+        calls.append(trial.params["lr"])
+        return None if len(calls) == 3 else trial.params["lr"]
+
+    path = write_study("name: sometimes-none\ntrials: 4\nsampler: random\nconfirm: false\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    result = autolr.tune(path, loop=train, progress=False, **stores)
+    states = [t.state.name for t in result.trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"] and len(calls) == 5
+    assert result.trials[2].user_attrs["autolr.error"].startswith("LoopContractError: ")
 
 
 def test_a_loop_returning_a_bad_value_is_exit_2_from_the_cli(tmp_path, stores, capsys) -> None:
