@@ -256,6 +256,8 @@ class Trial:
         for the rest), or None when it did."""
         if self._scheduler is None or self.steps <= self._scheduler.total_steps:
             return None
+        if self.run_config.schedule in ("constant", "plateau") and not self.run_config.warmup:
+            return None  # a rate that does not follow the step count: total_steps changes nothing
         total = self._scheduler.total_steps
         return (f"the schedule was built for total_steps={total} and the loop ran {self.steps} steps: its rate held the schedule's "
                 f"last value for the last {self.steps - total}; give trial.build_scheduler the loop's number of optimizer steps")  # fmt: skip
