@@ -78,9 +78,14 @@ class Loader(yaml.SafeLoader):
                 seen.add(key)
 
 
-Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")  # 1e-3, 2.5E+4: YAML 1.1 reads them as strings
-Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
+def _exponents_are_floats(cls: type, base: type) -> None:
+    """``1e-3`` and ``2.5E+4`` resolve to floats for ``cls`` (YAML 1.1 reads them as strings), in
+    its own copy of ``base``'s resolvers: PyYAML's own loaders and dumpers stay as they are."""
+    cls.yaml_implicit_resolvers = {k: list(v) for k, v in base.yaml_implicit_resolvers.items()}
+    cls.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+_exponents_are_floats(Loader, yaml.SafeLoader)
 
 
 class Dumper(yaml.SafeDumper):
@@ -88,8 +93,7 @@ class Dumper(yaml.SafeDumper):
     quoted (the loader would read it unquoted as a number)."""
 
 
-Dumper.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
-Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
+_exponents_are_floats(Dumper, yaml.SafeDumper)
 
 
 def problem(exc: yaml.YAMLError) -> str:

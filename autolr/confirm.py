@@ -379,6 +379,12 @@ def confirmed_winner(confirmations: Sequence[Confirmation], direction: str) -> C
     return winner
 
 
+def exported_params(winner: Confirmation | None, trial: FrozenTrial) -> dict[str, Any]:
+    """The flat configuration the export names for ``trial``, the confirmed ``winner``'s search
+    trial: a step back's, at its rate, else the trial's own."""
+    return dict(winner.params if winner is not None and winner.params else trial.user_attrs[keys.PARAMS])
+
+
 def _held_up(back: Confirmation, winner: Confirmation, direction: str) -> bool:
     """``back``'s mean is no worse than ``winner``'s by more than the tolerance or its standard error."""
     slack = min(STEP_BACK_TOLERANCE * abs(winner.mean), winner.standard_error)

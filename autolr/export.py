@@ -23,7 +23,7 @@ import yaml
 
 from autolr import keys
 from autolr._yaml import Dumper, Loader
-from autolr.confirm import confirmation, confirmed_winner
+from autolr.confirm import confirmation, confirmed_winner, exported_params
 from autolr.confirm import status as confirm_status
 from autolr.hparams import RunConfig
 from autolr.scheduler import StepScheduler
@@ -60,7 +60,7 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
         "confirmed": None if winner is None else winner.to_dict(),
         "confirmation": confirm_status(confirmations, config.confirm.enabled),  # off | pending | complete | all dropped
         "trial": best.number,
-        "params": dict(winner.params if winner is not None and winner.params else best.user_attrs[keys.PARAMS]),
+        "params": exported_params(winner, best),
         "epochs": None if code["key"] == "loop" else config.train.epochs,  # a loop's budget is its own
         "batch_size": None if code["key"] == "loop" else config.train.batch_size,
         "total_steps": best.user_attrs.get(keys.STEPS),

@@ -82,7 +82,7 @@ UID = "autolr.uid"  # the study's own id, kept across invocations
 RANGE_TEST_CACHE = "autolr.range_test.{optimizer}"  # one optimizer's cached range test
 CODE = "autolr.code"  # {"key": "task" | "loop", "label": ...}: what trained the study (callables have no file key)
 IDENTITY = "autolr.identity"  # {"fingerprint", "identity", "summary"}: what defines the study (autolr.identity)
-SWEEP = "autolr.sweep"  # {at, enqueued}: the schedule sweep (autolr.sweep) was enqueued at trial `at`
+SWEEP = "autolr.sweep"  # {at, target, enqueued}: the schedule sweep (autolr.sweep) for that target, enqueued at trial `at`
 CONFIRM_PLAN = "autolr.confirm_plan"  # {top, seeds, budget, step_back, steps, near, slack} of the last invocation that confirmed
 
 # --- MLflow run tags ----------------------------------------------------------------------------------

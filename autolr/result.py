@@ -9,7 +9,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys
-from autolr.confirm import Confirmation, confirmed_winner
+from autolr.confirm import Confirmation, confirmed_winner, exported_params
 
 __all__ = ["TuneResult"]
 
@@ -54,10 +54,8 @@ class TuneResult:
     @property
     def winner_params(self) -> dict[str, Any] | None:
         """The flat configuration ``autolr export`` names (``optimizer``, ``lr``, ``schedule``, ...)."""
-        c, w = self.confirmed, self.winner
-        if c is not None and c.params:
-            return dict(c.params)
-        return None if w is None else dict(w.user_attrs[keys.PARAMS])
+        w = self.winner
+        return None if w is None else exported_params(self.confirmed, w)
 
     def wait_for_plots(self, timeout_s: float = 120.0) -> bool:
         """Wait for this invocation's plots (drawn after it in a process of their own: see
