@@ -10,11 +10,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 
 import autolr
 from autolr import keys
@@ -168,13 +170,13 @@ def test_a_callable_and_the_study_file_naming_it_are_one_study() -> None:
 
 
 def test_the_db_file_alone_holds_every_finished_trial_after_kill_9(tmp_path) -> None:
-    path = _study(tmp_path, "k.yaml", name="killed", epochs=30, trials=50, high="0.05")
-    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    path = _study(tmp_path, "k.yaml", name="killed", task="digits_mlp", epochs=100, trials=50, high="0.05")
     proc = autolr_process("tune", str(path), "--no-tracking")
     try:
-        # killed mid-training, where a crash lands nearly always: a kill inside the checkpoint itself
-        # (the milliseconds after a trial ends) leaves the .db needing its -wal, by SQLite's design
-        wait_for(lambda: _finished(url, "killed") >= 2 and _training(url, "killed"), timeout_s=120, what="two finished trials, a third training")
+        # killed mid-training, once the checkpoint after the last finished trial has run: a kill inside
+        # the checkpoint itself (a background thread, in the first milliseconds of the next trial) leaves
+        # the .db needing its -wal, by SQLite's design; a digits epoch (~20 ms) keeps the kill far from it
+        wait_for(lambda: _training_after_checkpoint(tmp_path / "killed.db", 2), timeout_s=120, what="two finished trials in the .db alone, a third training")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
@@ -184,12 +186,28 @@ def test_the_db_file_alone_holds_every_finished_trial_after_kill_9(tmp_path) -> 
     assert _finished(f"sqlite:///{copy / 'killed.db'}", "killed") >= 2
 
 
-def _training(url: str, name: str) -> bool:
-    """A trial is running and has reported an epoch, but not past its tenth of 30: the process is inside
-    training, far from the checkpoint at the trial's end (a trial seen late in its epochs had once ended,
-    and the kill landed in its checkpoint)."""
-    study = optuna.load_study(study_name=name, storage=url)
-    return any(t.state.name == "RUNNING" and t.intermediate_values and max(t.intermediate_values) <= 10 for t in study.get_trials(deepcopy=False))
+def _training_after_checkpoint(db: Path, at_least: int) -> bool:
+    """A trial is running and has reported an epoch, but not past its tenth of 100 (the process is inside
+    training, a second from the next checkpoint), and a copy of the ``.db`` file alone holds every one of
+    the ``at_least`` or more finished trials (the checkpoint after the last one has run)."""
+    if not db.exists():  # not created here: the process creates it, in WAL mode
+        return False
+    try:
+        trials = optuna.load_study(study_name="killed", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    except KeyError:  # the study is not in it yet
+        return False
+    finished = len([t for t in trials if t.state.is_finished()])
+    training = any(t.state.name == "RUNNING" and t.intermediate_values and max(t.intermediate_values) <= 10 for t in trials)
+    if finished < at_least or not training:
+        return False
+    # SQLite's own checkpoint, every 1000 pages of -wal, comes some 30 trials in: autolr's is each trial's
+    assert finished <= at_least + 3, f"{finished} trials finished and the .db alone still lags the -wal"
+    probe = Path(tempfile.mkdtemp(dir=db.parent)) / db.name  # a folder of its own: no -wal of an earlier probe
+    shutil.copy(db, probe)
+    try:
+        return _finished(f"sqlite:///{probe}", "killed") == finished
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.DatabaseError):  # copied in a checkpoint
+        return False
 
 
 def _finished(url: str, name: str) -> int:
