@@ -4,6 +4,7 @@ nothing left RUNNING, the target reached exactly)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import filelock
 import optuna
 from mlflow.tracking import MlflowClient
 
@@ -24,6 +26,22 @@ def autolr_process(*args: str, env: dict[str, str] | None = None, cwd: str | Pat
     env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.Popen([sys.executable, "-c", CLI, *args], env=env, cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def trials_beside(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials as a reader beside a running ``autolr`` sees them: none before its SQLite file
+    and the study exist. The read takes the lock autolr holds while it creates the file's tables
+    (``autolr.sqlite.prepared``): Optuna, opening a store, creates any table it misses, and a reader doing
+    so at the same moment races the writer (``UNIQUE constraint failed: alembic_version``)."""
+    path = Path(storage[len("sqlite:///") :]) if storage.startswith("sqlite:///") else None
+    if path is not None and not path.exists():
+        return []
+    with filelock.FileLock(f"{path}.lock", timeout=120) if path is not None else contextlib.nullcontext():
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            return []
+    return study.get_trials(deepcopy=False)
 
 
 def run_autolr(*args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None, timeout_s: float = 300) -> subprocess.CompletedProcess:
@@ -41,11 +59,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str =
 
 def running_trial(storage: str, name: str) -> bool:
     """Whether the study exists and has a trial RUNNING (for killing a process mid-trial)."""
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return False
-    return any(t.state.name == "RUNNING" for t in study.get_trials(deepcopy=False))
+    return any(t.state.name == "RUNNING" for t in trials_beside(storage, name))
 
 
 def assert_stores_agree(storage: str, tracking_uri: str, name: str, target: int | None = None) -> optuna.Study:

@@ -21,7 +21,7 @@ import sqlalchemy.exc
 import autolr
 from autolr import keys
 from autolr.cli import main
-from tests.faultkit import autolr_process, run_autolr, wait_for
+from tests.faultkit import autolr_process, run_autolr, trials_beside, wait_for
 
 SMALL = """\
 name: {name}
@@ -190,12 +190,7 @@ def _training_after_checkpoint(db: Path, at_least: int) -> bool:
     """A trial is running and has reported an epoch, but not past its tenth of 100 (the process is inside
     training, a second from the next checkpoint), and a copy of the ``.db`` file alone holds every one of
     the ``at_least`` or more finished trials (the checkpoint after the last one has run)."""
-    if not db.exists():  # not created here: the process creates it, in WAL mode
-        return False
-    try:
-        trials = optuna.load_study(study_name="killed", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
-    except KeyError:  # the study is not in it yet
-        return False
+    trials = trials_beside(f"sqlite:///{db}", "killed")
     finished = len([t for t in trials if t.state.is_finished()])
     training = any(t.state.name == "RUNNING" and t.intermediate_values and max(t.intermediate_values) <= 10 for t in trials)
     if finished < at_least or not training:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from faultkit import assert_stores_agree, autolr_process, run_autolr, wait_for
+from faultkit import assert_stores_agree, autolr_process, run_autolr, trials_beside, wait_for
 from mlflow.tracking import MlflowClient
 
 from autolr import keys
@@ -64,10 +64,7 @@ def _stores(tmp_path: Path) -> tuple[str, str]:
 
 
 def _trials(storage: str, name: str) -> list:
-    try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    except KeyError:
-        return []
+    return trials_beside(storage, name)
 
 
 def _running_owners(storage: str, name: str) -> list[int]:

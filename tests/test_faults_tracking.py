@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from faultkit import assert_stores_agree, autolr_process, run_autolr, running_trial, wait_for
+from faultkit import assert_stores_agree, autolr_process, run_autolr, running_trial, trials_beside, wait_for
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID as PARENT
 
@@ -146,13 +146,7 @@ def test_tune_survives_its_writer_killed_mid_trial(tmp_path, stores, spool_dir) 
 
 
 def _finished(storage: str, name: str) -> int:
-    import optuna
-
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        return 0
-    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials_beside(storage, name))
 
 
 # --- a tracking server that hangs ---------------------------------------------------------------------------

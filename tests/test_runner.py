@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from autolr import store
 from autolr.cli import main
+from tests.faultkit import running_trial
 
 FLAKY_TASK = '''
 import os, time
@@ -131,15 +132,8 @@ def test_a_killed_worker_loses_only_its_trial_and_its_runs_get_closed(write_stud
     path = _study(write_study, tmp_path, "killed", trials=3, sleep_s=0.05)
     proc = _tune_subprocess(path, stores, {"AUTOLR_HEARTBEAT_S": "1", "AUTOLR_GRACE_S": "2"})
 
-    def running_trial() -> bool:
-        try:
-            study = optuna.load_study(study_name="killed", storage=stores["storage"])
-        except KeyError:
-            return False
-        return any(t.state.name == "RUNNING" for t in study.trials)
-
     try:
-        _wait_for(running_trial)
+        _wait_for(lambda: running_trial(stores["storage"], "killed"))
         time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGKILL)
