@@ -63,13 +63,15 @@ def study_record(
     direction: str,
     summary: str = "",
     range_tests: Mapping[str, float] | None = None,
+    export: Mapping[str, Any] | None = None,
 ) -> StudyRecord:
     """The parent run's record of the study, from the stored trials, so every invocation (and every
     ``--jobs`` worker's trial) counts. Quick: no plot is drawn (:func:`draw_study_plots` does that, in
     :mod:`autolr.plot_job`). ``range_tests``: optimizer -> the cached range test's ``max_stable_lr``
-    (:mod:`autolr.stability`)."""
+    (:mod:`autolr.stability`); ``export``: what ``autolr export`` names (:func:`autolr.export.best_export`)."""
     limits = stability.study_limits(rows, range_tests)
-    return StudyRecord(history(rows, direction), describe(rows, study=study, metric=metric, direction=direction, summary=summary, limits=limits))
+    text = describe(rows, study=study, metric=metric, direction=direction, summary=summary, limits=limits, export=export)
+    return StudyRecord(history(rows, direction), text)
 
 
 def draw_study_plots(
@@ -145,10 +147,19 @@ def history(rows: Sequence[Mapping[str, Any]], direction: str) -> dict[str, list
 
 
 def describe(
-    rows: Sequence[Mapping[str, Any]], *, study: str, metric: str, direction: str, summary: str = "", limits: Mapping[str, stability.Limit] | None = None
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    study: str,
+    metric: str,
+    direction: str,
+    summary: str = "",
+    limits: Mapping[str, stability.Limit] | None = None,
+    export: Mapping[str, Any] | None = None,
 ) -> str:
-    """The parent run's description (markdown): counts, the best trial, the stability limit per
-    optimizer and what it rests on, the plots. ``limits`` default: from the trials alone."""
+    """The parent run's description (markdown): counts, the best single-seed trial and what the
+    export names (the confirmation's winner, which may be another trial or a step back at a lower
+    rate), the stability limit per optimizer and what it rests on, the plots. ``limits`` default:
+    from the trials alone."""
     states = [r["state"] for r in rows]
     diverged = sum(1 for r in rows if r.get("diverged"))
     lines = [
@@ -158,11 +169,28 @@ def describe(
     ]
     top = top_trials(rows, direction, 1)
     if top:
-        lines.append(f"Best: trial {top[0]['trial']}, {metric} = {top[0]['value']:.6g} ({_label(top[0])}); see `best_config.yaml`.")
+        lines.append(f"Best single seed: trial {top[0]['trial']}, {metric} = {top[0]['value']:.6g} ({_label(top[0])}).")
+    if export is not None:
+        lines.append(_exported(export, metric))
     for name, limit in (stability.study_limits(rows) if limits is None else limits).items():
         lines.append(f"Max stable lr ({name}): {limit.lr:.4g}. From {limit.source}.")
     lines.append("Plots in `plots/`: " + ", ".join(f"`{p}`" for p in STUDY_PLOTS) + "; the best trial runs of each invocation have `plots/curves.png`.")
     return "\n".join(lines)
+
+
+def _exported(export: Mapping[str, Any], metric: str) -> str:
+    """The line naming what ``best_config.yaml`` holds: the confirmed winner with its mean and spread
+    on fresh seeds, or the single-seed best while the confirmation is off or not over."""
+    params, confirmed = export["params"], export.get("confirmed")
+    lr = params.get("lr")
+    what = f"{params.get('optimizer')} {params.get('schedule')}" + (f" lr={lr:.3g}" if isinstance(lr, float) else "")
+    if not confirmed:
+        return f"Exported (`best_config.yaml`): trial {export['trial']} ({what}), its single-seed value; confirmation {export.get('confirmation')}."
+    scale = confirmed.get("lr_scale", 1.0)
+    at = f" at {scale:.3g}x its lr" if scale != 1.0 else ""
+    spread = f" +- {confirmed['std']:.2g}" if confirmed.get("std") is not None else ""
+    return (f"Exported (`best_config.yaml`): trial {export['trial']}{at} ({what}), {metric} = {confirmed['mean']:.6g}{spread}, "
+            f"the mean over {len(confirmed['values'])} fresh seeds (runs tagged `autolr.role = confirm`).")  # fmt: skip
 
 
 def _finite(value: Any) -> bool:

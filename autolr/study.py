@@ -407,7 +407,7 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
             rows = [store.trial_row(t) for t in study.get_trials(deepcopy=False)]
             summary = f"({config.code_label}, {config.sampler} sampler, target {config.trials} trials)"
             record = report.study_record(rows, study=config.name, metric=config.metric, direction=config.direction, summary=summary,
-                                         range_tests=store.range_test_limits(study))  # fmt: skip
+                                         range_tests=store.range_test_limits(study), export=export)  # fmt: skip
         except Exception:  # noqa: BLE001 - the best configuration is still recorded
             logger.exception("could not describe the study on the parent run")
             record = report.StudyRecord({}, None)

@@ -82,8 +82,23 @@ def test_description_summarises_the_study() -> None:
     text = report.describe(ROWS, study="demo", metric="val_loss", direction="minimize", summary="(digits_mlp)")
     assert text.startswith("**autolr study `demo`** (digits_mlp)")
     assert "3 complete, 3 pruned (2 diverged), 1 failed" in text
-    assert "Best: trial 1, val_loss = 0.2" in text
+    assert "Best single seed: trial 1, val_loss = 0.2" in text and "Exported" not in text
     assert "Max stable lr (adam): 0.001." in text and "Max stable lr (sgd): 0.08." in text
+
+
+def test_description_names_what_the_export_holds() -> None:
+    """The confirmation's winner may be a step back of another trial than the single-seed best: the
+    description says which, at what rate, with its mean on fresh seeds (as the best.* params and
+    the autolr.best_value tag beside it hold)."""
+    params = {"optimizer": "sgd", "lr": 0.035, "schedule": "cosine"}
+    confirmed = {"trial": 0, "seeds": [1000, 2000, 3000], "values": [0.21, 0.25, 0.23], "mean": 0.23, "std": 0.02, "lr_scale": 0.7}
+    export = {"trial": 0, "params": params, "confirmed": confirmed, "confirmation": "complete"}
+    text = report.describe(ROWS, study="demo", metric="val_loss", direction="minimize", export=export)
+    assert "Best single seed: trial 1, val_loss = 0.2 " in text
+    assert "Exported (`best_config.yaml`): trial 0 at 0.7x its lr (sgd cosine lr=0.035), val_loss = 0.23 +- 0.02, the mean over 3 fresh seeds" in text
+    pending = {"trial": 1, "params": params | {"lr": 0.05}, "confirmed": None, "confirmation": "pending"}
+    text = report.describe(ROWS, study="demo", metric="val_loss", direction="minimize", export=pending)
+    assert "Exported (`best_config.yaml`): trial 1 (sgd cosine lr=0.05), its single-seed value; confirmation pending." in text
 
 
 def test_metric_key_is_the_logged_name() -> None:

@@ -171,6 +171,7 @@ def test_tuned_study_holds_plots_best_config_and_curves(write_study, stores) -> 
     assert artifacts == {f"plots/{name}" for name in STUDY_PLOTS}
     assert "best_config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "autolr study `layout`" in parent.data.tags["mlflow.note.content"]
+    assert f"Exported (`best_config.yaml`): trial {parent.data.tags['autolr.best_trial']}" in parent.data.tags["mlflow.note.content"]  # what best.* holds
     assert parent.data.params["best.lr"] == repr(result.best.user_attrs["autolr.params"]["lr"])
     complete = [t for t in result.trials if t.state.name == "COMPLETE"]
     assert complete and all(t.user_attrs["autolr.loss_ratio"] > 0 for t in complete)  # where training ended / began
