@@ -109,8 +109,8 @@ class Objective:
             raise
         trial.set_user_attr(keys.STEPS, steps)
         report.record_loss_ratio()
-        if not math.isfinite(value):  # only reachable with the guard off: still divergence, not a bug
-            reason = f"diverged: {report.metric} {value} after the last epoch"
+        if not math.isfinite(value):  # the guard off, or a loop's return: still divergence, not a bug
+            reason = f"diverged: {report.metric} {value} " + ("after the last epoch" if cfg.loop is None else _returned(report))
             self._record_prune(trial, run, reason, divergence_step=steps - 1, diverged=True)
             raise Pruned(reason, step=steps - 1, diverged=True)
         store.tell(trial, value)
@@ -200,6 +200,12 @@ def resolve_loop(loop: str | Callable[..., Any]) -> Callable[..., Any]:
     return loop if callable(loop) else resolve_callable(loop)
 
 
+def _returned(report: TrialReport) -> str:
+    """Where a loop's non-finite value came from: its return, beside what its last epoch reported."""
+    last = report.last_metrics.get(report.metric)
+    return "returned by the loop" + (f" (its last trial.epoch reported {last:.4g})" if isinstance(last, float) and math.isfinite(last) else "")
+
+
 def _loop_value(returned: Any, metric: str, report: TrialReport, path: str) -> float:
     """The trial's value: what the loop returned (a number, or a dict holding the objective's metric),
     or the metric of its last ``trial.epoch`` when it returned nothing. Anything else breaks the
@@ -218,9 +224,15 @@ def _loop_value(returned: Any, metric: str, report: TrialReport, path: str) -> f
         raise LoopContractError(
             path, "loop", f"a loop returning the objective's value, or reporting {metric!r} through trial.epoch(...)", "<None, and no trial.epoch(...)>"
         )
-    if not isinstance(returned, (str, bytes)):
+    if not isinstance(returned, (str, bytes, bool)) and not _boolean(returned):  # True is no loss: `return ok` is a slip
         try:
             return float(returned)
         except (TypeError, ValueError):
             pass
-    raise LoopContractError(path, "loop", f"a loop returning a number (the objective's {metric!r})", f"<{type(returned).__name__} {returned!r:.60}>")
+    shown = " ".join(repr(returned).split())  # one line, whatever the repr (a model's spans many)
+    raise LoopContractError(path, "loop", f"a loop returning a number (the objective's {metric!r})", f"<{type(returned).__name__} {shown:.60}>")
+
+
+def _boolean(value: Any) -> bool:
+    """A NumPy or PyTorch boolean scalar (``np.bool_``, a ``torch.bool`` tensor), which float() takes."""
+    return type(value).__name__ == "bool_" or str(getattr(value, "dtype", "")) == "torch.bool"

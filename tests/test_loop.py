@@ -181,6 +181,9 @@ def test_a_loop_that_raises_is_fail_with_its_error(write_study, stores) -> None:
         ({"accuracy": 0.5}, r"loop: expected a loop returning a number or a dict holding 'val_loss', got <a dict of \['accuracy'\]>"),
         ({"val_loss": None}, r"loop: expected a loop returning a number or a dict holding 'val_loss', got <a dict with 'val_loss': None>"),
         ("0.5", r"loop: expected a loop returning a number \(the objective's 'val_loss'\), got <str '0.5'>"),
+        (True, r"loop: expected a loop returning a number \(the objective's 'val_loss'\), got <bool True>$"),  # `return ok`: every trial 1.0
+        ({"val_loss": torch.tensor(False)}, r"got <Tensor tensor\(False\)>$"),
+        (torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), r"got <Sequential Sequential\( \(0\): Linear\(in_features=2, [^\n]*>$"),  # one line
     ],
 )
 def test_a_loop_that_breaks_its_return_contract_stops_the_study_in_one_line(write_study, stores, returned, expected) -> None:
@@ -197,6 +200,17 @@ def test_a_loop_that_breaks_its_return_contract_stops_the_study_in_one_line(writ
         autolr.tune(path, loop=train, progress=False, **stores)
     [trial] = optuna.load_study(study_name="bad-return", storage=stores["storage"]).trials
     assert len(calls) == 1 and trial.state.name == "FAIL" and trial.user_attrs["autolr.error"].startswith("LoopContractError:")
+
+
+def test_a_loop_returning_nan_is_a_divergence_that_names_the_return(write_study, stores) -> None:
+    def train(trial: autolr.Trial) -> float:
+        trial.epoch({"val_loss": 0.25})
+        return float("nan")
+
+    path = write_study("name: nan-return\ntrials: 2\nconfirm: false\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    result = autolr.tune(path, loop=train, progress=False, **stores)
+    reasons = {t.user_attrs["autolr.prune_reason"] for t in result.trials}
+    assert reasons == {"diverged: val_loss nan returned by the loop (its last trial.epoch reported 0.25)"}
 
 
 def test_after_a_trial_completed_a_bad_return_is_that_trials_fail(write_study, stores) -> None:
