@@ -28,8 +28,16 @@ __all__ = ["main"]
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose bad flag is one line (``autolr tune: error: argument --trials: ...``,
+    exit 2) like every other bad input, not its usage block and then the line; ``-h`` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} -h)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autolr", description="Tune the learning rate and its schedule.")
+    parser = _Parser(prog="autolr", description="Tune the learning rate and its schedule.")
     parser.add_argument("--version", action="version", version=f"autolr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -348,4 +348,12 @@ def test_a_bad_number_flag_is_one_line_saying_what_was_expected(capsys, flag, va
     with pytest.raises(SystemExit) as exit_info:
         main(["tune", QUICKSTART, flag, value])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"autolr tune: error: argument {flag}: expected {expected}, got {value}"
+    assert capsys.readouterr().err.splitlines() == [f"autolr tune: error: argument {flag}: expected {expected}, got {value} (usage: autolr tune -h)"]
+
+
+@pytest.mark.parametrize("argv", [["export", QUICKSTART, "--format", "toml"], ["tune"], ["bogus"], []])
+def test_a_bad_flag_or_command_is_one_line(capsys, argv) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and ": error: " in err[0] and err[0].endswith(" -h)")
