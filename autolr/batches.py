@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["Batches", "LoaderBatches", "batch_size", "describe_batch", "move_to_device"]
+__all__ = ["Batches", "LoaderBatches", "UnsizedData", "batch_size", "describe_batch", "move_to_device"]
 
 
 def move_to_device(batch: Any, device: torch.device | str, *, non_blocking: bool = False) -> Any:
@@ -110,6 +110,11 @@ class Batches:
             yield x[idx], y[idx]
 
 
+class UnsizedData(TypeError):
+    """Training data without a length (an iterable dataset, a generator) and no ``steps_per_epoch``:
+    an epoch has no end to count steps to."""
+
+
 class LoaderBatches:
     """A user's own ``DataLoader`` (or any iterable of batches, an iterable dataset's loader included)
     used as it is, each batch moved to ``device``.
@@ -123,7 +128,7 @@ class LoaderBatches:
         if steps_per_epoch is not None and not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
             raise ValueError(f"steps_per_epoch: expected an integer >= 1 or None, got {steps_per_epoch!r}")
         if steps_per_epoch is None and not _has_len(data):
-            raise TypeError(f"data: {type(data).__name__} has no length; pass steps_per_epoch (batches per epoch)")
+            raise UnsizedData(f"data: {type(data).__name__} has no length; pass steps_per_epoch (batches per epoch)")
         self.data = data
         self.device = torch.device(device)
         self.steps_per_epoch = steps_per_epoch

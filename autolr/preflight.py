@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from autolr.batches import UnsizedData
 from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
 from autolr.objective import make_trainer, resolve_loop, resolve_metric
@@ -113,7 +114,12 @@ def _one_step(config: StudyConfig, task: Task) -> None:
         raise StudyFileError(config.path, "train.precision", "bf16 or fp32 on this machine", f"<{exc}>") from None
     model = task.model.to(trainer.device)
     try:
-        batch = _first(trainer.train_batches(task), "train_data")
+        batches = trainer.train_batches(task)
+    except UnsizedData:
+        raise StudyFileError(config.path, "train.steps_per_epoch", f"batches per epoch, since task {config.code_label}'s train_data has no length",
+                             "<not set>") from None  # fmt: skip
+    try:
+        batch = _first(batches, "train_data")
         with trainer.autocast():
             loss = training_step_of(task)(model, batch)
         if not loss.requires_grad:

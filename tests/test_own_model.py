@@ -191,6 +191,16 @@ def test_data_without_a_length_needs_steps_per_epoch() -> None:
         _fit(_linear_task(_Stream()))
 
 
+def test_a_study_over_data_without_a_length_names_the_key_to_set(write_study, stores) -> None:
+    def stream(**_):
+        return _linear_task(_Stream())
+
+    path = write_study("name: unsized\ntrials: 1\nconfirm: false\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    expected = r"study.yaml: train.steps_per_epoch: expected batches per epoch, since task .*stream's train_data has no length, got <not set>$"
+    with pytest.raises(autolr.StudyFileError, match=expected):
+        autolr.tune(path, task=stream, progress=False, **stores)
+
+
 def test_accumulation_and_a_step_budget_count_optimizer_steps() -> None:
     data = TensorDataset(torch.randn(64, 4), torch.randn(64, 1))  # 8 batches of 8 an epoch
     trainer, result = _fit(_linear_task(data), accumulate=4, epochs=3)
