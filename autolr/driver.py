@@ -69,7 +69,7 @@ def run_trials(
             try:
                 last = run_one(study, trial, objective)
             except KeyboardInterrupt:  # also one landing before run_one's own handler: never left RUNNING
-                _fail_if_possible(study, trial, INTERRUPTED)
+                _interrupted(study, trial)
                 raise
             except LoopContractError as exc:
                 if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -103,14 +103,30 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
         except LoopContractError:  # the trial is FAIL with its error (the objective set it); the caller decides the rest
             _fail_if_possible(study, trial)
             raise
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is lost, the rest is saved
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is FAIL and runs again at the next invocation
             delivered()
-            _fail_if_possible(study, trial, INTERRUPTED)
+            _interrupted(study, trial)
             raise
         except Exception as exc:  # noqa: BLE001 - a trial's error is the trial's; the study goes on
             logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
     told = store.told(trial)  # the objective told COMPLETE or PRUNED: the trial as stored then
     return told if told is not None else study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
+    """A trial a stop signal ended: FAIL with :data:`INTERRUPTED`, and, when this call is the one that
+    failed it, its configuration queued to run once more (:func:`autolr.store.queue_retry`), as a
+    killed trial's is: a promising trial that a Ctrl-C or a batch scheduler's SIGTERM cut is not lost
+    to the next invocation. Each step may fail (the storage may be what went away)."""
+    was_running = False
+    with contextlib.suppress(Exception):
+        was_running = study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    _fail_if_possible(study, trial, INTERRUPTED)
+    if was_running:
+        with contextlib.suppress(Exception):
+            frozen = study._storage.get_trial(trial._trial_id)
+            if frozen.state == TrialState.FAIL:
+                store.queue_retry(study, frozen)
 
 
 def _fail_if_possible(study: optuna.Study, trial: optuna.Trial, why: str | None = None) -> None:

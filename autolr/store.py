@@ -222,8 +222,7 @@ def fail_stale_trials(study: optuna.Study, *, retry: bool = True, running: Seque
     requeued right after a kill finds its trials failed), or one of another machine whose heartbeat
     is ``GRACE_S`` old. Of several processes that find the same trial, one fails it (the storage refuses the
     others) and that one queues the retry: a WAITING trial with the same configuration and
-    ``autolr.retry_of`` = the killed trial's number, which the next trial asked runs. A retry is not
-    retried again, nor is a confirmation run (the confirmation trains its missing seeds itself).
+    ``autolr.retry_of`` = the killed trial's number (:func:`queue_retry`).
     ``retry``: False when the study holds its target already. ``running``: the study's RUNNING trials
     as the caller just read them (else they are read here).
     """
@@ -246,12 +245,22 @@ def fail_stale_trials(study: optuna.Study, *, retry: bool = True, running: Seque
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
             failed.append(t)
-            again = retry and t.params and not {keys.RETRY_OF, keys.CONFIRM_OF} & set(t.user_attrs)
-            if again:
-                source = {keys.SOURCE: t.user_attrs[keys.SOURCE]} if keys.SOURCE in t.user_attrs else {}  # a swept configuration stays tagged
-                study.enqueue_trial(t.params, user_attrs={keys.RETRY_OF: t.number, **source})
+            again = retry and queue_retry(study, t)
             logger.warning("trial %d failed: %s%s", t.number, why, "; its configuration runs once more" if again else "")
     return failed
+
+
+def queue_retry(study: optuna.Study, t: FrozenTrial) -> bool:
+    """Queue the configuration of ``t``, a trial killed or interrupted, to run once more: a WAITING
+    trial with ``autolr.retry_of`` = its number (and its ``autolr.source``: a swept configuration stays
+    tagged), which the next trial asked runs. Not for a retry (once is enough), a confirmation run
+    (the confirmation trains its missing seeds itself) or a trial stopped before its configuration was
+    drawn; returns whether it queued one."""
+    if not t.params or {keys.RETRY_OF, keys.CONFIRM_OF} & set(t.user_attrs):
+        return False
+    source = {keys.SOURCE: t.user_attrs[keys.SOURCE]} if keys.SOURCE in t.user_attrs else {}
+    study.enqueue_trial(t.params, user_attrs={keys.RETRY_OF: t.number, **source})
+    return True
 
 
 @contextlib.contextmanager

@@ -101,7 +101,7 @@ def test_ctrl_c_keeps_what_finished_closes_runs_and_a_rerun_resumes(write_study,
     assert main(["tune", path, *_args(stores)]) == 130
     assert "re-run the same command to resume" in capsys.readouterr().err
     study = optuna.load_study(study_name="interrupted", storage=stores["storage"])
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL", "WAITING"]  # its configuration queued again
     runs, parents = _runs_by_trial(stores["tracking_uri"], "interrupted")
     assert runs[2].info.status == "KILLED" and runs[2].data.tags["autolr.state"] == "FAIL"  # as in Optuna
     assert [p.info.status for p in parents] == ["KILLED"]
@@ -110,6 +110,9 @@ def test_ctrl_c_keeps_what_finished_closes_runs_and_a_rerun_resumes(write_study,
     assert main(["tune", path, *_args(stores)]) == 0  # the counter moved on: no more interrupts
     study = optuna.load_study(study_name="interrupted", storage=stores["storage"])
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
+    retry = study.trials[3]  # the interrupted configuration ran first, once
+    assert retry.user_attrs["autolr.retry_of"] == 2 and retry.params == study.trials[2].params and retry.state.name == "COMPLETE"
+    assert not any("autolr.retry_of" in t.user_attrs for t in study.trials[4:])
     runs, parents = _runs_by_trial(stores["tracking_uri"], "interrupted")
     assert all(r.info.status != "RUNNING" for r in [*runs.values(), *parents])
 
