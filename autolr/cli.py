@@ -300,10 +300,10 @@ def _ranked(rows: list[dict], direction: str) -> list[dict]:
 
 
 def _table(rows: list[dict], metric: str) -> str:
-    headers = ["trial", "state", metric, "fresh seeds", "optimizer", "lr", "schedule", "warmup", "steps", "prune reason / error"]
+    headers = ["trial", "state", metric, "fresh seeds", "optimizer", "lr", "schedule", "warmup", "steps", "from", "prune reason / error"]
     body = [
         [str(r["trial"]), r["state"], _fmt(r["value"]), r.get("confirmed", "-"), str(r["optimizer"]), _fmt(r["lr"]), str(r["schedule"]),
-         _fmt(r["warmup"]), str(r["steps"] if r["steps"] is not None else "-"), r["reason"] or ""]
+         _fmt(r["warmup"]), str(r["steps"] if r["steps"] is not None else "-"), r.get("source") or "-", r["reason"] or ""]
         for r in rows
     ]  # fmt: skip
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]

@@ -427,7 +427,16 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "diverged": bool(t.user_attrs.get(keys.DIVERGED)),
         "loss_ratio": t.user_attrs.get(keys.LOSS_RATIO),
         "reason": t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR, ""),  # a FAIL trial's error
+        "source": _source(t),
     }
+
+
+def _source(t: FrozenTrial) -> str:
+    """Who proposed the trial, where not the sampler: ``sweep`` (the schedule sweep), ``range_test``
+    (its suggestion), ``retry of N`` (a killed or interrupted trial's configuration, again)."""
+    retry = t.user_attrs.get(keys.RETRY_OF)
+    source = t.user_attrs.get(keys.SOURCE) or ""
+    return f"{source}, retry of {retry}".lstrip(", ") if retry is not None else source
 
 
 def last_reported(trial: FrozenTrial) -> float | None:

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 import autolr
 from autolr import keys
+from autolr.cli import main
 from autolr.sweep import sweep_at, sweep_params
 
 SCHEDULES = CategoricalDistribution(["constant", "cosine", "step", "exponential"])
@@ -60,7 +61,7 @@ pruning: {{curve: {curve}}}
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
-def test_a_tpe_study_ends_with_the_sweep_and_random_search_does_not(write_study, stores, sampler) -> None:
+def test_a_tpe_study_ends_with_the_sweep_and_random_search_does_not(write_study, stores, sampler, capsys) -> None:
     path = write_study(LSQ.format(name=f"swept-{sampler}", sampler=sampler, curve="none"))
     autolr.tune(path, progress=False, **stores)
     study = optuna.load_study(study_name=f"swept-{sampler}", storage=stores["storage"])
@@ -81,6 +82,10 @@ def test_a_tpe_study_ends_with_the_sweep_and_random_search_does_not(write_study,
     client = MlflowClient(stores["tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("swept-tpe").experiment_id], "tags.`autolr.source` = 'sweep'")
     assert sorted(int(r.data.tags["autolr.trial"]) for r in runs) == [t.number for t in swept]
+    capsys.readouterr()
+    assert main(["show", str(path), "--storage", stores["storage"], "--top", "20"]) == 0
+    table = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()}
+    assert all("sweep" in table[str(t.number)] for t in swept) and "sweep" not in table[str(incumbent.number)]  # the from column
 
 
 def _study_with(n_complete: int, *, failed: int = 0) -> optuna.Study:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -414,6 +415,8 @@ def test_the_trials_view_is_set_as_the_study_starts_and_not_written_again(write_
 
     autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"], on_trial=on_trial, trials=2)
     assert seen == [True, True] and writes.count(keys.TRIALS_VIEW_TAG) == 1
+    view = json.loads(MlflowClient(stores["tracking_uri"]).get_experiment_by_name("view").tags[keys.TRIALS_VIEW_TAG])
+    assert {"tags.`autolr.role`", "tags.`autolr.source`", "params.`lr`"} <= set(view["selectedColumns"])  # a sweep trial told apart
     autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"], trials=3)
     assert writes.count(keys.TRIALS_VIEW_TAG) == 1
     client, parents, _ = _runs(stores["tracking_uri"], "view")

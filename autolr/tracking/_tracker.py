@@ -225,9 +225,16 @@ class Tracker:
     @_full_disk_in_one_line
     def set_trials_view(self, metric: str, *, ascending: bool) -> None:
         """The experiment's trials view (:data:`autolr.keys.TRIALS_VIEW`): every run flat, sorted by the
-        objective ``metric``, with it and the main parameters as columns."""
+        objective ``metric``, with it, the main parameters, the state, the prune reason, and what each
+        run is (``autolr.role``: trial or confirm; ``autolr.source``: sweep for the schedule sweep's
+        trials, range_test for the range test's suggestion) as columns: by its name a sweep trial
+        looks like any trial."""
         column = f"metrics.`{metric}`"
-        shown = [column, *(f"params.`{p}`" for p in ("optimizer", "lr", "schedule", "warmup")), f"tags.`{keys.STATE}`", f"tags.`{keys.PRUNE_REASON}`"]
+        shown = [
+            column,
+            *(f"params.`{p}`" for p in ("optimizer", "lr", "schedule", "warmup")),
+            *(f"tags.`{t}`" for t in (keys.STATE, keys.PRUNE_REASON, keys.ROLE, keys.SOURCE)),
+        ]
         state = {"searchFilter": "", "orderByKey": column, "orderByAsc": ascending, "startTime": "ALL", "lifecycleFilter": "Active", "selectedColumns": shown}
         text, experiment_id = json.dumps(state), self.experiment_id
         if self._experiment_tags.get(keys.TRIALS_VIEW_TAG) != text:  # an experiment already showing it is not written again
