@@ -20,7 +20,7 @@ REFRESH_S = 0.5
 class NullProgress:
     """No bar: every call does nothing."""
 
-    def steps(self, trial: int, step: int, total_steps: int | None, epoch: int, epochs: int | None, loss: float | None) -> None: ...
+    def steps(self, trial: str, step: int, total_steps: int | None, epoch: int, epochs: int | None, loss: float | None) -> None: ...
 
     def trial_finished(self, text: str, counted: bool) -> None: ...
 
@@ -38,7 +38,8 @@ class Progress(NullProgress):
         self.bar = tqdm(total=target, initial=min(initial, target), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
         self._last = 0.0
 
-    def steps(self, trial: int, step: int, total_steps: int | None, epoch: int, epochs: int | None, loss: float | None) -> None:
+    def steps(self, trial: str, step: int, total_steps: int | None, epoch: int, epochs: int | None, loss: float | None) -> None:
+        """``trial``: how the bar names the running trial (``#9``, ``confirming #4 on seed 1000``)."""
         now = time.monotonic()
         if now - self._last < REFRESH_S:
             return
@@ -46,7 +47,7 @@ class Progress(NullProgress):
         of_steps = f"/{total_steps}" if total_steps else ""
         of_epochs = f"/{epochs}" if epochs else ""
         loss_text = "" if loss is None else f", loss {loss:.4g}"
-        self.bar.set_postfix_str(f"#{trial} epoch {epoch}{of_epochs}, step {step}{of_steps}{loss_text}")
+        self.bar.set_postfix_str(f"{trial} epoch {epoch}{of_epochs}, step {step}{of_steps}{loss_text}")
 
     def trial_finished(self, text: str, counted: bool) -> None:
         self._last = 0.0

@@ -84,6 +84,7 @@ class TrialReport(TrainerCallback):
         self.smoothed_loss: float | None = None  # EMA (0.9) of the training loss since
         self.last_metrics: dict[str, float] = {}
         self.last_epochs: list[int] = []
+        self._name: str | None = None  # on the progress bar (_label)
 
     def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
@@ -99,7 +100,18 @@ class TrialReport(TrainerCallback):
         if self._near_the_end(first_step, step):
             self.run.flush()
         epoch = (step - 1) // self.steps_per_epoch + 1 if self.steps_per_epoch else len(self.last_epochs) + 1
-        self.progress.steps(self.trial.number, step, self.total_steps, epoch, self.epochs, losses[-1] if losses else None)
+        self.progress.steps(self._label(), step, self.total_steps, epoch, self.epochs, losses[-1] if losses else None)
+
+    def _label(self) -> str:
+        """The running trial on the progress bar: ``#9``, or a confirmation run's search trial, scale
+        and seed (its own number counts the confirmation study's runs, not search trials). Read once:
+        an Optuna trial's user attrs are a storage read."""
+        if self._name is None:
+            attrs = self.trial.user_attrs
+            of, scale = attrs.get(keys.CONFIRM_OF), attrs.get(keys.LR_SCALE)
+            at = f" at {scale:g}x" if scale is not None else ""
+            self._name = f"#{self.trial.number}" if of is None else f"confirming #{of}{at} on seed {attrs.get(keys.SEED)}"
+        return self._name
 
     def _near_the_end(self, first_step: int, step: int) -> bool:
         """Whether the window ``[first_step, step)`` reaches the last epoch's first step or the last
