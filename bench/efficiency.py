@@ -47,7 +47,8 @@ step back (before the chain of step backs), ``@top1`` (``--variant top1 'confirm
 and code changes, their rows renamed by hand: ``@no-sweep`` (the defaults before the schedule sweep
 of ``autolr/sweep.py``), ``@sweep90`` (its first try, enqueued as trial 27 of 30 started, so one
 swept schedule never ran), and, measured and not shipped, ``@sweep60`` (the sweep at 60% of the
-trials), ``@tpe-gamma25`` (TPE's ``gamma`` a quarter of the trials) and ``@sweep-mean`` (the sweep at
+trials), ``@tpe-gamma25`` (TPE's ``gamma`` a quarter of the trials), ``@sweep-unpruned`` (the sweep's
+trials exempt from curve pruning) and ``@sweep-mean`` (the sweep at
 the incumbent's mean rate, each schedule's peak scaled by its mean factor; a code change, measured and not kept).
 """
 
