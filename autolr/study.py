@@ -461,4 +461,10 @@ def export_best(study: str | Path | StudyConfig, *, storage: str | None = None, 
     export = best_export(config, store.load(config, url), url)
     if export is None:
         raise RuntimeError(f"study {config.name!r} in {url} has no COMPLETE trial yet; run `autolr tune {config.path}`")
+    if export["confirmation"] == "pending":  # interrupted, or still running in another process
+        logger.warning("study %s: its confirmation is not over, so this export is the best single-seed trial (confirmation: pending); "
+                       "run `autolr tune %s` to finish it", config.name, config.path)  # fmt: skip
+    elif export["confirmation"] == "all dropped":
+        logger.warning("study %s: every configuration confirmed diverged or failed on a fresh seed; this export is the best single-seed trial, "
+                       "which did not hold", config.name)  # fmt: skip
     return write_export(export, path, fmt)

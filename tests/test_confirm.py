@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 import torch
@@ -141,7 +143,7 @@ def test_the_winner_steps_back_and_the_export_names_what_held(write_study, store
     assert [c.lr_scale for c in old.confirmations] == [1.0] * len(raced) and old.confirmed == best
 
 
-def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, stores, monkeypatch, capsys) -> None:
+def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, stores, monkeypatch, capsys, caplog) -> None:
     path = _study(write_study, "resumed", confirm_line="confirm: {top: 1, seeds: 3, step_back: false}")
     real = confirm.run_confirmation
     calls = {"n": 0}
@@ -167,6 +169,8 @@ def test_an_interrupted_confirmation_resumes_where_it_stopped(write_study, store
     capsys.readouterr()
     assert main(["show", str(path), "--storage", stores["storage"]]) == 0
     assert " (1 so far)" in capsys.readouterr().out  # one fresh seed stored, nothing claimed to be running
+    assert main(["export", str(path), "--storage", stores["storage"], "-o", str(Path(path).parent / "mid.yaml")]) == 0
+    assert "its confirmation is not over, so this export is the best single-seed trial" in caplog.text  # a warning on stderr
     assert main(["tune", str(path), "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]) == 0
     assert "already holds its target" not in capsys.readouterr().err  # it resumed the confirmation
     result = autolr.study_results(path, storage=stores["storage"])
