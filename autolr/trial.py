@@ -104,8 +104,8 @@ class TrialReport(TrainerCallback):
 
     def _label(self) -> str:
         """The running trial on the progress bar: ``#9``, or a confirmation run's search trial, scale
-        and seed (its own number counts the confirmation study's runs, not search trials). Read once:
-        an Optuna trial's user attrs are a storage read."""
+        and seed (its own number counts the confirmation study's runs, not search trials). Made once:
+        an Optuna trial's user attrs are a deep copy at each read."""
         if self._name is None:
             attrs = self.trial.user_attrs
             of, scale = attrs.get(keys.CONFIRM_OF), attrs.get(keys.LR_SCALE)

@@ -314,6 +314,7 @@ class _CountingTracker:
 
 class _NoOptunaTrial:
     number = 0
+    user_attrs: dict = {}
 
     def report(self, value, step) -> None: ...
 
