@@ -86,8 +86,12 @@ def run_trials(
 
 
 def _grid_exhausted(study: optuna.Study) -> bool:
+    """Every grid point visited and no trial queued: Optuna's grid counts a failed point as visited, so a
+    killed or interrupted last point's retry (WAITING) would otherwise never run."""
     sampler = study.sampler
-    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+    if not (isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)):
+        return False
+    return not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
 
 def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], float]) -> FrozenTrial:
@@ -126,7 +130,7 @@ def _interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
         with contextlib.suppress(Exception):
             frozen = study._storage.get_trial(trial._trial_id)
             if frozen.state == TrialState.FAIL:
-                store.queue_retry(study, frozen)
+                store.queue_retry(study, frozen, interrupted=True)
 
 
 def _fail_if_possible(study: optuna.Study, trial: optuna.Trial, why: str | None = None) -> None:

@@ -110,9 +110,10 @@ class Objective:
         trial.set_user_attr(keys.STEPS, steps)
         report.record_loss_ratio()
         if not math.isfinite(value):  # the guard off, or a loop's return: still divergence, not a bug
-            reason = f"diverged: {report.metric} {value} " + ("after the last epoch" if cfg.loop is None else _returned(report))
-            self._record_prune(trial, run, reason, divergence_step=steps - 1, diverged=True)
-            raise Pruned(reason, step=steps - 1, diverged=True)
+            reason = f"diverged: {report.metric} {value} {_where(report, loop=cfg.loop is not None)}"
+            step = steps - 1 if steps else None
+            self._record_prune(trial, run, reason, divergence_step=step, diverged=True)
+            raise Pruned(reason, step=step, diverged=True)
         store.tell(trial, value)
         run.end("COMPLETE", {keys.VALUE: value})
         return value
@@ -200,10 +201,13 @@ def resolve_loop(loop: str | Callable[..., Any]) -> Callable[..., Any]:
     return loop if callable(loop) else resolve_callable(loop)
 
 
-def _returned(report: TrialReport) -> str:
-    """Where a loop's non-finite value came from: its return, beside what its last epoch reported."""
+def _where(report: TrialReport, *, loop: bool) -> str:
+    """Where a trial's non-finite value came from: its last epoch, or a loop's return when its last
+    ``trial.epoch`` reported a finite value (said beside it) or none."""
     last = report.last_metrics.get(report.metric)
-    return "returned by the loop" + (f" (its last trial.epoch reported {last:.4g})" if isinstance(last, float) and math.isfinite(last) else "")
+    if not loop or (isinstance(last, float) and not math.isfinite(last)):
+        return "after the last epoch"
+    return "returned by the loop" + (f" (its last trial.epoch reported {last:.4g})" if isinstance(last, float) else "")
 
 
 def _loop_value(returned: Any, metric: str, report: TrialReport, path: str) -> float:
@@ -234,5 +238,6 @@ def _loop_value(returned: Any, metric: str, report: TrialReport, path: str) -> f
 
 
 def _boolean(value: Any) -> bool:
-    """A NumPy or PyTorch boolean scalar (``np.bool_``, a ``torch.bool`` tensor), which float() takes."""
-    return type(value).__name__ == "bool_" or str(getattr(value, "dtype", "")) == "torch.bool"
+    """A NumPy or PyTorch boolean (``np.True_``, named ``bool`` in NumPy 2 and ``bool_`` before; a 0-d
+    boolean array; a ``torch.bool`` tensor), which float() takes: ``return loss < best`` is a slip."""
+    return (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")

@@ -39,7 +39,7 @@ def make_sampler(
     the same promising point; with one process there is nothing running to lie about.
     """
     if name == "grid":
-        return optuna.samplers.GridSampler(grid_space, seed=seed)
+        return _GridSampler(grid_space, seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
@@ -80,6 +80,17 @@ def lr_ceiling(trials: Sequence[FrozenTrial], optimizer: str | None) -> tuple[fl
         if diverged and n_diverged * 2 >= n_above:
             ceiling = lr
     return stable_max, ceiling
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid, whose ``after_trial`` calls ``Study.stop`` once the grid is covered, only inside
+    ``Study.optimize``: outside it (autolr's driver, which stops once the grid is covered and nothing
+    is queued) ``Study.stop`` raises, and a queued trial (a killed or interrupted point's retry) run
+    after the grid was covered failed in its own tell."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        if getattr(study._thread_local, "in_optimize_loop", False):  # the flag Study.stop checks
+            super().after_trial(study, trial, state, values)
 
 
 def risky_band(lr: float, stable_max: float | None, ceiling: float | None) -> tuple[float, float] | None:

@@ -250,13 +250,15 @@ def fail_stale_trials(study: optuna.Study, *, retry: bool = True, running: Seque
     return failed
 
 
-def queue_retry(study: optuna.Study, t: FrozenTrial) -> bool:
+def queue_retry(study: optuna.Study, t: FrozenTrial, *, interrupted: bool = False) -> bool:
     """Queue the configuration of ``t``, a trial killed or interrupted, to run once more: a WAITING
     trial with ``autolr.retry_of`` = its number (and its ``autolr.source``: a swept configuration stays
-    tagged), which the next trial asked runs. Not for a retry (once is enough), a confirmation run
-    (the confirmation trains its missing seeds itself) or a trial stopped before its configuration was
-    drawn; returns whether it queued one."""
-    if not t.params or {keys.RETRY_OF, keys.CONFIRM_OF} & set(t.user_attrs):
+    tagged), which a later trial asked runs (Optuna runs the queue in order). Not for a confirmation
+    run (the confirmation trains its missing seeds itself), a trial stopped before its configuration
+    was drawn, or a killed retry (a configuration that kills its process twice is not run a third
+    time; an ``interrupted`` one is: a second Ctrl-C is the user's, not the configuration's); returns
+    whether it queued one."""
+    if not t.params or keys.CONFIRM_OF in t.user_attrs or (keys.RETRY_OF in t.user_attrs and not interrupted):
         return False
     source = {keys.SOURCE: t.user_attrs[keys.SOURCE]} if keys.SOURCE in t.user_attrs else {}
     study.enqueue_trial(t.params, user_attrs={keys.RETRY_OF: t.number, **source})
@@ -414,7 +416,7 @@ def _incompatible(url: str, exc: RuntimeError) -> str:
 def trial_row(t: FrozenTrial) -> dict[str, Any]:
     """One stored trial as a flat row for tables and plots: number, state, value, params, and why it
     stopped (a PRUNED trial's reason, a FAIL trial's error)."""
-    params = t.user_attrs.get(keys.PARAMS, t.params)
+    params = t.user_attrs.get(keys.PARAMS) or t.params or t.system_attrs.get("fixed_params") or {}  # WAITING: what it will run
     return {
         "trial": t.number,
         "state": t.state.name,

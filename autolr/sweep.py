@@ -109,26 +109,27 @@ class SweepSampler(BaseSampler):
         if not self._done and trial.number >= self.at:
             try:
                 # Hyperband hands its samplers a view of one bracket's trials: the sweep is the study's
-                self._enqueue(getattr(study, "_study", study))
+                self._enqueue(getattr(study, "_study", study), trial.number)
             except Exception as exc:  # noqa: BLE001 - inside Study.ask: a failure here would orphan the asked trial
                 self._done = True
                 logger.warning("schedule sweep skipped: %s: %s", type(exc).__name__, exc)
         self.base.before_trial(study, trial)
 
-    def _enqueue(self, study: optuna.Study) -> None:
+    def _enqueue(self, study: optuna.Study, at: int) -> None:
         if study.user_attrs.get(keys.SWEEP, {}).get("target", 0) >= self.trials:  # swept for this target already
             self._done = True
             return
         trials = study.get_trials(deepcopy=False)
-        claimed = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for t in trials)  # the asked one included
-        room = self.trials - claimed  # trials still to start after the one being asked
+        # the asked one included; a queued trial (a killed or interrupted one's retry) runs before the sweep's
+        claimed = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING) for t in trials)
+        room = self.trials - claimed  # trials still to start after the one being asked and the queue
         queued = sweep_params(trials, study.direction.name.lower())
         if 0 < room and len(queued) < room:  # not yet: the sweep's trials come last
             return
         queued = queued[: max(room, 0)]
         for params in queued:
             study.enqueue_trial(params, user_attrs={keys.SOURCE: "sweep"}, skip_if_exists=True)
-        study.set_user_attr(keys.SWEEP, {"at": len(trials) - 1, "target": self.trials, "enqueued": len(queued)})
+        study.set_user_attr(keys.SWEEP, {"at": at, "target": self.trials, "enqueued": len(queued)})
         self._done = True
 
     def after_trial(self, study, trial, state, values) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -183,6 +184,7 @@ def test_a_loop_that_raises_is_fail_with_its_error(write_study, stores) -> None:
         ("0.5", r"loop: expected a loop returning a number \(the objective's 'val_loss'\), got <str '0.5'>"),
         (True, r"loop: expected a loop returning a number \(the objective's 'val_loss'\), got <bool True>$"),  # `return ok`: every trial 1.0
         ({"val_loss": torch.tensor(False)}, r"got <Tensor tensor\(False\)>$"),
+        (np.float64(0.3) < np.float64(0.5), r"got <bool_? (np\.)?True_?>$"),  # `return loss < best` with NumPy numbers
         (torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), r"got <Sequential Sequential\( \(0\): Linear\(in_features=2, [^\n]*>$"),  # one line
     ],
 )
@@ -202,15 +204,24 @@ def test_a_loop_that_breaks_its_return_contract_stops_the_study_in_one_line(writ
     assert len(calls) == 1 and trial.state.name == "FAIL" and trial.user_attrs["autolr.error"].startswith("LoopContractError:")
 
 
-def test_a_loop_returning_nan_is_a_divergence_that_names_the_return(write_study, stores) -> None:
-    def train(trial: autolr.Trial) -> float:
-        trial.epoch({"val_loss": 0.25})
-        return float("nan")
+@pytest.mark.parametrize(
+    ("reported", "returned", "reason"),
+    [
+        (0.25, float("nan"), "diverged: val_loss nan returned by the loop (its last trial.epoch reported 0.25)"),
+        (None, float("inf"), "diverged: val_loss inf returned by the loop"),
+        (float("nan"), None, "diverged: val_loss nan after the last epoch"),  # the guard off: the epoch reported it
+    ],
+)
+def test_a_non_finite_value_is_a_divergence_that_says_where_it_came_from(write_study, stores, reported, returned, reason) -> None:
+    def train(trial: autolr.Trial):
+        if reported is not None:
+            trial.epoch({"val_loss": reported})
+        return returned
 
-    path = write_study("name: nan-return\ntrials: 2\nconfirm: false\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    path = write_study("name: nan-return\ntrials: 2\nconfirm: false\npruning: {divergence: false}\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
     result = autolr.tune(path, loop=train, progress=False, **stores)
-    reasons = {t.user_attrs["autolr.prune_reason"] for t in result.trials}
-    assert reasons == {"diverged: val_loss nan returned by the loop (its last trial.epoch reported 0.25)"}
+    assert {t.user_attrs["autolr.prune_reason"] for t in result.trials} == {reason}
+    assert all("autolr.divergence_step" not in t.user_attrs for t in result.trials)  # no step ran: none named
 
 
 def test_after_a_trial_completed_a_bad_return_is_that_trials_fail(write_study, stores) -> None:

@@ -44,7 +44,7 @@ def make(counter, fail_calls=(), interrupt_calls=(), sleep_s=0.0):
 '''
 
 
-def _study(write_study, tmp_path: Path, name: str, trials: int = 4, **task_args) -> str:
+def _study(write_study, tmp_path: Path, name: str, trials: int = 4, extra: str = "", **task_args) -> str:
     (tmp_path / "flaky_task.py").write_text(FLAKY_TASK)
     args = ", ".join(f"{k}: {v!r}" for k, v in {"counter": str(tmp_path / f"{name}.count"), **task_args}.items())
     return str(
@@ -57,6 +57,7 @@ def _study(write_study, tmp_path: Path, name: str, trials: int = 4, **task_args)
         trials: {trials}
         search: {{lr: {{low: 0.001, high: 0.1}}, optimizer: {{sgd: {{}}}}, schedule: {{constant: {{}}}}}}
         pruning: {{curve: none}}
+        {extra}
     """,
             f"{name}.yaml",
         )
@@ -115,6 +116,22 @@ def test_ctrl_c_keeps_what_finished_closes_runs_and_a_rerun_resumes(write_study,
     assert not any("autolr.retry_of" in t.user_attrs for t in study.trials[4:])
     runs, parents = _runs_by_trial(stores["tracking_uri"], "interrupted")
     assert all(r.info.status != "RUNNING" for r in [*runs.values(), *parents])
+
+
+def test_an_interrupted_retry_runs_again_and_a_grid_runs_its_last_points_retry(write_study, tmp_path, stores, capsys) -> None:
+    """Ctrl-C in the grid's last point, and again in its retry: each interrupted configuration is
+    queued again (a second Ctrl-C is the user's, not the configuration's), and the grid, all of whose
+    points Optuna counts as visited once one failed, still runs the queued one."""
+    path = _study(write_study, tmp_path, "gridstop", trials=3, extra="sampler: grid\n        confirm: false", interrupt_calls=[3, 5])
+    assert main(["tune", path, *_args(stores)]) == 130  # call 3 (0 is the pre-flight's): trial 2, the grid's last point
+    assert main(["tune", path, *_args(stores)]) == 130  # call 5: its retry, trial 3
+    assert main(["tune", path, *_args(stores)]) == 0
+    trials = optuna.load_study(study_name="gridstop", storage=stores["storage"]).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "FAIL", "COMPLETE"]
+    assert [t.user_attrs.get("autolr.retry_of") for t in trials] == [None, None, None, 2, 3] and trials[4].params == trials[2].params
+    capsys.readouterr()
+    assert main(["show", path, "--storage", stores["storage"], "--top", "9"]) == 0
+    assert "retry of 3" in capsys.readouterr().out
 
 
 def _tune_subprocess(path: str, stores, env_extra: dict, *extra: str) -> subprocess.Popen:

@@ -105,8 +105,10 @@ def _study_with(n_complete: int, *, failed: int = 0) -> optuna.Study:
 def _sweep(study: optuna.Study, target: int) -> list[str]:
     from autolr.sweep import SweepSampler
 
-    SweepSampler(optuna.samplers.RandomSampler(), at=0, trials=target)._enqueue(study)
-    return [t.system_attrs["fixed_params"]["schedule"] for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    asked = max(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    SweepSampler(optuna.samplers.RandomSampler(), at=0, trials=target)._enqueue(study, asked)
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return [t.system_attrs["fixed_params"]["schedule"] for t in waiting if t.user_attrs.get(keys.SOURCE) == "sweep"]
 
 
 def test_the_sweep_waits_until_it_fills_what_is_left_of_the_target() -> None:
@@ -120,6 +122,15 @@ def test_the_sweep_waits_until_it_fills_what_is_left_of_the_target() -> None:
     study = _study_with(12)
     assert _sweep(study, 15) == ["constant", "exponential"] and study.user_attrs[keys.SWEEP]["target"] == 15
     assert len(_sweep(study, 15)) == 2  # once per target: nothing more queued
+
+
+def test_a_queued_retry_takes_its_place_before_the_sweep() -> None:
+    """A killed or interrupted trial's retry, queued before the sweep, runs first: the sweep counts it,
+    or its last trial would wait past the target forever (--jobs 2 stopped by Ctrl-C, then resumed)."""
+    study = _study_with(12)
+    study.enqueue_trial({"optimizer": "sgd", "lr": 0.5, "schedule": "constant"}, user_attrs={keys.RETRY_OF: 3})
+    assert _sweep(study, 15) == ["constant"]  # 2 left after the asked one, 1 of them the retry's
+    assert study.user_attrs[keys.SWEEP]["at"] == 12  # the trial asked (the retry, queued after it, is 13)
 
 
 def test_a_larger_target_sweeps_again() -> None:
