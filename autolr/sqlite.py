@@ -159,10 +159,10 @@ class BackgroundCheckpoint:
                     return
                 continue
             self._wanted.clear()
-            engine = self._engine()
-            if engine is None:
-                return
-            with _CHECKPOINTING:
+            with _CHECKPOINTING:  # the engine is taken only once the lock is ours: a thread waiting on another storage's checkpoint pins nothing
+                engine = self._engine()
+                if engine is None:
+                    return
                 checkpoint_engine(engine)
             del engine  # not held while waiting
 

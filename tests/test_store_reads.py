@@ -127,9 +127,10 @@ def test_a_dropped_storage_leaves_no_checkpoint_thread_or_open_file(tmp_path, mo
         thread = study._storage._backend._checkpoint._thread
         assert thread.is_alive()
         del study
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # CI's loaded workers once took over 10 s
         while thread.is_alive() or (tmp_path / f"dropped-{i}.db-wal").exists():  # the last connection's close takes the -wal along
-            assert time.monotonic() < deadline, "the checkpoint thread (or a connection) outlived its storage"
+            alive = "the checkpoint thread" if thread.is_alive() else "a connection (its -wal is there)"
+            assert time.monotonic() < deadline, f"{alive} outlived its storage"
             gc.collect()
             time.sleep(0.05)
 
