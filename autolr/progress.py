@@ -11,10 +11,26 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["NullProgress", "Progress", "REFRESH_S"]
+from autolr import keys
+
+__all__ = ["NullProgress", "Progress", "REFRESH_S", "run_label"]
 
 REFRESH_S = 0.5
+
+
+def run_label(number: int, attrs: Mapping[str, Any]) -> str:
+    """How the bar names a run from its trial's number and user attrs: ``#9`` for a search trial; a
+    confirmation run by the search trial it confirms (its own number counts the confirmation
+    study's runs), its step back's scale and its seed: ``confirming #4 at 0.7x its lr on seed 1000``."""
+    of = attrs.get(keys.CONFIRM_OF)
+    if of is None:
+        return f"#{number}"
+    scale = attrs.get(keys.LR_SCALE)
+    back = f" at {scale:g}x its lr" if scale is not None else ""
+    return f"confirming #{of}{back} on seed {attrs.get(keys.SEED)}"
 
 
 class NullProgress:
@@ -39,7 +55,7 @@ class Progress(NullProgress):
         self._last = 0.0
 
     def steps(self, trial: str, step: int, total_steps: int | None, epoch: int, epochs: int | None, loss: float | None) -> None:
-        """``trial``: how the bar names the running trial (``#9``, ``confirming #4 on seed 1000``)."""
+        """``trial``: how the bar names the running trial (:func:`run_label`)."""
         now = time.monotonic()
         if now - self._last < REFRESH_S:
             return

@@ -31,7 +31,7 @@ from autolr.driver import run_trials
 from autolr.objective import Objective
 from autolr.optimizers import OPTIMIZERS
 from autolr.preflight import check_crosses_processes, preflight
-from autolr.progress import NullProgress, Progress
+from autolr.progress import NullProgress, Progress, run_label
 from autolr.pruning import make_pruner
 from autolr.result import TuneResult
 from autolr.sampler import make_sampler
@@ -250,9 +250,7 @@ class _Watch:
     def confirmed(self, trial: FrozenTrial) -> None:
         self._clock(trial)
         value = "" if trial.value is None else f" {trial.value:.4g}"
-        scale = trial.user_attrs.get(keys.LR_SCALE)
-        back = f" at {scale:g}x its lr" if scale is not None else ""
-        self.bar.note(f"confirming #{trial.user_attrs.get(keys.CONFIRM_OF)}{back} on seed {trial.user_attrs.get(keys.SEED)}: {trial.state.name}{value}")
+        self.bar.note(f"{run_label(trial.number, trial.user_attrs)}: {trial.state.name}{value}")
 
     def __call__(self, trial: FrozenTrial) -> None:
         self._clock(trial)

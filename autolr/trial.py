@@ -36,7 +36,7 @@ from autolr import keys
 from autolr.grads import grad_norms
 from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
-from autolr.progress import NullProgress
+from autolr.progress import NullProgress, run_label
 from autolr.scheduler import StepScheduler
 from autolr.steps import StepRecorder
 from autolr.trainer import TrainerCallback
@@ -103,14 +103,10 @@ class TrialReport(TrainerCallback):
         self.progress.steps(self._label(), step, self.total_steps, epoch, self.epochs, losses[-1] if losses else None)
 
     def _label(self) -> str:
-        """The running trial on the progress bar: ``#9``, or a confirmation run's search trial, scale
-        and seed (its own number counts the confirmation study's runs, not search trials). Made once:
-        an Optuna trial's user attrs are a deep copy at each read."""
+        """The running trial on the progress bar (:func:`autolr.progress.run_label`). Made once: an
+        Optuna trial's user attrs are a deep copy at each read."""
         if self._name is None:
-            attrs = self.trial.user_attrs
-            of, scale = attrs.get(keys.CONFIRM_OF), attrs.get(keys.LR_SCALE)
-            at = f" at {scale:g}x" if scale is not None else ""
-            self._name = f"#{self.trial.number}" if of is None else f"confirming #{of}{at} on seed {attrs.get(keys.SEED)}"
+            self._name = run_label(self.trial.number, self.trial.user_attrs)
         return self._name
 
     def _near_the_end(self, first_step: int, step: int) -> bool:

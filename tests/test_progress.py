@@ -60,4 +60,4 @@ def test_a_confirmation_run_is_named_by_the_search_trial_it_confirms() -> None:
 
     assert label({}) == "#3"
     assert label({keys.CONFIRM_OF: 4, keys.SEED: 1000}) == "confirming #4 on seed 1000"
-    assert label({keys.CONFIRM_OF: 4, keys.SEED: 1000, keys.LR_SCALE: 0.49}) == "confirming #4 at 0.49x on seed 1000"
+    assert label({keys.CONFIRM_OF: 4, keys.SEED: 1000, keys.LR_SCALE: 0.49}) == "confirming #4 at 0.49x its lr on seed 1000"
