@@ -48,8 +48,10 @@ and code changes, their rows renamed by hand: ``@no-sweep`` (the defaults before
 of ``autolr/sweep.py``), ``@sweep90`` (its first try, enqueued as trial 27 of 30 started, so one
 swept schedule never ran), and, measured and not shipped, ``@sweep60`` (the sweep at 60% of the
 trials), ``@tpe-gamma25`` (TPE's ``gamma`` a quarter of the trials), ``@sweep-unpruned`` (the sweep's
-trials exempt from curve pruning) and ``@sweep-mean`` (the sweep at
-the incumbent's mean rate, each schedule's peak scaled by its mean factor; a code change, measured and not kept).
+trials exempt from curve pruning), ``@sweep-mean`` (the sweep at
+the incumbent's mean rate, each schedule's peak scaled by its mean factor; a code change, measured and not kept)
+and ``@reeval5`` (a new best search trial trained again on a second seed, its value the mean of the
+two: ``git apply bench/variants/reeval5.patch``, run with ``AUTOLR_REEVAL=5`` and ``--variant reeval5 '{}'``).
 """
 
 from __future__ import annotations
