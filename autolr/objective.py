@@ -140,7 +140,7 @@ class Objective:
         self._report = report = TrialReport(trial, run, metric, cfg.pruning.curve != "none", progress=self.progress)
         guard = DivergenceGuard(cfg.pruning.loss_factor) if cfg.pruning.divergence else None
         handle = Trial(trial, run_config, report, guard=guard, layer_stats_every=cfg.tracking.layer_stats_every if run.active else 0,
-                       direction=cfg.direction, train=cfg.train)  # fmt: skip
+                       direction=cfg.direction, train=cfg.train, seed=cfg.seed)  # fmt: skip
         seed_everything(cfg.seed)
         returned = loop(handle)
         handle.finish()

@@ -16,7 +16,7 @@ import torch
 
 from autolr.params import LR, ParamSpec, resolve
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "optimizer_mode"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,3 +126,10 @@ def build_optimizer(name: str, parameters: Iterable[torch.nn.Parameter], lr: flo
     if spec.package is not None and importlib.util.find_spec(spec.package) is None:
         raise ImportError(f"optimizer {name!r} needs the package {spec.package!r}: pip install 'autolr[lrfree]'")
     return spec.build(parameters, lr, **kwargs)
+
+
+def optimizer_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
+    """``optimizer.train()`` / ``.eval()`` for an optimizer that has them (schedule-free: it evaluates
+    at other weights than it trains at); others have none, and this does nothing."""
+    if callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None)):
+        getattr(optimizer, mode)()

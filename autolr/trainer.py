@@ -25,6 +25,7 @@ from autolr.batches import Batches, LoaderBatches, batch_size, describe_batch, m
 from autolr.config import PRECISIONS
 from autolr.grads import FlatGradients
 from autolr.guard import Diverged, DivergenceGuard
+from autolr.optimizers import optimizer_mode
 from autolr.steps import StepRecorder
 from autolr.tasks import Task
 
@@ -351,7 +352,7 @@ class Trainer:
         recorder = StepRecorder(params, names, guard=self.guard, watchers=self.callbacks, check_every=self.check_every,
                                 layer_stats_every=self.layer_stats_every, ignore_nonfinite_grad_norm=scaler is not None)  # fmt: skip
         model.train()
-        _optimizer_mode(optimizer, "train")  # schedule-free optimizers train at other weights than they evaluate at
+        optimizer_mode(optimizer, "train")  # schedule-free optimizers train at other weights than they evaluate at
         grads = FlatGradients(params)
         history: list[dict[str, float]] = []
         for epoch in range(1, self.epochs + 1):
@@ -406,18 +407,12 @@ class Trainer:
 
     def _validate(self, task: Task, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """Validation metrics; an optimizer with its own train/eval weights (schedule-free) in eval."""
-        _optimizer_mode(optimizer, "eval")
+        optimizer_mode(optimizer, "eval")
         try:
             size = 4096 if task.validation_step is None and task.loss_fn is not None else self.batch_size
             return evaluate(task, task.val_data, self.device, batch_size=size, autocast=self.autocast())
         finally:
-            _optimizer_mode(optimizer, "train")
-
-
-def _optimizer_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
-    """``optimizer.train()`` / ``.eval()`` for an optimizer that has them (schedule-free); others have none."""
-    if callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None)):
-        getattr(optimizer, mode)()
+            optimizer_mode(optimizer, "train")
 
 
 def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -150,6 +150,10 @@ class Trial:
         metric: the objective's metric name (``val_loss``, ``val_accuracy``, ...).
         train: the study file's ``train:`` settings (``epochs``, ``batch_size``, ``max_steps``, ...),
             for a loop that takes its budget from the study file.
+        seed: the seed autolr seeded ``torch``, ``random`` and NumPy with before calling the loop:
+            the study's, a confirmation run's fresh one, or the trial's own with
+            ``train.seed_per_trial``. A framework that reseeds by itself must be handed it
+            (``TrainingArguments(seed=trial.seed)``), or every run trains on the same batches.
     """
 
     def __init__(
@@ -163,9 +167,11 @@ class Trial:
         check_every: int = 4,
         direction: str = "minimize",
         train: Any = None,
+        seed: int | None = None,
     ) -> None:
         self.number = trial.number
         self.train = train
+        self.seed = seed
         self.params: dict[str, Any] = run_config.flat()
         self.run_config = run_config
         self.metric = report.metric

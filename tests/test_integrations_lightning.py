@@ -161,3 +161,39 @@ def test_a_missing_validation_metric_fails_with_what_was_logged() -> None:
 def test_configure_optimizers_needs_total_steps_without_a_trainer() -> None:
     with pytest.raises(ValueError, match="expected total_steps, or a LightningModule attached to a Trainer"):
         configure_optimizers(RecordingTrial(), TinyModule(None))
+
+
+class ScheduleFreeTrial(RecordingTrial):
+    def build_optimizer(self, module):
+        import schedulefree
+
+        optimizer = schedulefree.AdamWScheduleFree(module.parameters(), lr=0.01)
+        optimizer.train()
+        return optimizer
+
+
+class ModeRecordingModule(TinyModule):
+    """Records the optimizer's mode at each training and validation step."""
+
+    def __init__(self, trial) -> None:
+        super().__init__(trial)
+        self.modes: dict[str, set[bool]] = {"train": set(), "val": set()}
+
+    def training_step(self, batch, batch_idx):
+        self.modes["train"].add(self.trainer.optimizers[0].param_groups[0]["train_mode"])
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        if self.trainer.optimizers:  # the sanity check runs before configure_optimizers
+            self.modes["val"].add(self.trainer.optimizers[0].param_groups[0]["train_mode"])
+        return super().validation_step(batch, batch_idx)
+
+
+def test_a_schedule_free_optimizer_is_validated_at_its_eval_weights_and_trains_at_its_train_weights() -> None:
+    pytest.importorskip("schedulefree")
+    trial = ScheduleFreeTrial()
+    module = ModeRecordingModule(trial)
+    _trainer(trial).fit(module, *_loaders())
+
+    assert module.modes == {"train": {True}, "val": {False}}
+    assert len(trial.epochs) == EPOCHS

@@ -145,3 +145,20 @@ def test_a_missing_evaluation_metric_fails_with_what_was_evaluated(tmp_path) -> 
     trial.metric = "val_accuracy"
     with pytest.raises(ValueError, match=r"expected the objective's metric 'val_accuracy' among the evaluation metrics .* got \[.*'eval_loss'"):
         _fit(trial, str(tmp_path), max_steps=2, eval_steps=2)
+
+
+def test_a_trainer_that_reseeds_with_another_seed_than_the_trials_is_warned_about_once(tmp_path, caplog, monkeypatch) -> None:
+    from autolr.integrations import transformers as integration
+
+    monkeypatch.setattr(integration, "_WARNED_SEED", [])
+    trial = RecordingTrial()
+    trial.seed = 1000  # a confirmation run's fresh seed
+    ours = lambda: [r for r in caplog.records if r.name == integration.__name__]  # noqa: E731
+    with caplog.at_level("WARNING", logger=integration.__name__):
+        _fit(trial, str(tmp_path), max_steps=2, eval_steps=2, seed=1000)  # as the README says: no warning
+        assert not ours()
+        _fit(trial, str(tmp_path), max_steps=2, eval_steps=2)  # TrainingArguments' own seed, 42
+        _fit(trial, str(tmp_path), max_steps=2, eval_steps=2)
+    (record,) = ours()
+    assert "TrainingArguments(seed=42) reseeded this run after autolr seeded it with 1000" in record.getMessage()
+    assert "pass TrainingArguments(..., seed=trial.seed)" in record.getMessage()

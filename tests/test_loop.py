@@ -107,10 +107,11 @@ def test_divergent_loop_trials_are_pruned_within_a_few_steps_with_their_reason(l
 
 
 def test_a_loop_passed_as_a_callable(write_study, stores) -> None:
-    seen = []
+    seen, seeds = [], []
 
     def train(trial: autolr.Trial) -> dict:
         seen.append(trial.number)
+        seeds.append((trial.seed, torch.initial_seed()))  # what the loop is told is what torch was seeded with
         w = torch.nn.Parameter(torch.tensor([3.0]))
         optimizer = trial.build_optimizer([w])
         for _ in range(5):
@@ -131,6 +132,8 @@ def test_a_loop_passed_as_a_callable(write_study, stores) -> None:
     )
     result = autolr.tune(path, loop=train, progress=False, **stores)
     assert seen == [0, 1, 2, 0, 1] and all(t.state.name == "COMPLETE" for t in result.trials)  # then the winner and its step back on a fresh seed
+    study_seed = seeds[0][0]
+    assert seeds == [(study_seed, study_seed)] * 3 + [(study_seed + 1000, study_seed + 1000)] * 2
     for t in result.trials:  # plain gradient descent on w**2 from 3: the value follows from the rate
         lr = t.user_attrs["autolr.params"]["lr"]
         assert t.value == pytest.approx(9 * (1 - 2 * lr) ** 10, rel=1e-4)

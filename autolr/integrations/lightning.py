@@ -38,6 +38,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from autolr.optimizers import optimizer_mode
 from autolr.scheduler import StepScheduler
 
 if TYPE_CHECKING:
@@ -62,6 +63,10 @@ class AutolrCallback(pl.Callback):
     ``trial.epoch`` gets the logged metrics whose names start with ``val`` (``self.log("val_loss",
     ...)`` in ``validation_step``); a ``plateau`` schedule is given the objective's metric.
 
+    An optimizer with a train/eval switch (``schedulefree_adamw``) is put in eval mode for every
+    validation and back in train mode after it, as autolr's trainer does: it evaluates at other
+    weights than it trains at, and Lightning switches only the module.
+
     Args:
         trial: the ``autolr.Trial`` the ``loop:`` function was called with.
     """
@@ -83,7 +88,13 @@ class AutolrCallback(pl.Callback):
         loss, self._step_loss = self._step_loss, None
         self.trial.step(loss)
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            optimizer_mode(optimizer, "eval")
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            optimizer_mode(optimizer, "train")
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         metrics = _validation_metrics(trainer.callback_metrics)

@@ -4,7 +4,7 @@ Two pieces, used together in a ``loop:`` function::
 
     def train(trial):
         model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64))
-        args = TrainingArguments("out", max_steps=300, eval_strategy="steps", eval_steps=100, report_to=[])
+        args = TrainingArguments("out", max_steps=300, eval_strategy="steps", eval_steps=100, report_to=[], seed=trial.seed)
         trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                           optimizers=optimizers(trial, model, total_steps=args.max_steps),
                           callbacks=[AutolrCallback(trial)])
@@ -12,11 +12,16 @@ Two pieces, used together in a ``loop:`` function::
 
 The Trainer calls callbacks without catching what they raise, so ``autolr.TrialPruned`` leaves
 ``trainer.train()`` as itself and the trial ends PRUNED with its reason.
+
+``seed=trial.seed``: the Trainer reseeds everything with ``args.seed`` (42 unless given) when it is
+built, after autolr seeded the run, so without it every confirmation run on a "fresh seed" would
+draw the same batches and dropout masks; :class:`AutolrCallback` warns when the two differ.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +34,8 @@ if TYPE_CHECKING:
     from autolr.trial import Trial
 
 __all__ = ["AutolrCallback", "optimizers"]
+
+logger = logging.getLogger(__name__)
 
 # Evaluation bookkeeping the Trainer adds to the metrics: not validation metrics.
 _EVAL_TIMING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
@@ -64,6 +71,15 @@ class AutolrCallback(TrainerCallback):
         self._hook: torch.utils.hooks.RemovableHandle | None = None
 
     def on_train_begin(self, args, state, control, model: torch.nn.Module | None = None, **kwargs: Any) -> None:
+        seed = getattr(self.trial, "seed", None)
+        if seed is not None and args.seed != seed and not _WARNED_SEED:
+            _WARNED_SEED.append(seed)  # once per process: every trial would say it
+            logger.warning(
+                "TrainingArguments(seed=%s) reseeded this run after autolr seeded it with %s: every trial and confirmation run "
+                "trains on the same batches and dropout; pass TrainingArguments(..., seed=trial.seed)",
+                args.seed,
+                seed,
+            )
         self._detach()
         self._losses = []
         self._hook = model.register_forward_hook(self._keep_loss, with_kwargs=True)
@@ -116,6 +132,9 @@ class AutolrCallback(TrainerCallback):
         except BaseException:
             self._detach()
             raise
+
+
+_WARNED_SEED: list[int] = []
 
 
 def optimizers(trial: Trial, model: torch.nn.Module, total_steps: int) -> tuple[torch.optim.Optimizer, StepScheduler]:
