@@ -167,6 +167,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported, later
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its "View run ... at: http://..." would cut the progress bar
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # a library that prints its INFO lines itself (Lightning) is not printed twice
+        handler.setLevel(max(handler.level, logging.WARNING))
     for name in ("optuna", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("optuna.study._optimize").addFilter(_no_interrupt_traceback)  # where Optuna logs a trial's error

@@ -317,12 +317,11 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
         f"{config.name}@{time.strftime('%Y-%m-%d %H:%M:%S')}",
         params={
             "study": config.name,
-            "task": config.code_label,
+            config.code_key: config.code_label,  # task or loop
             "sampler": config.sampler,
             "sampler_ceiling": config.sampler_ceiling,
             "target_trials": config.trials,
-            "epochs": config.train.epochs,
-            "batch_size": config.train.batch_size,
+            **_budget(config),
             "seed": config.seed,
             "metric": config.metric,
             "direction": config.direction,
@@ -342,6 +341,11 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
         finally:
             _finish_parent(config, study, plan.storage_url, tracker, parent_run_id)
     return parent_run_id
+
+
+def _budget(config: StudyConfig) -> dict[str, int]:
+    """The training budget the parent run records: autolr's trainer's; a loop's is its own (as in the export)."""
+    return {"epochs": config.train.epochs, "batch_size": config.train.batch_size} if config.code_key == "task" else {}
 
 
 def _run_workers(plan: _Plan, study: optuna.Study, lr_bounds: LrBounds, parent_run_id: str | None, on_trial, run_here) -> None:

@@ -357,3 +357,13 @@ def test_a_bad_flag_or_command_is_one_line(capsys, argv) -> None:
         main(argv)
     err = capsys.readouterr().err.splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and ": error: " in err[0] and err[0].endswith(" -h)")
+
+
+def test_a_library_that_prints_its_own_info_lines_is_not_printed_twice() -> None:
+    """Lightning logs ``Trainer.fit stopped`` at INFO through its own handler; the CLI's root handler
+    (there for autolr's and the libraries' warnings) printed every such line a second time."""
+    code = "import logging\nfrom autolr import cli\ncli._quiet_libraries()\n" \
+           "lib = logging.getLogger('somelib')\nlib.setLevel(logging.INFO)\nlib.addHandler(logging.StreamHandler())\n" \
+           "lib.info('fit stopped')\nlogging.getLogger('autolr.x').warning('a warning')\n"  # fmt: skip
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
+    assert err.count("fit stopped") == 1 and "WARNING autolr.x: a warning" in err

@@ -93,6 +93,9 @@ def test_a_loop_named_in_the_study_file_tunes_from_the_cli(loop_study, stores, t
     assert main(["export", path, "--storage", stores["storage"], "-o", str(tmp_path / "best.yaml")]) == 0
     exported = autolr.load_best(tmp_path / "best.yaml")
     assert exported.params["lr"] == best.user_attrs["autolr.params"]["lr"] and exported.loop == "myloop:train" and exported.epochs is None
+    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("cli-loop").experiment_id]) if r.data.tags.get("autolr.role") == "study"]
+    assert parent.data.params["loop"] == "myloop:train"  # no "task", and not the trainer's budget the loop never used
+    assert not {"task", "epochs", "batch_size"} & set(parent.data.params)
 
 
 def test_divergent_loop_trials_are_pruned_within_a_few_steps_with_their_reason(loop_study, stores) -> None:
