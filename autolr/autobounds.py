@@ -110,10 +110,21 @@ class FindLrReport:
                 f"{name:<10} {r.suggestion:>10.4g} {limit.lr:>13.4g}  {limit.source:<20} {f'{low:.4g} .. {high:.4g}':<20} "
                 f"{f'{r.stable_lr:.4g} .. {unstable}':<24} {r.steps}{cached}"
             )
-        lines.append(
-            f"train {self.optimizer} at lr {self.suggestion:.4g}; constant rates up to {self.max_stable_lr:.4g} stay stable (from {self.limit(self.optimizer).source})"
-        )
+        lines.append(self._advice())
         return "\n".join(lines)
+
+    def _advice(self) -> str:
+        """What to do, and what the limit rests on: a limit from the study's trials is the highest peak
+        rate they were stable at (what they tried, warmup and schedule included), not a measured
+        edge, so it is said beside the range test's own, not as the limit the suggestion keeps under."""
+        limit, measured = self.limit(self.optimizer), self.results[self.optimizer].max_stable_lr
+        head = f"train {self.optimizer} at lr {self.suggestion:.4g}"
+        if limit.source == stability.FROM_RANGE_TEST:
+            return f"{head}; constant rates up to {limit.lr:.4g} stay stable (from the range test)"
+        return (
+            f"{head} (the range test: constant rates stable up to {measured:.4g}); the study's {limit.source} reached {limit.lr:.4g} "
+            "(the highest peak rate they were stable at: what they tried, not a measured edge)"
+        )
 
 
 def lr_bounds_from(result: RangeTestResult) -> tuple[float, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import pickle
 import sys
 from typing import Any
@@ -79,7 +80,7 @@ def check_crosses_processes(config: StudyConfig, jobs: int) -> None:
     if jobs <= 1 or isinstance(code, str):
         return
     why = None
-    if getattr(code, "__module__", None) == "__main__" and not getattr(sys.modules.get("__main__"), "__file__", None):
+    if getattr(code, "__module__", None) == "__main__" and not _main_is_a_file():
         why = "it is defined in a notebook or an interactive session, which worker processes cannot import"
     else:
         try:
@@ -93,6 +94,13 @@ def check_crosses_processes(config: StudyConfig, jobs: int) -> None:
         )
 
 
+def _main_is_a_file() -> bool:
+    """Whether ``__main__`` is a script worker processes can run again: not a notebook, ``python -c``
+    or a script piped in (``python - < script.py``, whose ``__file__`` is ``<stdin>``)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return bool(path) and os.path.isfile(path)
+
+
 def _import(config: StudyConfig, key: str, resolve) -> Any:
     try:
         return resolve()
@@ -100,9 +108,10 @@ def _import(config: StudyConfig, key: str, resolve) -> Any:
         raise StudyFileError(config.path, key, str(exc), config.code_label) from None
     except Exception as exc:  # noqa: BLE001 - any import-time failure of the user's module
         what = "factory" if key == "task" else "function"
-        raise StudyFileError(
-            config.path, key, f"an importable 'package.module:{what}' (is it on PYTHONPATH?)", f"<{config.code_label}: {_reason(exc)}>"
-        ) from None
+        module = str(config.code_label).partition(":")[0]
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name is not None and (module == exc.name or module.startswith(exc.name + "."))
+        hint = "is it on PYTHONPATH?" if missing else "importing it raised"
+        raise StudyFileError(config.path, key, f"an importable 'package.module:{what}' ({hint})", f"<{config.code_label}: {_reason(exc)}>") from None
 
 
 def _one_step(config: StudyConfig, task: Task) -> None:

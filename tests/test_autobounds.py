@@ -107,6 +107,22 @@ def test_find_lr_reports_the_suggestion_and_the_limit(write_study, stores):
     assert "train sgd at lr" in report.describe()
 
 
+def test_find_lr_on_a_study_whose_trials_stayed_low_says_their_limit_is_what_they_tried(write_study, stores):
+    """A fixed-bounds study that only tried small rates has a limit "from N stable trials" far below
+    the edge; find-lr's advice must not read as if its suggestion broke that limit."""
+    text = LEAST_SQUARES.format(name="lsq-low", trials=3, optimizers="{sgd: {momentum: 0.0}}").replace("lr: auto", "lr: {low: 1.0e-3, high: 1.0e-2}")
+    path = write_study(text + "confirm: false\n")
+    autolr.tune(path, storage=stores["storage"], tracking_uri=None, progress=False)
+    report = autolr.find_lr(path, storage=stores["storage"], tracking_uri=None)
+    limit, measured = report.limit("sgd"), report.results["sgd"].max_stable_lr
+    assert limit.source == "3 stable trials" and limit.lr <= 1e-2 < report.suggestion <= measured  # 2/L = 2: the edge
+    advice = report.describe().splitlines()[-1]
+    assert advice == (
+        f"train sgd at lr {report.suggestion:.4g} (the range test: constant rates stable up to {measured:.4g}); "
+        f"the study's 3 stable trials reached {limit.lr:.4g} (the highest peak rate they were stable at: what they tried, not a measured edge)"
+    )
+
+
 def test_find_lr_reads_the_cache_of_an_lr_auto_study(write_study, stores, monkeypatch):
     path = study_file(write_study)
     autolr.tune(path, storage=stores["storage"], tracking_uri=None)

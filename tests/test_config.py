@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import types
+import typing
+
 import pytest
 
 from autolr import identity
@@ -180,7 +184,7 @@ PREFLIGHT_BAD = [
     (
         "missing task module",
         GOOD.replace("task: digits_mlp", "task: no_such_pkg.tasks:make"),
-        r"task: expected an importable 'package.module:factory'.*ModuleNotFoundError",
+        r"task: expected an importable 'package.module:factory' \(is it on PYTHONPATH\?\).*ModuleNotFoundError",
     ),
     ("missing task function", GOOD.replace("task: digits_mlp", "task: 'autolr.tasks:nope'"), r"task: expected an importable .*has no callable 'nope'"),
     (
@@ -198,6 +202,33 @@ def test_task_code_is_checked_before_the_first_trial_not_when_the_file_is_read(w
     with pytest.raises(StudyFileError, match=message) as info:
         preflight(config)
     assert "\n" not in str(info.value) and str(info.value).startswith(str(path))
+
+
+def test_a_module_whose_own_import_fails_is_not_called_missing(write_study, tmp_path, monkeypatch) -> None:
+    """The module is found; what it imports is not: the line says its import raised, not PYTHONPATH."""
+    (tmp_path / "needsdep.py").write_text("import no_such_dependency\ndef make():\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = load_study(write_study(GOOD.replace("task: digits_mlp", "task: 'needsdep:make'").replace("task_args: {hidden: 16}", "")))
+    with pytest.raises(
+        StudyFileError, match=r"expected an importable 'package.module:factory' \(importing it raised\), got <needsdep:make: .*no_such_dependency"
+    ):
+        preflight(config)
+
+
+def test_a_callable_of_a_script_piped_to_python_cannot_cross_to_workers(monkeypatch) -> None:
+    """``python - < script.py``: ``__main__`` has a ``__file__`` (``<stdin>``) that no worker can run."""
+    from autolr.config import StudyConfig
+    from autolr.errors import InputError
+    from autolr.preflight import check_crosses_processes
+
+    def make():
+        pass
+
+    make.__module__ = "__main__"
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", "<stdin>", raising=False)
+    config = types.SimpleNamespace(code=make, code_key="task", code_label="__main__:make")
+    with pytest.raises(InputError, match="defined in a notebook or an interactive session"):
+        check_crosses_processes(typing.cast(StudyConfig, config), jobs=2)
 
 
 def test_reading_a_study_file_never_runs_its_code(write_study, tmp_path) -> None:
