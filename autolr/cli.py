@@ -120,12 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Terminated:
         delivered()
-        print("autolr: stopped by SIGTERM; the running trials are marked failed (KILLED in MLflow) and their configurations run "
-              "again when the same command is re-run to resume; finished trials are saved", file=sys.stderr)  # fmt: skip
+        print("autolr: stopped by SIGTERM; the running trials are marked failed (KILLED in MLflow) and train again (their "
+              "configurations, or a confirmation run on its seed) when the same command is re-run to resume; finished trials are saved",
+              file=sys.stderr)  # fmt: skip
         return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print("autolr: interrupted; finished trials are saved, re-run the same command to resume (the interrupted trial's configuration runs again)",
-              file=sys.stderr)  # fmt: skip
+        print("autolr: interrupted; finished trials are saved, re-run the same command to resume (the interrupted run, a search trial's "
+              "configuration or a confirmation run on its seed, trains again)", file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
     except BrokenPipeError as exc:
         if not _stdout_closed():  # a pipe of the task's own, say: an error like any other

@@ -412,10 +412,11 @@ def run_confirmation(
         # read before every run, not once: another invocation on the study may have trained (or dropped) a pair since;
         # a pair tried here that ended without a result or an error is left to the next invocation
         runs = confirm_study.get_trials(deepcopy=False)
-        _, following = _walk(
+        done, following = _walk(
             picked, runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"], steps=plan["steps"], slack=plan["slack"], skip=tried
         )
         if following is None:
+            _warn_if_seeds_change_nothing(config, done)
             return
         trial, seed, scale = following
         tried.add((trial.number, seed, scale))
@@ -435,6 +436,19 @@ def run_confirmation(
         logger.info("confirmation of %s on seed %d: %s %s", what, seed, last.state.name, last.value)
         if last.state == TrialState.FAIL and not _dropped(last):
             logger.warning("confirmation of %s on seed %d ended without a result; the next invocation trains it again", what, seed)
+
+
+def _warn_if_seeds_change_nothing(config: StudyConfig, done: Sequence[Confirmation]) -> None:
+    """A configuration whose fresh seeds all gave exactly the same value was trained the same way
+    each time: the training code seeds itself (a loop that calls ``torch.manual_seed(0)``), so its
+    spread of 0 says nothing about how the configuration holds."""
+    same = next((c for c in done if len(c.values) > 1 and len(set(c.values)) == 1), None)
+    if same is not None:
+        logger.warning(
+            "%s: confirmation: trial %d gave %.6g on each of its %d fresh seeds: the %s seeds itself, so fresh seeds change nothing; "
+            "let autolr seed it (it seeds torch, random and NumPy before each run; a loop gets the seed as trial.seed)",
+            config.path, same.trial, same.values[0], len(same.values), config.code_key,
+        )  # fmt: skip
 
 
 def _dropped(t: FrozenTrial) -> bool:

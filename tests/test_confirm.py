@@ -437,3 +437,26 @@ def test_one_fresh_seed_has_no_spread() -> None:
     # nor does a gain on one seed take a further step back: it could be that seed's noise
     done, following = _race([0.10], [_ran(0, 11, 0.2), _ran(0, 11, 0.1, scale=0.7)], seeds=(11,), step_back=0.7)
     assert following is None and [c.lr_scale for c in done] == [1.0, 0.7] and confirm.confirmed_winner(done, "minimize").lr_scale == 0.7
+
+
+def test_fresh_seeds_that_change_nothing_are_warned_about(write_study, stores, caplog) -> None:
+    """A loop that seeds itself trains the same run on every fresh seed: a spread of 0 that says nothing."""
+
+    def train(trial: autolr.Trial) -> float:
+        torch.manual_seed(0)  # the user's own seeding, over autolr's
+        w = torch.nn.Parameter(torch.randn(1))
+        optimizer = trial.build_optimizer([w])
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = (w**2).sum()
+            loss.backward()
+            trial.step(loss)
+            optimizer.step()
+        return float(w.item() ** 2)
+
+    path = write_study("name: self-seeded\ntrials: 3\nconfirm: {top: 1, seeds: 2, step_back: false}\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    with caplog.at_level("WARNING", logger="autolr.confirm"):
+        autolr.tune(path, loop=train, progress=False, storage=stores["storage"], tracking_uri=None)
+    (record,) = [r for r in caplog.records if r.name == "autolr.confirm"]
+    assert "fresh seeds: the loop seeds itself, so fresh seeds change nothing" in record.getMessage()
+    assert "a loop gets the seed as trial.seed" in record.getMessage()
