@@ -254,7 +254,7 @@ def _summary(result, top: int = 5) -> str:
     if result.best is not None:
         lines.append(f"best single seed: trial {result.best.number}, {result.metric} = {_fmt(result.best.value)}")
     for back in (c for c in result.confirmations if c.lr_scale != 1.0):
-        lines.append(f"step back: trial {back.trial} at {_at(back)}: {_confirmed(back)}")
+        lines.append(f"step back: trial {back.trial} at {_at(back)}: {_confirmed(back, width=None)}")  # a line of its own: all of it
     winner = result.confirmed
     if winner is not None:
         spread = f" +- {winner.std:.2g} over {len(winner.values)} seeds" if len(winner.values) > 1 else " on 1 fresh seed"
@@ -280,12 +280,14 @@ def _at(c) -> str:
     return f"{c.lr_scale:g}x its lr" + (f" ({lr:.3g})" if lr is not None else "")
 
 
-def _confirmed(c) -> str:
-    """A configuration's mean over fresh seeds, beside its single-seed value: ``0.0981 +- 0.004 (3)``."""
+def _confirmed(c, width: int | None = 40) -> str:
+    """A configuration's mean over fresh seeds, beside its single-seed value: ``0.0981 +- 0.004 (3)``;
+    why it was dropped, cut to ``width`` characters (with an ellipsis) for a table column."""
     if c is None:
         return "-"
     if c.dropped:
-        return f"dropped ({c.dropped[:40]})"
+        why = c.dropped if width is None or len(c.dropped) <= width else c.dropped[: width - 3] + "..."
+        return f"dropped ({why})"
     if not c.values:
         return "pending"
     spread = f" +- {c.std:.2g}" if c.std is not None else ""  # one seed has no spread, not a spread of 0

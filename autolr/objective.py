@@ -170,9 +170,9 @@ def _run_labels(trial: optuna.Trial, seed: int) -> dict[str, Any]:
     """A confirmation run (a search trial's configuration on a fresh seed; the step back at a factor
     of its rate) is told apart in MLflow."""
     of, scale = trial.user_attrs.get(keys.CONFIRM_OF), trial.user_attrs.get(keys.LR_SCALE)
-    if of is None:  # a search trial; one autolr enqueued (the range test's suggestion, the schedule sweep) says so
-        source = trial.user_attrs.get(keys.SOURCE)
-        return {"tags": {keys.SOURCE: source}} if source else {}
+    if of is None:  # a search trial; one autolr enqueued (the range test's suggestion, the schedule sweep, a retry) says so
+        tags = {key: trial.user_attrs[key] for key in (keys.SOURCE, keys.RETRY_OF) if trial.user_attrs.get(key) is not None}
+        return {"tags": tags} if tags else {}
     if scale is None:
         return {"role": keys.ROLE_CONFIRM, "name": f"confirm-{of}-seed{seed}", "tags": {keys.CONFIRM_OF: of, keys.SEED: seed}}
     return {"role": keys.ROLE_CONFIRM, "name": f"confirm-{of}-lr{scale:g}x-seed{seed}", "tags": {keys.CONFIRM_OF: of, keys.SEED: seed, keys.LR_SCALE: scale}}

@@ -428,9 +428,18 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "steps": t.user_attrs.get(keys.STEPS),
         "diverged": bool(t.user_attrs.get(keys.DIVERGED)),
         "loss_ratio": t.user_attrs.get(keys.LOSS_RATIO),
-        "reason": t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR, ""),  # a FAIL trial's error
+        "reason": t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR, "") or _orphaned(t),  # a FAIL trial's error
         "source": _source(t),
     }
+
+
+def _orphaned(t: FrozenTrial) -> str:
+    """A RUNNING trial whose process (on this machine) is gone, killed before it could say so: Optuna
+    holds it RUNNING until the next ``autolr tune`` on the study marks it failed and retries it."""
+    record = t.user_attrs.get(keys.OWNER)
+    if t.state != TrialState.RUNNING or not owner.is_dead(record):
+        return ""
+    return f"its process (pid {record['pid']}) is gone: the next autolr tune on the study retries it"
 
 
 def _source(t: FrozenTrial) -> str:

@@ -367,3 +367,13 @@ def test_a_library_that_prints_its_own_info_lines_is_not_printed_twice() -> None
            "lib.info('fit stopped')\nlogging.getLogger('autolr.x').warning('a warning')\n"  # fmt: skip
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stderr
     assert err.count("fit stopped") == 1 and "WARNING autolr.x: a warning" in err
+
+
+def test_why_a_configuration_was_dropped_is_cut_with_an_ellipsis_in_the_table_and_whole_on_its_own_line() -> None:
+    from autolr.cli import _confirmed
+    from autolr.confirm import Confirmation
+
+    why = "diverged: loss 10.77 is 14.7x the first step's at step 44"
+    c = Confirmation(trial=1, single_seed_value=0.1, seeds=(), values=(), complete=False, dropped=why, lr_scale=0.49)
+    assert _confirmed(c) == f"dropped ({why[:37]}...)" and len(_confirmed(c)) == len("dropped ()") + 40
+    assert _confirmed(c, width=None) == f"dropped ({why})"

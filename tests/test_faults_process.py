@@ -90,6 +90,9 @@ def test_a_job_requeued_right_after_kill_9_reaches_the_target_and_retries_the_ki
     wait_for(lambda: _training(storage, "requeued"), what="a trial training")  # its configuration drawn
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
+    shown = run_autolr("show", path, "--storage", storage).stdout  # before any tune has marked it failed
+    (line,) = [ln for ln in shown.splitlines() if " RUNNING " in ln]
+    assert f"its process (pid {proc.pid}) is gone: the next autolr tune on the study retries it" in line
     _fast_rest(tmp_path, "requeued")
     done = run_autolr(*args, env={"AUTOLR_GRACE_S": "600"})  # at once, as a batch scheduler requeues
     assert done.returncode == 0, done.stderr[-2000:]
@@ -98,6 +101,9 @@ def test_a_job_requeued_right_after_kill_9_reaches_the_target_and_retries_the_ki
     assert "is gone" in killed.user_attrs[keys.ERROR]
     retry = next(t for t in study.trials if t.user_attrs.get(keys.RETRY_OF) == killed.number)
     assert retry.state.name == "COMPLETE" and retry.params == killed.params
+    client = MlflowClient(tracking)
+    (run,) = client.search_runs([client.get_experiment_by_name("requeued").experiment_id], filter_string=f"tags.`{keys.TRIAL}` = '{retry.number}'")
+    assert run.data.tags[keys.RETRY_OF] == str(killed.number)  # the MLflow run says what it retries, as autolr show does
 
 
 def test_sigterm_is_a_ctrl_c_with_its_own_exit_code(tmp_path) -> None:
