@@ -216,10 +216,23 @@ def _tune_and_report(args) -> int:
         print(f"study {result.study_name} already holds its target of {target} finished trials; "
               f"--trials N (or trials: in the study file) runs more", file=sys.stderr)  # fmt: skip
     print(_summary(result))
+    for line in _timing(result):
+        print(line)
+    return 0
+
+
+def _timing(result) -> list[str]:
+    """Where the wall time went: the share in trials, and workers that never trained."""
+    lines = []
     if result.in_trials is not None:
         jobs = f" x {result.jobs} workers" if result.jobs > 1 else ""
-        print(f"time in trials: {result.trial_seconds:.1f} s of {result.wall_seconds:.1f} s{jobs} since the first trial started ({result.in_trials:.0%})")
-    return 0
+        lines.append(
+            f"time in trials: {result.trial_seconds:.1f} s of {result.wall_seconds:.1f} s{jobs} since the first trial started ({result.in_trials:.0%})"
+        )
+    if 0 < result.processes < result.jobs:
+        lines.append(f"{result.processes} of {result.jobs} workers trained: a worker process takes seconds to start, and the others ran "
+                     "every trial before it could; --jobs pays off when trials take longer than that")  # fmt: skip
+    return lines
 
 
 def _finished_so_far(config, storage: str | None) -> int:

@@ -28,6 +28,7 @@ class TuneResult:
     trial_seconds: float = 0.0  # time this invocation's trials (and confirmation runs) trained, summed
     wall_seconds: float = 0.0  # from this invocation's first trial start to the end of tune()
     jobs: int = 1
+    processes: int = 0  # how many processes trained this invocation's trials (with --jobs N, a worker may start after the last)
 
     @property
     def in_trials(self) -> float | None:

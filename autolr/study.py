@@ -228,7 +228,7 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
         tracker.close()  # stops the MLflow writer once every trial run is written and closed
     result = summarize(config, plan.storage_url, tracking_uri, parent_run_id, study=opt_study)
     wall = time.time() - watch.first_start if watch.first_start is not None else 0.0
-    return dataclasses.replace(result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=jobs)
+    return dataclasses.replace(result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=jobs, processes=len(watch.owners))
 
 
 @dataclasses.dataclass
@@ -239,10 +239,14 @@ class _Watch:
     on_trial: Callable[[FrozenTrial], None] | None
     first_start: float | None = None  # time.time() of this invocation's first trial start
     trial_seconds: float = 0.0
+    owners: set[Any] = dataclasses.field(default_factory=set)  # the processes that trained them (machine, pid)
 
     def _clock(self, trial: FrozenTrial) -> None:
         if trial.datetime_start is None or trial.datetime_complete is None:
             return
+        record = trial.user_attrs.get(keys.OWNER)
+        if isinstance(record, dict):
+            self.owners.add((record.get("machine"), record.get("pid")))
         start = trial.datetime_start.timestamp()
         self.first_start = start if self.first_start is None else min(self.first_start, start)
         self.trial_seconds += (trial.datetime_complete - trial.datetime_start).total_seconds()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -377,3 +378,16 @@ def test_why_a_configuration_was_dropped_is_cut_with_an_ellipsis_in_the_table_an
     c = Confirmation(trial=1, single_seed_value=0.1, seeds=(), values=(), complete=False, dropped=why, lr_scale=0.49)
     assert _confirmed(c) == f"dropped ({why[:37]}...)" and len(_confirmed(c)) == len("dropped ()") + 40
     assert _confirmed(c, width=None) == f"dropped ({why})"
+
+
+def test_a_worker_that_never_trained_is_said_beside_the_time_in_trials() -> None:
+    from autolr.cli import _timing
+    from autolr.result import TuneResult
+
+    result = TuneResult("s", "sqlite://", None, "minimize", "val_loss", None, [], trial_seconds=2.8, wall_seconds=8.5, jobs=2, processes=1)
+    assert _timing(result) == [
+        "time in trials: 2.8 s of 8.5 s x 2 workers since the first trial started (16%)",
+        "1 of 2 workers trained: a worker process takes seconds to start, and the others ran every trial before it could; "
+        "--jobs pays off when trials take longer than that",
+    ]
+    assert len(_timing(dataclasses.replace(result, processes=2))) == 1
