@@ -306,7 +306,8 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
         deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
         objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar)
         run = functools.partial(run_trials, objective=objective, url=plan.storage_url, target=config.trials, deadline=deadline, grid=config.sampler == "grid")
-        if plan.parallel:  # this process is worker 0: a spawned worker spends seconds of CPU importing and warming up
+        if plan.parallel and store.n_finished(run_study) < config.trials:  # this process is worker 0: a spawned worker spends
+            # seconds of CPU importing and warming up; with the search at its target (a resumed confirmation) none is spawned
             here = functools.partial(run, open_study(config, plan.storage_url, lr_bounds, parallel=True))
             _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial, here)
         else:
