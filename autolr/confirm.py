@@ -440,13 +440,14 @@ def run_confirmation(
 
 def _warn_if_seeds_change_nothing(config: StudyConfig, done: Sequence[Confirmation]) -> None:
     """A configuration whose fresh seeds all gave exactly the same value was trained the same way
-    each time: the training code seeds itself (a loop that calls ``torch.manual_seed(0)``), so its
-    spread of 0 says nothing about how the configuration holds."""
+    each time (a loop that calls ``torch.manual_seed(0)``, or nothing random in it): its spread of 0
+    says nothing about how the configuration holds."""
     same = next((c for c in done if len(c.values) > 1 and len(set(c.values)) == 1), None)
     if same is not None:
         logger.warning(
-            "%s: confirmation: trial %d gave %.6g on each of its %d fresh seeds: the %s seeds itself, so fresh seeds change nothing; "
-            "let autolr seed it (it seeds torch, random and NumPy before each run; a loop gets the seed as trial.seed)",
+            "%s: confirmation: trial %d gave %.6g on each of its %d fresh seeds, so they say nothing of how it holds: its training "
+            "does not depend on the seed (the %s seeds itself, or nothing in it is random); autolr seeds torch, random and NumPy "
+            "before each run (a loop gets the seed as trial.seed)",
             config.path, same.trial, same.values[0], len(same.values), config.code_key,
         )  # fmt: skip
 

@@ -24,7 +24,7 @@ from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
 from autolr.objective import make_trainer, resolve_loop, resolve_metric
 from autolr.optimizers import OPTIMIZERS, build_optimizer
-from autolr.tasks import Task, build_task, check_task_args, resolve_factory
+from autolr.tasks import MissingCallable, Task, build_task, check_task_args, resolve_factory
 from autolr.trainer import BatchError, training_step_of, validation_batch_metrics
 
 __all__ = ["check_crosses_processes", "preflight"]
@@ -110,7 +110,7 @@ def _import(config: StudyConfig, key: str, resolve) -> Any:
         what = "factory" if key == "task" else "function"
         module = str(config.code_label).partition(":")[0]
         missing = isinstance(exc, ModuleNotFoundError) and exc.name is not None and (module == exc.name or module.startswith(exc.name + "."))
-        hint = "is it on PYTHONPATH?" if missing else "importing it raised"
+        hint = "is it on PYTHONPATH?" if missing else "the module has no such callable" if isinstance(exc, MissingCallable) else "importing it raised"
         raise StudyFileError(config.path, key, f"an importable 'package.module:{what}' ({hint})", f"<{config.code_label}: {_reason(exc)}>") from None
 
 

@@ -439,7 +439,12 @@ def _orphaned(t: FrozenTrial) -> str:
     record = t.user_attrs.get(keys.OWNER)
     if t.state != TrialState.RUNNING or not owner.is_dead(record):
         return ""
-    return f"its process (pid {record['pid']}) is gone: the next autolr tune on the study retries it"
+    then = (
+        "marks it failed"
+        if keys.RETRY_OF in t.user_attrs or not t.params
+        else "marks it failed and, while the study is below its target, runs its configuration again"
+    )
+    return f"its process (pid {record['pid']}) is gone: the next autolr tune on the study {then}"
 
 
 def _source(t: FrozenTrial) -> str:

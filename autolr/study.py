@@ -228,7 +228,7 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
         tracker.close()  # stops the MLflow writer once every trial run is written and closed
     result = summarize(config, plan.storage_url, tracking_uri, parent_run_id, study=opt_study)
     wall = time.time() - watch.first_start if watch.first_start is not None else 0.0
-    return dataclasses.replace(result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=jobs, processes=len(watch.owners))
+    return dataclasses.replace(result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=watch.jobs, processes=len(watch.owners))
 
 
 @dataclasses.dataclass
@@ -240,6 +240,7 @@ class _Watch:
     first_start: float | None = None  # time.time() of this invocation's first trial start
     trial_seconds: float = 0.0
     owners: set[Any] = dataclasses.field(default_factory=set)  # the processes that trained them (machine, pid)
+    jobs: int = 1  # the processes started to train them: --jobs N when workers were spawned
 
     def _clock(self, trial: FrozenTrial) -> None:
         if trial.datetime_start is None or trial.datetime_complete is None:
@@ -309,6 +310,7 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
         if plan.parallel and store.n_finished(run_study) < config.trials:  # this process is worker 0: a spawned worker spends
             # seconds of CPU importing and warming up; with the search at its target (a resumed confirmation) none is spawned
             here = functools.partial(run, open_study(config, plan.storage_url, lr_bounds, parallel=True))
+            on_trial.jobs = plan.jobs
             _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial, here)
         else:
             run(run_study, on_trial=on_trial)

@@ -301,6 +301,10 @@ def resolve_factory(name: str | Callable[..., Task]) -> Callable[..., Task]:
     return resolve_callable(name, what=f"a built-in task {sorted(BUILTIN_TASKS)} or 'package.module:factory'")
 
 
+class MissingCallable(ImportError):
+    """The module imported, and has no callable of the name given."""
+
+
 def resolve_callable(name: str, *, what: str = "'package.module:function'") -> Callable[..., Any]:
     """The function a ``"package.module:function"`` names, importing its module."""
     module_name, sep, attr = name.partition(":")
@@ -309,7 +313,7 @@ def resolve_callable(name: str, *, what: str = "'package.module:function'") -> C
     module = importlib.import_module(module_name)
     function = getattr(module, attr, None)
     if not callable(function):
-        raise ImportError(f"module {module_name!r} has no callable {attr!r}")
+        raise MissingCallable(f"module {module_name!r} has no callable {attr!r}")
     return function
 
 

@@ -186,7 +186,11 @@ PREFLIGHT_BAD = [
         GOOD.replace("task: digits_mlp", "task: no_such_pkg.tasks:make"),
         r"task: expected an importable 'package.module:factory' \(is it on PYTHONPATH\?\).*ModuleNotFoundError",
     ),
-    ("missing task function", GOOD.replace("task: digits_mlp", "task: 'autolr.tasks:nope'"), r"task: expected an importable .*has no callable 'nope'"),
+    (
+        "missing task function",
+        GOOD.replace("task: digits_mlp", "task: 'autolr.tasks:nope'"),
+        r"task: expected an importable .* \(the module has no such callable\), got .*has no callable 'nope'",
+    ),
     (
         "bad task args",
         GOOD.replace("hidden: 16", "hiddn: 16"),

@@ -92,7 +92,10 @@ def test_a_job_requeued_right_after_kill_9_reaches_the_target_and_retries_the_ki
     proc.communicate(timeout=30)
     shown = run_autolr("show", path, "--storage", storage).stdout  # before any tune has marked it failed
     (line,) = [ln for ln in shown.splitlines() if " RUNNING " in ln]
-    assert f"its process (pid {proc.pid}) is gone: the next autolr tune on the study retries it" in line
+    assert (
+        f"its process (pid {proc.pid}) is gone: the next autolr tune on the study marks it failed and, while the study is below its target, runs its configuration again"
+        in line
+    )
     _fast_rest(tmp_path, "requeued")
     done = run_autolr(*args, env={"AUTOLR_GRACE_S": "600"})  # at once, as a batch scheduler requeues
     assert done.returncode == 0, done.stderr[-2000:]

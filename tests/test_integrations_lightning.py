@@ -193,7 +193,12 @@ def test_a_schedule_free_optimizer_is_validated_at_its_eval_weights_and_trains_a
     pytest.importorskip("schedulefree")
     trial = ScheduleFreeTrial()
     module = ModeRecordingModule(trial)
-    _trainer(trial).fit(module, *_loaders())
+    trainer = _trainer(trial)
+    trainer.fit(module, *_loaders())
 
     assert module.modes == {"train": {True}, "val": {False}}
     assert len(trial.epochs) == EPOCHS
+    (optimizer,) = trainer.optimizers
+    optimizer.eval()  # the user's own choice after fit (to save the averaged weights): a validate() leaves it alone
+    trainer.validate(module, _loaders()[1], verbose=False)
+    assert optimizer.param_groups[0]["train_mode"] is False

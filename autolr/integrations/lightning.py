@@ -64,8 +64,9 @@ class AutolrCallback(pl.Callback):
     ...)`` in ``validation_step``); a ``plateau`` schedule is given the objective's metric.
 
     An optimizer with a train/eval switch (``schedulefree_adamw``) is put in eval mode for every
-    validation and back in train mode after it, as autolr's trainer does: it evaluates at other
-    weights than it trains at, and Lightning switches only the module.
+    validation of ``fit`` and back in train mode after it, as autolr's trainer does: it evaluates at
+    other weights than it trains at, and Lightning switches only the module (a ``trainer.validate()``
+    afterwards leaves the mode to the caller).
 
     Args:
         trial: the ``autolr.Trial`` the ``loop:`` function was called with.
@@ -89,13 +90,16 @@ class AutolrCallback(pl.Callback):
         self.trial.step(loss)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for optimizer in trainer.optimizers:
-            optimizer_mode(optimizer, "eval")
+        if trainer.state.fn == TrainerFn.FITTING:  # a trainer.validate() afterwards is the user's: its mode is theirs
+            for optimizer in trainer.optimizers:
+                optimizer_mode(optimizer, "eval")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
         for optimizer in trainer.optimizers:
             optimizer_mode(optimizer, "train")
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        if trainer.sanity_checking:
             return
         metrics = _validation_metrics(trainer.callback_metrics)
         metric = _objective_name(self.trial.metric, metrics, trainer.callback_metrics)
