@@ -230,8 +230,8 @@ def _timing(result) -> list[str]:
             f"time in trials: {result.trial_seconds:.1f} s of {result.wall_seconds:.1f} s{jobs} since the first trial started ({result.in_trials:.0%})"
         )
     if 0 < result.processes < result.jobs:
-        lines.append(f"{result.processes} of {result.jobs} workers trained: a worker process takes seconds to start, and the others ran "
-                     "every trial before it could; --jobs pays off when trials take longer than that")  # fmt: skip
+        lines.append(f"{result.processes} of {result.jobs} workers trained: the others took longer to start (seconds: a new process "
+                     "imports torch) than the trials took to run; --jobs pays off when trials take longer than that")  # fmt: skip
     return lines
 
 
