@@ -73,6 +73,7 @@ def open_study(config: StudyConfig, storage: str | None = None, lr_bounds: LrBou
     The sampler's seed mixes the study's seed with the number of trials already stored and the worker's
     index: a fresh study with one worker is reproducible, while a resumed study or a second worker
     does not replay the random start-up proposals already tried (identical, since training is seeded).
+    A grid keeps the study's seed: its points are indices into an order the seed shuffles.
     """
     url = storage or store.default_storage_url(config)
     study = store.create_or_load(config, url, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(config))
@@ -87,6 +88,8 @@ def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, para
     if config.sampler == "grid" and lr_bounds is None:  # reading only: the grid is not known yet
         return optuna.samplers.RandomSampler(seed=seed)
     grid = grid_search_space(config.search, lr_bounds) if config.sampler == "grid" else None
+    if grid is not None:  # Optuna shuffles the grid with its seed and stores each trial's index into that order:
+        seed = config.seed  # every resume and worker must shuffle alike, or index 4 is another point (repeats, gaps)
     at = sweep_at(config.trials, len(config.search.schedules))
     sweep = (at, config.trials) if at is not None else None
     return make_sampler(
