@@ -3,7 +3,9 @@
 Every schedule is a *factor* of the peak rate, ``f(t, T, **params)`` with ``t`` the step within the
 decay phase (``0 <= t < T``). :func:`lr_at` composes it with a linear warmup:
 
-1. warmup: for the first ``warmup_steps`` steps the rate rises linearly to the peak;
+1. warmup: for the first ``warmup_steps`` steps the rate rises linearly to the schedule's first rate
+   (the peak; ``one_cycle``'s starts at peak / ``div_factor`` and climbs to the peak itself, so a
+   warmup before it ends there rather than at the peak and dropping 25x);
 2. decay: afterwards the schedule's factor, with time measured from the end of warmup;
 3. floor: no factor drops below the schedule's ``min_lr_frac`` (0 unless set).
 
@@ -187,18 +189,19 @@ def lr_at(
     reductions: int = 0,
 ) -> float:
     """The learning rate used at optimisation step ``step`` (0-based)."""
-    # 1) linear warmup: never exactly zero, reaches the peak at the first decay step
-    if step < warmup_steps:
-        return peak_lr * (step + 1) / (warmup_steps + 1)
-    # 2) the schedule's factor, on the clock that starts after warmup
     decay_steps = max(total_steps - warmup_steps, 1)
-    t = min(step - warmup_steps, decay_steps - 1)
     kwargs = dict(params)
     if schedule == "plateau":
         kwargs["reductions"] = reductions
-    factor = SCHEDULES[schedule].factor(t, decay_steps, **kwargs)
-    # 3) floor
-    return peak_lr * max(factor, float(params.get("min_lr_frac", 0.0)))
+    floor = float(params.get("min_lr_frac", 0.0))
+    # 1) linear warmup: never exactly zero, reaches the schedule's first rate at the first decay step
+    #    (the peak, but for one_cycle, which starts at peak / div_factor and climbs on its own)
+    if step < warmup_steps:
+        first = max(SCHEDULES[schedule].factor(0, decay_steps, **kwargs), floor)
+        return peak_lr * first * (step + 1) / (warmup_steps + 1)
+    # 2) the schedule's factor, on the clock that starts after warmup; 3) its floor
+    t = min(step - warmup_steps, decay_steps - 1)
+    return peak_lr * max(SCHEDULES[schedule].factor(t, decay_steps, **kwargs), floor)
 
 
 class PlateauState:
