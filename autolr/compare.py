@@ -15,6 +15,7 @@ from typing import Any
 
 from autolr import keys, stability, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
+from autolr.confirm import confirmation, exported_params, exported_trial
 
 __all__ = ["CompareResult", "StudyBest", "compare"]
 
@@ -24,7 +25,10 @@ COLUMNS = ("study", "metric", "direction", "value", "confirmed_mean", "trial", "
 
 @dataclasses.dataclass(frozen=True)
 class StudyBest:
-    """One study's best COMPLETE trial (``trial`` None: none yet) and its stability limit."""
+    """One study's exported configuration (``trial`` None: no COMPLETE trial yet) and its stability limit:
+    the confirmed winner, or its step back (``lr`` the rate it trained at), with ``value`` its search
+    trial's single-seed value and ``confirmed_mean`` its mean over the fresh seeds; without a complete
+    confirmation, the best single-seed trial."""
 
     study: str
     metric: str
@@ -36,7 +40,7 @@ class StudyBest:
     schedule: str | None
     lr: float | None
     limit: stability.Limit | None
-    confirmed_mean: float | None = None  # the export's confirmed mean, once confirmation runs store one
+    confirmed_mean: float | None = None  # the export's mean over fresh seeds (None: confirmation off or not complete)
     rows: Sequence[dict[str, Any]] = dataclasses.field(default=(), repr=False)
     study_uid: str | None = None
 
@@ -96,14 +100,15 @@ def _best(config: StudyConfig, storage: str | None) -> StudyBest:
     url = storage or store.default_storage_url(config)
     study = store.load(config, url)
     rows = [store.trial_row(t) for t in study.get_trials(deepcopy=False)]
-    best = store.best_trial(study)
-    row = store.trial_row(best) if best is not None else {}
+    trial, winner = exported_trial(study, confirmation(config, study, url), config.direction)  # what autolr export names
+    params = exported_params(winner, trial) if trial is not None else {}
     limits = stability.study_limits(rows, store.range_test_limits(study))
-    optimizer = row.get("optimizer")
+    optimizer = params.get("optimizer")
     limit = limits.get(str(optimizer)) if optimizer else None
     return StudyBest(
-        config.name, config.metric, config.direction, url, row.get("trial"), row.get("value"), optimizer, row.get("schedule"), row.get("lr"),
-        limit, rows=rows, study_uid=study.user_attrs.get(keys.UID),
+        config.name, config.metric, config.direction, url, None if trial is None else trial.number, None if trial is None else float(trial.value),
+        optimizer, params.get("schedule"), params.get("lr"), limit, confirmed_mean=None if winner is None else winner.mean, rows=rows,
+        study_uid=study.user_attrs.get(keys.UID),
     )  # fmt: skip
 
 

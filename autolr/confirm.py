@@ -379,6 +379,17 @@ def confirmed_winner(confirmations: Sequence[Confirmation], direction: str) -> C
     return winner
 
 
+def exported_trial(study: optuna.Study, confirmations: Sequence[Confirmation], direction: str) -> tuple[FrozenTrial | None, Confirmation | None]:
+    """The search trial the export names and its confirmation: the confirmed winner's (a step back's
+    configuration is that trial's at a factor of its rate: :func:`exported_params`), else the best
+    single-seed trial with None (confirmation off, under way, or all dropped); (None, None) without a
+    COMPLETE trial. What ``autolr export`` writes and ``autolr compare`` lists."""
+    winner = confirmed_winner(confirmations, direction)
+    if winner is not None:
+        return study.get_trials(deepcopy=False)[winner.trial], winner  # a study's trials in the order of their numbers
+    return store.best_trial(study), None
+
+
 def exported_params(winner: Confirmation | None, trial: FrozenTrial) -> dict[str, Any]:
     """The flat configuration the export names for ``trial``, the confirmed ``winner``'s search
     trial: a step back's, at its rate, else the trial's own."""

@@ -23,11 +23,10 @@ import yaml
 
 from autolr import keys
 from autolr._yaml import Dumper, Loader
-from autolr.confirm import confirmation, confirmed_winner, exported_params
+from autolr.confirm import confirmation, exported_params, exported_trial
 from autolr.confirm import status as confirm_status
 from autolr.hparams import RunConfig
 from autolr.scheduler import StepScheduler
-from autolr.store import best_trial
 
 __all__ = ["BestConfig", "best_export", "load_best", "to_yaml", "write_export"]
 
@@ -42,15 +41,12 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
     holds), and ``value`` that mean, with the spread under ``confirmed``; without a complete
     confirmation (it is off, or not run yet), the best single-seed trial, with ``confirmed: null``.
     """
-    best = best_trial(study)
+    confirmations = confirmation(config, study, url)
+    best, winner = exported_trial(study, confirmations, config.direction)
     if best is None:
         return None
     # what trained it: the study file's task/loop, or (a study for callables) what tune recorded
     code = {"key": config.code_key, "label": config.code_label} if config.code is not None else study.user_attrs.get(keys.CODE, {"key": "task", "label": None})
-    confirmations = confirmation(config, study, url)
-    winner = confirmed_winner(confirmations, config.direction)
-    if winner is not None:
-        best = study.get_trials(deepcopy=False)[winner.trial]  # a study's trials in the order of their numbers
     return {
         "study": config.name,
         "metric": keys.val_metric(config.metric),  # as logged

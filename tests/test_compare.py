@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import yaml
+
 import autolr
 from autolr.cli import main
 
@@ -31,7 +33,11 @@ def test_compare_two_studies_prints_one_table_and_writes_the_overlays(write_stud
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:5] == ["study", "metric", "direction", "value", "confirmed_mean"]
     assert [line.split()[0] for line in lines[2:]] == ["cmp-a", "cmp-b"]
-    assert all(line.split()[4] == "-" for line in lines[2:])  # no confirmed mean stored yet
+    assert all(line.split()[4] != "-" for line in lines[2:])  # each study's confirmed mean
+    for path, best in zip(paths, autolr.compare(paths, storage=stores["storage"], tracking_uri=None).studies):
+        exported = yaml.safe_load(autolr.export_best(path, storage=stores["storage"]))  # compare's row is what the export names
+        assert (best.trial, best.confirmed_mean, best.lr) == (exported["trial"], exported["value"], exported["params"]["lr"])
+        assert best.value == exported["single_seed_value"] and exported["confirmed"] is not None
     assert sorted(p.name for p in plots.iterdir()) == ["best_learning_curves.png", "lr_vs_objective.png", "optimization_histories.png"]
 
 
