@@ -64,6 +64,8 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
         code["key"]: code["label"],
         "task_args": dict(config.task_args),
         "seed": config.seed,
+        # with train.seed_per_trial the trial trained on its own seed: what reproduces its single_seed_value
+        **({"trial_seed": best.user_attrs[keys.SEED]} if keys.SEED in best.user_attrs else {}),
     }
 
 

@@ -329,7 +329,7 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             "study": config.name,
             config.code_key: config.code_label,  # task or loop
             "sampler": config.sampler,
-            "sampler_ceiling": config.sampler_ceiling,
+            "sampler_ceiling": config.sampler_ceiling and config.pruning.divergence and config.sampler not in ("random", "grid"),  # in effect
             "target_trials": config.trials,
             **_budget(config),
             "seed": config.seed,

@@ -391,3 +391,10 @@ def test_a_worker_that_never_trained_is_said_beside_the_time_in_trials() -> None
         "--jobs pays off when trials take longer than that",
     ]
     assert len(_timing(dataclasses.replace(result, processes=2))) == 1
+
+
+def test_a_study_that_stops_short_of_its_target_says_why(write_study, stores, capsys) -> None:
+    path = str(write_study(SMALL))
+    assert main(["tune", path, "--timeout", "0.001", *_args(stores)]) == 0  # the first trial still runs to its end
+    out = capsys.readouterr().out
+    assert ": --timeout 0.001 s ran out; re-run the same command to go on (confirmation runs once the target is reached)" in out

@@ -399,6 +399,8 @@ def test_seed_per_trial_gives_each_search_trial_its_own_seed_and_keeps_the_fresh
     assert len({w for s, w in seen if s in search}) == 4  # different initial weights per trial
     assert not set(search) & set(result.confirmations[0].seeds)
     assert result.confirmations[0].seeds == (1007, 2007)
+    exported = yaml.safe_load(autolr.export_best(str(path), storage=stores["storage"]))
+    assert exported["trial_seed"] == 7 + exported["trial"]  # what reproduces its single_seed_value
 
 
 def test_trial_seeds_never_reach_a_fresh_seed() -> None:

@@ -96,6 +96,7 @@ def test_a_loop_named_in_the_study_file_tunes_from_the_cli(loop_study, stores, t
     (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("cli-loop").experiment_id]) if r.data.tags.get("autolr.role") == "study"]
     assert parent.data.params["loop"] == "myloop:train"  # no "task", and not the trainer's budget the loop never used
     assert not {"task", "epochs", "batch_size"} & set(parent.data.params)
+    assert parent.data.params["sampler_ceiling"] == "False"  # sampler: random never uses the ceiling: the param says what was in effect
 
 
 def test_divergent_loop_trials_are_pruned_within_a_few_steps_with_their_reason(loop_study, stores) -> None:

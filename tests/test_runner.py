@@ -206,7 +206,7 @@ def test_workers_on_postgresql(write_study, tmp_path, postgres_url, unique_name)
     optuna.delete_study(study_name=unique_name, storage=postgres_url)
 
 
-def test_a_resumed_grid_runs_each_point_once(write_study, tmp_path, stores) -> None:
+def test_a_resumed_grid_runs_each_point_once(write_study, tmp_path, stores, capsys) -> None:
     """Optuna numbers a grid's points in an order its seed shuffles: resumed with another seed, the
     stored indices named other points (a walkthrough's 8-point grid ran two twice and never two others)."""
     path = _study(write_study, tmp_path, "gridresume", trials=2, extra="sampler: grid\n        confirm: false")
@@ -219,3 +219,6 @@ def test_a_resumed_grid_runs_each_point_once(write_study, tmp_path, stores) -> N
     trials = optuna.load_study(study_name="gridresume", storage=stores["storage"]).trials
     points = [(t.params["lr"], t.params["schedule"]) for t in trials]
     assert len(points) == 10 and len(set(points)) == 10, points
+    capsys.readouterr()
+    assert main(["tune", path, "--trials", "12", *args]) == 0  # more than the grid has
+    assert "study gridresume: 10 of 12 trials finished, every point of the grid; a larger target runs none" in capsys.readouterr().out
