@@ -86,7 +86,7 @@ def test_a_changed_budget_or_objective_is_refused_even_with_extend_space(tmp_pat
     assert "objective.direction: minimize stored, maximize given" in _error(capsys)
 
 
-def test_a_wider_space_needs_extend_space_and_a_narrower_one_is_refused(tmp_path, capsys) -> None:
+def test_a_wider_space_needs_extend_space_and_a_narrower_one_is_refused(tmp_path, capsys, caplog) -> None:
     a = _study(tmp_path, "A.yaml")
     assert _tune(a) == 0
     capsys.readouterr()
@@ -95,6 +95,7 @@ def test_a_wider_space_needs_extend_space_and_a_narrower_one_is_refused(tmp_path
     line = _error(capsys)
     assert "--extend-space" in line and "search.optimizer" in line and "search.lr" in line
     assert _tune(wider, "--extend-space") == 0
+    assert "--extend-space widened the search space of study 'shared'" in caplog.text and "search.lr 0.001..0.1 -> 0.0001..0.1" in caplog.text
     capsys.readouterr()
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     assert len(optuna.load_study(study_name="shared", storage=url).trials) == 3
