@@ -216,42 +216,10 @@ def _tune_and_report(args) -> int:
         print(f"study {result.study_name} already holds its target of {target} finished trials; "
               f"--trials N (or trials: in the study file) runs more", file=sys.stderr)  # fmt: skip
     print(_summary(result))
-    short = _short_of_target(result, target, timeout=args.timeout, grid=config.sampler == "grid")
-    if short:
-        print(short)
-    for line in _timing(result):
-        print(line)
+    for line in (result.short_of_target(target, timeout_s=args.timeout), *result.timing()):
+        if line:
+            print(line)
     return 0
-
-
-def _short_of_target(result, target: int, *, timeout: float | None, grid: bool) -> str:
-    """Why the study holds fewer finished trials than its target, where it does: ``--timeout`` ran
-    out (the next run goes on), or a grid has fewer points than the target (it is all run)."""
-    from autolr.store import FINISHED
-
-    done = sum(t.state in FINISHED for t in result.trials)
-    if done >= target:
-        return ""
-    if grid:
-        return f"study {result.study_name}: {done} of {target} trials finished, every point of the grid; a larger target runs none"
-    why = f"--timeout {timeout:g} s ran out" if timeout else "the run stopped"
-    return (
-        f"study {result.study_name}: {done} of {target} trials finished: {why}; re-run the same command to go on (confirmation runs once the target is reached)"
-    )
-
-
-def _timing(result) -> list[str]:
-    """Where the wall time went: the share in trials, and workers that never trained."""
-    lines = []
-    if result.in_trials is not None:
-        jobs = f" x {result.jobs} workers" if result.jobs > 1 else ""
-        lines.append(
-            f"time in trials: {result.trial_seconds:.1f} s of {result.wall_seconds:.1f} s{jobs} since the first trial started ({result.in_trials:.0%})"
-        )
-    if 0 < result.processes < result.jobs:
-        lines.append(f"{result.processes} of {result.jobs} workers trained: the others took longer to start (seconds: a new process "
-                     "imports torch) than the trials took to run; --jobs pays off when trials take longer than that")  # fmt: skip
-    return lines
 
 
 def _finished_so_far(config, storage: str | None) -> int:

@@ -35,7 +35,7 @@ from autolr.errors import LoopContractError
 from autolr.retry import StorageFull, StorageUnavailable
 from autolr.workers import delivered
 
-__all__ = ["MAX_CONSECUTIVE_FAILS", "run_one", "run_trials"]
+__all__ = ["MAX_CONSECUTIVE_FAILS", "grid_exhausted", "run_one", "run_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def run_trials(
     lock, fails = ClaimLock(url, study.study_name), 0
     try:
         while deadline is None or time.monotonic() < deadline:
-            if grid and _grid_exhausted(study):
+            if grid and grid_exhausted(study):
                 break
             trial = claim(study, lock, target)
             if trial is None:  # the target is reached, or the rest are running elsewhere
@@ -85,7 +85,7 @@ def run_trials(
         lock.close()
 
 
-def _grid_exhausted(study: optuna.Study) -> bool:
+def grid_exhausted(study: optuna.Study) -> bool:
     """Every grid point visited and no trial queued: Optuna's grid counts a failed point as visited, so a
     killed or interrupted last point's retry (WAITING) would otherwise never run."""
     sampler = study.sampler

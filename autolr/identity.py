@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from autolr.config import StudyConfig
 from autolr.errors import InputError
 from autolr.params import Choice, Fixed, Setting
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["check", "describe", "record", "same_code"]
 
@@ -96,10 +93,15 @@ def check(config: StudyConfig, stored: object, *, url: str, reading: bool, code:
     if not _contains(new["search"], old["search"]):
         raise _refused(config, url, diffs, "its search space does not contain the stored one, so --extend-space cannot merge them")
     if config.extend_space and not reading:
-        widened = "; ".join(f"{key} {old} -> {new}" for key, old, new in diffs)
-        logger.warning("%s: --extend-space widened the search space of study %r in %s: %s", config.path, config.name, url, widened)
         return given
     raise _refused(config, url, diffs, "or pass --extend-space (tune(extend_space=True)) to widen the stored search space to this file's")
+
+
+def widening(config: StudyConfig, stored: Mapping[str, Any]) -> str:
+    """What storing ``config``'s record over the ``stored`` one widens, as the study file spells it:
+    ``search.lr 0.001..0.1 -> 0.0001..0.1`` (``--extend-space``)."""
+    diffs = _differences(stored["identity"], record(config)["identity"], code=config.code is not None)
+    return "; ".join(f"{key} {old} -> {new}" for key, old, new in diffs)
 
 
 def same_code(a: object, b: object) -> bool:

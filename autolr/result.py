@@ -29,6 +29,7 @@ class TuneResult:
     wall_seconds: float = 0.0  # from this invocation's first trial start to the end of tune()
     jobs: int = 1
     processes: int = 0  # how many processes trained this invocation's trials (with --jobs N, a worker may start after the last)
+    stopped: str = ""  # why the search ended before its target, where it did: "grid" (every point ran) or "timeout"
 
     @property
     def in_trials(self) -> float | None:
@@ -64,6 +65,29 @@ class TuneResult:
         from autolr import plot_job
 
         return plot_job.wait(self.parent_run_id, timeout_s)
+
+    def short_of_target(self, target: int, *, timeout_s: float | None = None) -> str:
+        """Why the study holds fewer finished trials than its ``target``, where it does: a grid with
+        fewer points than the target (all of them ran, and were confirmed), or the timeout ran out
+        (the next run goes on); "" otherwise."""
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in self.trials)
+        if done >= target or not self.stopped:
+            return ""
+        if self.stopped == "grid":
+            return f"study {self.study_name}: {done} of {target} trials finished, every point of the grid; a larger target runs none"
+        ran_out = f"--timeout {timeout_s:g} s" if timeout_s else "the timeout"
+        return f"study {self.study_name}: {done} of {target} trials finished: {ran_out} ran out; re-run the same command to go on (confirmation runs once the target is reached)"
+
+    def timing(self) -> list[str]:
+        """Where the wall time went: the share in trials, and workers that never trained."""
+        lines = []
+        if self.in_trials is not None:
+            jobs = f" x {self.jobs} workers" if self.jobs > 1 else ""
+            lines.append(f"time in trials: {self.trial_seconds:.1f} s of {self.wall_seconds:.1f} s{jobs} since the first trial started ({self.in_trials:.0%})")
+        if 0 < self.processes < self.jobs:
+            lines.append(f"{self.processes} of {self.jobs} workers trained: the others took longer to start (seconds: a new process "
+                         "imports torch) than the trials took to run; --jobs pays off when trials take longer than that")  # fmt: skip
+        return lines
 
     def count(self, state: TrialState) -> int:
         return sum(1 for t in self.trials if t.state == state)

@@ -19,6 +19,7 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
+from optuna.samplers._lazy_random_state import LazyRandomState  # the grid sampler's own choice RNG (see _GridSampler)
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, stability
@@ -28,7 +29,14 @@ __all__ = ["CeilingSampler", "lr_ceiling", "make_sampler", "risky_band", "trials
 
 
 def make_sampler(
-    name: str, *, seed: int, grid_space: dict | None = None, ceiling: bool = True, parallel: bool = False, sweep: tuple[int, int] | None = None
+    name: str,
+    *,
+    seed: int,
+    grid_space: dict | None = None,
+    ceiling: bool = True,
+    parallel: bool = False,
+    sweep: tuple[int, int] | None = None,
+    grid_seed: int | None = None,
 ) -> BaseSampler:
     """The sampler named in a study file, seeded; wrapped with the ceiling unless it is grid or random,
     and with the schedule sweep (:mod:`autolr.sweep`; ``sweep``: its first trial and the study's
@@ -38,8 +46,8 @@ def make_sampler(
     treats their running trials as bad ones (``constant_liar``), so that workers do not all propose
     the same promising point; with one process there is nothing running to lie about.
     """
-    if name == "grid":
-        return _GridSampler(grid_space, seed=seed)
+    if name == "grid":  # ``grid_seed`` shuffles the points (shared by every process); ``seed`` picks among the left-over ones
+        return _GridSampler(grid_space, seed=seed if grid_seed is None else grid_seed, choice_seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
@@ -87,6 +95,11 @@ class _GridSampler(optuna.samplers.GridSampler):
     ``Study.optimize``: outside it (autolr's driver, which stops once the grid is covered and nothing
     is queued) ``Study.stop`` raises, and a queued trial (a killed or interrupted point's retry) run
     after the grid was covered failed in its own tell."""
+
+    def __init__(self, search_space, seed: int | None = None, choice_seed: int | None = None) -> None:
+        super().__init__(search_space, seed=seed)  # shuffles the points with ``seed``: their stored indices need the same order
+        if choice_seed is not None:  # past the grid's size (a retry took a number), a point is drawn: each worker draws its own
+            self._rng = LazyRandomState(choice_seed)
 
     def after_trial(self, study, trial, state, values) -> None:
         if getattr(study._thread_local, "in_optimize_loop", False):  # the flag Study.stop checks

@@ -3,9 +3,9 @@
 Every schedule is a *factor* of the peak rate, ``f(t, T, **params)`` with ``t`` the step within the
 decay phase (``0 <= t < T``). :func:`lr_at` composes it with a linear warmup:
 
-1. warmup: for the first ``warmup_steps`` steps the rate rises linearly to the schedule's first rate
-   (the peak; ``one_cycle``'s starts at peak / ``div_factor`` and climbs to the peak itself, so a
-   warmup before it ends there rather than at the peak and dropping 25x);
+1. warmup: for the first ``warmup_steps`` steps the rate rises linearly to the schedule's start (the
+   peak; ``one_cycle`` starts at peak / ``div_factor`` and climbs to the peak itself, so a warmup
+   before it ends there rather than at the peak and dropping 25x);
 2. decay: afterwards the schedule's factor, with time measured from the end of warmup;
 3. floor: no factor drops below the schedule's ``min_lr_frac`` (0 unless set).
 
@@ -31,6 +31,7 @@ class Schedule:
     factor: Callable[..., float]
     params: tuple[ParamSpec, ...] = ()
     doc: str = ""
+    start: Callable[..., float] | None = None  # the factor a warmup before it climbs to (its params as keywords); None: 1, the peak
 
     def param(self, name: str) -> ParamSpec:
         return next(p for p in self.params if p.name == name)
@@ -152,6 +153,7 @@ SCHEDULES: Mapping[str, Schedule] = {
                 ParamSpec("final_div_factor", 1e4, float, 1.0, 1e9, None, "end at start / final_div_factor"),
             ),
             "Smith's one-cycle policy (cosine annealing, as torch's OneCycleLR)",
+            lambda *, div_factor, **_: 1.0 / div_factor,  # it climbs from there to the peak itself
         ),
         Schedule(
             "warmup_stable_decay",
@@ -194,11 +196,12 @@ def lr_at(
     if schedule == "plateau":
         kwargs["reductions"] = reductions
     floor = float(params.get("min_lr_frac", 0.0))
-    # 1) linear warmup: never exactly zero, reaches the schedule's first rate at the first decay step
-    #    (the peak, but for one_cycle, which starts at peak / div_factor and climbs on its own)
+    # 1) linear warmup: never exactly zero, reaches the schedule's start at the first decay step (the
+    #    peak, but for one_cycle, which starts at peak / div_factor and climbs on its own)
     if step < warmup_steps:
-        first = max(SCHEDULES[schedule].factor(0, decay_steps, **kwargs), floor)
-        return peak_lr * first * (step + 1) / (warmup_steps + 1)
+        spec = SCHEDULES[schedule]
+        top = 1.0 if spec.start is None else spec.start(**{**{p.name: p.default for p in spec.params}, **params})
+        return peak_lr * top * (step + 1) / (warmup_steps + 1)
     # 2) the schedule's factor, on the clock that starts after warmup; 3) its floor
     t = min(step - warmup_steps, decay_steps - 1)
     return peak_lr * max(SCHEDULES[schedule].factor(t, decay_steps, **kwargs), floor)

@@ -25,6 +25,7 @@ from autolr import keys, owner, sqlite
 from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
 from autolr.identity import check as identity_check
+from autolr.identity import widening
 from autolr.retry import RetryingRDBStorage
 
 __all__ = [
@@ -99,6 +100,9 @@ def create_or_load(
             "was created so; rename the study to start afresh)", config.direction,
         )  # fmt: skip
     if record is not None:  # a new study's, an older one's adopted, or a space extended
+        stored = study.user_attrs.get(keys.IDENTITY)
+        if isinstance(stored, dict) and isinstance(stored.get("identity"), dict):  # said once, as it is stored
+            logger.warning("%s: --extend-space widened the search space of study %r in %s: %s", config.path, config.name, shown(url), widening(config, stored))
         study.set_user_attr(keys.IDENTITY, record)
     return study
 

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autolr import keys, store
 from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study, with_overrides
 from autolr.confirm import confirmation, confirmation_pending, run_confirmation
-from autolr.driver import run_trials
+from autolr.driver import grid_exhausted, run_trials
 from autolr.objective import Objective
 from autolr.optimizers import OPTIMIZERS
 from autolr.preflight import check_crosses_processes, preflight
@@ -73,28 +73,34 @@ def open_study(config: StudyConfig, storage: str | None = None, lr_bounds: LrBou
     The sampler's seed mixes the study's seed with the number of trials already stored and the worker's
     index: a fresh study with one worker is reproducible, while a resumed study or a second worker
     does not replay the random start-up proposals already tried (identical, since training is seeded).
-    A grid keeps the study's seed: its points are indices into an order the seed shuffles.
+    A grid shuffles its points with the seed of the study's first invocation (stored): its trials are
+    indices into that order, which every resume and worker must share, whatever ``--seed`` says now.
     """
     url = storage or store.default_storage_url(config)
     study = store.create_or_load(config, url, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(config))
     seed = config.seed + 1_000_003 * len(study.get_trials(deepcopy=False)) + 7_919 * worker
-    study.sampler = _sampler(config, lr_bounds, seed, parallel=parallel)
+    grid_seed = None
+    if config.sampler == "grid":  # the points are indices into the order this seed shuffles: kept from the first invocation
+        grid_seed = study.user_attrs.get(keys.GRID_SEED)
+        if grid_seed is None:
+            grid_seed = config.seed  # a grid study's first invocation (or one of an autolr before the key, which shuffled so)
+            study.set_user_attr(keys.GRID_SEED, grid_seed)
+    study.sampler = _sampler(config, lr_bounds, seed, parallel=parallel, grid_seed=grid_seed)
     return study
 
 
-def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, parallel: bool) -> optuna.samplers.BaseSampler:
+def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, parallel: bool, grid_seed: int | None = None) -> optuna.samplers.BaseSampler:
     if lr_bounds is None and not config.search.lr.auto:
         lr_bounds = fixed_lr_bounds(config)
     if config.sampler == "grid" and lr_bounds is None:  # reading only: the grid is not known yet
         return optuna.samplers.RandomSampler(seed=seed)
     grid = grid_search_space(config.search, lr_bounds) if config.sampler == "grid" else None
-    if grid is not None:  # Optuna shuffles the grid with its seed and stores each trial's index into that order:
-        seed = config.seed  # every resume and worker must shuffle alike, or index 4 is another point (repeats, gaps)
     at = sweep_at(config.trials, len(config.search.schedules))
     sweep = (at, config.trials) if at is not None else None
     return make_sampler(
-        config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence and config.sampler_ceiling, parallel=parallel, sweep=sweep
-    )
+        config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence and config.sampler_ceiling, parallel=parallel, sweep=sweep,
+        grid_seed=(config.seed if grid_seed is None else grid_seed) % 2**32,
+    )  # fmt: skip
 
 
 def fixed_lr_bounds(config: StudyConfig) -> LrBounds:
@@ -231,7 +237,8 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
         tracker.close()  # stops the MLflow writer once every trial run is written and closed
     result = summarize(config, plan.storage_url, tracking_uri, parent_run_id, study=opt_study)
     wall = time.time() - watch.first_start if watch.first_start is not None else 0.0
-    return dataclasses.replace(result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=watch.jobs, processes=len(watch.owners))
+    stopped = "grid" if watch.grid_done else "timeout" if watch.timed_out else ""
+    return dataclasses.replace(result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=watch.jobs, processes=len(watch.owners), stopped=stopped)
 
 
 @dataclasses.dataclass
@@ -244,6 +251,8 @@ class _Watch:
     trial_seconds: float = 0.0
     owners: set[Any] = dataclasses.field(default_factory=set)  # the processes that trained them (machine, pid)
     jobs: int = 1  # the processes started to train them: --jobs N when workers were spawned
+    grid_done: bool = False  # every point of the grid ran (a grid smaller than the target stops there)
+    timed_out: bool = False  # --timeout ran out
 
     def _clock(self, trial: FrozenTrial) -> None:
         if trial.datetime_start is None or trial.datetime_complete is None:
@@ -317,7 +326,10 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial, here)
         else:
             run(run_study, on_trial=on_trial)
-        if store.n_finished(run_study) >= config.trials and (deadline is None or time.monotonic() < deadline):
+        on_trial.grid_done = config.sampler == "grid" and grid_exhausted(run_study)
+        on_trial.timed_out = deadline is not None and time.monotonic() >= deadline
+        searched = store.n_finished(run_study) >= config.trials or on_trial.grid_done  # a grid smaller than the target: all of it
+        if searched and not on_trial.timed_out:
             run_confirmation(
                 config, run_study, plan.storage_url, lr_bounds=lr_bounds, on_trial=on_trial.confirmed,
                 make_objective=lambda seeded: Objective(seeded, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar),

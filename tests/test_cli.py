@@ -381,16 +381,15 @@ def test_why_a_configuration_was_dropped_is_cut_with_an_ellipsis_in_the_table_an
 
 
 def test_a_worker_that_never_trained_is_said_beside_the_time_in_trials() -> None:
-    from autolr.cli import _timing
     from autolr.result import TuneResult
 
     result = TuneResult("s", "sqlite://", None, "minimize", "val_loss", None, [], trial_seconds=2.8, wall_seconds=8.5, jobs=2, processes=1)
-    assert _timing(result) == [
+    assert result.timing() == [
         "time in trials: 2.8 s of 8.5 s x 2 workers since the first trial started (16%)",
         "1 of 2 workers trained: the others took longer to start (seconds: a new process imports torch) than the trials took to run; "
         "--jobs pays off when trials take longer than that",
     ]
-    assert len(_timing(dataclasses.replace(result, processes=2))) == 1
+    assert len(dataclasses.replace(result, processes=2).timing()) == 1
 
 
 def test_a_study_that_stops_short_of_its_target_says_why(write_study, stores, capsys) -> None:

@@ -467,12 +467,10 @@ def test_fresh_seeds_that_change_nothing_are_warned_about(write_study, stores, c
 def test_a_confirmation_resumed_with_jobs_spawns_no_worker_and_says_none(write_study, stores) -> None:
     """The search at its target: no worker is started for the confirmation, and the timing line does
     not count one (it read '1 of 2 workers trained', of a worker that never started)."""
-    from autolr.cli import _timing
-
     searched = _study(write_study, "resumed-jobs", trials=4, confirm_line="confirm: false")
     autolr.tune(searched, progress=False, storage=stores["storage"], tracking_uri=None)
     confirming = _study(write_study, "resumed-jobs", trials=4, confirm_line="confirm: {top: 1, seeds: 2, step_back: false}")
     result = autolr.tune(confirming, jobs=2, progress=False, storage=stores["storage"], tracking_uri=None)
     assert [len(c.values) for c in result.confirmations] == [2]  # the confirmation ran, here
     assert (result.jobs, result.processes) == (1, 1)
-    assert len(_timing(result)) == 1 and "workers" not in _timing(result)[0]
+    assert len(result.timing()) == 1 and "workers" not in result.timing()[0]

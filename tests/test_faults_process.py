@@ -75,6 +75,19 @@ def _running_owners(storage: str, name: str, *, drawn: bool = True) -> list[int]
     return [t.user_attrs[keys.OWNER]["pid"] for t in running]
 
 
+def _two_running(storage: str, name: str) -> list[int]:
+    """Wait for two processes to run trials with their configuration drawn; their PIDs, as the wait
+    saw them (read again, a worker between two trials would be missing)."""
+    seen: list[int] = []
+
+    def two() -> bool:
+        seen[:] = _running_owners(storage, name)
+        return len(seen) == 2
+
+    wait_for(two, timeout_s=180, what="two running trials")
+    return list(seen)
+
+
 def _training(storage: str, name: str) -> bool:
     """A trial is RUNNING with its owner and its configuration drawn (killed before the draw, a trial has
     no configuration to retry), in its first epoch: a kill sent now lands well before the trial's end
@@ -156,8 +169,7 @@ def test_a_stop_signal_with_two_workers_stops_them_all_without_tracebacks(tmp_pa
     # a minute on a loaded machine) joins the one here before the study is over
     path = _study(tmp_path, "stopped", 16, sleep_s=0.8)
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
-    wait_for(lambda: len(_running_owners(storage, "stopped")) == 2, timeout_s=180, what="two running trials")
-    workers = _running_owners(storage, "stopped")
+    workers = _two_running(storage, "stopped")
     for pid in [proc.pid, *workers] if sig == signal.SIGINT else [proc.pid]:  # a terminal's Ctrl-C reaches the whole group
         os.kill(pid, sig)
     _, err = proc.communicate(timeout=120)
@@ -176,7 +188,7 @@ def test_workers_of_a_killed_main_process_stop_instead_of_finishing_the_study(tm
     storage, tracking = _stores(tmp_path)
     path = _study(tmp_path, "orphaned", 16, sleep_s=0.8)  # more trials than run before the kill, as above
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
-    wait_for(lambda: len(_running_owners(storage, "orphaned")) == 2, timeout_s=180, what="two running trials")
+    _two_running(storage, "orphaned")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     # the main process is worker 0: its own trial stays RUNNING until the next invocation fails it (at
@@ -195,8 +207,7 @@ def test_a_worker_killed_outright_costs_its_trial_only(tmp_path) -> None:
         tmp_path, "lostworker", 8, sleep_s=0.8
     )  # ~10 s a trial: the spawned worker (seconds of imports, a minute under load) joins before worker 0 ends the study
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
-    wait_for(lambda: len(_running_owners(storage, "lostworker")) == 2, timeout_s=180, what="two running trials")
-    os.kill(next(pid for pid in _running_owners(storage, "lostworker") if pid != proc.pid), signal.SIGKILL)  # a spawned worker
+    os.kill(next(pid for pid in _two_running(storage, "lostworker") if pid != proc.pid), signal.SIGKILL)  # a spawned worker
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-2000:]
     assert "killed by SIGKILL" in err and "Traceback" not in err
