@@ -10,6 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys
 from autolr.confirm import Confirmation, confirmed_winner, exported_params
+from autolr.store import FINISHED
 
 __all__ = ["TuneResult"]
 
@@ -70,7 +71,7 @@ class TuneResult:
         """Why the study holds fewer finished trials than its ``target``, where it does: a grid with
         fewer points than the target (all of them ran, and were confirmed), or the timeout ran out
         (the next run goes on); "" otherwise."""
-        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in self.trials)
+        done = sum(t.state in FINISHED for t in self.trials)
         if done >= target or not self.stopped:
             return ""
         if self.stopped == "grid":

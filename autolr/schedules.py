@@ -199,9 +199,8 @@ def lr_at(
     # 1) linear warmup: never exactly zero, reaches the schedule's start at the first decay step (the
     #    peak, but for one_cycle, which starts at peak / div_factor and climbs on its own)
     if step < warmup_steps:
-        spec = SCHEDULES[schedule]
-        top = 1.0 if spec.start is None else spec.start(**{**{p.name: p.default for p in spec.params}, **params})
-        return peak_lr * top * (step + 1) / (warmup_steps + 1)
+        start = SCHEDULES[schedule].start
+        return peak_lr * (1.0 if start is None else start(**params)) * (step + 1) / (warmup_steps + 1)
     # 2) the schedule's factor, on the clock that starts after warmup; 3) its floor
     t = min(step - warmup_steps, decay_steps - 1)
     return peak_lr * max(SCHEDULES[schedule].factor(t, decay_steps, **kwargs), floor)

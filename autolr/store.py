@@ -254,6 +254,11 @@ def fail_stale_trials(study: optuna.Study, *, retry: bool = True, running: Seque
     return failed
 
 
+def _runs_again(t: FrozenTrial, *, interrupted: bool) -> bool:
+    """Whether a killed (or ``interrupted``) trial's configuration is queued again: :func:`queue_retry`'s rule."""
+    return bool(t.params) and keys.CONFIRM_OF not in t.user_attrs and (keys.RETRY_OF not in t.user_attrs or interrupted)
+
+
 def queue_retry(study: optuna.Study, t: FrozenTrial, *, interrupted: bool = False) -> bool:
     """Queue the configuration of ``t``, a trial killed or interrupted, to run once more: a WAITING
     trial with ``autolr.retry_of`` = its number (and its ``autolr.source``: a swept configuration stays
@@ -262,7 +267,7 @@ def queue_retry(study: optuna.Study, t: FrozenTrial, *, interrupted: bool = Fals
     was drawn, or a killed retry (a configuration that kills its process twice is not run a third
     time; an ``interrupted`` one is: a second Ctrl-C is the user's, not the configuration's); returns
     whether it queued one."""
-    if not t.params or keys.CONFIRM_OF in t.user_attrs or (keys.RETRY_OF in t.user_attrs and not interrupted):
+    if not _runs_again(t, interrupted=interrupted):
         return False
     source = {keys.SOURCE: t.user_attrs[keys.SOURCE]} if keys.SOURCE in t.user_attrs else {}
     study.enqueue_trial(t.params, user_attrs={keys.RETRY_OF: t.number, **source})
@@ -443,11 +448,8 @@ def _orphaned(t: FrozenTrial) -> str:
     record = t.user_attrs.get(keys.OWNER)
     if t.state != TrialState.RUNNING or not owner.is_dead(record):
         return ""
-    then = (
-        "marks it failed"
-        if keys.RETRY_OF in t.user_attrs or not t.params
-        else "marks it failed and, while the study is below its target, runs its configuration again"
-    )
+    again = _runs_again(t, interrupted=False)  # killed: as fail_stale_trials will find it
+    then = "marks it failed and, while the study is below its target, runs its configuration again" if again else "marks it failed"
     return f"its process (pid {record['pid']}) is gone: the next autolr tune on the study {then}"
 
 

@@ -98,9 +98,15 @@ def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, para
     at = sweep_at(config.trials, len(config.search.schedules))
     sweep = (at, config.trials) if at is not None else None
     return make_sampler(
-        config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=config.pruning.divergence and config.sampler_ceiling, parallel=parallel, sweep=sweep,
-        grid_seed=(config.seed if grid_seed is None else grid_seed) % 2**32,
+        config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=_ceiling(config), parallel=parallel, sweep=sweep,
+        grid_seed=None if grid_seed is None else grid_seed % 2**32,
     )  # fmt: skip
+
+
+def _ceiling(config: StudyConfig) -> bool:
+    """Whether the study's sampler keeps off diverging rates (:class:`autolr.sampler.CeilingSampler`):
+    asked for, with the divergence guard on, and never for random and grid (:func:`make_sampler`)."""
+    return config.sampler_ceiling and config.pruning.divergence and config.sampler not in ("random", "grid")
 
 
 def fixed_lr_bounds(config: StudyConfig) -> LrBounds:
@@ -237,8 +243,9 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
         tracker.close()  # stops the MLflow writer once every trial run is written and closed
     result = summarize(config, plan.storage_url, tracking_uri, parent_run_id, study=opt_study)
     wall = time.time() - watch.first_start if watch.first_start is not None else 0.0
-    stopped = "grid" if watch.grid_done else "timeout" if watch.timed_out else ""
-    return dataclasses.replace(result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=watch.jobs, processes=len(watch.owners), stopped=stopped)
+    return dataclasses.replace(
+        result, trial_seconds=watch.trial_seconds, wall_seconds=wall, jobs=watch.jobs, processes=len(watch.owners), stopped=watch.stopped
+    )
 
 
 @dataclasses.dataclass
@@ -251,8 +258,7 @@ class _Watch:
     trial_seconds: float = 0.0
     owners: set[Any] = dataclasses.field(default_factory=set)  # the processes that trained them (machine, pid)
     jobs: int = 1  # the processes started to train them: --jobs N when workers were spawned
-    grid_done: bool = False  # every point of the grid ran (a grid smaller than the target stops there)
-    timed_out: bool = False  # --timeout ran out
+    stopped: str = ""  # why the search ended short of its target: "grid" (every point ran) or "timeout"
 
     def _clock(self, trial: FrozenTrial) -> None:
         if trial.datetime_start is None or trial.datetime_complete is None:
@@ -326,10 +332,10 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial, here)
         else:
             run(run_study, on_trial=on_trial)
-        on_trial.grid_done = config.sampler == "grid" and grid_exhausted(run_study)
-        on_trial.timed_out = deadline is not None and time.monotonic() >= deadline
-        searched = store.n_finished(run_study) >= config.trials or on_trial.grid_done  # a grid smaller than the target: all of it
-        if searched and not on_trial.timed_out:
+        grid_done = config.sampler == "grid" and grid_exhausted(run_study)  # a grid smaller than the target: all of it ran
+        timed_out = deadline is not None and time.monotonic() >= deadline
+        on_trial.stopped = "grid" if grid_done else "timeout" if timed_out else ""
+        if (store.n_finished(run_study) >= config.trials or grid_done) and not timed_out:
             run_confirmation(
                 config, run_study, plan.storage_url, lr_bounds=lr_bounds, on_trial=on_trial.confirmed,
                 make_objective=lambda seeded: Objective(seeded, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar),
@@ -341,7 +347,7 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             "study": config.name,
             config.code_key: config.code_label,  # task or loop
             "sampler": config.sampler,
-            "sampler_ceiling": config.sampler_ceiling and config.pruning.divergence and config.sampler not in ("random", "grid"),  # in effect
+            "sampler_ceiling": _ceiling(config),  # in effect
             "target_trials": config.trials,
             **_budget(config),
             "seed": config.seed,
