@@ -63,10 +63,17 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
         "train": None if code["key"] == "loop" else _mechanics(config.train),
         code["key"]: code["label"],
         "task_args": dict(config.task_args),
-        "seed": config.seed,
-        # with train.seed_per_trial the trial trained on its own seed: what reproduces its single_seed_value
-        **({"trial_seed": best.user_attrs[keys.SEED]} if keys.SEED in best.user_attrs else {}),
+        **_seeds(config, best.user_attrs.get(keys.SEED)),
     }
+
+
+def _seeds(config, trained_on: int | None) -> dict[str, int]:
+    """``seed``: the study's seed the search trained on (``autolr tune --seed N``'s N, which the study
+    file does not hold; the file's for trials of an autolr that did not record it); with
+    ``train.seed_per_trial`` also ``trial_seed``, the trial's own: what reproduces its single_seed_value."""
+    if config.train.seed_per_trial:
+        return {"seed": config.seed, **({"trial_seed": trained_on} if trained_on is not None else {})}
+    return {"seed": config.seed if trained_on is None else trained_on}
 
 
 def _mechanics(train) -> dict[str, Any]:

@@ -74,7 +74,7 @@ PLOTS_ERROR = "autolr.plots_error"  # on a parent run whose plot job failed: why
 SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test", "sweep")
 CONFIRM_OF = "autolr.confirm_of"  # a confirmation run: the number of the search trial it re-trains
 LR_SCALE = "autolr.lr_scale"  # a confirmation's step back: the factor (e.g. 0.7) on the confirmed winner's lr
-SEED = "autolr.seed"  # the seed a confirmation run (or, with train.seed_per_trial, a search trial) trained with
+SEED = "autolr.seed"  # the seed a run trained with: a confirmation run's fresh one, a search trial's (the study's, or its own with train.seed_per_trial)
 OWNER = "autolr.owner"  # the process running the trial: {machine, pid, start} (autolr.owner)
 RETRY_OF = "autolr.retry_of"  # a killed trial's configuration run again: the killed trial's number
 

@@ -86,12 +86,13 @@ class Objective:
             raise
 
     def _seeded(self, trial: optuna.Trial) -> StudyConfig:
-        """The study's configuration, seeded for this trial: with ``train.seed_per_trial`` a search
-        trial trains on its own seed (recorded as ``autolr.seed``); a confirmation run keeps its fresh one."""
+        """The study's configuration, seeded for this trial: a search trial trains on the invocation's
+        seed (``--seed`` or the file's), with ``train.seed_per_trial`` on its own, and records it as
+        ``autolr.seed`` for the export; a confirmation run keeps its fresh one."""
         cfg = self.config
-        if not cfg.train.seed_per_trial or keys.CONFIRM_OF in trial.user_attrs:
+        if keys.CONFIRM_OF in trial.user_attrs:
             return cfg
-        seed = trial_seed(cfg.seed, trial.number)
+        seed = trial_seed(cfg.seed, trial.number) if cfg.train.seed_per_trial else cfg.seed
         trial.set_user_attr(keys.SEED, seed)
         return dataclasses.replace(cfg, seed=seed)
 

@@ -421,7 +421,8 @@ def test_without_seed_per_trial_every_search_trial_trains_on_the_study_seed(writ
 
     path = write_study(STUDY.format(name="one-seed", trials=3, confirm="confirm: false").replace("task: least_squares\n", ""), "one-seed.yaml")
     result = autolr.tune(str(path), task=make, seed=7, progress=False, **stores)
-    assert set(seeds) == {7} and all("autolr.seed" not in t.user_attrs for t in result.trials)
+    assert set(seeds) == {7} and all(t.user_attrs["autolr.seed"] == 7 for t in result.trials)  # recorded for the export
+    assert yaml.safe_load(autolr.export_best(str(path), storage=stores["storage"]))["seed"] == 7  # the file says 0
 
 
 def test_one_fresh_seed_has_no_spread() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy.exc
+import yaml
 
 import autolr
 from autolr import keys
@@ -119,6 +120,11 @@ def test_trials_seed_jobs_pruning_and_confirm_may_change(tmp_path, capsys) -> No
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     assert len(optuna.load_study(study_name="shared", storage=url).trials) == 3
     assert len(optuna.load_study(study_name="shared.confirm", storage=url).trials) == 2  # the sibling study works: the winner and its step back
+    seeds = [t.user_attrs[keys.SEED] for t in optuna.load_study(study_name="shared", storage=url).trials]
+    assert seeds[2] == 3  # --seed's, which the file (seed: 7) does not hold
+    assert main(["export", str(b)]) == 0
+    exported = yaml.safe_load(capsys.readouterr().out)
+    assert exported["seed"] == seeds[exported["trial"]]  # what its trial trained on
 
 
 def test_a_study_of_an_older_autolr_is_adopted(tmp_path, capsys) -> None:

@@ -208,6 +208,7 @@ def test_a_worker_killed_outright_costs_its_trial_only(tmp_path) -> None:
     )  # ~10 s a trial: the spawned worker (seconds of imports, a minute under load) joins before worker 0 ends the study
     proc = autolr_process("tune", path, "--jobs", "2", "--storage", storage, "--tracking-uri", tracking, env=FAST)
     os.kill(next(pid for pid in _two_running(storage, "lostworker") if pid != proc.pid), signal.SIGKILL)  # a spawned worker
+    _fast_rest(tmp_path, "lostworker")  # the trials after the kill (the retry among them) need no time to inject a fault
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-2000:]
     assert "killed by SIGKILL" in err and "Traceback" not in err
