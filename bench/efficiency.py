@@ -51,7 +51,13 @@ trials), ``@tpe-gamma25`` (TPE's ``gamma`` a quarter of the trials), ``@sweep-un
 trials exempt from curve pruning), ``@sweep-mean`` (the sweep at
 the incumbent's mean rate, each schedule's peak scaled by its mean factor; a code change, measured and not kept)
 and ``@reeval5`` (a new best search trial trained again on a second seed, its value the mean of the
-two: ``git apply bench/variants/reeval5.patch``, run with ``AUTOLR_REEVAL=5`` and ``--variant reeval5 '{}'``).
+two: ``git apply bench/variants/reeval5.patch``, run with ``AUTOLR_REEVAL=5`` and ``--variant reeval5 '{}'``),
+and, measured against a rerun of the defaults that replaced the stored default rows on 2026-12-07 (it
+flipped 3 of the 100 studies: the runs are not bit-identical, and some decisions are that close):
+``@region`` (the race passes over a trial within 0.1 decades of a better one of its optimizer, any
+schedule: ``bench/variants/region.patch``, ``AUTOLR_REGION=0.1``), ``@stepgain`` (a further step back
+after any gain: ``bench/variants/stepgain.patch``, ``AUTOLR_STEPGAIN=1``) and ``@seeds2``
+(``--variant seeds2 'confirm: {seeds: 2}'``).
 """
 
 from __future__ import annotations
