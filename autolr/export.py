@@ -27,6 +27,7 @@ from autolr.confirm import confirmation, exported_params, exported_trial
 from autolr.confirm import status as confirm_status
 from autolr.hparams import RunConfig
 from autolr.scheduler import StepScheduler
+from autolr.seeds import trial_seed
 
 __all__ = ["BestConfig", "best_export", "load_best", "to_yaml", "write_export"]
 
@@ -63,17 +64,21 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
         "train": None if code["key"] == "loop" else _mechanics(config.train),
         code["key"]: code["label"],
         "task_args": dict(config.task_args),
-        **_seeds(config, best.user_attrs.get(keys.SEED)),
+        **_seeds(config, best),
     }
 
 
-def _seeds(config, trained_on: int | None) -> dict[str, int]:
+def _seeds(config, trial) -> dict[str, int]:
     """``seed``: the study's seed the search trained on (``autolr tune --seed N``'s N, which the study
     file does not hold; the file's for trials of an autolr that did not record it); with
-    ``train.seed_per_trial`` also ``trial_seed``, the trial's own: what reproduces its single_seed_value."""
+    ``train.seed_per_trial`` also ``trial_seed``, the trial's own (the study's seed + an offset of its
+    number, :func:`autolr.seeds.trial_seed`): what reproduces its single_seed_value."""
+    trained_on = trial.user_attrs.get(keys.SEED)
+    if trained_on is None:
+        return {"seed": config.seed}
     if config.train.seed_per_trial:
-        return {"seed": config.seed, **({"trial_seed": trained_on} if trained_on is not None else {})}
-    return {"seed": config.seed if trained_on is None else trained_on}
+        return {"seed": trained_on - trial_seed(0, trial.number), "trial_seed": trained_on}
+    return {"seed": trained_on}
 
 
 def _mechanics(train) -> dict[str, Any]:

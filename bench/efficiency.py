@@ -55,8 +55,9 @@ two: ``git apply bench/variants/reeval5.patch``, run with ``AUTOLR_REEVAL=5`` an
 and, measured against a rerun of the defaults that replaced the stored default rows on 2026-12-07 (it
 flipped 3 of the 100 studies: the runs are not bit-identical, and some decisions are that close):
 ``@region`` (the race passes over a trial within 0.1 decades of a better one of its optimizer, any
-schedule: ``bench/variants/region.patch``, ``AUTOLR_REGION=0.1``), ``@stepgain`` (a further step back
-after any gain: ``bench/variants/stepgain.patch``, ``AUTOLR_STEPGAIN=1``) and ``@seeds2``
+schedule: ``git apply bench/variants/region.patch``, run with ``AUTOLR_REGION=0.1`` and ``--variant
+region '{}'``), ``@stepgain`` (a further step back after any gain: ``bench/variants/stepgain.patch``,
+``AUTOLR_STEPGAIN=1``, ``--variant stepgain '{}'``) and ``@seeds2``
 (``--variant seeds2 'confirm: {seeds: 2}'``).
 """
 

@@ -401,6 +401,7 @@ def test_seed_per_trial_gives_each_search_trial_its_own_seed_and_keeps_the_fresh
     assert result.confirmations[0].seeds == (1007, 2007)
     exported = yaml.safe_load(autolr.export_best(str(path), storage=stores["storage"]))
     assert exported["trial_seed"] == 7 + exported["trial"]  # what reproduces its single_seed_value
+    assert exported["seed"] == 7  # the study's, as tune was given it (the file says 0)
 
 
 def test_trial_seeds_never_reach_a_fresh_seed() -> None:
