@@ -99,7 +99,7 @@ def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, para
     sweep = (at, config.trials) if at is not None else None
     return make_sampler(
         config.sampler, seed=seed % 2**32, grid_space=grid, ceiling=_ceiling(config), parallel=parallel, sweep=sweep,
-        grid_seed=None if grid_seed is None else grid_seed % 2**32,
+        grid_seed=None if grid_seed is None else grid_seed % 2**32, lr_bounds=lr_bounds,
     )  # fmt: skip
 
 

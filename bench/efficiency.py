@@ -58,7 +58,9 @@ flipped 3 of the 100 studies: the runs are not bit-identical, and some decisions
 schedule: ``git apply bench/variants/region.patch``, run with ``AUTOLR_REGION=0.1`` and ``--variant
 region '{}'``), ``@stepgain`` (a further step back after any gain: ``bench/variants/stepgain.patch``,
 ``AUTOLR_STEPGAIN=1``, ``--variant stepgain '{}'``) and ``@seeds2``
-(``--variant seeds2 'confirm: {seeds: 2}'``).
+(``--variant seeds2 'confirm: {seeds: 2}'``), and ``@jointlr`` (``lr: auto`` only: TPE's grouped space
+holds the rate over every optimizer's range: ``git apply bench/variants/jointlr-tpe.patch``, then
+``--arms auto --variant jointlr '{}'``).
 """
 
 from __future__ import annotations

@@ -95,6 +95,32 @@ def test_model_based_samplers_keep_proposals_off_rates_that_diverged(name: str) 
     assert all(lr < ceiling for lr in late)  # learned: nothing proposed at or above the lowest divergence
 
 
+@pytest.mark.parametrize("joint", [True, False])
+def test_gp_models_the_rate_with_the_optimizer_when_their_ranges_differ(monkeypatch, joint: bool) -> None:
+    """``lr: auto`` gives each optimizer its own range: after GP's start-up every rate is proposed with
+    its optimizer, inside its optimizer's range (left out of GP's space, each was drawn at random)."""
+    bounds = {"sgd": (1e-2, 1.0), "adam": (1e-4, 1e-2)}
+    config = parse_study({"task": "digits_mlp", "search": {"lr": "auto", "optimizer": ["sgd", "adam"], "schedule": ["constant"]}})
+    alone = []
+    independent = optuna.samplers.GPSampler.sample_independent
+
+    def spy(self, study, trial, name, dist):
+        if name == "lr" and len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) >= 8:
+            alone.append(trial.number)
+        return independent(self, study, trial, name, dist)
+
+    monkeypatch.setattr(optuna.samplers.GPSampler, "sample_independent", spy)
+    study = optuna.create_study(sampler=make_sampler("gp", seed=0, lr_bounds=bounds if joint else None))
+    for _ in range(14):
+        trial = study.ask()
+        run = suggest_run(trial, config.search, bounds)
+        low, high = bounds[run.optimizer]
+        assert low <= run.lr <= high
+        best = 0.1 if run.optimizer == "sgd" else 1e-3
+        study.tell(trial, abs(math.log10(run.lr / best)) + (0.5 if run.optimizer == "sgd" else 0.0))
+    assert (alone == []) == joint, alone
+
+
 def test_the_ceiling_reads_the_trials_the_sampler_read() -> None:
     """Keeping a proposal below the ceiling costs no read of the storage beyond the base sampler's own."""
     config = parse_study({"task": "digits_mlp", "search": {"lr": {"low": 1e-4, "high": 10.0}, "optimizer": ["sgd", "adam"]}})
