@@ -1,8 +1,7 @@
 """Study files: read safely, validated once, turned into typed objects.
 
 Every mistake a user can make in a study file raises :class:`autolr.errors.StudyFileError` with one
-line that names the file, the key, what was expected and what was given. Nothing downstream ever sees
-a raw dict.
+line that names the file, the key, what was expected and what was given. Nothing downstream sees a raw dict.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from autolr import _yaml
+from autolr import _yaml, keys
 from autolr._checker import TOP as _TOP
 from autolr._checker import Checker as _Checker
 from autolr.errors import StudyFileError
@@ -92,10 +91,9 @@ class PruningConfig:
     warmup_epochs: int | None = None  # and never before this many epochs of a trial (None, "auto": a fifth of them)
 
     def first_epoch(self, epochs: int) -> int:
-        """The first epoch a trial of ``epochs`` epochs may be cut at: ``warmup_epochs``, by default
-        a fifth of the epochs (at least 1). Early in training a high rate leads every curve, so a
-        median judged after one epoch of 15 (11 steps) cut the slow starters where the best rates
-        were (``bench/efficiency.py``, digits wide: median 1.14x of the grid's pick; a fifth, 1.08x)."""
+        """The first epoch a trial of ``epochs`` epochs may be cut at: ``warmup_epochs``, by default a fifth of
+        them (at least 1). Early on a high rate leads every curve: a median judged after one epoch of 15 cut the
+        slow starters where the best rates were (``bench/efficiency.py``, digits wide: 1.14x of the grid's pick; a fifth, 1.08x)."""
         return self.warmup_epochs if isinstance(self.warmup_epochs, int) else max(1, math.ceil(epochs / 5))  # None or "auto"
 
 
@@ -129,16 +127,14 @@ class ConfirmConfig:
     step_back: float | None = 0.7
 
     def plan(self, trials: int) -> tuple[int, int]:
-        """``(configurations, seeds)`` for a study of ``trials`` trials (with ``top`` left to autolr,
-        the configurations that surely fit the budget; the race may try more: :meth:`budget`)."""
+        """``(configurations, seeds)`` for ``trials`` trials (``top`` left to autolr: what surely fits the budget)."""
         runs = _quarter(trials)
         seeds = self.seeds or min(3, runs)
         return (self.top or max(1, runs // seeds)), seeds
 
     def budget(self, trials: int) -> int | None:
-        """Runs the race may spend, with ``top`` left to autolr (None: ``top`` is given, and exactly
-        those configurations run on every seed); at least one configuration's seeds. The step back's
-        seeds come on top."""
+        """Runs the race may spend, with ``top`` left to autolr (None: ``top`` is given, and exactly those
+        configurations run on every seed); at least one configuration's seeds. The step backs' come on top."""
         return None if self.top is not None else max(_quarter(trials), self.plan(trials)[1])
 
 
@@ -264,7 +260,7 @@ def parse_study(raw: object, *, path: str = "study.yaml", task: Callable[..., An
         task_args=dict(c.mapping(doc.get("task_args"), "task_args")),
         train=_parse_train(c, c.mapping(doc.get("train"), "train", {f.name for f in dataclasses.fields(TrainConfig)})),
         metric=c.string(objective.get("metric", "val_loss"), "objective.metric"),
-        direction=c.choice(objective.get("direction", "minimize"), "objective.direction", ("minimize", "maximize")),
+        direction=_direction(c, objective),
         trials=c.integer(doc.get("trials", 20), "trials", minimum=1),
         seed=c.integer(doc.get("seed", 0), "seed", minimum=0, maximum=MAX_SEED),
         sampler=sampler,
@@ -287,6 +283,14 @@ def with_overrides(config: StudyConfig, *, trials: int | None = None, seed: int 
     if seed is not None:
         changes["seed"] = c.integer(seed, "--seed", minimum=0, maximum=MAX_SEED)
     return dataclasses.replace(config, **changes)
+
+
+def _direction(c: _Checker, objective: dict) -> str:
+    """Minimized by default, as in Optuna; a metric that reads like a score must say (minimized, it exports the worst model)."""
+    metric, direction = str(objective.get("metric", "val_loss")), objective.get("direction")
+    if direction is None and keys.reads_like_a_score(metric):
+        raise c.fail("objective.direction", f"maximize or minimize ({metric} reads like a score; autolr minimizes by default)", "<no direction>")
+    return c.choice("minimize" if direction is None else direction, "objective.direction", ("minimize", "maximize"))
 
 
 def _parse_sampler(c: _Checker, sampler: object) -> tuple[str, bool]:

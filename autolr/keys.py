@@ -7,6 +7,7 @@ is added here first. This module imports nothing of autolr, so every layer may u
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 __all__ = [
@@ -60,6 +61,8 @@ __all__ = [
     "gradient_flag",
     "metric_name_in",
     "val_metric",
+    "SCORE_WORDS",
+    "reads_like_a_score",
 ]
 
 # --- Optuna trial user attrs (also mirrored as MLflow tags where a trial run exists) ----------------
@@ -145,6 +148,15 @@ def val_metric(name: str) -> str:
     """The logged name of a validation metric: ``accuracy`` -> ``val_accuracy``, ``loss`` -> ``val_loss``;
     ``val_loss`` stays."""
     return name if name.startswith("val_") else f"val_{name}"
+
+
+SCORE_WORDS = frozenset({"acc", "accuracy", "auc", "auroc", "f1", "precision", "recall", "r2", "score", "iou", "dice", "map", "bleu", "top1", "top5"})
+
+
+def reads_like_a_score(metric: str) -> bool:
+    """A metric whose name holds a word of :data:`SCORE_WORDS` (``val_accuracy``, ``f1_macro``): one a
+    study maximizes, where a loss is minimized."""
+    return bool(SCORE_WORDS & set(re.split(r"[^a-z0-9]+", metric.lower())))
 
 
 def metric_name_in(names: Iterable[str], metric: str) -> str | None:

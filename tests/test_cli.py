@@ -276,7 +276,7 @@ def test_unreachable_tracking_server_fails_fast_before_any_trial(write_study, st
 
 
 def test_unknown_objective_metric_exits_2_before_any_store_exists(write_study, tmp_path, capsys) -> None:
-    path = write_study("name: m\ntask: digits_mlp\nobjective: {metric: f1}\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
+    path = write_study("name: m\ntask: digits_mlp\nobjective: {metric: f1, direction: maximize}\nsearch: {lr: {low: 0.01, high: 0.1}}\n")
     stores = tmp_path / "stores"
     code = main(["tune", str(path), "--storage", f"sqlite:///{stores / 'o.db'}", "--tracking-uri", f"sqlite:///{stores / 'm.db'}"])
     assert code == 2

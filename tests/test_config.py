@@ -95,6 +95,11 @@ BAD = [
     ),
     ("bad pruner", GOOD.replace("curve: median", "curve: asha"), r"pruning.curve: expected one of \['none', 'median', 'hyperband'\]"),
     ("bad direction", GOOD.replace("direction: minimize", "direction: down"), r"objective.direction: expected one of"),
+    (
+        "a score without a direction",  # minimized by default, it would export the worst model without a word
+        GOOD.replace("{metric: val_loss, direction: minimize}", "{metric: val_accuracy}"),
+        r"objective.direction: expected maximize or minimize \(val_accuracy reads like a score; autolr minimizes by default\), got <no direction>",
+    ),
     ("warmup too long", GOOD.replace("high: 0.1}", "high: 0.95}"), r"search.warmup.high: expected a number in \[0, 0.9\]"),
     ("name with ..", GOOD.replace("name: digits-mlp", "name: ../../etc/evil"), r"name: expected letters, digits.*no '\.\.'.*got '\.\./\.\./etc/evil'"),
     ("name with slash", GOOD.replace("name: digits-mlp", "name: a/b"), r"name: expected .*no path separators"),
@@ -155,6 +160,18 @@ BAD = [
 def test_sampler_names_a_sampler_and_its_ceiling(write_study, given, name, ceiling) -> None:
     config = load_study(write_study(GOOD.replace("sampler: tpe", f"sampler: {given}")))
     assert (config.sampler, config.sampler_ceiling) == (name, ceiling)
+
+
+@pytest.mark.parametrize(
+    "metric, direction", [("val_loss", "minimize"), ("val_mse", "minimize"), ("f1_macro", None), ("val_top1", None), ("val_accuracy_loss", None)]
+)
+def test_a_loss_is_minimized_by_default_and_a_score_must_say(write_study, metric, direction) -> None:
+    text = GOOD.replace("{metric: val_loss, direction: minimize}", f"{{metric: {metric}}}")
+    if direction is None:
+        with pytest.raises(StudyFileError, match="reads like a score"):
+            load_study(write_study(text))
+    else:
+        assert load_study(write_study(text)).direction == direction
 
 
 def test_the_ceiling_switch_is_not_part_of_the_study_identity(write_study) -> None:
