@@ -15,6 +15,8 @@ import logging
 import os
 import pickle
 import sys
+import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,7 @@ __all__ = ["check_crosses_processes", "preflight"]
 logger = logging.getLogger(__name__)
 
 PREFLIGHT_LR = 1e-3  # any valid rate: the optimizers built here never step
+_PACKAGE = Path(__file__).resolve().parent  # autolr's own code, never the place a user's error is
 
 
 def preflight(config: StudyConfig) -> Task | None:
@@ -64,7 +67,7 @@ def preflight(config: StudyConfig) -> Task | None:
     try:
         task = build_task(config.task, config.task_args, seed=config.seed)
     except Exception as exc:  # noqa: BLE001 - the user's factory: report it, on one line
-        raise StudyFileError(config.path, "task", f"a factory that builds an autolr.Task from {dict(config.task_args)}", f"<{_reason(exc)}>") from None
+        raise StudyFileError(config.path, "task", f"a factory that builds an autolr.Task from {dict(config.task_args)}", f"<{_reason(exc)}{_where(exc)}>") from exc
     _one_step(config, task)
     return task
 
@@ -136,8 +139,10 @@ def _one_step(config: StudyConfig, task: Task) -> None:
         loss.backward()
         model.zero_grad(set_to_none=True)
         values = validation_batch_metrics(task, config.train.batch_size, trainer.device)
-    except (BatchError, TypeError, ValueError, RuntimeError, KeyError, IndexError, AttributeError) as exc:
+    except BatchError as exc:
         raise StudyFileError(config.path, "task", "batches that the task's steps take", f"<{_reason(exc)}>") from None
+    except (TypeError, ValueError, RuntimeError, KeyError, IndexError, AttributeError) as exc:  # the cause stays chained for the Python API
+        raise StudyFileError(config.path, "task", "a model, loss and batches that train one step", f"<{_reason(exc)}{_where(exc)}>") from exc
     finally:
         model.train()
     if metric not in values:
@@ -165,3 +170,16 @@ def _first(batches, name: str) -> Any:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")
+
+
+def _where(exc: BaseException) -> str:
+    """`` at FILE:LINE in FUNCTION``: the last frame of the user's own code the error passed through
+    (not torch's, autolr's or another installed package's), so a wrong layer size reads as the model's
+    line; empty where none is."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _installed(f.filename)]
+    return f" at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+
+
+def _installed(filename: str) -> bool:
+    parts = Path(filename).parts
+    return "site-packages" in parts or "dist-packages" in parts or Path(filename).is_relative_to(_PACKAGE) or filename.startswith("<frozen")

@@ -77,6 +77,21 @@ class TwoInputs(nn.Module):
         return self.lin(x * mask)
 
 
+class WrongWidth(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(5, 2)  # 5: the user meant 8
+
+    def forward(self, x, mask):
+        return self.b(self.a(x * mask))
+
+
+def wrong_width():
+    task = two_inputs()
+    task.model = WrongWidth()
+    return task
+
+
 def two_inputs():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(200, 6, generator=g)
@@ -151,6 +166,18 @@ def test_a_batch_the_steps_cannot_take_fails_before_any_trial_naming_the_hook(st
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "training_step(model, batch)" in err
     assert not (tmp_path / "optuna.db").exists()  # nothing written
+
+
+def test_a_bug_in_the_users_model_is_named_with_its_line_not_blamed_on_the_batches(study, stores, capsys) -> None:
+    path = study("wrong_width")
+    with pytest.raises(
+        StudyFileError, match=r"task: expected a model, loss and batches that train one step, got <RuntimeError: mat1 and mat2 .* at models.py:\d+ in forward>"
+    ) as info:
+        preflight(load_study(path))
+    assert isinstance(info.value.__cause__, RuntimeError)  # the Python API keeps the model's traceback
+    assert main(["tune", path, "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "models.py:" in err  # the CLI: one line
 
 
 def test_fp16_on_the_cpu_is_refused_before_any_trial(study) -> None:
