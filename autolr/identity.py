@@ -24,8 +24,12 @@ This module knows study files and the record's format; :mod:`autolr.store` reads
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from autolr.config import StudyConfig
@@ -121,10 +125,21 @@ def same_code(a: object, b: object) -> bool:
 
 
 def _refused(config: StudyConfig, url: str, diffs: list[tuple[str, str, str]], how: str) -> InputError:
-    what = "; ".join(f"{key}: {old} stored, {new} given" for key, old, new in diffs[:4])
+    what = "; ".join(f"{key}: {old} stored, {new} given{_missing(config, new) if key in ('task', 'loop') else ''}" for key, old, new in diffs[:4])
     more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
     return InputError(f"{config.path}: the study {config.name!r} in {url} was created by another study file ({what}{more}); "
                       f"give this file its own `name:` to start a new study; {how}")  # fmt: skip
+
+
+def _missing(config: StudyConfig, label: object) -> str:
+    """`` (no module mytask here: a typo?)`` where the given code's top-level module is nowhere on the
+    path a trial imports it from (the study file's folder first), found without running any of it: a
+    mistyped ``task:`` reads as another study's file otherwise."""
+    if not isinstance(label, str) or ":" not in label:
+        return ""  # a built-in task, or a callable handed to tune
+    module = label.partition(":")[0].split(".")[0]
+    found = importlib.machinery.PathFinder.find_spec(module, [str(Path(config.path).resolve().parent), *sys.path]) or importlib.util.find_spec(module)
+    return "" if found is not None else f" (no module {module} here: a typo?)"
 
 
 # --- settings as JSON, and which contains which ------------------------------------------------------

@@ -67,7 +67,9 @@ def preflight(config: StudyConfig) -> Task | None:
     try:
         task = build_task(config.task, config.task_args, seed=config.seed)
     except Exception as exc:  # noqa: BLE001 - the user's factory: report it, on one line
-        raise StudyFileError(config.path, "task", f"a factory that builds an autolr.Task from {dict(config.task_args)}", f"<{_reason(exc)}{_where(exc)}>") from exc
+        raise StudyFileError(
+            config.path, "task", f"a factory that builds an autolr.Task from {dict(config.task_args)}", f"<{_reason(exc)}{_where(exc)}>"
+        ) from exc
     _one_step(config, task)
     return task
 

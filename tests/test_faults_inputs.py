@@ -75,6 +75,16 @@ def test_another_task_under_the_same_name_is_refused_in_one_line(tmp_path, capsy
         assert "task: least_squares stored, wine_mlp given" in _error(capsys)
 
 
+def test_a_mistyped_task_module_under_an_existing_study_says_it_is_not_there(tmp_path, capsys) -> None:
+    (tmp_path / "mytasks.py").write_text("from autolr.tasks import least_squares as make\n")
+    assert _tune(_study(tmp_path, "A.yaml", task="'mytasks:make'")) == 0
+    capsys.readouterr()
+    assert _tune(_study(tmp_path, "A.yaml", task="'mytask:make'")) == 2
+    assert "task: mytasks:make stored, mytask:make given (no module mytask here: a typo?)" in _error(capsys)
+    assert _tune(_study(tmp_path, "A.yaml", task="'mytasks:other'")) == 2  # a module that is there: another study's file
+    assert "stored, mytasks:other given)" in _error(capsys)
+
+
 def test_a_changed_budget_or_objective_is_refused_even_with_extend_space(tmp_path, capsys) -> None:
     a = _study(tmp_path, "A.yaml", epochs=1)
     assert _tune(a) == 0
