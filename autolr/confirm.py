@@ -93,7 +93,7 @@ class Confirmation:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"trial": self.trial, "seeds": list(self.seeds), "values": list(self.values), "mean": self.mean, "std": self.std}
-        return out if self.lr_scale == 1.0 else {**out, "lr_scale": self.lr_scale}
+        return out if self.lr_scale == 1.0 else {**out, "lr_scale": float(f"{self.lr_scale:.6g}")}  # 0.49 for 0.7**2
 
 
 def confirm_name(config: StudyConfig) -> str:

@@ -176,7 +176,11 @@ def _run_labels(trial: optuna.Trial, seed: int) -> dict[str, Any]:
         return {"tags": tags} if tags else {}
     if scale is None:
         return {"role": keys.ROLE_CONFIRM, "name": f"confirm-{of}-seed{seed}", "tags": {keys.CONFIRM_OF: of, keys.SEED: seed}}
-    return {"role": keys.ROLE_CONFIRM, "name": f"confirm-{of}-lr{scale:g}x-seed{seed}", "tags": {keys.CONFIRM_OF: of, keys.SEED: seed, keys.LR_SCALE: scale}}
+    return {
+        "role": keys.ROLE_CONFIRM,
+        "name": f"confirm-{of}-lr{scale:g}x-seed{seed}",
+        "tags": {keys.CONFIRM_OF: of, keys.SEED: seed, keys.LR_SCALE: f"{scale:g}"},
+    }  # 0.49, not 0.7**2's 0.48999999999999994
 
 
 def make_trainer(config: StudyConfig, **kwargs: Any) -> Trainer:

@@ -269,6 +269,7 @@ def test_the_step_back_follows_the_winner_and_is_exported_when_it_holds() -> Non
     winner = confirm.confirmed_winner(done, "minimize")
     assert following is None and winner.lr_scale == 0.7 and winner.trial == 0 and winner.params == {"lr": 0.7}
     assert winner.to_dict()["lr_scale"] == 0.7 and "lr_scale" not in done[0].to_dict()
+    assert confirm.Confirmation(0, 0.1, (1,), (0.1,), True, lr_scale=0.7**2).to_dict()["lr_scale"] == 0.49  # not 0.48999999999999994
     worse = [_ran(0, s, v, scale=0.7) for s, v in ((11, 0.11), (12, 0.112), (13, 0.11))]  # mean 0.1107: 5% worse
     assert confirm.confirmed_winner(_race([0.10, 0.11], held + worse, step_back=0.7)[0], "minimize").lr_scale == 1.0
     diverged = [_ran(0, 11, None, scale=0.7)]
