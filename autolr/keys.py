@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 
 __all__ = [
+    "BEST_LR_SCALE",
     "BEST_TRIAL",
     "CODE",
     "CONFIRM_OF",
@@ -107,6 +108,7 @@ VALUE = "autolr.value"
 OPTIMIZER = "autolr.optimizer"  # of a range-test run
 BEST_TRIAL = "autolr.best_trial"
 BEST_VALUE = "autolr.best_value"
+BEST_LR_SCALE = "autolr.best_lr_scale"  # the export is best_trial's configuration at this factor of its lr (a step back)
 GRADIENTS = "autolr.gradients"  # "exploding" / "vanishing"
 EXPLODING = "autolr.exploding"  # the reason, when the gradient norm exploded
 EXPLODING_STEP = "autolr.exploding_step"

@@ -18,7 +18,7 @@ from typing import Any
 
 from autolr import keys, plots, stability
 
-__all__ = ["STUDY_PLOTS", "TOP_K", "StudyRecord", "draw_study_plots", "history", "metric_key", "record_trial_curves", "study_record", "top_trials"]
+__all__ = ["STUDY_PLOTS", "TOP_K", "StudyRecord", "best_tags", "draw_study_plots", "history", "metric_key", "record_trial_curves", "study_record", "top_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -200,3 +200,12 @@ def _finite(value: Any) -> bool:
 def _label(row: Mapping[str, Any]) -> str:
     lr = row.get("lr")
     return f"#{row['trial']} {row.get('optimizer')} {row.get('schedule')} lr={lr:.3g}" if isinstance(lr, float) else f"#{row['trial']}"
+
+
+def best_tags(export: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parent run's tags for what the export names: its trial and value, and where the export is
+    that trial's step back, the factor of its lr (so ``best.lr`` is not read as the trial's own rate)."""
+    if export is None:
+        return {}
+    scale = (export.get("confirmed") or {}).get("lr_scale")
+    return {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"], **({keys.BEST_LR_SCALE: f"{scale:g}"} if scale else {})}

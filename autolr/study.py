@@ -442,7 +442,7 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
             logger.exception("could not describe the study on the parent run")
             record = report.StudyRecord({}, None)
         best = {} if export is None else {f"best.{k}": v for k, v in export["params"].items()}
-        tags = {} if export is None else {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"]}
+        tags = report.best_tags(export)
         tracker.log_run(parent_run_id, params=best, tags=tags, series=record.series, description=record.description)
         if export is not None:
             tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")

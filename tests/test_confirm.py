@@ -477,3 +477,11 @@ def test_a_confirmation_resumed_with_jobs_spawns_no_worker_and_says_none(write_s
     assert [len(c.values) for c in result.confirmations] == [2]  # the confirmation ran, here
     assert (result.jobs, result.processes) == (1, 1)
     assert len(result.timing()) == 1 and "workers" not in result.timing()[0]
+
+
+def test_the_parent_run_says_when_the_export_is_its_trials_step_back() -> None:
+    from autolr.report import best_tags
+
+    stepped = {"trial": 4, "value": 0.09, "confirmed": {"trial": 4, "mean": 0.09, "lr_scale": 0.49}}
+    assert best_tags(stepped) == {keys.BEST_TRIAL: 4, keys.BEST_VALUE: 0.09, keys.BEST_LR_SCALE: "0.49"}  # best.lr is 0.49x trial 4's
+    assert keys.BEST_LR_SCALE not in best_tags({"trial": 4, "value": 0.1, "confirmed": None}) and best_tags(None) == {}
