@@ -249,7 +249,7 @@ def _summary(result, top: int = 5) -> str:
     rows = _ranked([trial_row(t) for t in result.trials], result.direction)[:top]
     lines.append(_table([dict(r, confirmed=_confirmed(confirmed.get(r["trial"]))) for r in rows], result.metric))
     if len(result.trials) > len(rows):  # pruned and failed trials rank below the complete ones: say where the rest are
-        lines.append(f"({len(rows)} of {len(result.trials)} trials, best first; autolr show --top {len(result.trials)} lists them all)")
+        lines.append(f"({len(rows)} of {len(result.trials)} trials, best first; show --top {len(result.trials)} lists them all)")
     searched = _lr_ranges(result.trials)
     if searched:
         lines.append(f"lr searched: {searched}")

@@ -289,7 +289,9 @@ def _direction(c: _Checker, objective: dict) -> str:
     """Minimized by default, as in Optuna; a metric that reads like a score must say (minimized, it exports the worst model)."""
     metric, direction = str(objective.get("metric", "val_loss")), objective.get("direction")
     if direction is None and keys.reads_like_a_score(metric):
-        raise c.fail("objective.direction", f"maximize or minimize ({metric} reads like a score; autolr minimizes by default)", "<no direction>")
+        raise c.fail(
+            "objective.direction", f"maximize or minimize ({metric} reads like a score; minimize keeps a study tuned before this rule)", "<no direction>"
+        )
     return c.choice("minimize" if direction is None else direction, "objective.direction", ("minimize", "maximize"))
 
 

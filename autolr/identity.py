@@ -135,10 +135,13 @@ def _missing(config: StudyConfig, label: object) -> str:
     """`` (no module mytask here: a typo?)`` where the given code's top-level module is nowhere on the
     path a trial imports it from (the study file's folder first), found without running any of it: a
     mistyped ``task:`` reads as another study's file otherwise."""
-    if not isinstance(label, str) or ":" not in label:
-        return ""  # a built-in task, or a callable handed to tune
+    if not isinstance(config.code, str) or not isinstance(label, str) or ":" not in label:
+        return ""  # a built-in task, or a callable handed to tune (a script's or notebook's: __main__)
     module = label.partition(":")[0].split(".")[0]
-    found = importlib.machinery.PathFinder.find_spec(module, [str(Path(config.path).resolve().parent), *sys.path]) or importlib.util.find_spec(module)
+    try:
+        found = importlib.machinery.PathFinder.find_spec(module, [str(Path(config.path).resolve().parent), *sys.path]) or importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a module whose spec cannot be read: say nothing more
+        return ""
     return "" if found is not None else f" (no module {module} here: a typo?)"
 
 

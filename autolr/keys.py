@@ -62,6 +62,7 @@ __all__ = [
     "gradient_flag",
     "metric_name_in",
     "val_metric",
+    "LOSS_WORDS",
     "SCORE_WORDS",
     "reads_like_a_score",
 ]
@@ -155,10 +156,16 @@ def val_metric(name: str) -> str:
 SCORE_WORDS = frozenset({"acc", "accuracy", "auc", "auroc", "f1", "precision", "recall", "r2", "score", "iou", "dice", "map", "bleu", "top1", "top5"})
 
 
+LOSS_WORDS = frozenset({"loss", "error", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "cost", "distance"})
+
+
 def reads_like_a_score(metric: str) -> bool:
-    """A metric whose name holds a word of :data:`SCORE_WORDS` (``val_accuracy``, ``f1_macro``): one a
-    study maximizes, where a loss is minimized."""
-    return bool(SCORE_WORDS & set(re.split(r"[^a-z0-9]+", metric.lower())))
+    """A metric whose name holds a word of :data:`SCORE_WORDS`, with or without a number after it
+    (``val_accuracy``, ``f1_macro``, ``acc1``, ``map50``, ``valAccuracy``), and none of
+    :data:`LOSS_WORDS` (``val_dice_loss`` is a loss): one a study maximizes, where a loss is minimized."""
+    words = [w.lower() for w in re.findall(r"[a-z]+\d*|[A-Z][a-z]*\d*|\d+", metric)]
+    words += [w.rstrip("0123456789") for w in words]
+    return bool(SCORE_WORDS.intersection(words)) and not LOSS_WORDS.intersection(words)
 
 
 def metric_name_in(names: Iterable[str], metric: str) -> str | None:

@@ -15,6 +15,7 @@ import logging
 import os
 import pickle
 import sys
+import sysconfig
 import traceback
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ __all__ = ["check_crosses_processes", "preflight"]
 logger = logging.getLogger(__name__)
 
 PREFLIGHT_LR = 1e-3  # any valid rate: the optimizers built here never step
-_PACKAGE = Path(__file__).resolve().parent  # autolr's own code, never the place a user's error is
+_NOT_USERS = (Path(__file__).resolve().parent, *{Path(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")})  # autolr's, Python's
 
 
 def preflight(config: StudyConfig) -> Task | None:
@@ -183,5 +184,6 @@ def _where(exc: BaseException) -> str:
 
 
 def _installed(filename: str) -> bool:
-    parts = Path(filename).parts
-    return "site-packages" in parts or "dist-packages" in parts or Path(filename).is_relative_to(_PACKAGE) or filename.startswith("<frozen")
+    """Python's own library, an installed package or autolr: not where a user's error is."""
+    parts, path = Path(filename).parts, Path(filename)
+    return "site-packages" in parts or "dist-packages" in parts or filename.startswith("<") or any(path.is_relative_to(p) for p in _NOT_USERS)

@@ -52,7 +52,7 @@ def make_sampler(
     TPE keeps one range for the rate in its grouped space, the first finished trial's optimizer's,
     and where a joint proposal's rate falls outside its own optimizer's range Optuna draws it again
     on its own (10 of the 22 rates after the start-up on digits with ``lr: auto``, study seed 6).
-    Modelled jointly as GP is here, TPE was measured on the 100 studies of ``bench/efficiency.py``
+    Modelled jointly, TPE was measured on the 50 ``lr: auto`` studies of ``bench/efficiency.py``
     and not kept: digits deep's median improved (0.997x -> 0.943x), digits wide's worst case did not
     (1.114x -> 1.211x; ``bench/variants/jointlr-tpe.patch``, README's ``[jointlr]``).
     """
@@ -207,8 +207,9 @@ class JointLrGPSampler(optuna.samplers.GPSampler):
     GP models the intersection of the finished trials' search spaces, and a parameter whose range
     differs between trials is not in it: with per-optimizer ranges GP drew every rate at random (and
     Optuna warned so at every trial). Here the rate's distribution spans every optimizer's range (and
-    every finished trial's), and a proposal's rate is moved into the range of the optimizer proposed
-    with it (clipped: it lies outside only where the model reaches past what the range test measured).
+    every finished trial's). A proposal whose rate lies outside the range of the optimizer proposed
+    with it has its rate drawn in that range instead, as every rate was before: moved to the range's
+    edge, GP never saw the rate it proposed and proposed the same edge trial again and again.
     """
 
     def __init__(self, *, lr_bounds: Mapping[str, tuple[float, float]] | None = None, **kwargs: Any) -> None:
@@ -229,6 +230,6 @@ class JointLrGPSampler(optuna.samplers.GPSampler):
     def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
         params = super().sample_relative(study, trial, search_space)
         bounds = self._lr_bounds.get(params.get("optimizer")) if self._lr_bounds is not None else None
-        if bounds is not None and "lr" in params:
-            params["lr"] = min(max(params["lr"], bounds[0]), bounds[1])
+        if bounds is not None and "lr" in params and not bounds[0] <= params["lr"] <= bounds[1]:
+            del params["lr"]  # drawn in its optimizer's range instead, as before; clipped, GP proposed the same edge again and again
         return params

@@ -78,7 +78,7 @@ def test_quickstart_tune_export_and_mlflow_layout(stores, tmp_path, capsys) -> N
     shown = capsys.readouterr().out
     assert "COMPLETE" in shown and "prune reason" in shown
     assert main(["show", QUICKSTART, "--storage", stores["storage"], "--top", "2"]) == 0
-    assert "(2 of 6 trials, best first; autolr show --top 6 lists them all)" in capsys.readouterr().out  # where the rest are
+    assert "(2 of 6 trials, best first; show --top 6 lists them all)" in capsys.readouterr().out  # where the rest are
 
 
 def test_rerun_resumes_up_to_the_target(stores, write_study, capsys) -> None:

@@ -98,7 +98,7 @@ BAD = [
     (
         "a score without a direction",  # minimized by default, it would export the worst model without a word
         GOOD.replace("{metric: val_loss, direction: minimize}", "{metric: val_accuracy}"),
-        r"objective.direction: expected maximize or minimize \(val_accuracy reads like a score; autolr minimizes by default\), got <no direction>",
+        r"objective.direction: expected maximize or minimize \(val_accuracy reads like a score; minimize keeps a study tuned before this rule\), got <no direction>",
     ),
     ("warmup too long", GOOD.replace("high: 0.1}", "high: 0.95}"), r"search.warmup.high: expected a number in \[0, 0.9\]"),
     ("name with ..", GOOD.replace("name: digits-mlp", "name: ../../etc/evil"), r"name: expected letters, digits.*no '\.\.'.*got '\.\./\.\./etc/evil'"),
@@ -163,7 +163,16 @@ def test_sampler_names_a_sampler_and_its_ceiling(write_study, given, name, ceili
 
 
 @pytest.mark.parametrize(
-    "metric, direction", [("val_loss", "minimize"), ("val_mse", "minimize"), ("f1_macro", None), ("val_top1", None), ("val_accuracy_loss", None)]
+    "metric, direction",
+    [
+        ("val_loss", "minimize"),
+        ("val_mse", "minimize"),
+        ("val_dice_loss", "minimize"),
+        ("f1_macro", None),
+        ("val_top1", None),
+        ("acc1", None),
+        ("valAccuracy", None),
+    ],
 )
 def test_a_loss_is_minimized_by_default_and_a_score_must_say(write_study, metric, direction) -> None:
     text = GOOD.replace("{metric: val_loss, direction: minimize}", f"{{metric: {metric}}}")

@@ -85,6 +85,18 @@ def test_a_mistyped_task_module_under_an_existing_study_says_it_is_not_there(tmp
     assert "stored, mytasks:other given)" in _error(capsys)
 
 
+def test_a_notebooks_callable_under_another_studys_name_is_refused_in_one_line(tmp_path, monkeypatch) -> None:
+    assert _tune(_study(tmp_path, "A.yaml")) == 0
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None)  # a script's or notebook's __main__, not pytest's
+
+    def make(**kwargs):
+        return autolr.tasks.wine_mlp(**kwargs)
+
+    make.__module__ = "__main__"  # as a notebook's or a script's function is labelled (its __spec__ is None there)
+    with pytest.raises(autolr.InputError, match="created by another study file"):
+        autolr.tune(str(tmp_path / "A.yaml"), task=make, storage=f"sqlite:///{tmp_path / 'shared.db'}", tracking_uri=None, progress=False)
+
+
 def test_a_changed_budget_or_objective_is_refused_even_with_extend_space(tmp_path, capsys) -> None:
     a = _study(tmp_path, "A.yaml", epochs=1)
     assert _tune(a) == 0

@@ -111,14 +111,18 @@ def test_gp_models_the_rate_with_the_optimizer_when_their_ranges_differ(monkeypa
 
     monkeypatch.setattr(optuna.samplers.GPSampler, "sample_independent", spy)
     study = optuna.create_study(sampler=make_sampler("gp", seed=0, lr_bounds=bounds if joint else None))
-    for _ in range(14):
+    late = []
+    for _ in range(20):
         trial = study.ask()
         run = suggest_run(trial, config.search, bounds)
         low, high = bounds[run.optimizer]
         assert low <= run.lr <= high
         best = 0.1 if run.optimizer == "sgd" else 1e-3
         study.tell(trial, abs(math.log10(run.lr / best)) + (0.5 if run.optimizer == "sgd" else 0.0))
-    assert (alone == []) == joint, alone
+        late += [(trial.number, run.optimizer, run.lr)] if trial.number >= 8 else []
+    modelled = [n for n, _, _ in late if n not in alone]
+    assert bool(modelled) == joint, alone  # without the joint range every rate after the start-up is drawn at random
+    assert len({(o, lr) for _, o, lr in late}) == len(late)  # never the same trial again (a clip to the range's edge repeated it)
 
 
 def test_the_ceiling_reads_the_trials_the_sampler_read() -> None:
