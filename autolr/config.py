@@ -287,12 +287,10 @@ def with_overrides(config: StudyConfig, *, trials: int | None = None, seed: int 
 
 def _direction(c: _Checker, objective: dict) -> str:
     """Minimized by default, as in Optuna; a metric that reads like a score must say (minimized, it exports the worst model)."""
-    metric, direction = str(objective.get("metric", "val_loss")), objective.get("direction")
+    metric, direction, key = str(objective.get("metric", "val_loss")), objective.get("direction"), "objective.direction"
     if direction is None and keys.reads_like_a_score(metric):
-        raise c.fail(
-            "objective.direction", f"maximize or minimize ({metric} reads like a score; minimize keeps a study tuned before this rule)", "<no direction>"
-        )
-    return c.choice("minimize" if direction is None else direction, "objective.direction", ("minimize", "maximize"))
+        raise c.fail(key, f"maximize or minimize ({metric} reads like a score; minimize keeps a study tuned before this rule)", "<no direction>")
+    return c.choice("minimize" if direction is None else direction, key, ("minimize", "maximize"))
 
 
 def _parse_sampler(c: _Checker, sampler: object) -> tuple[str, bool]:
