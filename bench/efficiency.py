@@ -60,8 +60,8 @@ region '{}'``), ``@stepgain`` (a further step back after any gain: ``bench/varia
 ``AUTOLR_STEPGAIN=1``, ``--variant stepgain '{}'``) and ``@seeds2``
 (``--variant seeds2 'confirm: {seeds: 2}'``), and ``@jointlr`` (``lr: auto`` only: TPE's grouped space
 holds the rate over every optimizer's range: ``git apply bench/variants/jointlr-tpe.patch``, then
-``--arms auto --variant jointlr '{}'``) and ``@gp`` (``--variant gp 'sampler: gp'``, with GP's rate modelled with
-the optimizer as shipped).
+``--arms auto --variant jointlr '{}'``) and ``@gp`` (``--variant gp 'sampler: gp'``; its ``lr: auto`` rows with a first version of
+``JointLrGPSampler`` that clipped out-of-range proposals) and ``@gp2`` (``lr: auto`` again, as shipped).
 """
 
 from __future__ import annotations
