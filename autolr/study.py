@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
-from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study, with_overrides
+from autolr.config import DEFAULT_TRACKING_URI, UNSTEERED_SAMPLERS, StudyConfig, load_study, with_overrides
 from autolr.confirm import confirmation, confirmation_pending, run_confirmation
 from autolr.driver import grid_exhausted, run_trials
 from autolr.objective import Objective
@@ -106,7 +106,7 @@ def _sampler(config: StudyConfig, lr_bounds: LrBounds | None, seed: int, *, para
 def _ceiling(config: StudyConfig) -> bool:
     """Whether the study's sampler keeps off diverging rates (:class:`autolr.sampler.CeilingSampler`):
     asked for, with the divergence guard on, and never for random and grid (:func:`make_sampler`)."""
-    return config.sampler_ceiling and config.pruning.divergence and config.sampler not in ("random", "grid")
+    return config.sampler_ceiling and config.pruning.divergence and config.sampler not in UNSTEERED_SAMPLERS
 
 
 def fixed_lr_bounds(config: StudyConfig) -> LrBounds:
