@@ -77,7 +77,8 @@ def assert_stores_agree(storage: str, tracking_uri: str, name: str, target: int 
     experiment = client.get_experiment_by_name(name)
     assert experiment is not None, f"no MLflow experiment {name!r}"
     runs = client.search_runs([experiment.experiment_id], max_results=5000)
-    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"], "MLflow runs left RUNNING"
+    running = [(r.info.run_name, {k: v for k, v in r.data.tags.items() if k.startswith("autolr.")}) for r in runs if r.info.status == "RUNNING"]
+    assert not running, f"MLflow runs left RUNNING: {running}"
     by_trial: dict[int, list] = {}
     for run in runs:
         if keys.TRIAL in run.data.tags:
