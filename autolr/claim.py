@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from autolr import keys, owner, sqlite, store
 from autolr.retry import call_with_retry
 
-__all__ = ["ClaimLock", "ask_owned", "claim", "n_claimed", "start_owned"]
+__all__ = ["ClaimLock", "ask_owned", "claim", "n_claimed", "next_invocation", "start_owned"]
 
 LOCK_TIMEOUT_S = 300
 
@@ -113,6 +113,20 @@ def claim(study: optuna.Study, lock: ClaimLock, target: int) -> optuna.Trial | N
         if n_claimed(study, target) >= target:
             return None
         return ask_owned(study)
+
+
+def next_invocation(study: optuna.Study, url: str) -> int:
+    """This invocation's index among those that opened the study to run it (0 for the first), counted
+    under the claim lock: two machines that start the same study file at the same moment get 0 and 1,
+    and seed their samplers apart (the trial count they both read, 0, would not)."""
+    lock = ClaimLock(url, study.study_name)
+    try:
+        with lock.held():
+            index = int(study._storage.get_study_user_attrs(study._study_id).get(keys.INVOCATIONS, 0))
+            study.set_user_attr(keys.INVOCATIONS, index + 1)
+    finally:
+        lock.close()
+    return index
 
 
 def start_owned(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]) -> optuna.Trial:

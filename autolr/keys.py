@@ -30,6 +30,7 @@ __all__ = [
     "GRADIENTS",
     "HOST",
     "IDENTITY",
+    "INVOCATIONS",
     "LOSS_RATIO",
     "LR_SCALE",
     "OPTIMIZER",
@@ -88,6 +89,7 @@ UID = "autolr.uid"  # the study's own id, kept across invocations
 RANGE_TEST_CACHE = "autolr.range_test.{optimizer}"  # one optimizer's cached range test
 CODE = "autolr.code"  # {"key": "task" | "loop", "label": ...}: what trained the study (callables have no file key)
 IDENTITY = "autolr.identity"  # {"fingerprint", "identity", "summary"}: what defines the study (autolr.identity)
+INVOCATIONS = "autolr.invocations"  # how many invocations opened the study to run it: each one's sampler seed mixes in its index
 GRID_SEED = "autolr.grid_seed"  # the seed a grid study's points were shuffled with at its start: every resume and worker keeps it
 SWEEP = "autolr.sweep"  # {at, target, enqueued}: the schedule sweep (autolr.sweep) for that target, enqueued at trial `at`
 CONFIRM_PLAN = "autolr.confirm_plan"  # {top, seeds, budget, step_back, steps, near, slack} of the last invocation that confirmed

@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
+from autolr.claim import next_invocation
 from autolr.config import DEFAULT_TRACKING_URI, UNSTEERED_SAMPLERS, StudyConfig, load_study, with_overrides
 from autolr.confirm import confirmation, confirmation_pending, run_confirmation
 from autolr.driver import grid_exhausted, run_trials
@@ -39,7 +40,7 @@ from autolr.space import LrBounds, grid_search_space
 from autolr.sweep import sweep_at
 from autolr.tracking import discard_warm_writers, open_tracker, prestart_writer
 from autolr.trainer import worker_device
-from autolr.workers import run_workers, sigterm_interrupts
+from autolr.workers import TORCH_THREADS, run_workers, sigterm_interrupts, torch_threads
 
 __all__ = ["TuneResult", "export_best", "open_study", "study_results", "tune"]
 
@@ -48,37 +49,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Torch threads of a process running trials (AUTOLR_TORCH_THREADS). The small models tuned on a CPU
-# train fastest on one thread, and OpenMP's spinning threads slow down badly when anything else (the
-# MLflow writer, another worker) wants a core. Raise it for large models on many cores.
-TORCH_THREADS = int(os.environ.get("AUTOLR_TORCH_THREADS", "1"))
 
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run the block with ``n`` torch threads, then restore the caller's setting."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def open_study(config: StudyConfig, storage: str | None = None, lr_bounds: LrBounds | None = None, *, worker: int = 0, parallel: bool = False) -> optuna.Study:
+def open_study(
+    config: StudyConfig, storage: str | None = None, lr_bounds: LrBounds | None = None, *, worker: int = 0, parallel: bool = False, invocation: int = 0
+) -> optuna.Study:
     """Create (or load) the study in its storage, with the sampler and pruner of the study file.
 
-    The sampler's seed mixes the study's seed with the number of trials already stored and the worker's
-    index: a fresh study with one worker is reproducible, while a resumed study or a second worker
+    The sampler's seed mixes the study's seed with the number of trials already stored, the worker's
+    index and the invocation's (:func:`autolr.claim.next_invocation`): a fresh study with one worker is
+    reproducible, while a resumed study, a second worker or a second machine started at the same moment
     does not replay the random start-up proposals already tried (identical, since training is seeded).
     A grid shuffles its points with the seed of the study's first invocation (stored): its trials are
     indices into that order, which every resume and worker must share, whatever ``--seed`` says now.
     """
     url = storage or store.default_storage_url(config)
     study = store.create_or_load(config, url, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(config))
-    seed = config.seed + 1_000_003 * len(study.get_trials(deepcopy=False)) + 7_919 * worker
+    seed = config.seed + 1_000_003 * len(study.get_trials(deepcopy=False)) + 7_919 * worker + 104_729 * invocation
     grid_seed = None
     if config.sampler == "grid":  # the points are indices into the order this seed shuffles: kept from the first invocation
         grid_seed = study.user_attrs.get(keys.GRID_SEED)
@@ -124,6 +110,7 @@ class _Plan:
     tracking_uri: str | None
     jobs: int
     timeout_s: float | None
+    invocation: int = 0  # this invocation's index among the study's (its samplers' seeds mix it in)
 
     @property
     def parallel(self) -> bool:
@@ -141,7 +128,7 @@ def _worker(plan: _Plan, lr_bounds: LrBounds, parent_run_id: str | None, index: 
         torch.cuda.set_device(device)
     prestart_writer(plan.tracking_uri)  # the writer's imports overlap the preflight's
     preflight(plan.config)  # the worker's imports and first build (seconds) before its first trial's clock, as in the main process
-    study = open_study(plan.config, plan.storage_url, lr_bounds, worker=index, parallel=True)
+    study = open_study(plan.config, plan.storage_url, lr_bounds, worker=index, parallel=True, invocation=plan.invocation)
     tracker = open_tracker(plan.tracking_uri, plan.config.name)
     tracker.study_uid = store.study_uid(study)
     tracker.open_writer()  # its store opened before the first trial, not during the other workers' trials
@@ -237,6 +224,7 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
     watch = _Watch(bar, on_trial)
     try:
         if pending:
+            plan = dataclasses.replace(plan, invocation=next_invocation(opt_study, plan.storage_url))
             parent_run_id = _run(plan, opt_study, tracker, watch)
     finally:
         bar.close()
@@ -321,13 +309,14 @@ def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_tr
             from autolr.autobounds import auto_lr_bounds
 
             lr_bounds = auto_lr_bounds(config, study, tracker, parent_run_id)
-            run_study = open_study(config, plan.storage_url, lr_bounds)
+        if config.search.lr.auto or plan.invocation:  # the sampler seeded for the rates and this invocation
+            run_study = open_study(config, plan.storage_url, lr_bounds, invocation=plan.invocation)
         deadline = time.monotonic() + plan.timeout_s if plan.timeout_s else None
         objective = Objective(config, lr_bounds, tracker=tracker, parent_run_id=parent_run_id, progress=on_trial.bar)
         run = functools.partial(run_trials, objective=objective, url=plan.storage_url, target=config.trials, deadline=deadline, grid=config.sampler == "grid")
         if plan.parallel and store.n_finished(run_study) < config.trials:  # this process is worker 0: a spawned worker spends
             # seconds of CPU importing and warming up; with the search at its target (a resumed confirmation) none is spawned
-            here = functools.partial(run, open_study(config, plan.storage_url, lr_bounds, parallel=True))
+            here = functools.partial(run, open_study(config, plan.storage_url, lr_bounds, parallel=True, invocation=plan.invocation))
             on_trial.jobs = plan.jobs
             _run_workers(plan, run_study, lr_bounds, parent_run_id, on_trial, here)
         else:

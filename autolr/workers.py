@@ -35,7 +35,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_TERMINATED", "Terminated", "WorkerExit", "delivered", "exit_without_teardown", "run_workers", "sigterm_interrupts"]
+__all__ = [
+    "EXIT_INTERRUPTED", "EXIT_TERMINATED", "TORCH_THREADS", "Terminated", "WorkerExit", "delivered", "exit_without_teardown", "run_workers",
+    "sigterm_interrupts", "torch_threads",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +46,26 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 PARENT_POLL_S = 0.5
 STOP_WAIT_S = 120.0  # a stopping worker closes its trial and its tracker; after this it is killed
-
-
 RESEND_S = 2.0
+
+
+# Torch threads of a process running trials (AUTOLR_TORCH_THREADS). The small models tuned on a CPU
+# train fastest on one thread, and OpenMP's spinning threads slow down badly when anything else (the
+# MLflow writer, another worker) wants a core. Raise it for large models on many cores.
+TORCH_THREADS = int(os.environ.get("AUTOLR_TORCH_THREADS", "1"))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads, then restore the caller's setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Terminated(KeyboardInterrupt):

@@ -224,3 +224,25 @@ def test_a_resumed_grid_runs_each_point_once(write_study, tmp_path, stores, caps
     capsys.readouterr()
     assert main(["tune", path, "--trials", "12", *args]) == 0  # more than the grid has
     assert "study gridresume: 10 of 12 trials finished, every point of the grid; a larger target runs none" in capsys.readouterr().out
+
+
+def test_two_invocations_starting_a_study_at_once_draw_apart(write_study, tmp_path, stores) -> None:
+    """Two machines that start the same study file at the same moment both read 0 trials: seeded from
+    that alone, their random start-up proposals were the same (a two-machine test's 6 trials were 3
+    configurations, each trained twice). Each invocation has an index of its own, counted under the
+    claim lock, and the first one's proposals are the ones a single invocation always drew."""
+    from autolr.claim import next_invocation
+    from autolr.config import load_study
+    from autolr.study import open_study
+
+    config = load_study(_study(write_study, tmp_path, "together", extra="sampler: random"))
+    url = stores["storage"]
+    first = open_study(config, url)
+    assert [next_invocation(first, url) for _ in range(3)] == [0, 1, 2]
+
+    def proposals(invocation: int) -> list[float]:
+        study = open_study(config, url, invocation=invocation)  # as each machine opens it: no trial stored yet
+        return [study.sampler.sample_independent(study, None, "lr", optuna.distributions.FloatDistribution(1e-3, 0.1, log=True)) for _ in range(4)]
+
+    assert proposals(0) == proposals(0)  # one invocation alone stays reproducible
+    assert not set(proposals(0)) & set(proposals(1))
