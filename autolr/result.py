@@ -90,5 +90,19 @@ class TuneResult:
                          "imports torch) than the trials took to run; --jobs pays off when trials take longer than that")  # fmt: skip
         return lines
 
+    def __repr__(self) -> str:
+        """One line a notebook cell shows (the dataclass's own listed every trial's internals):
+        the study, its trials by state, and the configuration ``autolr export`` names, with its value."""
+        states = ", ".join(f"{n} {s.name.lower()}" for s in TrialState if (n := self.count(s)))
+        winner, c = self.winner_params, self.confirmed
+        if winner is None:
+            named = "no COMPLETE trial"
+        else:
+            shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in winner.items())
+            spread = f" +- {c.std:.4g}" if c is not None and c.std is not None else ""
+            value = f"{self.metric} {c.mean:.4g}{spread} on {len(c.values)} fresh seeds" if c is not None else f"{self.metric} {self.best.value:.4g} (one seed)"
+            named = f"winner: {shown}, {value}"
+        return f"TuneResult(study={self.study_name!r}, {len(self.trials)} trials ({states or 'none'}), {named}, parent_run_id={self.parent_run_id!r})"
+
     def count(self, state: TrialState) -> int:
         return sum(1 for t in self.trials if t.state == state)

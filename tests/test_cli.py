@@ -386,6 +386,7 @@ def test_a_worker_that_never_trained_is_said_beside_the_time_in_trials() -> None
     from autolr.result import TuneResult
 
     result = TuneResult("s", "sqlite://", None, "minimize", "val_loss", None, [], trial_seconds=2.8, wall_seconds=8.5, jobs=2, processes=1)
+    assert repr(result) == "TuneResult(study='s', 0 trials (none), no COMPLETE trial, parent_run_id=None)"
     assert result.timing() == [
         "time in trials: 2.8 s of 8.5 s x 2 workers since the first trial started (16%)",
         "1 of 2 workers trained: the others took longer to start (seconds: a new process imports torch) than the trials took to run; "

@@ -116,6 +116,9 @@ def test_the_winner_steps_back_and_the_export_names_what_held(write_study, store
     assert back.lr_scale == 0.7 and back.trial == best.trial and back.complete and back.seeds == (1000, 2000)
     assert back.params["lr"] == pytest.approx(0.7 * searched.params["lr"]) and back.params["schedule"] == searched.params["schedule"]
     assert result.confirmed is back and result.winner.number == best.trial and result.winner_params == back.params
+    shown = repr(result)  # what a notebook cell shows: one line, the export's configuration and its confirmed value
+    assert "\n" not in shown and shown.startswith("TuneResult(study='stepped', 8 trials (") and len(shown) < 400, shown
+    assert f"lr={back.params['lr']:.4g}" in shown and f"val_loss {back.mean:.4g} +- {back.std:.4g} on 2 fresh seeds" in shown, shown
 
     out = tmp_path / "best.yaml"
     autolr.export_best(path, storage=stores["storage"], path=out)
