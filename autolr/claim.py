@@ -18,6 +18,7 @@ separated, rather than a surplus trial being undone afterwards.
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -29,7 +30,9 @@ from optuna.trial import TrialState
 from autolr import keys, owner, sqlite, store
 from autolr.retry import call_with_retry
 
-__all__ = ["ClaimLock", "ask_owned", "claim", "n_claimed", "next_invocation", "start_owned"]
+__all__ = ["ClaimLock", "ask_owned", "claim", "free_slot", "n_claimed", "start_owned", "take_slot"]
+
+logger = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 300
 
@@ -115,18 +118,39 @@ def claim(study: optuna.Study, lock: ClaimLock, target: int) -> optuna.Trial | N
         return ask_owned(study)
 
 
-def next_invocation(study: optuna.Study, url: str) -> int:
-    """This invocation's index among those that opened the study to run it (0 for the first), counted
-    under the claim lock: two machines that start the same study file at the same moment get 0 and 1,
-    and seed their samplers apart (the trial count they both read, 0, would not)."""
+def take_slot(study: optuna.Study, url: str) -> int:
+    """This invocation's slot among those running the study now: the lowest one free, 0 when it runs
+    alone (its samplers then draw what a lone invocation always drew). Two machines that start the
+    same study file at the same moment both read 0 trials; their slots, taken under the claim lock,
+    seed them apart. The slots live in the study (``autolr.invocations``: slot -> owner record); a
+    slot whose process of this machine is gone is free again, one of another machine stays taken
+    until that machine's next invocation frees it (a later invocation then only draws differently).
+    On a database without a claim lock two invocations may still take the same slot."""
     lock = ClaimLock(url, study.study_name)
     try:
         with lock.held():
-            index = int(study._storage.get_study_user_attrs(study._study_id).get(keys.INVOCATIONS, 0))
-            study.set_user_attr(keys.INVOCATIONS, index + 1)
+            held = study._storage.get_study_user_attrs(study._study_id).get(keys.INVOCATIONS)
+            live = {int(k): v for k, v in held.items() if not owner.is_dead(v)} if isinstance(held, dict) else {}
+            slot = min(set(range(len(live) + 1)) - set(live))
+            study.set_user_attr(keys.INVOCATIONS, {str(k): v for k, v in sorted({**live, slot: owner.this_process()}.items())})
     finally:
         lock.close()
-    return index
+    return slot
+
+
+def free_slot(study: optuna.Study, url: str, slot: int) -> None:
+    """Give back :func:`take_slot`'s ``slot`` at the invocation's end (best effort: a slot left taken
+    by this machine is freed by the next invocation that finds its process gone)."""
+    lock = ClaimLock(url, study.study_name)
+    try:
+        with lock.held():
+            held = study._storage.get_study_user_attrs(study._study_id).get(keys.INVOCATIONS)
+            if isinstance(held, dict) and held.get(str(slot)) == owner.this_process():
+                study.set_user_attr(keys.INVOCATIONS, {k: v for k, v in held.items() if k != str(slot)})
+    except Exception:  # noqa: BLE001 - the study's trials are safe; only a later invocation's seed moves
+        logger.debug("could not free invocation slot %d of study %s", slot, study.study_name, exc_info=True)
+    finally:
+        lock.close()
 
 
 def start_owned(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]) -> optuna.Trial:

@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
-from autolr.claim import next_invocation
+from autolr.claim import free_slot, take_slot
 from autolr.config import DEFAULT_TRACKING_URI, UNSTEERED_SAMPLERS, StudyConfig, load_study, with_overrides
 from autolr.confirm import confirmation, confirmation_pending, run_confirmation
 from autolr.driver import grid_exhausted, run_trials
@@ -56,9 +56,10 @@ def open_study(
     """Create (or load) the study in its storage, with the sampler and pruner of the study file.
 
     The sampler's seed mixes the study's seed with the number of trials already stored, the worker's
-    index and the invocation's (:func:`autolr.claim.next_invocation`): a fresh study with one worker is
-    reproducible, while a resumed study, a second worker or a second machine started at the same moment
-    does not replay the random start-up proposals already tried (identical, since training is seeded).
+    index and the invocation's slot (:func:`autolr.claim.take_slot`, 0 alone): a study run by one
+    process is reproducible, while a resumed study, a second worker or a second machine started at the
+    same moment does not replay the random start-up proposals already tried (identical, since training
+    is seeded).
     A grid shuffles its points with the seed of the study's first invocation (stored): its trials are
     indices into that order, which every resume and worker must share, whatever ``--seed`` says now.
     """
@@ -110,7 +111,7 @@ class _Plan:
     tracking_uri: str | None
     jobs: int
     timeout_s: float | None
-    invocation: int = 0  # this invocation's index among the study's (its samplers' seeds mix it in)
+    invocation: int = 0  # this invocation's slot among those running the study (its samplers' seeds mix it in)
 
     @property
     def parallel(self) -> bool:
@@ -222,11 +223,14 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
     pending = done < config.trials or confirmation_pending(config, opt_study, plan.storage_url)
     bar = Progress(config.trials, initial=done) if progress and pending else NullProgress()
     watch = _Watch(bar, on_trial)
+    slot = take_slot(opt_study, plan.storage_url) if pending else None
     try:
         if pending:
-            plan = dataclasses.replace(plan, invocation=next_invocation(opt_study, plan.storage_url))
+            plan = dataclasses.replace(plan, invocation=slot)
             parent_run_id = _run(plan, opt_study, tracker, watch)
     finally:
+        if slot is not None:
+            free_slot(opt_study, plan.storage_url, slot)
         bar.close()
         tracker.close()  # stops the MLflow writer once every trial run is written and closed
     result = summarize(config, plan.storage_url, tracking_uri, parent_run_id, study=opt_study)

@@ -3,6 +3,7 @@ processes on one storage (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -229,20 +230,50 @@ def test_a_resumed_grid_runs_each_point_once(write_study, tmp_path, stores, caps
 def test_two_invocations_starting_a_study_at_once_draw_apart(write_study, tmp_path, stores) -> None:
     """Two machines that start the same study file at the same moment both read 0 trials: seeded from
     that alone, their random start-up proposals were the same (a two-machine test's 6 trials were 3
-    configurations, each trained twice). Each invocation has an index of its own, counted under the
-    claim lock, and the first one's proposals are the ones a single invocation always drew."""
-    from autolr.claim import next_invocation
+    configurations, each trained twice). Each invocation takes the lowest free slot, under the claim
+    lock; slot 0, one invocation alone, draws what a lone invocation always drew."""
+    from autolr import keys, owner
+    from autolr.claim import free_slot, take_slot
     from autolr.config import load_study
     from autolr.study import open_study
 
     config = load_study(_study(write_study, tmp_path, "together", extra="sampler: random"))
     url = stores["storage"]
-    first = open_study(config, url)
-    assert [next_invocation(first, url) for _ in range(3)] == [0, 1, 2]
+    study = open_study(config, url)
+    assert [take_slot(study, url) for _ in range(3)] == [0, 1, 2]  # three at once
+    free_slot(study, url, 1)
+    assert take_slot(study, url) == 1  # the lowest free one
+    gone = subprocess.run([sys.executable, "-c", "import json; from autolr import owner; print(json.dumps(owner.this_process()))"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    study.set_user_attr(keys.INVOCATIONS, {"0": json.loads(gone.stdout)})  # a process of this machine that ended
+    assert take_slot(study, url) == 0 and study.user_attrs[keys.INVOCATIONS] == {"0": owner.this_process()}
 
-    def proposals(invocation: int) -> list[float]:
-        study = open_study(config, url, invocation=invocation)  # as each machine opens it: no trial stored yet
-        return [study.sampler.sample_independent(study, None, "lr", optuna.distributions.FloatDistribution(1e-3, 0.1, log=True)) for _ in range(4)]
+    lr = optuna.distributions.FloatDistribution(1e-3, 0.1, log=True)
 
-    assert proposals(0) == proposals(0)  # one invocation alone stays reproducible
-    assert not set(proposals(0)) & set(proposals(1))
+    def proposals(sampler, study) -> list[float]:
+        return [sampler.sample_independent(study, None, "lr", lr) for _ in range(4)]
+
+    alone = open_study(config, url, invocation=0)  # as each machine opens it: no trial stored yet
+    assert proposals(alone.sampler, alone) == proposals(optuna.samplers.RandomSampler(seed=config.seed), alone)  # as before slots
+    second = open_study(config, url, invocation=1)
+    assert not set(proposals(second.sampler, second)) & set(proposals(optuna.samplers.RandomSampler(seed=config.seed), second))
+
+
+def test_tune_takes_a_free_slot_and_gives_it_back(write_study, tmp_path, stores) -> None:
+    """Through autolr.tune: with slot 0 held by a live process elsewhere, the study's first trial is
+    not the one a lone invocation draws; the slot is given back at the end."""
+    from autolr import keys
+
+    first_trials = []
+    for name, elsewhere in (("alone", None), ("beside", {"machine": "another-machine", "pid": 1, "start": 1})):
+        path = _study(write_study, tmp_path, name, trials=1, extra="sampler: random\n        confirm: false")
+        if elsewhere is not None:
+            from autolr.config import load_study
+            from autolr.study import open_study
+
+            open_study(load_study(path), stores["storage"]).set_user_attr(keys.INVOCATIONS, {"0": elsewhere})
+        assert main(["tune", path, "--storage", stores["storage"], "--no-tracking"]) == 0
+        study = optuna.load_study(study_name=name, storage=stores["storage"])
+        first_trials.append(study.trials[0].params["lr"])
+        assert study.user_attrs[keys.INVOCATIONS] == ({} if elsewhere is None else {"0": elsewhere})
+    assert first_trials[0] != first_trials[1]
