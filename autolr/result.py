@@ -100,9 +100,10 @@ class TuneResult:
         else:
             shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in winner.items())
             spread = f" +- {c.std:.4g}" if c is not None and c.std is not None else ""
-            value = f"{self.metric} {c.mean:.4g}{spread} on {len(c.values)} fresh seeds" if c is not None else f"{self.metric} {self.best.value:.4g} (one seed)"
+            seeds = f"{len(c.values)} fresh seed{'s' if len(c.values) != 1 else ''}" if c is not None else ""
+            value = f"{self.metric} {c.mean:.4g}{spread} on {seeds}" if c is not None else f"{self.metric} {self.best.value:.4g} (one seed)"
             named = f"winner: {shown}, {value}"
-        return f"TuneResult(study={self.study_name!r}, {len(self.trials)} trials ({states or 'none'}), {named}, parent_run_id={self.parent_run_id!r})"
+        return f"TuneResult(study={self.study_name!r}, {len(self.trials)} trial{'s' if len(self.trials) != 1 else ''} ({states or 'none'}), {named}, parent_run_id={self.parent_run_id!r})"
 
     def count(self, state: TrialState) -> int:
         return sum(1 for t in self.trials if t.state == state)

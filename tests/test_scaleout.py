@@ -173,8 +173,9 @@ def test_two_machines_share_one_study_and_one_tracking_server(postgres_url, mlfl
         # On a loaded machine (CI: three test workers on two cores) one writer call can go silent for the
         # default 10 s, and the invocation then gives the store up and spools the rest, by design
         # (test_faults_tracking.py): its runs stay RUNNING until the next invocation. Not what this
-        # test is about; a store that does not answer within 60 s is.
-        patient = {"AUTOLR_TRACKING_WAIT_S": "60", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "AUTOLR_SPOOL_DIR": str(tmp_path / "spool")}
+        # test is about; a store that does not answer within 60 s is (a request times out at 20 s, so
+        # the writer's own retries fit in that minute).
+        patient = {"AUTOLR_TRACKING_WAIT_S": "60", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20", "AUTOLR_SPOOL_DIR": str(tmp_path / "spool")}
         procs = [autolr_process(*args[1:], cwd=folder, env=patient) for folder in machines]
         outputs = [proc.communicate(timeout=240) for proc in procs]
         for proc, (out, err) in zip(procs, outputs):
