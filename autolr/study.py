@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from autolr.preflight import check_crosses_processes, preflight
 from autolr.progress import NullProgress, Progress, run_label
 from autolr.pruning import make_pruner
 from autolr.result import TuneResult
+from autolr.retry import StorageFull, StorageUnavailable
 from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
 from autolr.sweep import sweep_at
@@ -223,13 +225,14 @@ def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial,
     pending = done < config.trials or confirmation_pending(config, opt_study, plan.storage_url)
     bar = Progress(config.trials, initial=done) if progress and pending else NullProgress()
     watch = _Watch(bar, on_trial)
-    slot = take_slot(opt_study, plan.storage_url) if pending else None
+    slot = None
     try:
         if pending:
+            slot = take_slot(opt_study, plan.storage_url)
             plan = dataclasses.replace(plan, invocation=slot)
             parent_run_id = _run(plan, opt_study, tracker, watch)
     finally:
-        if slot is not None:
+        if slot is not None and not isinstance(sys.exc_info()[1], (StorageUnavailable, StorageFull)):  # a storage that is gone: not waited on again
             free_slot(opt_study, plan.storage_url, slot)
         bar.close()
         tracker.close()  # stops the MLflow writer once every trial run is written and closed
