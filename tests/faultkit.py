@@ -50,7 +50,9 @@ def run_autolr(*args: str, env: dict[str, str] | None = None, cwd: str | Path | 
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0, what: str = "the condition") -> None:
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 180.0, what: str = "the condition") -> None:
+    """Poll ``predicate`` until it holds; the limit only bounds a hang (a loaded CI machine took over
+    60 s to start one autolr process's first trial), it costs nothing when the predicate holds."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from autolr import store
 from autolr.cli import main
-from tests.faultkit import running_trial
+from tests.faultkit import running_trial, wait_for
 
 FLAKY_TASK = '''
 import os, time
@@ -143,19 +143,12 @@ def _tune_subprocess(path: str, stores, env_extra: dict, *extra: str) -> subproc
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 
 
-def _wait_for(predicate, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
-
-
 def test_a_killed_worker_loses_only_its_trial_and_its_runs_get_closed(write_study, tmp_path, stores, monkeypatch) -> None:
     path = _study(write_study, tmp_path, "killed", trials=3, sleep_s=0.05)
     proc = _tune_subprocess(path, stores, {"AUTOLR_HEARTBEAT_S": "1", "AUTOLR_GRACE_S": "2"})
 
     try:
-        _wait_for(lambda: running_trial(stores["storage"], "killed"))
+        wait_for(lambda: running_trial(stores["storage"], "killed"), what="a running trial")
         time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGKILL)
