@@ -126,29 +126,32 @@ def take_slot(study: optuna.Study, url: str) -> int:
     slot whose process of this machine is gone is free again, one of another machine stays taken
     until that machine's next invocation frees it (a later invocation then only draws differently).
     On a database without a claim lock two invocations may still take the same slot."""
-    lock = ClaimLock(url, study.study_name)
-    try:
-        with lock.held():
-            held = study._storage.get_study_user_attrs(study._study_id).get(keys.INVOCATIONS)
-            live = {int(k): v for k, v in held.items() if not owner.is_dead(v)} if isinstance(held, dict) else {}
-            slot = min(set(range(len(live) + 1)) - set(live))
-            study.set_user_attr(keys.INVOCATIONS, {str(k): v for k, v in sorted({**live, slot: owner.this_process()}.items())})
-    finally:
-        lock.close()
+    with _slots(study, url) as held:
+        live = {int(k): v for k, v in held.items() if not owner.is_dead(v)}
+        slot = min(set(range(len(live) + 1)) - set(live))
+        study.set_user_attr(keys.INVOCATIONS, {str(k): v for k, v in sorted({**live, slot: owner.this_process()}.items())})
     return slot
 
 
 def free_slot(study: optuna.Study, url: str, slot: int) -> None:
     """Give back :func:`take_slot`'s ``slot`` at the invocation's end (best effort: a slot left taken
     by this machine is freed by the next invocation that finds its process gone)."""
+    try:
+        with _slots(study, url) as held:
+            if held.get(str(slot)) == owner.this_process():
+                study.set_user_attr(keys.INVOCATIONS, {k: v for k, v in held.items() if k != str(slot)})
+    except Exception:  # noqa: BLE001 - the study's trials are safe; only a later invocation's seed moves
+        logger.debug("could not free invocation slot %d of study %s", slot, study.study_name, exc_info=True)
+
+
+@contextlib.contextmanager
+def _slots(study: optuna.Study, url: str) -> Iterator[dict[str, Any]]:
+    """The stored slots (slot -> owner record), read and rewritten under the study's claim lock."""
     lock = ClaimLock(url, study.study_name)
     try:
         with lock.held():
             held = study._storage.get_study_user_attrs(study._study_id).get(keys.INVOCATIONS)
-            if isinstance(held, dict) and held.get(str(slot)) == owner.this_process():
-                study.set_user_attr(keys.INVOCATIONS, {k: v for k, v in held.items() if k != str(slot)})
-    except Exception:  # noqa: BLE001 - the study's trials are safe; only a later invocation's seed moves
-        logger.debug("could not free invocation slot %d of study %s", slot, study.study_name, exc_info=True)
+            yield held if isinstance(held, dict) else {}
     finally:
         lock.close()
 

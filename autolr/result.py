@@ -99,10 +99,12 @@ class TuneResult:
             named = "no COMPLETE trial"
         else:
             shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in winner.items())
-            spread = f" +- {c.std:.4g}" if c is not None and c.std is not None else ""
-            seeds = f"{len(c.values)} fresh seed{'s' if len(c.values) != 1 else ''}" if c is not None else ""
-            value = f"{self.metric} {c.mean:.4g}{spread} on {seeds}" if c is not None else f"{self.metric} {self.best.value:.4g} (one seed)"
-            named = f"winner: {shown}, {value}"
+            if c is None:
+                value = f"{self.best.value:.4g} (one seed)"
+            else:
+                spread = f" +- {c.std:.4g}" if c.std is not None else ""
+                value = f"{c.mean:.4g}{spread} on {len(c.values)} fresh seed{'s' if len(c.values) != 1 else ''}"
+            named = f"winner: {shown}, {self.metric} {value}"
         return f"TuneResult(study={self.study_name!r}, {len(self.trials)} trial{'s' if len(self.trials) != 1 else ''} ({states or 'none'}), {named}, parent_run_id={self.parent_run_id!r})"
 
     def count(self, state: TrialState) -> int:
