@@ -182,7 +182,9 @@ def test_a_stop_signal_with_two_workers_stops_them_all_without_tracebacks(tmp_pa
     # trial that a worker had just asked for when the signal came (the one seen running ended in the
     # meantime, on a loaded machine) has no configuration yet, and nothing to retry (store._runs_again)
     retried = sorted(t.user_attrs.get(keys.RETRY_OF) for t in trials if t.state.name == "WAITING")
-    assert retried == [t.number for t in trials if t.state.name == "FAIL" and t.params], [(t.number, t.state.name, t.params) for t in trials]
+    shown = [(t.number, t.state.name, t.params) for t in trials]
+    assert retried == [t.number for t in trials if t.state.name == "FAIL" and t.params], shown
+    assert retried, shown  # both trials had drawn theirs when the signal came (_two_running): at least one is retried
     for pid in workers:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout_s=10, what=f"worker {pid} to end")
 
