@@ -375,27 +375,27 @@ def _compare(args) -> int:
 
 # The UI server's keeper: the leader of the server's session, holding the read end of a pipe from
 # autolr. When the pipe closes (autolr ended, even by SIGKILL, which nothing can catch) or it gets
-# SIGTERM, it stops the whole session: the MLflow server, its uvicorn worker and its job consumers.
+# SIGTERM, it stops the whole session: the MLflow server and its uvicorn worker (and MLflow's job
+# consumers, where the user turned them on). Its main thread only waits for one of the three (or the
+# server's end), then stops the session itself: a SIGTERM handler that waited for the server ran
+# inside the main thread's own Popen.wait, whose lock it could not take, so the server's end went
+# unseen for the whole 10 s grace (every Ctrl-C took 10.4 s).
 _KEEPER = """
 import os, signal, subprocess, sys, threading
 server = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
-stopping = []
-def stop(*_):
-    if stopping:
-        return
-    stopping.append(1)
-    os.killpg(0, signal.SIGTERM)
-    try:
-        server.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
-    os.killpg(0, signal.SIGKILL)
-def watch():
-    sys.stdin.buffer.read()
-    stop()
-signal.signal(signal.SIGTERM, stop)
-threading.Thread(target=watch, daemon=True).start()
-sys.exit(server.wait())
+done = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=done.set).start())
+threading.Thread(target=lambda: (sys.stdin.buffer.read(), done.set()), daemon=True).start()
+threading.Thread(target=lambda: (server.wait(), done.set()), daemon=True).start()
+done.wait()
+if server.returncode is not None:
+    sys.exit(server.returncode)
+os.killpg(0, signal.SIGTERM)
+try:
+    server.wait(10)
+except subprocess.TimeoutExpired:
+    pass
+os.killpg(0, signal.SIGKILL)
 """
 
 
@@ -425,7 +425,11 @@ def _ui(args) -> int:
             return 2
     print(f"MLflow UI on http://127.0.0.1:{args.port} over {args.tracking_uri} (Ctrl-C to stop)", file=sys.stderr)
     _print_trials_views(args)
-    proc = subprocess.Popen([sys.executable, "-c", _KEEPER, *cmd], start_new_session=True, stdin=subprocess.PIPE)
+    # MLflow's job runner (GenAI scorers and trace rollups: nothing of a training study's) starts a
+    # runner and a pool of consumers beside the server, most of the UI's memory, and they take the
+    # keeper's 10 s to stop; off unless the user turned it on
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    proc = subprocess.Popen([sys.executable, "-c", _KEEPER, *cmd], start_new_session=True, stdin=subprocess.PIPE, env=env)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         code = proc.wait()
