@@ -16,8 +16,15 @@ class StudyFileError(ValueError):
         self.key = key
         self.expected = expected
         self.given = given
-        given_text = given if isinstance(given, str) and given.startswith("<") else repr(given)
+        given_text = given if isinstance(given, str) and given.startswith("<") else _as_written(given)
         super().__init__(f"{self.path}: {key}: expected {expected}, got {given_text}")
+
+
+def _as_written(value: object) -> str:
+    """A value as the study file spelt it: YAML's ``true``, ``false`` and ``null``, not Python's."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value)
 
 
 class LoopContractError(StudyFileError):

@@ -11,6 +11,7 @@ trials. A loop cannot be run without running a whole trial; it is imported and c
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import pickle
@@ -64,7 +65,8 @@ def preflight(config: StudyConfig) -> Task | None:
     factory = _import(config, "task", lambda: resolve_factory(config.task))
     problem = check_task_args(factory, config.task_args)
     if problem:
-        raise StudyFileError(config.path, "task_args", f"arguments accepted by {config.code_label}", f"<{problem}>")
+        accepted = ", ".join(inspect.signature(factory).parameters)
+        raise StudyFileError(config.path, "task_args", f"arguments accepted by {config.code_label}({accepted})", f"<{problem}>")
     try:
         task = build_task(config.task, config.task_args, seed=config.seed)
     except Exception as exc:  # noqa: BLE001 - the user's factory: report it, on one line
@@ -138,12 +140,12 @@ def _one_step(config: StudyConfig, task: Task) -> None:
         with trainer.autocast():
             loss = training_step_of(task)(model, batch)
         if not loss.requires_grad:
-            raise BatchError("training_step: expected a loss computed from the model's parameters, got one without gradient")
+            raise BatchError("training_step", "a loss computed from the model's parameters", "one without gradient")
         loss.backward()
         model.zero_grad(set_to_none=True)
         values = validation_batch_metrics(task, config.train.batch_size, trainer.device)
     except BatchError as exc:
-        raise StudyFileError(config.path, "task", "batches that the task's steps take", f"<{_reason(exc)}>") from None
+        raise StudyFileError(config.path, f"task.{exc.where}", exc.expected, f"<{exc.given}>") from None  # the hook or data at fault, by name
     except (TypeError, ValueError, RuntimeError, KeyError, IndexError, AttributeError) as exc:  # the cause stays chained for the Python API
         raise StudyFileError(config.path, "task", "a model, loss and batches that train one step", f"<{_reason(exc)}{_where(exc)}>") from exc
     finally:
@@ -168,7 +170,7 @@ def _build_optimizers(config: StudyConfig, model: torch.nn.Module) -> None:
 def _first(batches, name: str) -> Any:
     for batch in batches:
         return batch
-    raise BatchError(f"{name}: expected at least one batch, got none")
+    raise BatchError(name, "at least one batch", "none")
 
 
 def _reason(exc: BaseException) -> str:

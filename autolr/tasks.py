@@ -318,11 +318,12 @@ def resolve_callable(name: str, *, what: str = "'package.module:function'") -> C
 
 
 def check_task_args(factory: Callable[..., Task], task_args: Mapping[str, Any]) -> str | None:
-    """Why ``factory(**task_args)`` cannot be called, or None when the arguments fit its signature."""
+    """Why ``factory(**task_args)`` cannot be called ("an unexpected keyword argument 'widht'"), or None
+    when the arguments fit its signature."""
     try:
         inspect.signature(factory).bind(**task_args)
     except TypeError as exc:
-        return str(exc)
+        return str(exc).removeprefix("got ")  # said after autolr's own "got"
     except ValueError:  # no signature available (a builtin): let the call decide
         return None
     return None

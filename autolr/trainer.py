@@ -49,7 +49,12 @@ _NO_AUTOCAST = contextlib.nullcontext()  # reusable: fp32 steps allocate no cont
 
 
 class BatchError(TypeError):
-    """A batch the task's steps cannot take; the message names the hook to write."""
+    """A batch the task's steps cannot take, or a step that returned what is not a loss: ``where`` (the
+    hook or the data), what it ``expected`` and what it was ``given``, and the hook to write."""
+
+    def __init__(self, where: str, expected: str, given: str) -> None:
+        self.where, self.expected, self.given = where, expected, given
+        super().__init__(f"{where}: expected {expected}, got {given}")
 
 
 class TrainerCallback:
@@ -106,9 +111,9 @@ def as_loss(value: Any, hook: str = "training_step") -> torch.Tensor:
     ``ModelOutput``, a dict with ``"loss"``)."""
     loss = value if isinstance(value, torch.Tensor) else value.get("loss") if isinstance(value, Mapping) else getattr(value, "loss", None)
     if not isinstance(loss, torch.Tensor):
-        raise BatchError(f"{hook}: expected a scalar loss tensor (or an object with .loss), got {type(value).__name__}")
+        raise BatchError(hook, "a scalar loss tensor (or an object with .loss)", type(value).__name__)
     if loss.numel() != 1:
-        raise BatchError(f"{hook}: expected a scalar loss, got a tensor of shape {tuple(loss.shape)} (reduce it, e.g. .mean())")
+        raise BatchError(hook, "a scalar loss", f"a tensor of shape {tuple(loss.shape)} (reduce it, e.g. .mean())")
     return loss if loss.dim() == 0 else loss.reshape(())  # no op for the usual 0-d loss: this runs every step
 
 
@@ -117,8 +122,10 @@ def _split(batch: Any) -> tuple[tuple[Any, ...], Any]:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return tuple(batch[:-1]), batch[-1]
     raise BatchError(
-        f"the batches are {describe_batch(batch)}; loss_fn(model(inputs), target) needs (inputs..., target) "
-        "tuples: give the Task a training_step(model, batch) -> loss (and a validation_step(model, batch) -> {'loss': ...})"
+        "batches",
+        "(inputs..., target) tuples, which loss_fn(model(inputs), target) takes, or a Task with a training_step(model, batch) -> loss "
+        "(and a validation_step(model, batch) -> {'loss': ...}) for these batches",
+        describe_batch(batch),
     )
 
 
@@ -192,9 +199,9 @@ def _evaluate_streaming(task: Task, batches: Iterable[Any], device: torch.device
             sums[name] = sums.get(name, 0.0) + value * n  # tensors stay on the device: one sync at the end
         seen += n
     if not seen:
-        raise BatchError("val_data: expected at least one validation batch, got none")
+        raise BatchError("val_data", "at least one validation batch", "none")
     if "loss" not in sums:
-        raise BatchError(f"validation_step: expected a dict with 'loss', got keys {sorted(sums)}")
+        raise BatchError("validation_step", "a dict with 'loss'", f"keys {sorted(sums)}")
     return {keys.val_metric(name): float(total) / seen for name, total in sums.items()}
 
 
@@ -205,7 +212,7 @@ def _validation_step_of(task: Task) -> Callable[[torch.nn.Module, Any], Mapping[
         def checked(model: torch.nn.Module, batch: Any) -> Mapping[str, Any]:
             values = user_step(model, batch)
             if not isinstance(values, Mapping):
-                raise BatchError(f"validation_step: expected a dict {{'loss': ..., name: ...}}, got {type(values).__name__}")
+                raise BatchError("validation_step", "a dict {'loss': ..., name: ...}", type(values).__name__)
             return values
 
         return checked

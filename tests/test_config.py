@@ -79,7 +79,7 @@ BAD = [
     ("param out of bounds", GOOD.replace("momentum: 0.9", "momentum: 1.5"), r"search.optimizer.sgd.momentum: expected a number in \[0, 0.9999\], got 1.5"),
     ("range reversed", GOOD.replace("low: 0.8, high: 0.95", "low: 0.95, high: 0.8"), r"search.optimizer.adam.beta1: expected low < high"),
     ("wrong type", GOOD.replace("epochs: 2", "epochs: two"), r"train.epochs: expected an integer >= 1, got 'two'"),
-    ("bool as int", GOOD.replace("trials: 4", "trials: true"), r"trials: expected an integer >= 1, got True"),
+    ("bool as int", GOOD.replace("trials: 4", "trials: true"), r"trials: expected an integer >= 1, got true$"),
     ("bad sampler", GOOD.replace("sampler: tpe", "sampler: bayes"), r"sampler: expected one of \['tpe', 'random', 'grid', 'gp', 'cmaes'\], got 'bayes'"),
     (
         "bad sampler name",
@@ -91,7 +91,7 @@ BAD = [
     (
         "ceiling with random",
         GOOD.replace("sampler: tpe", "sampler: {name: random, ceiling: true}"),
-        r"sampler.ceiling: expected false or omitted with the random sampler \(it never uses the ceiling\), got True",
+        r"sampler.ceiling: expected false or omitted with the random sampler \(it never uses the ceiling\), got true$",
     ),
     ("bad pruner", GOOD.replace("curve: median", "curve: asha"), r"pruning.curve: expected one of \['none', 'median', 'hyperband'\]"),
     ("bad direction", GOOD.replace("direction: minimize", "direction: down"), r"objective.direction: expected one of"),
@@ -220,7 +220,7 @@ PREFLIGHT_BAD = [
     (
         "bad task args",
         GOOD.replace("hidden: 16", "hiddn: 16"),
-        r"task_args: expected arguments accepted by digits_mlp, got <got an unexpected keyword argument 'hiddn'>",
+        r"task_args: expected arguments accepted by digits_mlp\(hidden, depth, val_fraction, split_seed\), got <an unexpected keyword argument 'hiddn'>$",
     ),
 ]
 

@@ -68,6 +68,16 @@ def dict_lm_without_hooks():
                        loss_fn=nn.functional.cross_entropy)
 
 
+def unreduced_loss():  # the batches are fine: the hook returns a loss per example
+    return autolr.Task(model=SelfLoss(), train_data=_loader(64, 0, True), val_data=_loader(32, 1, False),
+                       training_step=lambda model, batch: model(**batch)["loss"].repeat(4), validation_step=accuracy)
+
+
+def validation_without_loss():
+    return autolr.Task(model=SelfLoss(), train_data=_loader(64, 0, True), val_data=_loader(32, 1, False),
+                       training_step=lambda model, batch: model(**batch)["loss"], validation_step=lambda model, batch: {"acc": 1.0})
+
+
 class TwoInputs(nn.Module):
     def __init__(self):
         super().__init__()
@@ -159,13 +169,25 @@ def test_a_batch_the_steps_cannot_take_fails_before_any_trial_naming_the_hook(st
     path = study("dict_lm_without_hooks")
     with pytest.raises(
         StudyFileError,
-        match=r"task: expected batches that the task's steps take, got <BatchError: the batches are a dict with keys \['input_ids', 'labels'\].*training_step\(model, batch\)",
+        match=r"task\.batches: expected \(inputs\.\.\., target\) tuples.*training_step\(model, batch\).*got <a dict with keys \['input_ids', 'labels'\]",
     ):
         preflight(load_study(path))
     assert main(["tune", path, "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"]]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "training_step(model, batch)" in err
     assert not (tmp_path / "optuna.db").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ("unreduced_loss", r"task\.training_step: expected a scalar loss, got <a tensor of shape \(4,\) \(reduce it, e\.g\. \.mean\(\)\)>$"),
+        ("validation_without_loss", r"task\.validation_step: expected a dict with 'loss', got <keys \['acc'\]>$"),
+    ],
+)
+def test_a_hook_that_returns_the_wrong_thing_is_named_not_the_batches(study, task, message) -> None:
+    with pytest.raises(StudyFileError, match=message):
+        preflight(load_study(study(task)))
 
 
 def test_a_bug_in_the_users_model_is_named_with_its_line_not_blamed_on_the_batches(study, stores, capsys) -> None:
