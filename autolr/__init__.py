@@ -53,7 +53,7 @@ _LAZY = {
     "TrackingUnavailableError": "autolr.errors",
     "Task": "autolr.tasks",
     "tune": "autolr.study",
-    "study_results": "autolr.study",
+    "study_results": "autolr.result",
     "export_best": "autolr.study",
     "TuneResult": "autolr.result",
     "load_best": "autolr.export",
@@ -73,8 +73,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from autolr.errors import InputError, StudyFileError, TrackingUnavailableError
     from autolr.export import BestConfig, load_best
     from autolr.finder import range_test
-    from autolr.result import TuneResult
-    from autolr.study import export_best, study_results, tune
+    from autolr.result import TuneResult, study_results
+    from autolr.study import export_best, tune
     from autolr.tasks import Task
     from autolr.trial import Trial, TrialPruned
 

@@ -1,5 +1,8 @@
 """Optimizers: a registry of torch optimizers with their declared hyperparameters.
 
+Reading the registry imports no torch (a study file's ``search.optimizer`` is checked against it by
+``autolr show`` and ``export`` too, which train nothing); building an optimizer does.
+
 Names in a study file's ``search.optimizer`` and in an export's ``params`` are the keys of
 :data:`OPTIMIZERS`; hyperparameters are flat (``beta1``/``beta2`` rather than a ``betas`` tuple) so
 that they can be searched and compared one by one.
@@ -10,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from autolr.params import LR, ParamSpec, resolve
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["OPTIMIZERS", "OptimizerSpec", "build_optimizer", "optimizer_mode"]
 
@@ -48,20 +52,28 @@ def _eps() -> ParamSpec:
 
 
 def _sgd(params, lr, *, momentum, nesterov, weight_decay):
+    import torch
+
     # Nesterov needs momentum; a searched momentum of 0 falls back to plain SGD instead of failing.
     nesterov = bool(nesterov) and momentum > 0
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
 def _adam(params, lr, *, beta1, beta2, eps, weight_decay):
+    import torch
+
     return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
 
 
 def _adamw(params, lr, *, beta1, beta2, eps, weight_decay):
+    import torch
+
     return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
 
 
 def _rmsprop(params, lr, *, alpha, momentum, eps, weight_decay):
+    import torch
+
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, momentum=momentum, eps=eps, weight_decay=weight_decay)
 
 

@@ -1,18 +1,23 @@
 """What :func:`autolr.tune` hands back: the study's trials, its confirmation, and the winner the
-export names."""
+export names; and the same read from a study already stored (:func:`study_results`, ``autolr show``),
+which imports no torch: reading a study trains nothing."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr import keys
-from autolr.confirm import Confirmation, confirmed_winner, exported_params
+from autolr import keys, store
+from autolr.config import StudyConfig, load_study
+from autolr.confirm import Confirmation, confirmation, confirmed_winner, exported_params
 from autolr.store import FINISHED
 
-__all__ = ["TuneResult"]
+__all__ = ["TuneResult", "study_config", "study_results", "summarize"]
 
 
 @dataclasses.dataclass
@@ -109,3 +114,32 @@ class TuneResult:
 
     def count(self, state: TrialState) -> int:
         return sum(1 for t in self.trials if t.state == state)
+
+
+def study_config(study: str | Path | StudyConfig, *, task: Callable[..., Any] | None, loop: Callable[..., Any] | None) -> StudyConfig:
+    """A study file's path, or a :class:`StudyConfig`, as a config; ``task``/``loop``: a callable that
+    stands in for its ``task:``/``loop:`` (as given to :func:`autolr.tune`)."""
+    if not isinstance(study, StudyConfig):
+        return load_study(study, task=task, loop=loop)
+    if task is not None or loop is not None:
+        return dataclasses.replace(study, task=task, loop=loop, task_args=study.task_args if task is not None else {})
+    return study
+
+
+def summarize(
+    config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None, *, study: optuna.Study | None = None
+) -> TuneResult:
+    """What the storage holds of the study; ``study``: an open one to read through (its cache is kept)."""
+    study = study if study is not None else store.load(config, storage_url)
+    trials = study.get_trials(deepcopy=False)
+    confirmations = confirmation(config, study, storage_url)
+    return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, store.best_trial(study), trials, parent_run_id, confirmations)
+
+
+def study_results(
+    study: str | Path | StudyConfig, *, storage: str | None = None, task: Callable[..., Any] | None = None, loop: Callable[..., Any] | None = None
+) -> TuneResult:
+    """The trials of a study already in its storage (nothing is run or created). ``task``/``loop``:
+    as given to :func:`autolr.tune`, for a study file that names neither."""
+    config = study_config(study, task=task, loop=loop)
+    return summarize(config, storage or store.default_storage_url(config), None)

@@ -28,14 +28,14 @@ from optuna.trial import FrozenTrial, TrialState
 from autolr import keys, store
 from autolr.claim import free_slot, take_slot
 from autolr.config import DEFAULT_TRACKING_URI, UNSTEERED_SAMPLERS, StudyConfig, load_study, with_overrides
-from autolr.confirm import confirmation, confirmation_pending, run_confirmation
+from autolr.confirm import confirmation_pending, run_confirmation
 from autolr.driver import grid_exhausted, run_trials
 from autolr.objective import Objective
 from autolr.optimizers import OPTIMIZERS
 from autolr.preflight import check_crosses_processes, preflight
 from autolr.progress import NullProgress, Progress, run_label
 from autolr.pruning import make_pruner
-from autolr.result import TuneResult
+from autolr.result import TuneResult, study_config, summarize
 from autolr.retry import StorageFull, StorageUnavailable
 from autolr.sampler import make_sampler
 from autolr.space import LrBounds, grid_search_space
@@ -44,7 +44,7 @@ from autolr.tracking import discard_warm_writers, open_tracker, prestart_writer
 from autolr.trainer import worker_device
 from autolr.workers import TORCH_THREADS, run_workers, sigterm_interrupts, torch_threads
 
-__all__ = ["TuneResult", "export_best", "open_study", "study_results", "tune"]
+__all__ = ["TuneResult", "export_best", "open_study", "tune"]
 
 if TYPE_CHECKING:
     from autolr.tracking import NullTracker, Tracker
@@ -199,14 +199,24 @@ def _quiet_libraries():
             lg.setLevel(before[name])
 
 
+def _nothing_to_train(config: StudyConfig, url: str) -> bool:
+    """The study is stored, holds its target and its confirmation is over: this invocation trains
+    nothing, so it need not build the task (seconds: its imports, its data, one step) to say so."""
+    if not store.exists(config.name, url):
+        return False
+    study = store.load(config, url)
+    return store.n_finished(study) >= config.trials and not confirmation_pending(config, study, url)
+
+
 def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress, extend_space) -> TuneResult:
-    config = with_overrides(_config(study, task=task, loop=loop), trials=trials, seed=seed, extend_space=extend_space)
+    config = with_overrides(study_config(study, task=task, loop=loop), trials=trials, seed=seed, extend_space=extend_space)
     plan = _Plan(config, storage or store.default_storage_url(config), tracking_uri, jobs, timeout_s)
     check_crosses_processes(config, jobs)
     store.check_identity(config, plan.storage_url)  # another study's file: refused before its code runs
     prestart_writer(tracking_uri)  # its imports overlap the preflight; it opens the store only once given work
     try:
-        preflight(config)  # before any store is created: bad input writes nothing
+        if not _nothing_to_train(config, plan.storage_url):  # a study already done runs no user code (it only delivers MLflow's spool)
+            preflight(config)  # before any store is created: bad input writes nothing
     except BaseException:
         discard_warm_writers()
         raise
@@ -291,14 +301,6 @@ def _close_orphan_runs(study: optuna.Study, tracker: Tracker, target: int) -> No
         return
     if closed:
         logger.warning("closed %d MLflow run(s) left RUNNING by a process that died", closed)
-
-
-def _config(study: str | Path | StudyConfig, *, task: Callable[..., Any] | None, loop: Callable[..., Any] | None) -> StudyConfig:
-    if not isinstance(study, StudyConfig):
-        return load_study(study, task=task, loop=loop)
-    if task is not None or loop is not None:
-        return dataclasses.replace(study, task=task, loop=loop, task_args=study.task_args if task is not None else {})
-    return study
 
 
 def _run(plan: _Plan, study: optuna.Study, tracker: Tracker | NullTracker, on_trial: _Watch) -> str | None:
@@ -457,25 +459,6 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
         logger.error("could not start the study's plots: %s", exc)
     except Exception:  # noqa: BLE001
         logger.exception("could not start the study's plots")
-
-
-def summarize(
-    config: StudyConfig, storage_url: str, tracking_uri: str | None, parent_run_id: str | None = None, *, study: optuna.Study | None = None
-) -> TuneResult:
-    """What the storage holds of the study; ``study``: an open one to read through (its cache is kept)."""
-    study = study if study is not None else store.load(config, storage_url)
-    trials = study.get_trials(deepcopy=False)
-    confirmations = confirmation(config, study, storage_url)
-    return TuneResult(config.name, storage_url, tracking_uri, config.direction, config.metric, store.best_trial(study), trials, parent_run_id, confirmations)
-
-
-def study_results(
-    study: str | Path | StudyConfig, *, storage: str | None = None, task: Callable[..., Any] | None = None, loop: Callable[..., Any] | None = None
-) -> TuneResult:
-    """The trials of a study already in its storage (nothing is run or created). ``task``/``loop``:
-    as given to :func:`tune`, for a study file that names neither."""
-    config = _config(study, task=task, loop=loop)
-    return summarize(config, storage or store.default_storage_url(config), None)
 
 
 def export_best(study: str | Path | StudyConfig, *, storage: str | None = None, path: str | Path | None = None, fmt: str = "yaml") -> str:

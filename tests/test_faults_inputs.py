@@ -424,6 +424,10 @@ def test_show_and_export_never_import_the_task(tmp_path) -> None:
     done = subprocess.run(_show_and_export(path), cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "study trap: 1 complete" in done.stdout and "params:" in done.stdout
+    # reading a study trains nothing, and pays for no torch (about 2 s of a 4 s `autolr show` before)
+    code = f"import sys; from autolr.cli import main; main(['show', {str(path)!r}]); main(['compare', {str(path)!r}]); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "False", done.stdout + done.stderr
 
 
 # --- the PostgreSQL driver ---------------------------------------------------------------------------
