@@ -25,6 +25,7 @@ __all__ = [
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TRAINING",
     "EXPLODING_STEP",
+    "EXPORTED",
     "TRIALS_VIEW",
     "TRIALS_VIEW_TAG",
     "GRADIENTS",
@@ -111,6 +112,7 @@ VALUE = "autolr.value"
 OPTIMIZER = "autolr.optimizer"  # of a range-test run
 BEST_TRIAL = "autolr.best_trial"
 BEST_VALUE = "autolr.best_value"
+EXPORTED = "autolr.exported"  # "true" on the runs that trained what the export names (the winner, or its step back), on no other run
 BEST_LR_SCALE = "autolr.best_lr_scale"  # the export is best_trial's configuration at this factor of its lr (a step back)
 GRADIENTS = "autolr.gradients"  # "exploding" / "vanishing"
 EXPLODING = "autolr.exploding"  # the reason, when the gradient norm exploded

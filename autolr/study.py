@@ -444,6 +444,8 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
         tracker.log_run(parent_run_id, params=best, tags=tags, series=record.series, description=record.description)
         if export is not None:
             tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")
+        scale = ((export or {}).get("confirmed") or {}).get("lr_scale", 1.0)  # a step back's runs are its confirmation's
+        tracker.mark_exported(export["trial"] if export else None, scale)  # the winner, a column of the trials view
     except OSError as exc:  # a full disk (the tracking store's StoreFullError says which) is one line
         logger.error("could not record the best configuration and the study's curves on the parent run: %s", exc)
         return

@@ -131,11 +131,14 @@ def test_the_winner_steps_back_and_the_export_names_what_held(write_study, store
     runs = client.search_runs([client.get_experiment_by_name("stepped").experiment_id], "tags.`autolr.lr_scale` = '0.7'")
     assert sorted(r.info.run_name for r in runs) == [f"confirm-{best.trial}-lr0.7x-seed{s}" for s in (1000, 2000)]
     assert all(r.data.params["lr"] == str(back.params["lr"]) for r in runs)
+    exported = client.search_runs([client.get_experiment_by_name("stepped").experiment_id], "tags.`autolr.exported` = 'true'")
+    assert sorted(r.info.run_id for r in exported) == sorted(r.info.run_id for r in runs)  # the trials view's column: what the export names
 
     assert main(["show", path, "--storage", stores["storage"]]) == 0
     shown = capsys.readouterr().out
     assert f"step back: trial {best.trial} at 0.7x its lr ({back.params['lr']:.3g})" in shown
     assert f"winner on fresh seeds: trial {best.trial} at 0.7x its lr" in shown
+    assert "(exported; a step back within 3% and one standard error of the rate above it is preferred" in shown  # why a worse mean can win
 
     # a confirmation stored before the step back existed is read by the rules it ran under: no step back
     confirm_study = optuna.load_study(study_name="stepped.confirm", storage=stores["storage"])

@@ -452,3 +452,32 @@ def test_the_python_api_prints_nothing_of_mlflow_setting_up_its_store(tmp_path) 
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "database tables" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
     assert (tmp_path / "mlruns" / "mlflow.db").exists()
+
+
+def test_the_exported_runs_are_tagged_and_an_earlier_exports_are_not(tmp_path) -> None:
+    """``autolr.exported`` marks the runs of what the export names (a search trial's run and its
+    confirmation runs, or a step back's runs) and moves when a resumed study exports another."""
+    from autolr.tracking._exported import mark_exported
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("marked")
+    runs = {
+        "trial-1": {keys.ROLE: keys.ROLE_TRIAL, keys.TRIAL: "1"},
+        "trial-2": {keys.ROLE: keys.ROLE_TRIAL, keys.TRIAL: "2"},
+        "confirm-1-seed1000": {keys.ROLE: keys.ROLE_CONFIRM, keys.TRIAL: "0", keys.CONFIRM_OF: "1"},
+        "confirm-1-lr0.49x-seed1000": {keys.ROLE: keys.ROLE_CONFIRM, keys.TRIAL: "2", keys.CONFIRM_OF: "1", keys.LR_SCALE: "0.48999999999999994"},
+        "study": {keys.ROLE: keys.ROLE_STUDY},
+    }
+    ids = {name: client.create_run(experiment, tags=tags, run_name=name).info.run_id for name, tags in runs.items()}
+
+    def marked() -> list[str]:
+        return sorted(r.info.run_name for r in client.search_runs([experiment], f"tags.`{keys.EXPORTED}` = 'true'"))
+
+    mark_exported(client, experiment, 1)
+    assert marked() == ["confirm-1-seed1000", "trial-1"]  # not trial 2, nor the confirmation run numbered 2 of trial 1's step back
+    mark_exported(client, experiment, 1, 0.49)
+    assert marked() == ["confirm-1-lr0.49x-seed1000"]  # a step back trained at another rate than trial 1 itself
+    mark_exported(client, experiment, 2)
+    assert marked() == ["trial-2"]
+    mark_exported(client, experiment, None)
+    assert marked() == [] and keys.EXPORTED not in client.get_run(ids["trial-2"]).data.tags

@@ -85,6 +85,9 @@ class NullTracker:
     def set_trials_view(self, metric: str, *, ascending: bool) -> None:
         pass
 
+    def mark_exported(self, trial: int | None, lr_scale: float = 1.0) -> None:
+        pass
+
     def log_artifact(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         pass
 

@@ -30,6 +30,7 @@ from autolr import keys
 from autolr.config import DEFAULT_TRACKING_URI
 from autolr.errors import TrackingUnavailableError
 from autolr.tracking._errors import StoreFullError, describe, disk_full, quiet_store_errors, unreachable
+from autolr.tracking._exported import mark_exported
 from autolr.tracking._messages import CreateRun, TerminateRun, ToWriter, TrialState
 from autolr.tracking._spool import Spool, pid_alive
 from autolr.tracking._store import artifact_root_for, known_artifact_uri, open_client
@@ -226,20 +227,26 @@ class Tracker:
     def set_trials_view(self, metric: str, *, ascending: bool) -> None:
         """The experiment's trials view (:data:`autolr.keys.TRIALS_VIEW`): every run flat, sorted by the
         objective ``metric``, with it, the main parameters, the state, the prune reason, and what each
-        run is (``autolr.role``: trial or confirm; ``autolr.source``: sweep for the schedule sweep's
-        trials, range_test for the range test's suggestion) as columns: by its name a sweep trial
-        looks like any trial."""
+        run is (``autolr.exported``: the runs of what the export names; ``autolr.role``: trial or
+        confirm; ``autolr.source``: sweep for the schedule sweep's trials, range_test for the range
+        test's suggestion) as columns: by its name a sweep trial looks like any trial."""
         column = f"metrics.`{metric}`"
         shown = [
             column,
             *(f"params.`{p}`" for p in ("optimizer", "lr", "schedule", "warmup")),
-            *(f"tags.`{t}`" for t in (keys.STATE, keys.PRUNE_REASON, keys.ROLE, keys.SOURCE)),
+            *(f"tags.`{t}`" for t in (keys.EXPORTED, keys.STATE, keys.PRUNE_REASON, keys.ROLE, keys.SOURCE)),
         ]
         state = {"searchFilter": "", "orderByKey": column, "orderByAsc": ascending, "startTime": "ALL", "lifecycleFilter": "Active", "selectedColumns": shown}
         text, experiment_id = json.dumps(state), self.experiment_id
         if self._experiment_tags.get(keys.TRIALS_VIEW_TAG) != text:  # an experiment already showing it is not written again
             self.client.set_experiment_tag(experiment_id, keys.TRIALS_VIEW_TAG, text)
             self._experiment_tags[keys.TRIALS_VIEW_TAG] = text
+
+    @_full_disk_in_one_line
+    def mark_exported(self, trial: int | None, lr_scale: float = 1.0) -> None:
+        """The tag ``autolr.exported`` on the runs of what the export names, and on no other
+        (:func:`autolr.tracking._exported.mark_exported`)."""
+        mark_exported(self.client, self.experiment_id, trial, lr_scale)
 
     @_full_disk_in_one_line
     def log_artifact(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
