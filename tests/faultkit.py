@@ -37,11 +37,15 @@ def trials_beside(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
     if path is not None and not path.exists():
         return []
     with filelock.FileLock(f"{path}.lock", timeout=120) if path is not None else contextlib.nullcontext():
-        try:
-            study = optuna.load_study(study_name=name, storage=storage)
-        except KeyError:
-            return []
-    return study.get_trials(deepcopy=False)
+        rdb = optuna.storages.RDBStorage(storage)
+    # its engine closed at once: a poll every 0.1 s that leaves each engine's pooled connection to the
+    # garbage collector held over 100 idle connections to PostgreSQL on a loaded machine ("too many clients")
+    try:
+        return optuna.load_study(study_name=name, storage=rdb).get_trials(deepcopy=False)
+    except KeyError:
+        return []
+    finally:
+        rdb.engine.dispose()
 
 
 def run_autolr(*args: str, env: dict[str, str] | None = None, cwd: str | Path | None = None, timeout_s: float = 300) -> subprocess.CompletedProcess:
