@@ -123,3 +123,8 @@ def test_one_stability_rule_for_the_sampler_and_the_report() -> None:
     ]
     assert lr_ceiling(trials, None)[0] == 0.1
     assert max_stable_lr([trial_row(t) for t in trials]) == 0.1
+    # one that got to a tenth of its start and gave most of it back (at chance again), one whose end is noise on its plateau
+    ratios = {0.3: {"autolr.loss_ratio": 0.95, "autolr.low_loss_ratio": 0.1}, 0.2: {"autolr.loss_ratio": 0.15, "autolr.low_loss_ratio": 0.1}}
+    trials += [create_trial(params={"lr": lr}, distributions=dist, value=1.0, state=TrialState.COMPLETE, user_attrs=attrs) for lr, attrs in ratios.items()]
+    assert lr_ceiling(trials, None)[0] == 0.2
+    assert max_stable_lr([trial_row(t) for t in trials]) == 0.2
