@@ -262,7 +262,8 @@ def _summary(result, top: int = 5) -> str:
     if winner is not None:
         spread = f" +- {winner.std:.2g} over {len(winner.values)} seeds" if len(winner.values) > 1 else " on 1 fresh seed"
         what = f"trial {winner.trial}" + (f" at {_at(winner)}" if winner.lr_scale != 1.0 else "")
-        why = "" if winner.lr_scale == 1.0 else f"; a step back within {STEP_BACK_TOLERANCE:.0%} and one standard error of the rate above it is preferred: further from where training blows up"
+        why = f"; a step back within {STEP_BACK_TOLERANCE:.0%} and one standard error of the rate above it is preferred: further from where training blows up"
+        why = why if winner.lr_scale != 1.0 else ""
         lines.append(f"winner on fresh seeds: {what}, {result.metric} = {winner.mean:.4g}{spread} (exported{why})")
     return "\n".join(lines)
 
