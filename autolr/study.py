@@ -204,7 +204,7 @@ def _nothing_to_train(config: StudyConfig, url: str) -> bool:
     nothing, so it need not build the task (seconds: its imports, its data, one step) to say so."""
     if not store.exists(config.name, url):
         return False
-    study = store.load(config, url)
+    study = store.load(config, url, identity=False)  # checked already (check_identity), --extend-space included
     return store.n_finished(study) >= config.trials and not confirmation_pending(config, study, url)
 
 

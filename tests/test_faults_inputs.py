@@ -430,6 +430,27 @@ def test_show_and_export_never_import_the_task(tmp_path) -> None:
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "False", done.stdout + done.stderr
 
 
+def test_tune_on_a_study_already_done_builds_no_task(tmp_path, monkeypatch) -> None:
+    """At its target with its confirmation over, a study trains nothing: building its task (imports,
+    data, one step) would only cost seconds; a larger target builds it as ever."""
+    (tmp_path / "counted.py").write_text(
+        textwrap.dedent("""\
+        import os
+        from autolr.tasks import BUILTIN_TASKS
+        def make():
+            if os.environ.get("AUTOLR_TEST_TRAP"):
+                raise SystemExit("built the task")
+            return BUILTIN_TASKS["least_squares"]()
+        """)
+    )
+    path = _study(tmp_path, "t.yaml", name="done", task='"counted:make"', trials=2)
+    assert _tune(path) == 0
+    monkeypatch.setenv("AUTOLR_TEST_TRAP", "1")
+    assert _tune(path) == 0
+    with pytest.raises(SystemExit, match="built the task"):
+        _tune(path, "--trials", "3")
+
+
 # --- the PostgreSQL driver ---------------------------------------------------------------------------
 
 
