@@ -444,8 +444,7 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
         tracker.log_run(parent_run_id, params=best, tags=tags, series=record.series, description=record.description)
         if export is not None:
             tracker.log_text(parent_run_id, to_yaml(export), "best_config.yaml")
-        scale = ((export or {}).get("confirmed") or {}).get("lr_scale", 1.0)  # a step back's runs are its confirmation's
-        tracker.mark_exported(export["trial"] if export else None, scale)  # the winner, a column of the trials view
+        _mark_exported(tracker, export)
     except OSError as exc:  # a full disk (the tracking store's StoreFullError says which) is one line
         logger.error("could not record the best configuration and the study's curves on the parent run: %s", exc)
         return
@@ -461,6 +460,15 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
         logger.error("could not start the study's plots: %s", exc)
     except Exception:  # noqa: BLE001
         logger.exception("could not start the study's plots")
+
+
+def _mark_exported(tracker: Tracker, export: dict[str, Any] | None) -> None:
+    """The winner's runs tagged, a column of the trials view; a failure costs that column only."""
+    scale = ((export or {}).get("confirmed") or {}).get("lr_scale", 1.0)  # a step back's runs are its confirmation's
+    try:
+        tracker.mark_exported(export["trial"] if export else None, scale)
+    except Exception as exc:  # noqa: BLE001 - the best configuration and the plots are recorded all the same
+        logger.warning("could not tag the exported configuration's MLflow runs (autolr.exported): %s", exc)
 
 
 def export_best(study: str | Path | StudyConfig, *, storage: str | None = None, path: str | Path | None = None, fmt: str = "yaml") -> str:

@@ -461,23 +461,27 @@ def test_the_exported_runs_are_tagged_and_an_earlier_exports_are_not(tmp_path) -
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("marked")
+    done, ours = {keys.STATE: "COMPLETE", keys.STUDY_UID: "ours"}, {keys.STUDY_UID: "ours"}
     runs = {
-        "trial-1": {keys.ROLE: keys.ROLE_TRIAL, keys.TRIAL: "1"},
-        "trial-2": {keys.ROLE: keys.ROLE_TRIAL, keys.TRIAL: "2"},
-        "confirm-1-seed1000": {keys.ROLE: keys.ROLE_CONFIRM, keys.TRIAL: "0", keys.CONFIRM_OF: "1"},
-        "confirm-1-lr0.49x-seed1000": {keys.ROLE: keys.ROLE_CONFIRM, keys.TRIAL: "2", keys.CONFIRM_OF: "1", keys.LR_SCALE: "0.48999999999999994"},
-        "study": {keys.ROLE: keys.ROLE_STUDY},
+        "trial-1": {keys.ROLE: keys.ROLE_TRIAL, keys.TRIAL: "1", **done},
+        "trial-2": {keys.ROLE: keys.ROLE_TRIAL, keys.TRIAL: "2", **done},
+        "confirm-1-seed1000": {keys.ROLE: keys.ROLE_CONFIRM, keys.TRIAL: "0", keys.CONFIRM_OF: "1", **done},
+        "confirm-1-seed2000-killed": {keys.ROLE: keys.ROLE_CONFIRM, keys.CONFIRM_OF: "1", keys.STATE: "KILLED", **ours},
+        "confirm-1-lr0.49x-seed1000": {keys.ROLE: keys.ROLE_CONFIRM, keys.TRIAL: "2", keys.CONFIRM_OF: "1", keys.LR_SCALE: "0.48999999999999994", **done},
+        "study": {keys.ROLE: keys.ROLE_STUDY, **ours},
+        "other-study-trial-1": {keys.ROLE: keys.ROLE_TRIAL, keys.TRIAL: "1", keys.STATE: "COMPLETE", keys.STUDY_UID: "theirs", keys.EXPORTED: "true"},
     }
     ids = {name: client.create_run(experiment, tags=tags, run_name=name).info.run_id for name, tags in runs.items()}
 
     def marked() -> list[str]:
-        return sorted(r.info.run_name for r in client.search_runs([experiment], f"tags.`{keys.EXPORTED}` = 'true'"))
+        return sorted(r.info.run_name for r in client.search_runs([experiment], f"tags.`{keys.EXPORTED}` = 'true'") if r.info.run_name != "other-study-trial-1")
 
-    mark_exported(client, experiment, 1)
-    assert marked() == ["confirm-1-seed1000", "trial-1"]  # not trial 2, nor the confirmation run numbered 2 of trial 1's step back
-    mark_exported(client, experiment, 1, 0.49)
+    mark_exported(client, experiment, 1, study_uid="ours")
+    assert marked() == ["confirm-1-seed1000", "trial-1"]  # not trial 2, its killed run, its step back's run numbered 2, nor the other study's
+    mark_exported(client, experiment, 1, 0.49, study_uid="ours")
     assert marked() == ["confirm-1-lr0.49x-seed1000"]  # a step back trained at another rate than trial 1 itself
-    mark_exported(client, experiment, 2)
+    mark_exported(client, experiment, 2, study_uid="ours")
     assert marked() == ["trial-2"]
-    mark_exported(client, experiment, None)
+    mark_exported(client, experiment, None, study_uid="ours")
     assert marked() == [] and keys.EXPORTED not in client.get_run(ids["trial-2"]).data.tags
+    assert client.get_run(ids["other-study-trial-1"]).data.tags[keys.EXPORTED] == "true"  # the same name in another storage: not ours to move

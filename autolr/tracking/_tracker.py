@@ -246,7 +246,7 @@ class Tracker:
     def mark_exported(self, trial: int | None, lr_scale: float = 1.0) -> None:
         """The tag ``autolr.exported`` on the runs of what the export names, and on no other
         (:func:`autolr.tracking._exported.mark_exported`)."""
-        mark_exported(self.client, self.experiment_id, trial, lr_scale)
+        mark_exported(self.client, self.experiment_id, trial, lr_scale, study_uid=self.study_uid)
 
     @_full_disk_in_one_line
     def log_artifact(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None) -> None:
