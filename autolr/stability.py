@@ -7,12 +7,15 @@ where known):
 
 - it ended below its start (``loss_ratio`` <= 1): a run whose loss ended above its start was not
   trained by that rate, whatever the guard said;
-- and, where it got at least :data:`REAL_PROGRESS` below its start at some point (``low_loss_ratio``),
-  it did not give back more than :data:`GIVEN_BACK` of that progress by its end: a run that learnt,
-  spiked and sat near its start (at chance, for a classifier) for the rest of its budget neither
-  diverged by the guard's rules nor ended above its start, and was still not trained by that rate.
-  Noise on a plateau gives back a few percent of the progress, a schedule's restart some of it for
-  a while; neither comes near half.
+- and, where an epoch's mean loss got at least :data:`REAL_PROGRESS` below its start
+  (``low_loss_ratio``, the lowest epoch mean), it did not give back more than :data:`GIVEN_BACK` of
+  that progress by its end: a run that learnt, spiked and sat near its start (at chance, for a
+  classifier) for the rest of its budget neither diverged by the guard's rules nor ended above its
+  start, and was still not trained by that rate. The low point is an epoch's mean, not the low of a
+  short average, whose noise alone dips far enough below the trend that a run with modest progress
+  would read as giving it back; the end's own noise (an average of about 10 steps) is a small share
+  of a progress of 20% or more, a schedule's restart gives back some of it for a while, and neither
+  comes near half.
 
 Its rate is the searched ``lr``, the schedule's peak: a trial with warmup counts at the rate it warmed
 up to.

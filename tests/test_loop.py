@@ -385,12 +385,12 @@ def test_a_rate_that_learnt_then_lost_it_all_is_not_stable(write_study, stores) 
         w = torch.nn.Parameter(torch.tensor([1.0]))
         trial.build_optimizer([w])
         lost = trial.params["lr"] >= 0.1
-        for step in range(80):
-            learnt = 0.3 + 2.0 * 0.9**step
-            trial.step(torch.tensor(learnt if step < 40 or not lost else (4.0 if step < 42 else 1.8)))
-        value = 1.8 if lost else 0.3
-        trial.epoch({"val_loss": value})
-        return value
+        for epoch in range(8):
+            for step in range(epoch * 10, epoch * 10 + 10):
+                learnt = 0.3 + 2.0 * 0.9**step
+                trial.step(torch.tensor(learnt if step < 40 or not lost else (4.0 if step < 42 else 1.8)))
+            trial.epoch({"val_loss": 1.8 if lost and epoch >= 4 else 0.3})
+        return 1.8 if lost else 0.3
 
     path = write_study("name: lost-it\ntrials: 4\nsampler: grid\nconfirm: false\nsearch: {lr: {low: 1.0e-3, high: 1.0}, optimizer: {sgd: {momentum: 0.0}}}\n")
     result = autolr.tune(path, loop=train, progress=False, **stores)

@@ -128,3 +128,46 @@ def test_one_stability_rule_for_the_sampler_and_the_report() -> None:
     trials += [create_trial(params={"lr": lr}, distributions=dist, value=1.0, state=TrialState.COMPLETE, user_attrs=attrs) for lr, attrs in ratios.items()]
     assert lr_ceiling(trials, None)[0] == 0.2
     assert max_stable_lr([trial_row(t) for t in trials]) == 0.2
+
+
+def test_noise_on_a_run_of_modest_progress_is_not_read_as_giving_it_back() -> None:
+    """A run that falls to 0.75x its start with 30% noise on every step (small batches) is never read
+    as giving its progress back, on 50 noise draws (where the rule before reads it stable, so does the
+    rule now); the same run learning to 0.2x and spiking to chance in its fifth epoch is."""
+    import numpy as np
+
+    from autolr.stability import is_stable
+    from autolr.tracking import NullTrialRun
+    from autolr.trial import TrialReport
+
+    class Attrs:
+        number, user_attrs = 0, {}
+
+        def __init__(self) -> None:
+            self.attrs: dict = {}
+
+        def set_user_attr(self, key, value) -> None:
+            self.attrs[key] = value
+
+        def report(self, value, step) -> None: ...
+
+    def readings(losses: np.ndarray, epochs: int = 8) -> tuple[bool, bool]:
+        """(stable by the rule before, stable now) of a run with these training losses."""
+        trial = Attrs()
+        report = TrialReport(trial, NullTrialRun(), "val_loss", curve_pruning=False)
+        step = 0
+        for epoch, chunk in enumerate(np.array_split(losses, epochs), start=1):
+            for first in range(0, len(chunk), 4):  # in windows of 4 steps, as the trainer hands them over
+                report.on_steps(step, {"train_loss": [float(v) for v in chunk[first : first + 4]]})
+                step += len(chunk[first : first + 4])
+            report.on_epoch_end(epoch, step, {"val_loss": 1.0})
+        report.record_loss_ratio()
+        end, low = trial.attrs["autolr.loss_ratio"], trial.attrs["autolr.low_loss_ratio"]
+        return is_stable("COMPLETE", diverged=False, loss_ratio=end), is_stable("COMPLETE", diverged=False, loss_ratio=end, low_loss_ratio=low)
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(800)
+    modest = [readings((0.75 + 0.25 * np.exp(-steps / 200)) * (1 + 0.3 * rng.standard_normal(800))) for _ in range(50)]
+    assert sum(before for before, _ in modest) >= 40 and all(now == before for before, now in modest)
+    learnt_then_lost = np.where(steps < 400, 0.2 + 0.8 * np.exp(-steps / 50), 0.95)
+    assert readings(learnt_then_lost * (1 + 0.3 * rng.standard_normal(800))) == (True, False)
