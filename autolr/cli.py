@@ -379,19 +379,20 @@ def _compare(args) -> int:
 # The UI server's keeper: the leader of the server's session, holding the read end of a pipe from
 # autolr. When the pipe closes (autolr ended, even by SIGKILL, which nothing can catch) or it gets
 # SIGTERM, it stops the whole session: the MLflow server and its uvicorn worker (and MLflow's job
-# consumers, where the user turned them on). Its main thread only waits for one of the three (or the
-# server's end), then stops the session itself: a SIGTERM handler that waited for the server ran
-# inside the main thread's own Popen.wait, whose lock it could not take, so the server's end went
-# unseen for the whole 10 s grace (every Ctrl-C took 10.4 s).
+# consumers, where the user turned them on), with a SIGKILL sweep at the end (the server may be gone
+# while a worker of its lingers). Its main thread only waits for the pipe, a SIGTERM or the server's
+# end, then does the stopping itself: a SIGTERM handler that waited for the server ran inside the
+# main thread's own Popen.wait, whose lock it could not take, so the server's end went unseen for the
+# whole 10 s grace (every Ctrl-C took 10.4 s).
 _KEEPER = """
 import os, signal, subprocess, sys, threading
 server = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
-done = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=done.set).start())
-threading.Thread(target=lambda: (sys.stdin.buffer.read(), done.set()), daemon=True).start()
+done, asked = threading.Event(), []
+signal.signal(signal.SIGTERM, lambda *_: (asked.append(1), threading.Thread(target=done.set).start()))
+threading.Thread(target=lambda: (sys.stdin.buffer.read(), asked.append(1), done.set()), daemon=True).start()
 threading.Thread(target=lambda: (server.wait(), done.set()), daemon=True).start()
 done.wait()
-if server.returncode is not None:
+if not asked:
     sys.exit(server.returncode)
 os.killpg(0, signal.SIGTERM)
 try:
