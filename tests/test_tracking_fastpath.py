@@ -122,7 +122,7 @@ def test_fast_path_refuses_a_metric_name_mlflow_might_reject(tmp_path) -> None:
 
 
 def test_fast_path_is_off_outside_the_verified_mlflow_versions(tmp_path, monkeypatch, caplog) -> None:
-    assert verified("3.17.2") and verified("3.17.0") and not verified("3.18.0") and not verified("4.0.0")
+    assert verified("3.17.2") and verified("3.18.0") and not verified("3.19.0") and not verified("4.0.0")
     client = open_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr(mlflow, "__version__", "3.99.0")
     with caplog.at_level(logging.DEBUG, logger="autolr.tracking._fastpath"):

@@ -29,7 +29,7 @@ __all__ = ["VERIFIED_MLFLOW", "SqlFastPath", "verified"]
 
 logger = logging.getLogger(__name__)
 
-VERIFIED_MLFLOW = ("3.17",)  # major.minor of the MLflow versions whose tables and log_batch were compared
+VERIFIED_MLFLOW = ("3.17", "3.18")  # major.minor of the MLflow versions whose tables and log_batch were compared
 _MAX_FLOAT = sys.float_info.max
 _SAFE_NAME = re.compile(r"^[\w\-./ :]{1,250}$")
 _POINT_COLUMNS = ("run_uuid", "key", "value", "timestamp", "step", "is_nan")
