@@ -33,7 +33,6 @@ __all__ = [
     "IDENTITY",
     "INVOCATIONS",
     "LOSS_RATIO",
-    "LOW_LOSS_RATIO",
     "LR_SCALE",
     "OPTIMIZER",
     "OWNER",
@@ -77,7 +76,6 @@ DIVERGENCE_STEP = "autolr.divergence_step"
 DIVERGED = "autolr.diverged"  # read by the sampler's ceiling
 STEPS = "autolr.steps"  # optimisation steps the trial ran
 LOSS_RATIO = "autolr.loss_ratio"  # smoothed training loss at the end / at the start: above 1, no progress
-LOW_LOSS_RATIO = "autolr.low_loss_ratio"  # the lowest epoch mean of the training loss / at the start: with LOSS_RATIO, what a run gave back
 ERROR = "autolr.error"  # "TypeError: ..." of a FAIL trial
 PLOTS_ERROR = "autolr.plots_error"  # on a parent run whose plot job failed: why (the next invocation draws them)
 SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test", "sweep")

@@ -82,8 +82,6 @@ class TrialReport(TrainerCallback):
         self.curve_pruning = curve_pruning
         self.first_loss: float | None = None  # mean training loss of the first window
         self.smoothed_loss: float | None = None  # EMA (0.9) of the training loss since
-        self.lowest_loss: float | None = None  # the lowest epoch mean of the training loss (a short average's low is its noise)
-        self._epoch_losses: list[float] = [0.0, 0]  # this epoch's sum of finite training losses, and their count
         self.last_metrics: dict[str, float] = {}
         self.last_epochs: list[int] = []
         self._name: str | None = None  # on the progress bar (_label)
@@ -98,8 +96,6 @@ class TrialReport(TrainerCallback):
             self.first_loss = sum(losses) / len(losses)
         for v in losses:
             self.smoothed_loss = v if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * v
-        self._epoch_losses[0] += sum(losses)
-        self._epoch_losses[1] += len(losses)
         step = first_step + len(values.get("train_loss", ()))
         if self._near_the_end(first_step, step):
             self.run.flush()
@@ -124,22 +120,15 @@ class TrialReport(TrainerCallback):
         return any(first_step < mark <= step for mark in marks)
 
     def record_loss_ratio(self) -> None:
-        """Where training ended, and the lowest it went, against where it started, as trial attrs (a
-        run can get worse without diverging: :func:`autolr.stability.is_stable`); nothing when no
-        finite loss was seen."""
+        """Where training ended against where it started, as a trial attr (a run can get worse without
+        diverging); nothing when no finite loss was seen."""
         if self.first_loss is not None and self.smoothed_loss is not None and self.first_loss > 0:
             self.trial.set_user_attr(keys.LOSS_RATIO, self.smoothed_loss / self.first_loss)
-            if self.lowest_loss is not None:  # an epoch ended
-                self.trial.set_user_attr(keys.LOW_LOSS_RATIO, self.lowest_loss / self.first_loss)
 
     def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
         self.run.log_metrics(step, stats)
 
     def on_epoch_end(self, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
-        total, count = self._epoch_losses
-        if count:
-            self.lowest_loss = total / count if self.lowest_loss is None else min(self.lowest_loss, total / count)
-        self._epoch_losses = [0.0, 0]
         self.last_metrics = dict(metrics)
         self.last_epochs.append(epoch)
         self.run.log_metrics(epoch, metrics)
