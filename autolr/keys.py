@@ -113,6 +113,7 @@ OPTIMIZER = "autolr.optimizer"  # of a range-test run
 BEST_TRIAL = "autolr.best_trial"
 BEST_VALUE = "autolr.best_value"
 EXPORTED = "autolr.exported"  # "true" on the runs that trained what the export names (the winner, or its step back), on no other run
+RUN_UUID = "autolr.run_uuid"  # the id the training side drew for a run the store named otherwise (MLflow's public API): how a spool delivered twice finds the run it created
 BEST_LR_SCALE = "autolr.best_lr_scale"  # the export is best_trial's configuration at this factor of its lr (a step back)
 GRADIENTS = "autolr.gradients"  # "exploding" / "vanishing"
 EXPLODING = "autolr.exploding"  # the reason, when the gradient norm exploded

@@ -349,10 +349,13 @@ def test_the_next_invocation_closes_runs_whose_end_was_lost(stores) -> None:
     assert tracker.client.get_run(child).data.tags[keys.STATE] == "FAIL"
 
 
-def test_a_spool_delivered_twice_leaves_one_run_with_each_point_once(stores, spool_dir) -> None:
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "public-log-batch"])
+def test_a_spool_delivered_twice_leaves_one_run_with_each_point_once(stores, spool_dir, fast_path) -> None:
     """A writer that wrote a spool file and died before removing it: the next one delivers the file
-    again, and the store still holds one run with each point once."""
-    tracker = Tracker(stores["tracking_uri"], experiment="twice", writer="thread")
+    again, and the store still holds one run with each point once. Through MLflow's public API (an
+    HTTP server, an MLflow the fast path is not verified on) the store names the run itself, and the
+    next writer finds it by the id the training side drew, kept as a tag."""
+    tracker = Tracker(stores["tracking_uri"], experiment="twice", writer="thread", fast_path=fast_path)
     new_run = CreateRun(0, tracker.experiment_id, "trial-0", {keys.TRIAL: "0"}, {"lr": "0.1"}, 1_700_000_000_000, run_uuid=uuid.uuid4().hex)
     points = [("train_loss", float(s), 1_700_000_000_000, s) for s in range(500)]
     batch = RunBatch(None, new_run=new_run, points=points, end=RunEnd("FINISHED", 1_700_000_001_000))
@@ -361,7 +364,11 @@ def test_a_spool_delivered_twice_leaves_one_run_with_each_point_once(stores, spo
         tracker.write_unsent()
         tracker.close()
     (run,) = MlflowClient(stores["tracking_uri"]).search_runs([tracker.experiment_id])
-    assert run.info.run_id == new_run.run_uuid and run.info.status == "FINISHED"
+    if fast_path:
+        assert run.info.run_id == new_run.run_uuid and keys.RUN_UUID not in run.data.tags
+    else:
+        assert run.data.tags[keys.RUN_UUID] == new_run.run_uuid
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
     assert sorted(_points(stores["tracking_uri"], run.info.run_id)) == list(range(500))
 
 

@@ -293,9 +293,9 @@ class Writer:
 
     def _store(self, key: Any, batch: RunBatch) -> None:
         """Write one batch; on failure ``batch`` keeps what is left to write."""
-        if batch.new_run is not None and batch.new_run.resumed and self._exists(batch.new_run.run_uuid):
+        if batch.new_run is not None and batch.new_run.resumed and (found := self._created_before(batch.new_run)):
             # a dead writer's run, created before it died: this one goes on writing into it
-            batch.run_id, batch.new_run, batch.params = batch.new_run.run_uuid, None, {**batch.new_run.params, **batch.params}
+            batch.run_id, batch.new_run, batch.params = found, None, {**batch.new_run.params, **batch.params}
             self._created(key, batch.run_id)
         if batch.new_run is not None:
             new_run = batch.new_run
@@ -315,17 +315,20 @@ class Writer:
             return
         self._write_through_api(batch)
 
-    def _exists(self, run_id: str) -> bool:
-        """Whether the store has the run (raises when the store does not answer)."""
-        if not run_id:
-            return False
+    def _created_before(self, new_run: CreateRun) -> str | None:
+        """The id of the run an earlier writer created for ``new_run``, or None (raises when the store
+        does not answer). The fast path gave it ``run_uuid`` as its id; MLflow's ``create_run`` names
+        runs itself, so a run created through it carries ``run_uuid`` as a tag and is searched for."""
+        if not new_run.run_uuid:
+            return None
         try:
-            self.client.get_run(run_id)
+            return self.client.get_run(new_run.run_uuid).info.run_id
         except Exception as exc:
             if unreachable(exc):
                 raise
-            return False
-        return True
+        query = f"tags.`{keys.RUN_UUID}` = '{new_run.run_uuid}'"
+        found = self.client.search_runs([new_run.experiment_id], filter_string=query, max_results=1)
+        return found[0].info.run_id if found else None
 
     @staticmethod
     def _written(batch: RunBatch, run_id: str) -> None:
@@ -339,7 +342,8 @@ class Writer:
         """The run's id (its params still to log); None (logged) when the store rejects it. Raises when
         the store is unreachable."""
         try:
-            run = self.client.create_run(new_run.experiment_id, start_time=new_run.start_ms, run_name=new_run.run_name, tags=new_run.tags)
+            tags = {**new_run.tags, keys.RUN_UUID: new_run.run_uuid} if new_run.run_uuid else new_run.tags
+            run = self.client.create_run(new_run.experiment_id, start_time=new_run.start_ms, run_name=new_run.run_name, tags=tags)
         except Exception as exc:
             if unreachable(exc):
                 raise
