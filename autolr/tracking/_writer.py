@@ -327,7 +327,14 @@ class Writer:
             if unreachable(exc):
                 raise
         query = f"tags.`{keys.RUN_UUID}` = '{new_run.run_uuid}'"
-        found = self.client.search_runs([new_run.experiment_id], filter_string=query, max_results=1)
+        try:
+            found = self.client.search_runs([new_run.experiment_id], filter_string=query, max_results=1)
+        except Exception as exc:
+            if unreachable(exc):
+                raise
+            # a store that refuses the search: the run is created (perhaps twice) rather than its points lost
+            logger.warning("could not search the MLflow store for the run %s (%s): creating it", new_run.run_name, describe(exc))
+            return None
         return found[0].info.run_id if found else None
 
     @staticmethod
