@@ -18,7 +18,19 @@ from typing import Any
 
 from autolr import keys, plots, stability
 
-__all__ = ["STUDY_PLOTS", "TOP_K", "StudyRecord", "best_tags", "draw_study_plots", "history", "metric_key", "record_trial_curves", "study_record", "top_trials"]
+__all__ = [
+    "STUDY_PLOTS",
+    "TOP_K",
+    "StudyRecord",
+    "best_tags",
+    "draw_study_plots",
+    "history",
+    "metric_key",
+    "record_trial_curves",
+    "step_back_scale",
+    "study_record",
+    "top_trials",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +198,7 @@ def _exported(export: Mapping[str, Any], metric: str) -> str:
     what = f"{params.get('optimizer')} {params.get('schedule')}" + (f" lr={lr:.3g}" if isinstance(lr, float) else "")
     if not confirmed:
         return f"Exported (`best_config.yaml`): trial {export['trial']} ({what}), its single-seed value; confirmation {export.get('confirmation')}."
-    scale = confirmed.get("lr_scale", 1.0)
+    scale = step_back_scale(export)
     at = f" at {scale:.3g}x its lr" if scale != 1.0 else ""
     spread = f" +- {confirmed['std']:.2g}" if confirmed.get("std") is not None else ""
     return (f"Exported (`best_config.yaml`): trial {export['trial']}{at} ({what}), {metric} = {confirmed['mean']:.6g}{spread}, "
@@ -207,5 +219,10 @@ def best_tags(export: Mapping[str, Any] | None) -> dict[str, Any]:
     that trial's step back, the factor of its lr (so ``best.lr`` is not read as the trial's own rate)."""
     if export is None:
         return {}
-    scale = (export.get("confirmed") or {}).get("lr_scale")
-    return {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"], **({keys.BEST_LR_SCALE: f"{scale:g}"} if scale else {})}
+    scale = step_back_scale(export)
+    return {keys.BEST_TRIAL: export["trial"], keys.BEST_VALUE: export["value"], **({keys.BEST_LR_SCALE: f"{scale:g}"} if scale != 1.0 else {})}
+
+
+def step_back_scale(export: Mapping[str, Any] | None) -> float:
+    """The factor of its trial's lr that an export trained at: below 1 for a step back, else 1."""
+    return float(((export or {}).get("confirmed") or {}).get("lr_scale", 1.0))

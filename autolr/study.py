@@ -464,9 +464,10 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
 
 def _mark_exported(tracker: Tracker, export: dict[str, Any] | None) -> None:
     """The winner's runs tagged, a column of the trials view; a failure costs that column only."""
-    scale = ((export or {}).get("confirmed") or {}).get("lr_scale", 1.0)  # a step back's runs are its confirmation's
-    try:
-        tracker.mark_exported(export["trial"] if export else None, scale)
+    from autolr.report import step_back_scale
+
+    try:  # a step back's runs are its confirmation's
+        tracker.mark_exported(export["trial"] if export else None, step_back_scale(export))
     except Exception as exc:  # noqa: BLE001 - the best configuration and the plots are recorded all the same
         logger.warning("could not tag the exported configuration's MLflow runs (autolr.exported): %s", exc)
 
