@@ -372,6 +372,28 @@ def test_a_spool_delivered_twice_leaves_one_run_with_each_point_once(stores, spo
     assert sorted(_points(stores["tracking_uri"], run.info.run_id)) == list(range(500))
 
 
+def test_a_store_that_refuses_the_search_for_a_spooled_run_gets_it_created(stores, spool_dir, monkeypatch, caplog) -> None:
+    """Whether a spooled run was created before is looked up by its id, then by its autolr.run_uuid
+    tag; a store that answers the search with an error (not an outage) gets the run created, with a
+    warning: a run twice is better than its points lost."""
+    from mlflow.exceptions import MlflowException
+
+    from autolr.tracking._writer import Writer
+
+    writer = Writer(stores["tracking_uri"], lambda msg: None, fast_path=False)
+    experiment = writer.client.create_experiment("refused")
+    new_run = CreateRun(0, experiment, "trial-0", {keys.TRIAL: "0"}, {"lr": "0.1"}, 1_700_000_000_000, run_uuid=uuid.uuid4().hex, resumed=True)
+    created = writer._create_through_api(new_run)
+    assert writer._created_before(new_run) == created  # found by its tag: the store named it otherwise
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("Invalid filter string")
+
+    monkeypatch.setattr(writer.client, "search_runs", refuse)
+    assert writer._created_before(new_run) is None
+    assert "could not search the MLflow store for the run trial-0" in caplog.text
+
+
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "public-log-batch"])
 def test_a_long_outage_backlog_is_written_in_chunks_once(stores, spool_dir, monkeypatch, fast_path) -> None:
     """A held backlog larger than a chunk goes in several transactions: one run, each point once."""
