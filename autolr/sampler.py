@@ -89,7 +89,7 @@ def lr_ceiling(trials: Sequence[FrozenTrial], optimizer: str | None) -> tuple[fl
         if lr is None or (optimizer is not None and t.params.get("optimizer", optimizer) != optimizer):
             continue
         diverged = bool(t.user_attrs.get(keys.DIVERGED))
-        runs.append((lr, diverged, stability.is_stable(t.state.name, diverged=diverged, loss_ratio=t.user_attrs.get(keys.LOSS_RATIO))))
+        runs.append((lr, diverged, stability.is_stable(t.state.name, diverged=diverged, **stability.ratios(t.user_attrs))))
     stable_max = stability.max_stable_lr((lr, stable) for lr, _, stable in runs)
     runs.sort(reverse=True)
     ceiling, n_diverged = None, 0

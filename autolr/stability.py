@@ -2,9 +2,28 @@
 description, the frontier plot, ``autolr find-lr`` and ``autolr compare`` alike.
 
 A trial is *stable* at its learning rate when it finished (COMPLETE, or PRUNED for its curve), did not
-diverge, and ended with a lower training loss than it started with (``loss_ratio`` <= 1, where known):
-a run whose loss ended above its start was not trained by that rate, whatever the guard said. Its rate
-is the searched ``lr``, the schedule's peak: a trial with warmup counts at the rate it warmed up to.
+diverge, and kept what it learnt (its training loss against the loss it started at, the mean of its
+first window, where known):
+
+- it ended below its start (``loss_ratio``, a smoothed end, <= 1): a run whose loss ended above its
+  start was not trained by that rate, whatever the guard said;
+- and, where an epoch's mean loss got at least :data:`REAL_PROGRESS` below its start, its last epoch's
+  mean did not give back more than :data:`GIVEN_BACK` of that progress: a run that learnt, spiked and
+  sat near its start (at chance, for a classifier) for the rest of its budget neither diverged by the
+  guard's rules nor ended above its start, and was still not trained by that rate.
+
+The second clause compares epoch means with epoch means (:class:`EpochLosses`; short epochs are
+read together, in blocks of at least :data:`MIN_BLOCK_STEPS` steps), each read in the run's favour by
+at least :data:`NOISE_SE` of its standard errors: the lowest block mean high (``low_loss_ratio``), the
+last one low (``last_loss_ratio``). So noise alone (small batches, short epochs) does not read as
+giving progress back. A trial pruned for its curve is read at the epoch it was stopped at: a run whose
+last epoch gave back more than half of its progress was not trained by its rate, whether or not it
+could have recovered. (A first version compared the smoothed end with the lowest epoch mean: on a
+2-epoch study of 2-3 steps an epoch the smoothed end still carried the start, and every trial read
+unstable.)
+
+Its rate is the searched ``lr``, the schedule's peak: a trial with warmup counts at the rate it warmed
+up to.
 
 A study's *stability limit* (per optimizer) is, in this order of preference:
 
@@ -17,12 +36,19 @@ A study's *stability limit* (per optimizer) is, in this order of preference:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["FROM_RANGE_TEST", "Limit", "is_stable", "max_stable_lr", "row_is_stable", "study_limit", "study_limits"]
+from autolr import keys
+
+__all__ = ["FROM_RANGE_TEST", "EpochLosses", "Limit", "is_stable", "max_stable_lr", "ratios", "row_is_stable", "study_limit", "study_limits"]
 
 FINISHED_STATES = ("COMPLETE", "PRUNED")
+REAL_PROGRESS = 0.2  # a run whose lowest epoch mean was 20% or more below its start had learnt something it can give back
+GIVEN_BACK = 0.5  # a last epoch above the lowest by more than half of the progress to it: the progress is lost
+NOISE_SE = 2.0  # each block mean is read at least this many standard errors in the run's favour
+MIN_BLOCK_STEPS = 16  # a mean of fewer finite training losses (and its standard error) is too noisy to read
 FROM_RANGE_TEST = "the range test"
 
 
@@ -37,9 +63,63 @@ class Limit:
         return {"max_stable_lr": self.lr, "from": self.source}
 
 
-def is_stable(state: str, *, diverged: bool, loss_ratio: float | None) -> bool:
-    """Whether a finished trial in ``state`` counts as stable at its learning rate."""
-    return state in FINISHED_STATES and not diverged and not (loss_ratio is not None and loss_ratio > 1.0)
+def is_stable(state: str, *, diverged: bool, loss_ratio: float | None, low_loss_ratio: float | None = None, last_loss_ratio: float | None = None) -> bool:
+    """Whether a finished trial in ``state`` counts as stable at its learning rate (the module's rule)."""
+    return state in FINISHED_STATES and not diverged and not (loss_ratio is not None and _lost(loss_ratio, low_loss_ratio, last_loss_ratio))
+
+
+def ratios(user_attrs: Mapping[str, Any]) -> dict[str, float | None]:
+    """The keyword arguments of :func:`is_stable` from a trial's user attrs."""
+    return {
+        "loss_ratio": user_attrs.get(keys.LOSS_RATIO),
+        "low_loss_ratio": user_attrs.get(keys.LOW_LOSS_RATIO),
+        "last_loss_ratio": user_attrs.get(keys.LAST_LOSS_RATIO),
+    }
+
+
+def _lost(loss_ratio: float, low_loss_ratio: float | None, last_loss_ratio: float | None) -> bool:
+    """The training loss ended above its start, or its last epoch gave back most of a real progress."""
+    if loss_ratio > 1.0:
+        return True
+    if low_loss_ratio is None or last_loss_ratio is None:
+        return False
+    progress = 1.0 - low_loss_ratio
+    return progress >= REAL_PROGRESS and last_loss_ratio - low_loss_ratio > GIVEN_BACK * progress
+
+
+class EpochLosses:
+    """The training loss's epoch means as the rule's second clause reads them: ``low``, the lowest
+    block mean plus its noise, and ``last``, the last block's mean less its noise (None until a block
+    ended). A block is an epoch, or consecutive epochs together until they hold :data:`MIN_BLOCK_STEPS`
+    finite losses (a loop that validates every few steps ends an "epoch" each time); a trailing block
+    shorter than that is not read, and ``last`` stays the block before it. The noise is
+    ``z`` standard errors, each block's losses' spread (a trend within it included, which only widens
+    it) over the square root of their count, with ``z`` at least :data:`NOISE_SE` and growing with the
+    number of blocks as the expected largest of that many normal deviates, ``sqrt(2 ln n)``: the
+    lowest of many noisy means lies further below the trend."""
+
+    def __init__(self) -> None:
+        self.low: float | None = None
+        self.last: float | None = None
+        self._blocks: list[tuple[float, float]] = []  # (mean, standard error) of each block read
+        self._losses: list[float] = []
+
+    def add(self, losses: Sequence[float]) -> None:
+        """This epoch's finite training losses, as they arrive."""
+        self._losses.extend(losses)
+
+    def end_epoch(self) -> None:
+        n = len(self._losses)
+        if n < MIN_BLOCK_STEPS:
+            return  # the next epoch's losses join this block
+        mean = math.fsum(self._losses) / n
+        var = math.fsum((v - mean) ** 2 for v in self._losses) / (n - 1)
+        self._blocks.append((mean, math.sqrt(var / n) if math.isfinite(var) else math.inf))
+        self._losses = []
+        z = max(NOISE_SE, math.sqrt(2 * math.log(len(self._blocks))))
+        self.low = min(m + z * se for m, se in self._blocks)
+        mean, se = self._blocks[-1]
+        self.last = mean - z * se
 
 
 def max_stable_lr(trials: Iterable[tuple[float, bool]]) -> float | None:
@@ -50,7 +130,8 @@ def max_stable_lr(trials: Iterable[tuple[float, bool]]) -> float | None:
 
 def row_is_stable(row: Mapping[str, Any]) -> bool:
     """:func:`is_stable` of a trial row (``autolr.store.trial_row``)."""
-    return is_stable(row["state"], diverged=bool(row.get("diverged")), loss_ratio=row.get("loss_ratio"))
+    kept = {k: row.get(k) for k in ("loss_ratio", "low_loss_ratio", "last_loss_ratio")}
+    return is_stable(row["state"], diverged=bool(row.get("diverged")), **kept)
 
 
 def study_limit(rows: Iterable[Mapping[str, Any]], range_test_lr: float | None = None) -> Limit | None:

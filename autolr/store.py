@@ -437,6 +437,8 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "steps": t.user_attrs.get(keys.STEPS),
         "diverged": bool(t.user_attrs.get(keys.DIVERGED)),
         "loss_ratio": t.user_attrs.get(keys.LOSS_RATIO),
+        "low_loss_ratio": t.user_attrs.get(keys.LOW_LOSS_RATIO),
+        "last_loss_ratio": t.user_attrs.get(keys.LAST_LOSS_RATIO),
         "reason": t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR, "") or _orphaned(t),  # a FAIL trial's error
         "source": _source(t),
     }

@@ -38,6 +38,7 @@ from autolr.guard import Diverged, DivergenceGuard
 from autolr.hparams import RunConfig
 from autolr.progress import NullProgress, run_label
 from autolr.scheduler import StepScheduler
+from autolr.stability import EpochLosses
 from autolr.steps import StepRecorder
 from autolr.trainer import TrainerCallback
 
@@ -82,6 +83,7 @@ class TrialReport(TrainerCallback):
         self.curve_pruning = curve_pruning
         self.first_loss: float | None = None  # mean training loss of the first window
         self.smoothed_loss: float | None = None  # EMA (0.9) of the training loss since
+        self.epoch_losses = EpochLosses()  # the lowest and the last epoch means, for the stability rule
         self.last_metrics: dict[str, float] = {}
         self.last_epochs: list[int] = []
         self._name: str | None = None  # on the progress bar (_label)
@@ -96,6 +98,7 @@ class TrialReport(TrainerCallback):
             self.first_loss = sum(losses) / len(losses)
         for v in losses:
             self.smoothed_loss = v if self.smoothed_loss is None else 0.9 * self.smoothed_loss + 0.1 * v
+        self.epoch_losses.add(losses)
         step = first_step + len(values.get("train_loss", ()))
         if self._near_the_end(first_step, step):
             self.run.flush()
@@ -120,15 +123,21 @@ class TrialReport(TrainerCallback):
         return any(first_step < mark <= step for mark in marks)
 
     def record_loss_ratio(self) -> None:
-        """Where training ended against where it started, as a trial attr (a run can get worse without
-        diverging); nothing when no finite loss was seen."""
+        """Where training ended, and the lowest it went, against where it started, as trial attrs (a
+        run can get worse without diverging: :func:`autolr.stability.is_stable`); nothing when no
+        finite loss was seen."""
         if self.first_loss is not None and self.smoothed_loss is not None and self.first_loss > 0:
             self.trial.set_user_attr(keys.LOSS_RATIO, self.smoothed_loss / self.first_loss)
+            low, last = self.epoch_losses.low, self.epoch_losses.last
+            if low is not None and last is not None and math.isfinite(low) and math.isfinite(last):  # an epoch long enough to read ended
+                self.trial.set_user_attr(keys.LOW_LOSS_RATIO, low / self.first_loss)
+                self.trial.set_user_attr(keys.LAST_LOSS_RATIO, last / self.first_loss)
 
     def on_layer_stats(self, step: int, stats: Mapping[str, float]) -> None:
         self.run.log_metrics(step, stats)
 
     def on_epoch_end(self, epoch: int, step: int, metrics: Mapping[str, float]) -> None:
+        self.epoch_losses.end_epoch()
         self.last_metrics = dict(metrics)
         self.last_epochs.append(epoch)
         self.run.log_metrics(epoch, metrics)

@@ -371,3 +371,33 @@ def test_a_schedule_shorter_than_the_loop_is_reported_once(write_study, stores, 
         autolr.tune(path, loop=train, progress=False, **stores)
     said = [r.getMessage() for r in caplog.records if "total_steps=10" in r.getMessage()]
     assert len(said) == 1 and "the loop ran 30 steps: its rate held the schedule's last value for the last 20" in said[0]
+
+
+def test_a_rate_that_learnt_then_lost_it_all_is_not_stable(write_study, stores) -> None:
+    """A run that learnt, spiked and then sat near its starting loss (a classifier at chance) trips no
+    divergence rule and ends a little below its start; it was still not trained by its rate, so the
+    study's stability limit (the sampler's, the report's) is the rate below it."""
+    from autolr.sampler import lr_ceiling
+    from autolr.stability import study_limits
+    from autolr.store import trial_row
+
+    def train(trial: autolr.Trial) -> float:
+        w = torch.nn.Parameter(torch.tensor([1.0]))
+        trial.build_optimizer([w])
+        lost = trial.params["lr"] >= 0.1
+        for epoch in range(8):
+            for step in range(epoch * 10, epoch * 10 + 10):
+                learnt = 0.3 + 2.0 * 0.9**step
+                trial.step(torch.tensor(learnt if step < 40 or not lost else (4.0 if step < 42 else 1.8)))
+            trial.epoch({"val_loss": 1.8 if lost and epoch >= 4 else 0.3})
+        return 1.8 if lost else 0.3
+
+    path = write_study("name: lost-it\ntrials: 4\nsampler: grid\nconfirm: false\nsearch: {lr: {low: 1.0e-3, high: 1.0}, optimizer: {sgd: {momentum: 0.0}}}\n")
+    result = autolr.tune(path, loop=train, progress=False, **stores)
+    assert sorted(t.params["lr"] for t in result.trials if t.state.name == "COMPLETE") == pytest.approx([1e-3, 1e-2, 0.1, 1.0])
+    lost = [t for t in result.trials if t.params["lr"] >= 0.1]
+    assert all(
+        t.user_attrs["autolr.loss_ratio"] < 1.0 and t.user_attrs["autolr.low_loss_ratio"] < 0.3 < 0.8 < t.user_attrs["autolr.last_loss_ratio"] for t in lost
+    )  # ended below its start
+    assert lr_ceiling(result.trials, "sgd")[0] == pytest.approx(0.01)
+    assert study_limits([trial_row(t) for t in result.trials])["sgd"].lr == pytest.approx(0.01)

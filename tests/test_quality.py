@@ -123,3 +123,70 @@ def test_one_stability_rule_for_the_sampler_and_the_report() -> None:
     ]
     assert lr_ceiling(trials, None)[0] == 0.1
     assert max_stable_lr([trial_row(t) for t in trials]) == 0.1
+    # one that got to a tenth of its start and gave most of it back (at chance again), one whose end is noise on its plateau
+    ratios = {
+        0.3: {"autolr.loss_ratio": 0.95, "autolr.low_loss_ratio": 0.1, "autolr.last_loss_ratio": 0.9},
+        0.2: {"autolr.loss_ratio": 0.15, "autolr.low_loss_ratio": 0.1, "autolr.last_loss_ratio": 0.12},
+    }
+    trials += [create_trial(params={"lr": lr}, distributions=dist, value=1.0, state=TrialState.COMPLETE, user_attrs=attrs) for lr, attrs in ratios.items()]
+    assert lr_ceiling(trials, None)[0] == 0.2
+    assert max_stable_lr([trial_row(t) for t in trials]) == 0.2
+
+
+def test_noise_on_a_run_of_modest_progress_is_not_read_as_giving_it_back() -> None:
+    """A run that falls to 0.75x its start with 30% noise on every step (small batches) is never read
+    as giving its progress back, on 50 noise draws each at 8 epochs of 100 steps, 20 of 8, 200 of 4 (a
+    loop that validates every few steps; the lowest of many noisy means lies far below the trend) and
+    2 of 3 (a wine-sized study, where a first version read every trial unstable): where the rule
+    before reads it stable, so does the rule now. A schedule that restarts (SGDR) gives some progress back for a
+    while and is stable; a run learning to 0.2x and sitting near its start from its fifth epoch is
+    not, at 100 steps an epoch and at 10."""
+    import numpy as np
+
+    from autolr.stability import is_stable, ratios
+    from autolr.tracking import NullTrialRun
+    from autolr.trial import TrialReport
+
+    class Attrs:
+        number, user_attrs = 0, {}
+
+        def __init__(self) -> None:
+            self.attrs: dict = {}
+
+        def set_user_attr(self, key, value) -> None:
+            self.attrs[key] = value
+
+        def report(self, value, step) -> None: ...
+
+    def readings(losses: np.ndarray, epochs: int | list[int] = 8) -> tuple[bool, bool]:
+        """(stable by the rule before, stable now) of a run with these training losses, in ``epochs``
+        equal epochs or epochs of these lengths."""
+        trial = Attrs()
+        report = TrialReport(trial, NullTrialRun(), "val_loss", curve_pruning=False)
+        step = 0
+        chunks = np.array_split(losses, epochs) if isinstance(epochs, int) else np.split(losses, np.cumsum(epochs)[:-1])
+        for epoch, chunk in enumerate(chunks, start=1):
+            for first in range(0, len(chunk), 4):  # in windows of 4 steps, as the trainer hands them over
+                report.on_steps(step, {"train_loss": [float(v) for v in chunk[first : first + 4]]})
+                step += len(chunk[first : first + 4])
+            report.on_epoch_end(epoch, step, {"val_loss": 1.0})
+        report.record_loss_ratio()
+        end = trial.attrs["autolr.loss_ratio"]
+        return is_stable("COMPLETE", diverged=False, loss_ratio=end), is_stable("COMPLETE", diverged=False, **ratios(trial.attrs))
+
+    rng = np.random.default_rng(0)
+    for epochs, per_epoch in ((8, 100), (20, 8), (200, 4), (2, 3)):
+        steps = np.arange(epochs * per_epoch)
+        modest = [readings((0.75 + 0.25 * np.exp(-steps / len(steps) * 4)) * (1 + 0.3 * rng.standard_normal(len(steps))), epochs) for _ in range(50)]
+        assert all(now == before for before, now in modest), (epochs, per_epoch)
+        assert sum(before for before, _ in modest) >= (40 if per_epoch > 3 else 15)  # 6 steps' noise: the first clause reads about half unstable
+    steps = np.arange(800)
+    restarts = 0.3 + 0.7 * np.exp(-steps / 100) + 0.3 * (1 + np.cos(np.pi * (steps % 200) / 200)) / 2 * (steps >= 200)  # back up at each cycle's start
+    assert readings(restarts * (1 + 0.1 * rng.standard_normal(800))) == (True, True)
+    for per_epoch, noise in ((100, 0.2), (10, 0.1)):
+        steps = np.arange(8 * per_epoch)
+        learnt_then_lost = np.where(steps < 4 * per_epoch, 0.2 + 0.8 * np.exp(-steps / per_epoch), 0.8)  # ends below its first steps' mean
+        assert readings(learnt_then_lost * (1 + noise * rng.standard_normal(len(steps)))) == (True, False), per_epoch
+    # a last epoch too short to read (max_steps stopping mid-epoch, an evaluation with no steps): the epoch before it is read
+    lost = np.concatenate([learnt_then_lost, np.full(2, 0.8)]) * (1 + 0.1 * rng.standard_normal(len(steps) + 2))
+    assert readings(lost, [per_epoch] * 8 + [2]) == (True, False)
