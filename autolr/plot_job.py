@@ -10,6 +10,9 @@ next invocation draws every plot again from the stored data; a failure is tagged
 (``autolr.plots_error``), since the job has no terminal to print to.
 
 The Python API starts the same job; :meth:`autolr.TuneResult.wait_for_plots` waits for it.
+
+``AUTOLR_PLOTS=0`` in the environment starts no job (a CI run, a test suite: drawing costs seconds of
+CPU, about as much as the quickstart's trials); the next invocation without it draws them all.
 """
 
 from __future__ import annotations
@@ -18,15 +21,22 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 from typing import Any
 
-__all__ = ["PlotJob", "start", "wait", "main"]
+__all__ = ["ENV", "PlotJob", "enabled", "main", "start", "wait"]
 
 logger = logging.getLogger(__name__)
 
 WAIT_S = 120.0  # what wait() allows a job by default: drawing takes seconds, a loaded machine more
+ENV = "AUTOLR_PLOTS"  # "0" (or false, no, off): no plot job
+
+
+def enabled() -> bool:
+    """Whether the study's plots are drawn after an invocation (:data:`ENV`)."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 @dataclasses.dataclass(frozen=True)

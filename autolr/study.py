@@ -451,6 +451,8 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
     except Exception:  # noqa: BLE001 - the study itself is safe in its storage
         logger.exception("could not record the best configuration and the study's curves on the parent run")
         return
+    if not plot_job.enabled():  # AUTOLR_PLOTS=0: the next invocation without it draws them
+        return
     try:
         job = plot_job.PlotJob(
             tracker.tracking_uri, tracker.experiment_name, tracker.study_uid, parent_run_id, storage_url, config.name, config.metric, config.direction

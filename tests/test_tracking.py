@@ -160,7 +160,7 @@ def _runs(tracking_uri: str, experiment: str):
     return client, parents, trials
 
 
-def test_tuned_study_holds_plots_best_config_and_curves(write_study, stores) -> None:
+def test_tuned_study_holds_plots_best_config_and_curves(write_study, stores, plots) -> None:
     path = write_study(STUDY.format(name="layout", task="digits_mlp", trials=4, high=30.0))
     result = autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"])
     assert "autolr study `layout`" in _runs(stores["tracking_uri"], "layout")[1][0].data.tags["mlflow.note.content"]  # at once

@@ -75,7 +75,9 @@ def ui(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ui")
     (folder / "study.yaml").write_text(textwrap.dedent(STUDY))
     tracking_uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
-    result = autolr.tune(folder / "study.yaml", storage=f"sqlite:///{folder / 'optuna.db'}", tracking_uri=tracking_uri)
+    with pytest.MonkeyPatch.context() as env:  # the plots the browser checks look at (conftest turns them off)
+        env.setenv("AUTOLR_PLOTS", "1")
+        result = autolr.tune(folder / "study.yaml", storage=f"sqlite:///{folder / 'optuna.db'}", tracking_uri=tracking_uri)
     assert result.wait_for_plots()
     proc, base = _start_ui(tracking_uri, _free_port(), folder / "ui.log")
     try:
