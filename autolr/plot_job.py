@@ -12,7 +12,9 @@ next invocation draws every plot again from the stored data; a failure is tagged
 The Python API starts the same job; :meth:`autolr.TuneResult.wait_for_plots` waits for it.
 
 ``AUTOLR_PLOTS=0`` in the environment starts no job (a CI run, a test suite: drawing costs seconds of
-CPU, about as much as the quickstart's trials); the next invocation without it draws them all.
+CPU, about as much as the quickstart's trials): that invocation's parent run gets no plots, nor its
+trial runs ``curves.png``; the next invocation without it draws the study's plots, every trial in
+them, on its own parent run.
 """
 
 from __future__ import annotations

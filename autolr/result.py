@@ -67,7 +67,8 @@ class TuneResult:
 
     def wait_for_plots(self, timeout_s: float = 120.0) -> bool:
         """Wait for this invocation's plots (drawn after it in a process of their own: see
-        :mod:`autolr.plot_job`); True once they are on the parent run."""
+        :mod:`autolr.plot_job`); True once they are on the parent run, False at once where none were
+        started (``AUTOLR_PLOTS=0``, no tracking)."""
         from autolr import plot_job
 
         return plot_job.wait(self.parent_run_id, timeout_s)

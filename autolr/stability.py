@@ -102,20 +102,25 @@ class EpochLosses:
         self.low: float | None = None
         self.last: float | None = None
         self._blocks: list[tuple[float, float]] = []  # (mean, standard error) of each block read
-        self._losses: list[float] = []
+        self._count, self._mean, self._m2 = 0, 0.0, 0.0  # this block's losses (Welford: O(1) memory, no overflow error)
 
     def add(self, losses: Sequence[float]) -> None:
         """This epoch's finite training losses, as they arrive."""
-        self._losses.extend(losses)
+        for v in losses:
+            self._count += 1
+            d = v - self._mean
+            self._mean += d / self._count
+            self._m2 += d * (v - self._mean)
 
     def end_epoch(self) -> None:
-        n = len(self._losses)
+        n, mean = self._count, self._mean
         if n < MIN_BLOCK_STEPS:
             return  # the next epoch's losses join this block
-        mean = math.fsum(self._losses) / n
-        var = math.fsum((v - mean) ** 2 for v in self._losses) / (n - 1)
-        self._blocks.append((mean, math.sqrt(var / n) if math.isfinite(var) else math.inf))
-        self._losses = []
+        var = self._m2 / (n - 1)
+        self._count, self._mean, self._m2 = 0, 0.0, 0.0
+        if not math.isfinite(mean):
+            return  # losses beyond a float's range: the first clause and the guard speak for such a run
+        self._blocks.append((mean, math.sqrt(var / n) if math.isfinite(var) and var >= 0 else math.inf))
         z = max(NOISE_SE, math.sqrt(2 * math.log(len(self._blocks))))
         self.low = min(m + z * se for m, se in self._blocks)
         mean, se = self._blocks[-1]

@@ -451,7 +451,7 @@ def _finish_parent(config: StudyConfig, study: optuna.Study, storage_url: str, t
     except Exception:  # noqa: BLE001 - the study itself is safe in its storage
         logger.exception("could not record the best configuration and the study's curves on the parent run")
         return
-    if not plot_job.enabled():  # AUTOLR_PLOTS=0: the next invocation without it draws them
+    if not plot_job.enabled():  # AUTOLR_PLOTS=0: the next invocation without it draws the study's plots
         return
     try:
         job = plot_job.PlotJob(

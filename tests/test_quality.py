@@ -190,3 +190,18 @@ def test_noise_on_a_run_of_modest_progress_is_not_read_as_giving_it_back() -> No
     # a last epoch too short to read (max_steps stopping mid-epoch, an evaluation with no steps): the epoch before it is read
     lost = np.concatenate([learnt_then_lost, np.full(2, 0.8)]) * (1 + 0.1 * rng.standard_normal(len(steps) + 2))
     assert readings(lost, [per_epoch] * 8 + [2]) == (True, False)
+
+
+def test_epoch_losses_beyond_a_floats_range_are_not_read_and_raise_nothing() -> None:
+    """A block with a loss of 1e160 (its square overflows) or sums past a float's range (the guard
+    off, float64 losses) is not read as a low point or an end; the blocks around it are."""
+    from autolr.stability import EpochLosses
+
+    losses = EpochLosses()
+    for block in ([1.0] * 16, [1.0] * 15 + [1e160], [1e308, -1e308] * 8):
+        losses.add(block)
+        losses.end_epoch()
+    assert losses.low == pytest.approx(1.0) and losses.last == float("-inf")  # the 1e160 block: its noise unbounded
+    losses.add([0.5] * 16)
+    losses.end_epoch()
+    assert losses.low == pytest.approx(0.5) and losses.last == pytest.approx(0.5)
