@@ -13,8 +13,8 @@ import torch
 torch.set_num_threads(1)  # small models on 2 cores: one thread per process is fastest
 # No plot job after each tuned study (a detached process of about 8 CPU-seconds each, racing the tests
 # after it for the 2 cores); every process a test starts inherits this. Tests of the plots ask for them
-# with the `plots` fixture.
-os.environ["AUTOLR_PLOTS"] = "0"
+# with the `plots` fixture. `AUTOLR_PLOTS=1 python -m pytest ...` runs the suite with every job, as before.
+os.environ.setdefault("AUTOLR_PLOTS", "0")
 
 POSTGRES_URL = os.environ.get("AUTOLR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
