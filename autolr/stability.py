@@ -42,7 +42,7 @@ from typing import Any
 
 from autolr import keys
 
-__all__ = ["FROM_RANGE_TEST", "EpochLosses", "Limit", "is_stable", "max_stable_lr", "ratios", "row_is_stable", "study_limit", "study_limits"]
+__all__ = ["FROM_RANGE_TEST", "RATIO_ATTRS", "EpochLosses", "Limit", "is_stable", "max_stable_lr", "ratios", "row_is_stable", "study_limit", "study_limits"]
 
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 REAL_PROGRESS = 0.2  # a run whose lowest epoch mean was 20% or more below its start had learnt something it can give back
@@ -68,13 +68,16 @@ def is_stable(state: str, *, diverged: bool, loss_ratio: float | None, low_loss_
     return state in FINISHED_STATES and not diverged and not (loss_ratio is not None and _lost(loss_ratio, low_loss_ratio, last_loss_ratio))
 
 
+RATIO_ATTRS = {
+    "loss_ratio": keys.LOSS_RATIO,
+    "low_loss_ratio": keys.LOW_LOSS_RATIO,
+    "last_loss_ratio": keys.LAST_LOSS_RATIO,
+}  # is_stable's keyword -> user attr
+
+
 def ratios(user_attrs: Mapping[str, Any]) -> dict[str, float | None]:
-    """The keyword arguments of :func:`is_stable` from a trial's user attrs."""
-    return {
-        "loss_ratio": user_attrs.get(keys.LOSS_RATIO),
-        "low_loss_ratio": user_attrs.get(keys.LOW_LOSS_RATIO),
-        "last_loss_ratio": user_attrs.get(keys.LAST_LOSS_RATIO),
-    }
+    """The keyword arguments of :func:`is_stable` from a trial's user attrs (a trial row's keys too)."""
+    return {name: user_attrs.get(attr) for name, attr in RATIO_ATTRS.items()}
 
 
 def _lost(loss_ratio: float, low_loss_ratio: float | None, last_loss_ratio: float | None) -> bool:
@@ -135,8 +138,7 @@ def max_stable_lr(trials: Iterable[tuple[float, bool]]) -> float | None:
 
 def row_is_stable(row: Mapping[str, Any]) -> bool:
     """:func:`is_stable` of a trial row (``autolr.store.trial_row``)."""
-    kept = {k: row.get(k) for k in ("loss_ratio", "low_loss_ratio", "last_loss_ratio")}
-    return is_stable(row["state"], diverged=bool(row.get("diverged")), **kept)
+    return is_stable(row["state"], diverged=bool(row.get("diverged")), **{name: row.get(name) for name in RATIO_ATTRS})
 
 
 def study_limit(rows: Iterable[Mapping[str, Any]], range_test_lr: float | None = None) -> Limit | None:

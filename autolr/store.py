@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr import keys, owner, sqlite
+from autolr import keys, owner, sqlite, stability
 from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
 from autolr.identity import check as identity_check
@@ -436,9 +436,7 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "warmup": params.get("warmup"),
         "steps": t.user_attrs.get(keys.STEPS),
         "diverged": bool(t.user_attrs.get(keys.DIVERGED)),
-        "loss_ratio": t.user_attrs.get(keys.LOSS_RATIO),
-        "low_loss_ratio": t.user_attrs.get(keys.LOW_LOSS_RATIO),
-        "last_loss_ratio": t.user_attrs.get(keys.LAST_LOSS_RATIO),
+        **stability.ratios(t.user_attrs),  # loss_ratio, low_loss_ratio, last_loss_ratio
         "reason": t.user_attrs.get(keys.PRUNE_REASON) or t.user_attrs.get(keys.ERROR, "") or _orphaned(t),  # a FAIL trial's error
         "source": _source(t),
     }
