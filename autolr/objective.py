@@ -145,10 +145,10 @@ class Objective:
         seed_everything(cfg.seed)
         returned = loop(handle)
         handle.finish()
-        overrun = handle.schedule_overrun()
-        if overrun is not None and cfg.name not in _WARNED:  # once per study and process: every trial would say it
-            _WARNED.add(cfg.name)
-            logger.warning("%s: loop %s: %s", cfg.path, cfg.code_label, overrun)
+        for kind, why in (("overrun", handle.schedule_overrun()), ("fault", handle.training_fault())):
+            if why is not None and (cfg.name, kind) not in _WARNED:  # once per study and process: every trial would say it
+                _WARNED.add((cfg.name, kind))
+                logger.warning("%s: loop %s: %s", cfg.path, cfg.code_label, why)
         return report, _loop_value(returned, metric, report, cfg.path), handle.steps
 
     def _record_prune(self, trial, run, reason: str, *, divergence_step: int | None, diverged: bool) -> None:
@@ -164,7 +164,7 @@ class Objective:
         run.end("PRUNED", tags)
 
 
-_WARNED: set[str] = set()  # studies whose loop's schedule overrun was reported in this process
+_WARNED: set[tuple[str, str]] = set()  # (study, what) a loop's schedule overrun or training fault was reported for in this process
 
 
 def _run_labels(trial: optuna.Trial, seed: int) -> dict[str, Any]:

@@ -194,6 +194,7 @@ class Trial:
         self._scheduler: StepScheduler | None = None
         self._reports_seen = 0  # the scheduler's report() calls, as autolr made them (more: the loop reports itself)
         self._plateau_pending: float | None = None  # the last epoch's metric, for a plateau schedule
+        self._seen = _Seen()  # what the loop did to the model, for training_fault()
 
     def build_optimizer(self, parameters: torch.nn.Module | Iterable[Any]) -> torch.optim.Optimizer:
         """The trial's optimizer at its peak rate over ``parameters``: a model (per-layer statistics get
@@ -201,6 +202,7 @@ class Trial:
         named, plain = _named_parameters(parameters)
         self._named = named
         self._optimizer = self.run_config.build_optimizer(plain)
+        self._optimizer.register_step_post_hook(self._seen.optimizer_stepped)  # a wrapper's step (Lightning's, accelerate's) calls it too
         return self._optimizer
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int) -> StepScheduler:
@@ -285,13 +287,29 @@ class Trial:
         return (f"the schedule was built for total_steps={total} and the loop ran {self.steps} steps: its rate held the schedule's "
                 f"last value for the last {self.steps - total}; give trial.build_scheduler the loop's number of optimizer steps")  # fmt: skip
 
+    def training_fault(self) -> str | None:
+        """Why the loop trained nothing, or None when it did (or never called :meth:`step`, so there is
+        nothing to judge): no gradient reached the parameters the optimizer was built over in any
+        step (``loss.backward()`` missing, or the optimizer built over another model's parameters),
+        or the optimizer was never stepped. Every trial of such a loop ends where it started and
+        reads the same, whatever its configuration, so the study would pick a winner by chance."""
+        if self.steps == 0 or self._optimizer is None:
+            return None
+        if not self._seen.gradient:
+            return (f"no gradient reached the parameters given to trial.build_optimizer in {self.steps} trial.step calls (each None or zero): "
+                    "call loss.backward() before trial.step(loss), with the optimizer built over the model the loss comes from")  # fmt: skip
+        if not self._seen.optimizer_steps:
+            return (f"the optimizer trial.build_optimizer built never stepped in {self.steps} trial.step calls: "
+                    "call optimizer.step() after trial.step(loss)")  # fmt: skip
+        return None
+
     def _start(self) -> StepRecorder:
         if self._optimizer is None:
             raise RuntimeError("trial.step: build the optimizer with trial.build_optimizer(model) first")
         names = [name for name, _ in self._named]
         if self._named and self._named[0][1].device.type == "cuda":  # as autolr's trainer: no GPU wait step by step
             self._check_every = max(self._check_every, 16)
-        self._recorder = StepRecorder([p for _, p in self._named], names, guard=self._guard, watchers=[self._report],
+        self._recorder = StepRecorder([p for _, p in self._named], names, guard=self._guard, watchers=[self._report, self._seen],
                                       check_every=self._check_every, layer_stats_every=self._layer_stats_every,
                                       recorded_after_update=False)  # fmt: skip
         return self._recorder
@@ -309,6 +327,21 @@ class Trial:
 
     def _diverged(self, exc: Diverged) -> Pruned:
         return Pruned(exc.reason, step=exc.step, diverged=True)
+
+
+class _Seen(TrainerCallback):
+    """Whether any step of a loop had a gradient, and how often its optimizer stepped: read from the
+    values each window already brings to the host, so watching costs no device op."""
+
+    def __init__(self) -> None:
+        self.gradient = False
+        self.optimizer_steps = 0
+
+    def on_steps(self, first_step: int, values: Mapping[str, Sequence[float]]) -> None:
+        self.gradient = self.gradient or any(v != 0.0 for v in values.get("grad_norm", ()))  # NaN and inf count: a gradient was there
+
+    def optimizer_stepped(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.optimizer_steps += 1
 
 
 def _named_parameters(parameters: Any) -> tuple[list[tuple[str, torch.nn.Parameter]], Any]:

@@ -373,6 +373,51 @@ def test_a_schedule_shorter_than_the_loop_is_reported_once(write_study, stores, 
     assert len(said) == 1 and "the loop ran 30 steps: its rate held the schedule's last value for the last 20" in said[0]
 
 
+@pytest.mark.parametrize(
+    ("mistake", "said"),
+    [
+        ("no backward", "no gradient reached the parameters given to trial.build_optimizer in 30 trial.step calls"),
+        ("another model's optimizer", "no gradient reached the parameters given to trial.build_optimizer in 30 trial.step calls"),
+        ("no optimizer.step", "the optimizer trial.build_optimizer built never stepped in 30 trial.step calls"),
+        ("its own optimizer", "the optimizer trial.build_optimizer built never stepped in 30 trial.step calls"),
+        ("none", None),
+    ],
+)
+def test_a_loop_that_trains_nothing_is_reported_once(write_study, stores, caplog, mistake: str, said: str | None) -> None:
+    """A loop that forgets ``loss.backward()`` or ``optimizer.step()``, or steps an optimizer other
+    than the trial's, trains nothing: every trial ends where it started and reads the same, so the
+    study's winner is chance. autolr sees both (the gradient norms of ``trial.step``, the optimizer's
+    step hook) and says which, once for the study; a loop that trains says nothing."""
+    values = []
+
+    def train(trial: autolr.Trial) -> float:
+        torch.manual_seed(0)
+        model, other = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+        optimizer = trial.build_optimizer(other if mistake == "another model's optimizer" else model)
+        stepped = torch.optim.SGD(model.parameters(), lr=trial.params["lr"]) if mistake == "its own optimizer" else optimizer
+        for _ in range(30):
+            stepped.zero_grad()
+            loss = (model(torch.ones(4, 3)) - 1.0).pow(2).mean()
+            if mistake != "no backward":
+                loss.backward()
+            trial.step(loss)
+            if mistake not in ("no optimizer.step", "another model's optimizer"):
+                stepped.step()
+        values.append(float(loss.detach()))
+        return values[-1]
+
+    name = "".join(c if c.isalnum() else "-" for c in mistake)
+    path = write_study(f"name: trains-nothing-{name}\ntrials: 3\nconfirm: false\nsearch: {{lr: {{low: 0.001, high: 0.01}}}}\n")
+    with caplog.at_level("WARNING", logger="autolr.objective"):
+        autolr.tune(path, loop=train, progress=False, **stores)
+    warned = [r.getMessage() for r in caplog.records if "trial.build_optimizer" in r.getMessage()]
+    if said is None:
+        assert warned == [] and len(set(values)) == 3  # each rate trained the model somewhere else
+    else:
+        assert len(warned) == 1 and said in warned[0], warned
+        assert len(set(values)) == 1 or mistake == "its own optimizer"  # every trial read the same: nothing was trained
+
+
 def test_a_rate_that_learnt_then_lost_it_all_is_not_stable(write_study, stores) -> None:
     """A run that learnt, spiked and then sat near its starting loss (a classifier at chance) trips no
     divergence rule and ends a little below its start; it was still not trained by its rate, so the
