@@ -61,7 +61,9 @@ region '{}'``), ``@stepgain`` (a further step back after any gain: ``bench/varia
 (``--variant seeds2 'confirm: {seeds: 2}'``), and ``@jointlr`` (``lr: auto`` only: TPE's grouped space
 holds the rate over every optimizer's range: ``git apply bench/variants/jointlr-tpe.patch``, then
 ``--arms auto --variant jointlr '{}'``) and ``@gp`` (``--variant gp 'sampler: gp'``; its ``lr: auto`` rows with a first version of
-``JointLrGPSampler`` that clipped out-of-range proposals) and ``@gp2`` (``lr: auto`` again, as shipped).
+``JointLrGPSampler`` that clipped out-of-range proposals) and ``@gp2`` (``lr: auto`` again, as shipped),
+and ``@spt`` (a seed per search trial on every task and study seed: ``--arms fixed`` and ``--arms auto``,
+each with ``--variant spt 'train: {seed_per_trial: true}'``).
 """
 
 from __future__ import annotations
