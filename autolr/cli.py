@@ -165,9 +165,11 @@ def _quiet_libraries() -> None:
     """Our progress bar and table say what matters; the libraries' INFO lines and notices would drown them."""
     import warnings
 
+    from autolr.progress import AboveTheBar
+
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported, later
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its "View run ... at: http://..." would cut the progress bar
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", handlers=[AboveTheBar(sys.stderr)])
     for handler in logging.getLogger().handlers:  # a library that prints its INFO lines itself (Lightning) is not printed twice
         handler.setLevel(max(handler.level, logging.WARNING))
     for name in ("optuna", "mlflow", "alembic"):
@@ -202,6 +204,8 @@ def _tune_and_report(args) -> int:
     config = autolr.load_study(args.study)
     target = args.trials or config.trials
     finished = _finished_so_far(config, args.storage)
+    if 0 < finished < target:  # the bar starts there too; this says why
+        print(f"study {config.name}: resuming with {finished} of {target} trials finished", file=sys.stderr)
     result = autolr.tune(
         config,
         trials=args.trials,
@@ -213,7 +217,7 @@ def _tune_and_report(args) -> int:
         extend_space=args.extend_space,
     )
     if finished >= target and not result.trial_seconds:  # nothing trained here (a resumed confirmation is training)
-        print(f"study {result.study_name} already holds its target of {target} finished trials; "
+        print(f"study {result.study_name} already holds {finished} finished trials, its target being {target}; "
               f"--trials N (or trials: in the study file) runs more", file=sys.stderr)  # fmt: skip
     print(_summary(result))
     for line in (result.short_of_target(target, timeout_s=args.timeout), *result.timing()):
@@ -239,6 +243,7 @@ def _summary(result, top: int = 5) -> str:
     from optuna.trial import TrialState
 
     from autolr.confirm import STEP_BACK_TOLERANCE
+    from autolr.report import loop_warnings
     from autolr.store import trial_row
 
     lines = [
@@ -265,6 +270,7 @@ def _summary(result, top: int = 5) -> str:
         why = f"; a step back within {STEP_BACK_TOLERANCE:.0%} and one standard error of the rate above it is preferred: further from where training blows up"
         why = why if winner.lr_scale != 1.0 else ""
         lines.append(f"winner on fresh seeds: {what}, {result.metric} = {winner.mean:.4g}{spread} (exported{why})")
+    lines += loop_warnings(result.trials)
     return "\n".join(lines)
 
 

@@ -60,7 +60,7 @@ def best_export(config, study, url: str) -> dict[str, Any] | None:
         "params": exported_params(winner, best),
         "epochs": None if code["key"] == "loop" else config.train.epochs,  # a loop's budget is its own
         "batch_size": None if code["key"] == "loop" else config.train.batch_size,
-        "total_steps": best.user_attrs.get(keys.STEPS),
+        "total_steps": best.user_attrs.get(keys.SCHEDULE_STEPS, best.user_attrs.get(keys.STEPS)),  # the span of the schedule it trained
         "train": None if code["key"] == "loop" else _mechanics(config.train),
         code["key"]: code["label"],
         "task_args": dict(config.task_args),

@@ -33,6 +33,7 @@ __all__ = [
     "LAST_LOSS_RATIO",
     "LOSS_RATIO",
     "LOSS_WORDS",
+    "LOOP_WARNINGS",
     "LOW_LOSS_RATIO",
     "LR_SCALE",
     "OPTIMIZER",
@@ -49,6 +50,7 @@ __all__ = [
     "ROLE_STUDY",
     "ROLE_TRIAL",
     "RUN_UUID",
+    "SCHEDULE_STEPS",
     "SCORE_WORDS",
     "SEED",
     "SOURCE",
@@ -79,10 +81,12 @@ PRUNE_REASON = "autolr.prune_reason"  # "diverged: loss inf at step 37", "curve:
 DIVERGENCE_STEP = "autolr.divergence_step"
 DIVERGED = "autolr.diverged"  # read by the sampler's ceiling
 STEPS = "autolr.steps"  # optimisation steps the trial ran
+SCHEDULE_STEPS = "autolr.schedule_steps"  # a loop's trial: the steps its schedule was built over (trial.build_scheduler); the export's total_steps
 LOSS_RATIO = "autolr.loss_ratio"  # smoothed training loss at the end / at the start: above 1, no progress
 LOW_LOSS_RATIO = "autolr.low_loss_ratio"  # the lowest epoch mean of the training loss (plus its noise) / at the start
 LAST_LOSS_RATIO = "autolr.last_loss_ratio"  # the last epoch's mean (less its noise) / at the start: with LOW_LOSS_RATIO, what a run gave back
 ERROR = "autolr.error"  # "TypeError: ..." of a FAIL trial
+LOOP_WARNINGS = "autolr.loop_warnings"  # a loop's trial: {"schedule"|"fault": what its loop got wrong}, repeated in the summary
 PLOTS_ERROR = "autolr.plots_error"  # on a parent run whose plot job failed: why (the next invocation draws them)
 SOURCE = "autolr.source"  # who proposed an enqueued trial ("range_test", "sweep")
 CONFIRM_OF = "autolr.confirm_of"  # a confirmation run: the number of the search trial it re-trains

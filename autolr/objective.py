@@ -145,8 +145,11 @@ class Objective:
         seed_everything(cfg.seed)
         returned = loop(handle)
         handle.finish()
-        for kind, why in (("overrun", handle.schedule_overrun()), ("fault", handle.training_fault())):
-            if why is not None and (cfg.name, kind) not in _WARNED:  # once per study and process: every trial would say it
+        said = {kind: why for kind, why in (("schedule", handle.schedule_mismatch()), ("fault", handle.training_fault())) if why is not None}
+        if said:  # on the trial, for the summary of tune and show, where a line in the log is easy to miss
+            trial.set_user_attr(keys.LOOP_WARNINGS, said)
+        for kind, why in said.items():
+            if (cfg.name, kind) not in _WARNED:  # once per study and process: every trial would say it
                 _WARNED.add((cfg.name, kind))
                 logger.warning("%s: loop %s: %s", cfg.path, cfg.code_label, why)
         return report, _loop_value(returned, metric, report, cfg.path), handle.steps
@@ -164,7 +167,7 @@ class Objective:
         run.end("PRUNED", tags)
 
 
-_WARNED: set[tuple[str, str]] = set()  # (study, what) a loop's schedule overrun or training fault was reported for in this process
+_WARNED: set[tuple[str, str]] = set()  # (study, what) a loop's schedule mismatch or training fault was reported for in this process
 
 
 def _run_labels(trial: optuna.Trial, seed: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ without a bar gets :class:`NullProgress`, which does nothing.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from typing import Any
 
 from autolr import keys
 
-__all__ = ["NullProgress", "Progress", "REFRESH_S", "run_label"]
+__all__ = ["AboveTheBar", "NullProgress", "Progress", "REFRESH_S", "run_label"]
 
 REFRESH_S = 0.5
 
@@ -75,3 +76,16 @@ class Progress(NullProgress):
 
     def close(self) -> None:
         self.bar.close()
+
+
+class AboveTheBar(logging.StreamHandler):
+    """A log line on a line of its own above the bar, not after the bar's text on its line:
+    ``tqdm.write`` clears the bar, prints, and draws it again (without a bar, it prints)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own contract: a handler never raises
+            self.handleError(record)

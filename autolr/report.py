@@ -25,6 +25,7 @@ __all__ = [
     "best_tags",
     "draw_study_plots",
     "history",
+    "loop_warnings",
     "metric_key",
     "record_trial_curves",
     "step_back_scale",
@@ -226,3 +227,13 @@ def best_tags(export: Mapping[str, Any] | None) -> dict[str, Any]:
 def step_back_scale(export: Mapping[str, Any] | None) -> float:
     """The factor of its trial's lr that an export trained at: below 1 for a step back, else 1."""
     return float(((export or {}).get("confirmed") or {}).get("lr_scale", 1.0))
+
+
+def loop_warnings(trials: Sequence[Any]) -> list[str]:
+    """What a study's loop got wrong (:data:`keys.LOOP_WARNINGS`), a line per kind: how many trials it
+    concerns and the latest one's words, for the summary of ``tune`` and ``show``."""
+    said: dict[str, list[str]] = {}
+    for t in trials:
+        for kind, why in (t.user_attrs.get(keys.LOOP_WARNINGS) or {}).items():
+            said.setdefault(kind, []).append(why)
+    return [f"warning: {len(whys)} of {len(trials)} trials: {whys[-1]}" for whys in said.values()]

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Pruned", "Trial", "TrialPruned", "TrialReport"]
 
+SCHEDULE_UNDERRUN = 0.9  # a complete loop that ran fewer than this share of its schedule's steps is told so
+
 
 class TrialPruned(optuna.TrialPruned):
     """The trial stops here: it diverged (``diverged``, at ``step``) or its curve fell behind.
@@ -212,6 +214,7 @@ class Trial:
         trainer would; once the loop calls ``scheduler.report(metric)`` itself (before or after
         ``trial.epoch``), the schedule is the loop's to feed."""
         self._report.trial.set_user_attr(keys.STEPS, int(total_steps))
+        self._report.trial.set_user_attr(keys.SCHEDULE_STEPS, int(total_steps))  # what the export's total_steps rebuilds
         self._report.total_steps = int(total_steps)
         self._scheduler = self.run_config.build_scheduler(optimizer, total_steps, mode=self._mode)
         self._reports_seen, self._plateau_pending = 0, None
@@ -275,25 +278,37 @@ class Trial:
             except Diverged as exc:
                 raise self._diverged(exc) from None
 
-    def schedule_overrun(self) -> str | None:
-        """Why the schedule did not cover the loop's steps (the loop ran more ``trial.step`` calls than
-        the ``total_steps`` it built the schedule for, so the rate sat at the schedule's last value
-        for the rest), or None when it did."""
-        if self._scheduler is None or self.steps <= self._scheduler.total_steps:
+    def schedule_mismatch(self) -> str | None:
+        """Why the schedule and the loop's steps disagree, or None when they agree: the loop ran more
+        ``trial.step`` calls than the ``total_steps`` it built the schedule for (the rate sat at the
+        schedule's last value for the rest), or under :data:`SCHEDULE_UNDERRUN` of them (the rate
+        never reached the schedule's end: a cosine that barely decayed). Either way the curve the
+        trial trained is not the one its configuration names, and the export holds the schedule's
+        ``total_steps``."""
+        if self._scheduler is None:
             return None
         if self.run_config.schedule in ("constant", "plateau") and not self.run_config.warmup:
             return None  # a rate that does not follow the step count: total_steps changes nothing
-        total = self._scheduler.total_steps
-        return (f"the schedule was built for total_steps={total} and the loop ran {self.steps} steps: its rate held the schedule's "
-                f"last value for the last {self.steps - total}; give trial.build_scheduler the loop's number of optimizer steps")  # fmt: skip
+        total, ran = self._scheduler.total_steps, self.steps
+        if ran > total:
+            return (f"the schedule was built for total_steps={total} and the loop ran {ran} steps: its rate held the schedule's "
+                    f"last value for the last {ran - total}; give trial.build_scheduler the loop's number of optimizer steps")  # fmt: skip
+        if 0 < ran < SCHEDULE_UNDERRUN * total:
+            return (f"the schedule was built for total_steps={total} and the loop ran {ran} steps ({ran / total:.0%}): its rate never "
+                    "reached the schedule's end; give trial.build_scheduler the loop's number of optimizer steps")  # fmt: skip
+        return None
 
     def training_fault(self) -> str | None:
-        """Why the loop trained nothing, or None when it did (or never called :meth:`step`, so there is
-        nothing to judge): no gradient reached the parameters the optimizer was built over in any
-        step (``loss.backward()`` missing, or the optimizer built over another model's parameters),
-        or the optimizer was never stepped. Every trial of such a loop ends where it started and
-        reads the same, whatever its configuration, so the study would pick a winner by chance."""
-        if self.steps == 0 or self._optimizer is None:
+        """What a loop that ran to its end left out, or None: :meth:`step` never called (no divergence
+        guard, no per-step curves, no stability reading); or it trained nothing: no gradient reached
+        the parameters the optimizer was built over in any step (``loss.backward()`` missing, or the
+        optimizer built over another model's parameters), or the optimizer was never stepped. Every
+        trial of such a loop ends where it started and reads the same, whatever its configuration,
+        so the study would pick a winner by chance."""
+        if self.steps == 0:
+            return ("the loop never called trial.step(loss): a diverging trial runs to its end instead of stopping within a few steps, "
+                    "and no train_loss, lr or grad_norm curve is recorded; call it after loss.backward(), before optimizer.step()")  # fmt: skip
+        if self._optimizer is None:
             return None
         if not self._seen.gradient:
             return (f"no gradient reached the parameters given to trial.build_optimizer in {self.steps} trial.step calls (each None or zero): "

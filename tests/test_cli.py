@@ -86,13 +86,16 @@ def test_rerun_resumes_up_to_the_target(stores, write_study, capsys) -> None:
     assert main(["tune", path, "--trials", "3", *_args(stores)]) == 0
     capsys.readouterr()
     assert main(["tune", path, "--trials", "5", *_args(stores)]) == 0
-    assert "3/5" in capsys.readouterr().err  # the progress bar starts where the study stands
+    said = capsys.readouterr().err
+    assert "3/5" in said and "study small: resuming with 3 of 5 trials finished" in said  # the progress bar starts where the study stands
     study = optuna.load_study(study_name="small", storage=stores["storage"])
     assert len(study.trials) == 5
     capsys.readouterr()
     assert main(["tune", path, "--trials", "5", *_args(stores)]) == 0  # already there: runs nothing, says so
-    assert "already holds its target of 5 finished trials" in capsys.readouterr().err
+    assert "already holds 5 finished trials, its target being 5" in capsys.readouterr().err
     assert len(optuna.load_study(study_name="small", storage=stores["storage"]).trials) == 5
+    assert main(["tune", path, "--trials", "4", *_args(stores)]) == 0  # past it: says how many it holds, not the target alone
+    assert "already holds 5 finished trials, its target being 4" in capsys.readouterr().err
     _, parents, _ = _runs(stores, "small")
     assert len(parents) == 2  # one per invocation that ran trials
 

@@ -349,28 +349,77 @@ def test_a_plateau_schedule_in_a_loop_gets_each_epochs_metric_once(write_study, 
     assert rates == pytest.approx([peak] * 6 + [peak / 2] * 3 + [peak / 4] * 3)
 
 
-def test_a_schedule_shorter_than_the_loop_is_reported_once(write_study, stores, caplog) -> None:
+@pytest.mark.parametrize(
+    ("built", "said"),
+    [
+        (10, "the loop ran 30 steps: its rate held the schedule's last value for the last 20"),
+        (60, "the loop ran 30 steps (50%): its rate never reached the schedule's end"),
+        (30, None),
+    ],
+)
+def test_a_schedule_built_for_other_steps_than_the_loop_runs_is_reported_once_and_exported_as_built(
+    write_study, stores, caplog, tmp_path, built: int, said: str | None
+) -> None:
     """A loop that builds its schedule for 10 steps and runs 30: the rate sat at the schedule's last
-    value for 20 steps. autolr knows both numbers and says so, once for the study."""
+    value for 20 steps; built for 60, its cosine never got past half its decay. autolr knows both
+    numbers and says so, once for the study; the export holds the span the schedule was built over,
+    so ``load_best(...).build_scheduler(optimizer, total_steps=best.total_steps)`` rebuilds the curve
+    that was tuned."""
+    rates = []
 
     def train(trial: autolr.Trial) -> float:
         model = torch.nn.Linear(3, 1)
         optimizer = trial.build_optimizer(model)
-        scheduler = trial.build_scheduler(optimizer, total_steps=10)
+        scheduler = trial.build_scheduler(optimizer, total_steps=built)
         for _ in range(30):
             optimizer.zero_grad()
             loss = model(torch.ones(4, 3)).pow(2).mean()
             loss.backward()
             trial.step(loss)
+            rates.append(optimizer.param_groups[0]["lr"])
             optimizer.step()
             scheduler.step()
         return float(loss.detach())
 
-    path = write_study("name: short-schedule\ntrials: 3\nsearch: {lr: {low: 0.001, high: 0.01}, schedule: {cosine: {}}}\n")
+    path = write_study(f"name: schedule-{built}\ntrials: 3\nconfirm: false\nsearch: {{lr: {{low: 0.001, high: 0.01}}, schedule: {{cosine: {{}}}}}}\n")
     with caplog.at_level("WARNING", logger="autolr.objective"):
-        autolr.tune(path, loop=train, progress=False, **stores)
-    said = [r.getMessage() for r in caplog.records if "total_steps=10" in r.getMessage()]
-    assert len(said) == 1 and "the loop ran 30 steps: its rate held the schedule's last value for the last 20" in said[0]
+        result = autolr.tune(path, loop=train, progress=False, **stores)
+    warned = [r.getMessage() for r in caplog.records if "total_steps=" in r.getMessage()]
+    if said is None:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and f"the schedule was built for total_steps={built} and {said}" in warned[0], warned
+    autolr.export_best(path, storage=stores["storage"], path=tmp_path / "best.yaml")
+    best = autolr.load_best(tmp_path / "best.yaml")
+    assert best.total_steps == built
+    rebuilt_optimizer = best.build_optimizer(torch.nn.Linear(3, 1).parameters())
+    rebuilt = best.build_scheduler(rebuilt_optimizer)
+    tuned = rates[30 * result.best.number : 30 * result.best.number + 30]
+    for want in tuned:
+        assert rebuilt_optimizer.param_groups[0]["lr"] == pytest.approx(want)
+        rebuilt_optimizer.step()
+        rebuilt.step()
+
+
+def test_a_loop_that_never_calls_trial_step_is_told_what_it_goes_without(write_study, stores, caplog) -> None:
+    """``trial.step`` is what gives a loop the divergence guard and the per-step curves; a loop that
+    never calls it still tunes (its value is what it returns), with one warning for the study."""
+
+    def train(trial: autolr.Trial) -> float:
+        model = torch.nn.Linear(3, 1)
+        optimizer = trial.build_optimizer(model)
+        for _ in range(5):
+            optimizer.zero_grad()
+            model(torch.ones(4, 3)).pow(2).mean().backward()
+            optimizer.step()
+        return model(torch.ones(4, 3)).pow(2).mean().item()
+
+    path = write_study("name: no-trial-step\ntrials: 3\nconfirm: false\nsearch: {lr: {low: 0.001, high: 0.01}}\n")
+    with caplog.at_level("WARNING", logger="autolr.objective"):
+        result = autolr.tune(path, loop=train, progress=False, **stores)
+    warned = [r.getMessage() for r in caplog.records if "trial.step" in r.getMessage()]
+    assert len(warned) == 1 and "the loop never called trial.step(loss): a diverging trial runs to its end" in warned[0]
+    assert sum(t.state.name == "COMPLETE" for t in result.trials) == 3
 
 
 @pytest.mark.parametrize(
@@ -383,7 +432,7 @@ def test_a_schedule_shorter_than_the_loop_is_reported_once(write_study, stores, 
         ("none", None),
     ],
 )
-def test_a_loop_that_trains_nothing_is_reported_once(write_study, stores, caplog, mistake: str, said: str | None) -> None:
+def test_a_loop_that_trains_nothing_is_reported_once(write_study, stores, caplog, capsys, mistake: str, said: str | None) -> None:
     """A loop that forgets ``loss.backward()`` or ``optimizer.step()``, or steps an optimizer other
     than the trial's, trains nothing: every trial ends where it started and reads the same, so the
     study's winner is chance. autolr sees both (the gradient norms of ``trial.step``, the optimizer's
@@ -411,10 +460,14 @@ def test_a_loop_that_trains_nothing_is_reported_once(write_study, stores, caplog
     with caplog.at_level("WARNING", logger="autolr.objective"):
         autolr.tune(path, loop=train, progress=False, **stores)
     warned = [r.getMessage() for r in caplog.records if "trial.build_optimizer" in r.getMessage()]
+    capsys.readouterr()
+    assert main(["show", str(path), "--storage", stores["storage"]]) == 0  # the summary says it again, where a log line is easy to miss
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
     if said is None:
-        assert warned == [] and len(set(values)) == 3  # each rate trained the model somewhere else
+        assert warned == [] and shown == [] and len(set(values)) == 3  # each rate trained the model somewhere else
     else:
         assert len(warned) == 1 and said in warned[0], warned
+        assert len(shown) == 1 and shown[0].startswith("warning: 3 of 3 trials: ") and said in shown[0], shown
         assert len(set(values)) == 1 or mistake == "its own optimizer"  # every trial read the same: nothing was trained
 
 

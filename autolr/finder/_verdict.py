@@ -86,10 +86,11 @@ def probe_verdict(
     width = _window(len(losses))
     means = np.convolve(ratios, np.ones(width) / width, mode="valid")
     peak, end, low = means.max(), means[-1], means.min()
-    if peak > START_RISE:
-        return f"loss rose to {peak:.3g}x its starting value"
+    if peak > START_RISE:  # 4 digits: a rise to 1.004x is one, and ".3g" printed it as "1x"
+        first = int(means.argmax())
+        return f"loss rose to {peak:.4g}x its starting value (the mean of steps {first}-{first + width - 1})"
     if end > PROBE_RISE * low and end - low > climb_share * (1.0 - low):
-        return f"loss climbed back to {end / low:.3g}x its minimum"
+        return f"loss climbed back to {end / low:.4g}x its minimum"
     return ""
 
 
