@@ -204,8 +204,6 @@ def _tune_and_report(args) -> int:
     config = autolr.load_study(args.study)
     target = args.trials or config.trials
     finished = _finished_so_far(config, args.storage)
-    if 0 < finished < target:  # the bar starts there too; this says why
-        print(f"study {config.name}: resuming with {finished} of {target} trials finished", file=sys.stderr)
     result = autolr.tune(
         config,
         trials=args.trials,

@@ -219,11 +219,19 @@ def _search_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
             diffs.append((f"search.{part}", ", ".join(a) or "-", ", ".join(b) or "-"))
         for name in (n for n in a if n in b):
             for p in sorted(set(a[name]) | set(b[name])):
-                if a[name].get(p) != b[name].get(p):
+                if not _same(a[name].get(p), b[name].get(p)):
                     diffs.append((f"search.{part}.{name}.{p}", _setting_text(a[name].get(p)), _setting_text(b[name].get(p))))
-    if old.get("warmup") != new.get("warmup"):
+    if not _same(old.get("warmup"), new.get("warmup")):
         diffs.append(("search.warmup", _setting_text(old.get("warmup")), _setting_text(new.get("warmup"))))
     return diffs
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal settings, a choice's values in any order: the study's trials suggest them in the order
+    they stored them, whatever the file's (:mod:`autolr.choices`)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping) and "choice" in a and "choice" in b:
+        return len(a["choice"]) == len(b["choice"]) and all(v in b["choice"] for v in a["choice"]) and all(v in a["choice"] for v in b["choice"])
+    return a == b
 
 
 def _text(value: object) -> str:

@@ -54,6 +54,8 @@ class Progress(NullProgress):
 
         self.bar = tqdm(total=target, initial=min(initial, target), desc="trials", unit="trial", file=sys.stderr, dynamic_ncols=True)
         self._last = 0.0
+        if initial:  # until the first trial's steps: why the bar does not start at 0
+            self.bar.set_postfix_str(f"resuming: {initial} finished before")
 
     def steps(self, trial: str, step: int, total_steps: int | None, epoch: int, epochs: int | None, loss: float | None) -> None:
         """``trial``: how the bar names the running trial (:func:`run_label`)."""

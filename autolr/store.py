@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr import keys, owner, sqlite, stability
+from autolr import choices, keys, owner, sqlite, stability
 from autolr.config import StudyConfig
 from autolr.errors import InputError, StudyFileError
 from autolr.identity import check as identity_check
@@ -104,6 +104,7 @@ def create_or_load(
         if isinstance(stored, dict) and isinstance(stored.get("identity"), dict):  # said once, as it is stored
             logger.warning("%s: --extend-space widened the search space of study %r in %s: %s", config.path, config.name, shown(url), widening(config, stored))
         study.set_user_attr(keys.IDENTITY, record)
+    choices.widen(study, config)  # a schedule or optimizer added (--extend-space): the stored trials' choices too
     return study
 
 
@@ -128,15 +129,19 @@ def load_named(name: str, url: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=_storage(url, reading=True))
 
 
-def check_identity(config: StudyConfig, url: str) -> None:
+def check_identity(config: StudyConfig, url: str) -> StudyConfig:
     """Refuse a study file that another study's stored identity does not admit, before anything runs
-    or is written (what :func:`create_or_load` would refuse).
+    or is written (what :func:`create_or_load` would refuse); ``config`` with its categorical choices
+    in the order the stored study holds them (:func:`autolr.choices.in_stored_order`).
 
     Raises:
         InputError: as :func:`create_or_load`.
     """
-    if exists(config.name, url):
-        _identity(optuna.load_study(study_name=config.name, storage=_storage(url, reading=True)), config, url, reading=False)
+    if not exists(config.name, url):
+        return config
+    study = optuna.load_study(study_name=config.name, storage=_storage(url, reading=True))
+    _identity(study, config, url, reading=False)
+    return choices.in_stored_order(config, study)
 
 
 def _identity(study: optuna.Study, config: StudyConfig, url: str, *, reading: bool) -> dict[str, Any] | None:

@@ -210,9 +210,10 @@ def _nothing_to_train(config: StudyConfig, url: str) -> bool:
 
 def _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress, extend_space) -> TuneResult:
     config = with_overrides(study_config(study, task=task, loop=loop), trials=trials, seed=seed, extend_space=extend_space)
-    plan = _Plan(config, storage or store.default_storage_url(config), tracking_uri, jobs, timeout_s)
+    url = storage or store.default_storage_url(config)
     check_crosses_processes(config, jobs)
-    store.check_identity(config, plan.storage_url)  # another study's file: refused before its code runs
+    config = store.check_identity(config, url)  # another study's file: refused before its code runs; choices in the stored order
+    plan = _Plan(config, url, tracking_uri, jobs, timeout_s)
     prestart_writer(tracking_uri)  # its imports overlap the preflight; it opens the store only once given work
     try:
         if not _nothing_to_train(config, plan.storage_url):  # a study already done runs no user code (it only delivers MLflow's spool)

@@ -293,7 +293,7 @@ class Trial:
         if ran > total:
             return (f"the schedule was built for total_steps={total} and the loop ran {ran} steps: its rate held the schedule's "
                     f"last value for the last {ran - total}; give trial.build_scheduler the loop's number of optimizer steps")  # fmt: skip
-        if 0 < ran < SCHEDULE_UNDERRUN * total:
+        if 0 < ran < SCHEDULE_UNDERRUN * total and self.run_config.schedule not in ("constant", "plateau"):  # a warmup alone ends early on
             return (f"the schedule was built for total_steps={total} and the loop ran {ran} steps ({ran / total:.0%}): its rate never "
                     "reached the schedule's end; give trial.build_scheduler the loop's number of optimizer steps")  # fmt: skip
         return None

@@ -87,7 +87,7 @@ def test_rerun_resumes_up_to_the_target(stores, write_study, capsys) -> None:
     capsys.readouterr()
     assert main(["tune", path, "--trials", "5", *_args(stores)]) == 0
     said = capsys.readouterr().err
-    assert "3/5" in said and "study small: resuming with 3 of 5 trials finished" in said  # the progress bar starts where the study stands
+    assert "3/5" in said and "resuming: 3 finished before" in said  # the progress bar starts where the study stands, and says why
     study = optuna.load_study(study_name="small", storage=stores["storage"])
     assert len(study.trials) == 5
     capsys.readouterr()

@@ -4,6 +4,7 @@ under the same name is refused, never merged), the SQLite file that must hold th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -130,6 +131,64 @@ def test_a_wider_space_needs_extend_space_and_a_narrower_one_is_refused(tmp_path
     narrower = _study(tmp_path, "narrow.yaml", low="1.0e-2", optimizers="[adam]")
     assert _tune(narrower, "--extend-space") == 2
     assert "search.lr: 0.0001..0.1 stored, 0.01..0.1 given" in _error(capsys)
+
+
+CHOICES = """\
+name: shared
+task: least_squares
+train: {{epochs: 2, batch_size: 64}}
+trials: {trials}
+confirm: {{top: 1, seeds: 1}}
+pruning: {{curve: none}}
+search:
+  lr: {{low: 1.0e-3, high: 0.1}}
+  optimizer: {optimizers}
+  schedule: {schedules}
+"""
+
+
+def test_a_study_file_with_its_choices_reordered_or_added_to_runs_every_trial(tmp_path, capsys, caplog) -> None:
+    """Optuna keeps a categorical's choices, in order, for the life of a study: a file that lists the
+    same schedules in another order, or adds one (``--extend-space``), failed every trial ("dynamic
+    value space"). The stored order decides, new choices come after it, and the stored trials'
+    distributions are widened with their values kept; TPE past its start-up reads them all."""
+    first = tmp_path / "first.yaml"
+    first.write_text(CHOICES.format(trials=12, optimizers="{adam: {}, sgd: {nesterov: [false, true]}}", schedules="{constant: {}, cosine: {}}"))
+    assert _tune(first) == 0
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    before = {t.number: t.params for t in optuna.load_study(study_name="shared", storage=url).trials}
+    reordered = tmp_path / "reordered.yaml"
+    reordered.write_text(CHOICES.format(trials=15, optimizers="{sgd: {nesterov: [true, false]}, adam: {}}", schedules="{cosine: {}, constant: {}}"))
+    assert _tune(reordered) == 0
+    wider = tmp_path / "wider.yaml"
+    wider.write_text(
+        CHOICES.format(trials=22, optimizers="{sgd: {nesterov: [true, false]}, adamw: {}, adam: {}}", schedules="{step: {}, cosine: {}, constant: {}}")
+    )
+    capsys.readouterr()
+    assert _tune(wider) == 2  # adding a choice still needs asking for
+    assert "--extend-space" in _error(capsys)
+    assert _tune(wider, "--extend-space") == 0
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert [t.state.name for t in study.trials].count("FAIL") == 0 and len(study.trials) == 22
+    assert {t.number: t.params for t in study.trials if t.number in before} == before  # every stored value reads as it did
+    schedules = {t.distributions["schedule"].choices for t in study.trials}
+    assert schedules == {("constant", "cosine", "step")}  # the stored order first, for old and new trials alike
+    assert {t.distributions["optimizer"].choices for t in study.trials} == {("adam", "sgd", "adamw")}
+    assert {t.distributions["sgd.nesterov"].choices for t in study.trials if "sgd.nesterov" in t.distributions} == {(False, True)}
+
+    # the confirmation's study, opened for a run after the search's was widened, takes a new choice too
+    from autolr import store
+    from autolr.claim import start_owned
+    from autolr.config import PruningConfig
+    from autolr.space import suggest_run
+
+    config = store.check_identity(autolr.load_study(wider), url)
+    confirm = store.create_or_load(dataclasses.replace(config, name="shared.confirm", pruning=PruningConfig(curve="none")), url,
+                                   sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner(), identity=False)  # fmt: skip
+    assert len(confirm.trials) >= 1  # it holds runs suggested from the old choices
+    trial = start_owned(confirm, {"optimizer": "adamw", "lr": 0.01, "schedule": "step"}, {})
+    run = suggest_run(trial, config.search, {name: (1e-3, 0.1) for name in config.search.optimizers})
+    assert (run.optimizer, run.schedule) == ("adamw", "step")
 
 
 def test_trials_seed_jobs_pruning_and_confirm_may_change(tmp_path, capsys) -> None:
