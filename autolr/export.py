@@ -127,8 +127,11 @@ class BestConfig:
     def run_config(self) -> RunConfig:
         return RunConfig.from_flat(self.params)
 
-    def build_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        """The tuned optimizer over ``params`` (e.g. ``model.parameters()``), at the tuned peak lr."""
+    def build_optimizer(self, params: torch.nn.Module | Iterable[Any]) -> torch.optim.Optimizer:
+        """The tuned optimizer, at the tuned peak lr, over ``params``: a model (its trainable
+        parameters, as ``trial.build_optimizer(model)`` takes them), ``model.parameters()`` or param groups."""
+        if isinstance(params, torch.nn.Module):
+            params = [p for p in params.parameters() if p.requires_grad]
         return self.run_config.build_optimizer(params)
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer, total_steps: int | None = None) -> StepScheduler:

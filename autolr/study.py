@@ -42,7 +42,7 @@ from autolr.space import LrBounds, grid_search_space
 from autolr.sweep import sweep_at
 from autolr.tracking import discard_warm_writers, open_tracker, prestart_writer
 from autolr.trainer import worker_device
-from autolr.workers import TORCH_THREADS, run_workers, sigterm_interrupts, torch_threads
+from autolr.workers import TORCH_THREADS, refuse_while_spawning, run_workers, sigterm_interrupts, torch_threads
 
 __all__ = ["TuneResult", "export_best", "open_study", "tune"]
 
@@ -177,6 +177,7 @@ def tune(
         extend_space: let the stored study's search space grow to the file's wider one (a study file
             that differs in anything else is refused: see :mod:`autolr.identity`).
     """
+    refuse_while_spawning()  # a script without a __main__ guard, imported again by a worker it spawned
     with _quiet_libraries(), sigterm_interrupts(), store.reusing_storages():
         return _tune(study, trials, timeout_s, jobs, storage, tracking_uri, seed, on_trial, task, loop, progress, extend_space)
 

@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 __all__ = [
-    "EXIT_INTERRUPTED", "EXIT_TERMINATED", "TORCH_THREADS", "Terminated", "WorkerExit", "delivered", "exit_without_teardown", "run_workers",
-    "sigterm_interrupts", "torch_threads",
+    "EXIT_INTERRUPTED", "EXIT_TERMINATED", "TORCH_THREADS", "Terminated", "WorkerExit", "delivered", "exit_without_teardown",
+    "refuse_while_spawning", "run_workers", "sigterm_interrupts", "torch_threads",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -140,6 +140,18 @@ class WorkerExit:
     def describe(self) -> str:
         how = f"killed by {signal.Signals(-self.exitcode).name}" if self.exitcode < 0 else f"stopped (exit code {self.exitcode})"
         return f"worker {self.index} (pid {self.pid}) {how}"
+
+
+def refuse_while_spawning() -> None:
+    """Stop a spawned process that is importing the script which started it (as ``spawn`` does, under
+    the name ``__mp_main__``) from running the study again: the script called ``tune(jobs=N)`` (or made
+    a spawning DataLoader) outside ``if __name__ == "__main__":``. Without this, the worker ran a
+    second whole invocation of its own, or died in multiprocessing's bootstrap, and the study ended
+    with "worker 1: exit code 1". One line, exit 1, before anything is opened."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # what multiprocessing's own check reads
+        main = getattr(sys.modules.get("__mp_main__"), "__file__", None) or "the script"
+        raise SystemExit(f"autolr: error: {main} calls autolr.tune at import, and a process it spawned (one of tune(jobs=N)'s "
+                         'workers, or a DataLoader\'s) imports it: put the call under `if __name__ == "__main__":`')  # fmt: skip
 
 
 def run_workers(target: Callable[..., None], args: list[tuple], *, poll: Callable[[], None], here: Callable[[], None] | None = None) -> list[WorkerExit]:

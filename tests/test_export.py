@@ -37,6 +37,10 @@ def test_load_best_rebuilds_optimizer_and_schedule(tmp_path) -> None:
     assert lrs[:4] == pytest.approx([0.2 * (i + 1) / 5 for i in range(4)])  # 4 warmup steps
     assert lrs[4] == pytest.approx(0.2) and lrs[-1] == pytest.approx(0.2 * 0.5**3)
     assert best.task == "digits_mlp" and best.extra == {}  # typed fields, not extra
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    model[0].requires_grad_(False)  # frozen: left out, as trial.build_optimizer(model) leaves it
+    trained = best.build_optimizer(model).param_groups[0]["params"]  # a model, as the trial's own build took it
+    assert [p.shape for p in trained] == [p.shape for p in model[1].parameters()]
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])

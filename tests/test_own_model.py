@@ -4,7 +4,11 @@ iterable data; precision, accumulation and a step budget; a pre-flight that name
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import optuna
 import pytest
@@ -364,3 +368,20 @@ def test_schedule_free_is_built_ready_to_train() -> None:
     (w**2).sum().backward()
     opt.step()  # schedule-free refuses to step in eval mode
     assert not torch.equal(w.detach(), torch.ones(2))
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one_not_run_twice(tmp_path) -> None:
+    """A script that calls ``tune(jobs=2)`` at import: the spawned worker imports it again (as
+    ``__mp_main__``) and would run a whole second invocation, or die in multiprocessing's bootstrap.
+    The worker stops at once with one line that says what to do; the study's own trials stand."""
+    (tmp_path / "study.yaml").write_text("name: unguarded\ntask: least_squares\ntrain: {epochs: 1, batch_size: 64}\ntrials: 4\nconfirm: false\n"
+                                         "search: {lr: {low: 1.0e-3, high: 0.1}}\n")  # fmt: skip
+    script = tmp_path / "unguarded.py"
+    script.write_text("import autolr\nautolr.tune('study.yaml', jobs=2, tracking_uri=None, progress=False)\nprint('TUNED')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(autolr.__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    said = [line for line in done.stderr.splitlines() if "__main__" in line]
+    assert len(said) == 1 and said[0].startswith(f"autolr: error: {script} calls autolr.tune at import"), done.stderr[-3000:]
+    assert 'put the call under `if __name__ == "__main__":`' in said[0]
+    assert done.stdout.count("TUNED") <= 1  # never a second invocation in the worker
+    assert "worker 1: exit code 1" in done.stderr.splitlines()[-1]  # the script's own call ends saying which worker stopped
