@@ -96,6 +96,9 @@ def check(config: StudyConfig, stored: object, *, url: str, reading: bool, code:
         return None
     if not _contains(new["search"], old["search"]):
         raise _refused(config, url, diffs, "its search space does not contain the stored one, so --extend-space cannot merge them")
+    changed = [d for d in diffs if not reading and _kind_changed(old["search"], new["search"], d[0])]
+    if changed:  # Optuna refuses another kind of distribution for a parameter its trials stored: every trial would fail
+        raise _refused(config, url, changed, "a parameter searched as a choice and then a range, or on a log and then a linear scale, cannot be merged")
     if config.extend_space and not reading:
         return given
     raise _refused(config, url, diffs, "or pass --extend-space (tune(extend_space=True)) to widen the stored search space to this file's")
@@ -224,6 +227,22 @@ def _search_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
     if not _same(old.get("warmup"), new.get("warmup")):
         diffs.append(("search.warmup", _setting_text(old.get("warmup")), _setting_text(new.get("warmup"))))
     return diffs
+
+
+def _kind_changed(old: Mapping[str, Any], new: Mapping[str, Any], key: str) -> bool:
+    """Whether the setting at ``key`` (``search.optimizer.sgd.momentum``, ``search.warmup``) was
+    searched as one kind of Optuna distribution and is now another: a choice and a range, or a log
+    and a linear range. (A fixed value is not searched: it may become either.)"""
+    path = key.split(".")[1:]
+    if path[0] in ("optimizer", "schedule") and len(path) == 3:
+        a, b = old[path[0]].get(path[1], {}).get(path[2]), new[path[0]].get(path[1], {}).get(path[2])
+    elif path == ["warmup"]:
+        a, b = old.get("warmup"), new.get("warmup")
+    else:
+        return False
+    if not (isinstance(a, Mapping) and isinstance(b, Mapping)) or "fixed" in a or "fixed" in b:
+        return False
+    return ("choice" in a) != ("choice" in b) or ("range" in a and a.get("log") != b.get("log"))
 
 
 def _same(a: object, b: object) -> bool:

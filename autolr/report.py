@@ -236,4 +236,5 @@ def loop_warnings(trials: Sequence[Any]) -> list[str]:
     for t in trials:
         for kind, why in (t.user_attrs.get(keys.LOOP_WARNINGS) or {}).items():
             said.setdefault(kind, []).append(why)
-    return [f"warning: {len(whys)} of {len(trials)} trials: {whys[-1]}" for whys in said.values()]
+    complete = sum(t.state.name == "COMPLETE" for t in trials)  # the trials a loop is judged on: each ran to its end
+    return [f"warning: {len(whys)} of {complete} complete trials: {whys[-1]}" for whys in said.values()]

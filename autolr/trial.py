@@ -295,7 +295,8 @@ class Trial:
                     f"last value for the last {ran - total}; give the schedule (trial.build_scheduler, or an integration's optimizers(...)) the loop's number of optimizer steps")  # fmt: skip
         if 0 < ran < SCHEDULE_UNDERRUN * total and self.run_config.schedule not in ("constant", "plateau"):  # a warmup alone ends early on
             return (f"the schedule was built for total_steps={total} and the loop ran {ran} steps ({ran / total:.0%}): its rate never "
-                    "reached the schedule's end; give the schedule (trial.build_scheduler, or an integration's optimizers(...)) the loop's number of optimizer steps")  # fmt: skip
+                    "reached the schedule's end; give the schedule (trial.build_scheduler, or an integration's optimizers(...)) the loop's number of optimizer steps "
+                    "(a loop that stops early by design, on a patience or a time budget, trains what it exports only as far as it ran)")  # fmt: skip
         return None
 
     def training_fault(self) -> str | None:

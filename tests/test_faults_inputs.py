@@ -190,6 +190,41 @@ def test_a_study_file_with_its_choices_reordered_or_added_to_runs_every_trial(tm
     run = suggest_run(trial, config.search, {name: (1e-3, 0.1) for name in config.search.optimizers})
     assert (run.optimizer, run.schedule) == ("adamw", "step")
 
+    # within one invocation the trials were read (and cached) before the widening: they are read again,
+    # or TPE would see two distributions for `schedule` and leave it out of its joint model
+    widest = tmp_path / "widest.yaml"
+    widest.write_text(wider.read_text().replace("{step: {}, cosine: {}, constant: {}}", "{step: {}, cosine: {}, constant: {}, exponential: {}}"))
+    config = dataclasses.replace(autolr.load_study(widest), extend_space=True)
+    with store.reusing_storages():
+        assert {t.distributions["schedule"].choices for t in store.load(config, url, identity=False).trials} == {("constant", "cosine", "step")}
+        study = store.create_or_load(store.check_identity(config, url), url, sampler=optuna.samplers.RandomSampler(), pruner=optuna.pruners.NopPruner())
+        assert {t.distributions["schedule"].choices for t in study.get_trials(deepcopy=False)} == {("constant", "cosine", "step", "exponential")}
+
+
+@pytest.mark.parametrize(
+    ("stored", "given", "said"),
+    [
+        ("{sgd: {momentum: [0.8, 0.9]}}", "{sgd: {momentum: {low: 0.5, high: 0.95}}}", "search.optimizer.sgd.momentum: [0.8, 0.9] stored, 0.5..0.95 given"),
+        ("{sgd: {momentum: {low: 0.5, high: 0.9}}}", "{sgd: {momentum: {low: 0.5, high: 0.95, log: true}}}", "0.5..0.9 stored, 0.5..0.95 log given"),
+    ],
+)
+def test_a_parameter_that_changes_its_kind_is_not_merged(tmp_path, capsys, stored: str, given: str, said: str) -> None:
+    """A choice that becomes a range, or a linear range that becomes a log one, lies inside the wider
+    space but is another kind of Optuna distribution, which a study's stored trials refuse: merged,
+    every later trial failed and the old file was refused as narrower. So it is refused, in one line,
+    with the study left as it was."""
+    first = _study(tmp_path, "first.yaml", trials=2, optimizers=stored)
+    assert _tune(first) == 0
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    kept = optuna.load_study(study_name="shared", storage=url).user_attrs[keys.IDENTITY]
+    capsys.readouterr()
+    assert _tune(_study(tmp_path, "second.yaml", trials=4, optimizers=given), "--extend-space") == 2
+    line = _error(capsys)
+    assert said in line and "cannot be merged" in line
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert len(study.trials) == 2 and study.user_attrs[keys.IDENTITY] == kept
+    assert _tune(first, "--trials", "3") == 0  # the old file still runs it
+
 
 def test_trials_seed_jobs_pruning_and_confirm_may_change(tmp_path, capsys) -> None:
     a = _study(tmp_path, "A.yaml", trials=2)

@@ -187,6 +187,7 @@ def test_verdict_stable_when_the_loss_only_falls():
 def test_verdict_unstable_when_the_loss_rises_above_its_start():
     assert probe_verdict([1.0, 3.0, 2.0, 1.5, 1.2, 1.1, 1.0, 0.9]) == "loss rose to 2.5x its starting value (the mean of steps 1-2)"
     assert probe_verdict([1.0, 1.01, 0.999, 0.99, 0.98, 0.97, 0.96, 0.95]).startswith("loss rose to 1.005x its starting value")
+    assert probe_verdict([1.0, 1.00003, 1.00002, 1.00001, 0.99999, 0.9, 0.8, 0.7]).startswith("loss rose to 1.00002x")  # never "1x"
 
 
 def test_verdict_unstable_when_the_loss_climbs_back():

@@ -467,7 +467,7 @@ def test_a_loop_that_trains_nothing_is_reported_once(write_study, stores, caplog
         assert warned == [] and shown == [] and len(set(values)) == 3  # each rate trained the model somewhere else
     else:
         assert len(warned) == 1 and said in warned[0], warned
-        assert len(shown) == 1 and shown[0].startswith("warning: 3 of 3 trials: ") and said in shown[0], shown
+        assert len(shown) == 1 and shown[0].startswith("warning: 3 of 3 complete trials: ") and said in shown[0], shown
         assert len(set(values)) == 1 or mistake == "its own optimizer"  # every trial read the same: nothing was trained
 
 

@@ -86,12 +86,20 @@ def probe_verdict(
     width = _window(len(losses))
     means = np.convolve(ratios, np.ones(width) / width, mode="valid")
     peak, end, low = means.max(), means[-1], means.min()
-    if peak > START_RISE:  # 4 digits: a rise to 1.004x is one, and ".3g" printed it as "1x"
+    if peak > START_RISE:  # as many digits as show the rise: ".3g" printed a rise to 1.004x as "1x"
         first = int(means.argmax())
-        return f"loss rose to {peak:.4g}x its starting value (the mean of steps {first}-{first + width - 1})"
+        return f"loss rose to {_above_one(peak)}x its starting value (the mean of steps {first}-{first + width - 1})"
     if end > PROBE_RISE * low and end - low > climb_share * (1.0 - low):
         return f"loss climbed back to {end / low:.4g}x its minimum"
     return ""
+
+
+def _above_one(ratio: float) -> str:
+    """``ratio`` (above 1) with 4 significant digits, or as many more as it takes not to read 1."""
+    digits = 4
+    while digits < 12 and f"{ratio:.{digits}g}" == "1":
+        digits += 1
+    return f"{ratio:.{digits}g}"
 
 
 def _ratios(losses: Sequence[float], reference: Sequence[float]) -> np.ndarray | None:
