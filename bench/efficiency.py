@@ -63,7 +63,8 @@ holds the rate over every optimizer's range: ``git apply bench/variants/jointlr-
 ``--arms auto --variant jointlr '{}'``) and ``@gp`` (``--variant gp 'sampler: gp'``; its ``lr: auto`` rows with a first version of
 ``JointLrGPSampler`` that clipped out-of-range proposals) and ``@gp2`` (``lr: auto`` again, as shipped),
 and ``@spt`` (a seed per search trial on every task and study seed: ``--arms fixed`` and ``--arms auto``,
-each with ``--variant spt 'train: {seed_per_trial: true}'``).
+each with ``--variant spt 'train: {seed_per_trial: true}'``) and ``@warmup3`` (curve pruning from a third
+of the epochs: ``git apply bench/variants/warmup3.patch``, run with ``AUTOLR_WARMUP_DIV=3`` and ``--variant warmup3 '{}'``).
 """
 
 from __future__ import annotations
