@@ -8,6 +8,7 @@ MLflow store either), and no task code is imported.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,8 @@ from autolr.config import DEFAULT_TRACKING_URI, StudyConfig, load_study
 from autolr.confirm import confirmation, exported_params, exported_trial
 
 __all__ = ["CompareResult", "StudyBest", "compare"]
+
+logger = logging.getLogger(__name__)
 
 PLOTS = ("optimization_histories.png", "best_learning_curves.png", "lr_vs_objective.png")
 COLUMNS = ("study", "metric", "direction", "value", "confirmed_mean", "trial", "optimizer", "schedule", "lr", "max_stable_lr", "max_stable_lr_from")
@@ -120,6 +123,9 @@ def _draw(studies: Sequence[StudyBest], folder: Path, tracking_uri: str | None) 
         if s.limit is not None and s.optimizer:
             entry["limits"][s.optimizer] = s.limit  # the same limit as the table's (a range test's, where cached)
     curves = {s.study: _curves(s, tracking_uri) for s in studies if s.trial is not None and tracking_uri}
+    for name in (name for name, found in curves.items() if not found):  # a plot that only says "no curves" is easy to misread
+        logger.warning("study %s: its best trial has no curves in the MLflow store %s: %s leaves it out (autolr tune's store: the "
+                       "folder it ran in, or its --tracking-uri)", name, tracking_uri, PLOTS[1])  # fmt: skip
     return [
         plots.compare_histories(data, path=folder / PLOTS[0]),
         plots.compare_curves({k: v for k, v in curves.items() if v}, path=folder / PLOTS[1]),

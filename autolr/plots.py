@@ -291,8 +291,9 @@ def compare_curves(curves: Mapping[str, Mapping[str, Series]], *, path: str | Pa
             values += ys
         _log_if_wide(ax, values)
         ax.set(title=name, xlabel="step" if name == "train_loss" else "epoch")
-    axes[0, 0].legend(fontsize="small")
-    if not curves:
+    if curves:
+        axes[0, 0].legend(fontsize="small")
+    else:  # no legend to draw (matplotlib would warn "No artists with labels")
         _note(axes[0, 0], "no curves in the MLflow store")
     fig.suptitle("learning curves of each study's best trial")
     return _save(fig, path)

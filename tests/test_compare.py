@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import yaml
 
 import autolr
@@ -79,3 +81,17 @@ def test_the_optuna_storage_stays_readable_by_optuna_dashboard(write_study, stor
     detail = get(f"/api/studies/{studies['cmp-dash']['study_id']}")
     assert len(detail["trials"]) == 3
     assert all("lr" in {p["name"] for p in t["params"]} for t in detail["trials"])  # the searched rate, as Optuna stores it
+
+
+def test_compare_against_another_mlflow_store_says_whose_curves_are_missing(write_study, stores, tmp_path, caplog) -> None:
+    """Run from another folder, compare reads another (empty) MLflow store: the curves' plot says "no
+    curves", and a warning names the study and the store, without matplotlib's own legend warning."""
+    path = write_study(STUDY.format(name="cmp-d", seed=0))
+    autolr.tune(path, storage=stores["storage"], tracking_uri=stores["tracking_uri"], progress=False)
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    with caplog.at_level("WARNING"), warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*No artists with labels")  # matplotlib's legend warning fails it
+        result = autolr.compare([path], storage=stores["storage"], tracking_uri=elsewhere, plots_dir=tmp_path / "cmp")
+    assert len(result.plots) == 3
+    said = [r.getMessage() for r in caplog.records if "no curves in the MLflow store" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("study cmp-d: its best trial has no curves") and elsewhere in said[0]
