@@ -19,17 +19,16 @@ can fall (``bench/efficiency.py``, digits deep, study seed 8: adam 0.0102 cosine
 the grid's pick and re-trained at 1.30x on other fresh seeds; its step back, 0.0071, at 0.94x and
 1.03x). Giving up at most 3% of the confirmed mean for a rate further from the edge is the trade.
 
-- The runs live in a sibling Optuna study ``<name>.confirm`` in the same storage (each a trial with
-  the search trial's configuration fixed, as an enqueued trial's, carrying the trial it re-trains and
-  its seed), so an interrupted confirmation resumes where it stopped and the search's sampler never
-  sees them.
-- They are MLflow runs under the invocation's parent run, tagged ``autolr.role = confirm``,
-  ``autolr.confirm_of`` and ``autolr.seed`` (and the step back's ``autolr.lr_scale``).
+- The runs live in a sibling study ``<name>.confirm`` in the same storage (the search trial's
+  configuration fixed, with the trial it re-trains and its seed): an interrupted confirmation resumes
+  where it stopped, the search's sampler never sees them, and two invocations on one study share
+  them, each starting a run under the study's claim lock and waiting for those another one trains.
+- MLflow runs under the parent run, tagged ``autolr.role = confirm``, ``autolr.confirm_of``,
+  ``autolr.seed`` (and a step back's ``autolr.lr_scale``).
 - A configuration that diverges (or fails) on a fresh seed is dropped: a winner that does not hold.
-- Candidates that differ only in a rate within :data:`NEAR_DECADES` of a better one's are one
-  candidate: on the same fresh seeds they would confirm the same thing, twice.
+  Candidates that differ only in a rate within :data:`NEAR_DECADES` of a better one's are one.
 - With ``--jobs`` they run in the main process, after the workers; with ``lr: auto`` within the same
-  bounds; with every sampler (the configurations are fixed as they were tried).
+  bounds; with every sampler.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ import dataclasses
 import logging
 import math
 import statistics
+import time
 from collections.abc import Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +45,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autolr import keys, store
-from autolr.claim import start_owned
+from autolr.claim import ClaimLock, start_owned
 from autolr.config import PruningConfig, StudyConfig
 from autolr.driver import INTERRUPTED, run_one
 from autolr.errors import LoopContractError
@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 DROP_SLACK = 0.3  # a race candidate's remaining seeds may do this much better than its search value before it is dropped
 NEAR_DECADES = 0.1  # two rates closer than this (a factor 1.26), all else equal, are one candidate
 STEP_BACK_STEPS = 3  # at most this many step backs (0.7x, 0.49x, 0.343x the winner's rate), each only after a clear gain
+WAIT_S = 0.5  # how often a confirmation waiting on another process's runs looks again
 STEP_BACK_TOLERANCE = 0.03  # the step back is exported unless its mean is worse than the winner's by more than this share (or its standard error)
 
 
@@ -125,9 +126,8 @@ def _plan(config: StudyConfig) -> dict[str, Any]:
             "step_back": config.confirm.step_back, "steps": STEP_BACK_STEPS, "near": NEAR_DECADES, "slack": DROP_SLACK}  # fmt: skip
 
 
-# what a plan stored before 2026-12-07 ran under: no budget (top given), no step back, exact duplicates, no slack;
-# one step back at most in plans stored before the chain of step backs (2026-12-07, later; plan key "steps")
-_FIRST_RULES = {"budget": None, "step_back": None, "steps": 1, "near": 0.0, "slack": 0.0}
+_FIRST_RULES = {"budget": None, "step_back": None, "steps": 1, "near": 0.0, "slack": 0.0}  # a plan stored before 2026-12-07: no budget
+# (top given), no step back, exact duplicates, no slack; one step back at most before the chain of step backs (plan key "steps")
 
 
 def candidates(study: optuna.Study, top: int, *, near: float = NEAR_DECADES) -> list[FrozenTrial]:
@@ -236,14 +236,11 @@ def _race(
     One that diverges or fails on a fresh seed is dropped, as always.
 
     A candidate is dropped after a seed once its mean could not beat the best confirmed mean even if
-    its remaining seeds did ``slack`` (:data:`DROP_SLACK`) better than its search value: a fresh seed can beat a
-    configuration's best draw on the study's seed (digits, study seed 6: adam 0.0063 step, search
-    value 0.0855, read 0.107 and 0.109 on its first two fresh seeds and 0.061 on its third, and won;
-    without the slack it was dropped after its second). One far off (0.78 against a best mean of
-    0.137) is still dropped at once, and its runs left to the next candidate.
-
-    So a winner whose search value was luck (it regressed on the fresh seeds) makes the race go on to
-    the next candidates, and a winner that held ends it after its own seeds."""
+    its remaining seeds did ``slack`` (:data:`DROP_SLACK`) better than its search value: a fresh seed can
+    beat a best draw (digits, study seed 6: adam 0.0063 step, search value 0.0855, read 0.107, 0.109,
+    then 0.061, and won; without the slack it was dropped after its second). One far off (0.78 against
+    0.137) is dropped at once. So a winner whose search value was luck makes the race go on to the
+    next candidates, and a winner that held ends it after its own seeds."""
     better = _better(direction)
     out: list[Confirmation] = []
     used, best = 0, None
@@ -280,10 +277,9 @@ def _step_back(
     (:func:`_clearly_better`), at most ``steps`` steps and never below the rate's search range. The
     step backs' confirmations so far, and the next (candidate, seed, scale) to train.
 
-    Why more than one step: a winner far over the edge reads much worse on fresh seeds than on the
-    study's seed, and one step back may still be over it (digits wide, study seed 2: Adam cosine
-    0.0158 confirmed at 0.163 against its search value 0.104; 0.7x, 0.0111, at 0.126; the grid's
-    best rates for Adam are near 0.003). A winner that holds its ground costs one step, as before."""
+    Why more than one step: one step back from a winner far over the edge may still be over it (digits
+    wide, study seed 2: Adam cosine 0.0158 confirmed at 0.163, search value 0.104; 0.7x at 0.126; the
+    grid's best Adam rates are near 0.003). A winner that holds its ground costs one step."""
     winner = _best([c for c in done if c.complete and not c.dropped], direction)
     trial = next((t for t in picked if winner is not None and t.number == winner.trial), None)
     lr, dist = (trial.params.get("lr"), trial.distributions.get("lr")) if trial is not None else (None, None)
@@ -419,34 +415,57 @@ def run_confirmation(
     confirm_study = _open(config, url)
     confirm_study.set_user_attr(keys.CONFIRM_PLAN, plan)
     picked, tried = candidates(study, plan["top"], near=plan["near"]), set()
-    while True:
+    lock = ClaimLock(url, confirm_study.study_name)
+    try:
+        while True:
+            following, started = _next_run(config, confirm_study, picked, plan, tried, lock)
+            if following is None:
+                if started is None:
+                    return
+                time.sleep(WAIT_S)  # what is left waits on runs another live process is training
+                continue
+            trial, seed, scale = following
+            seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
+            try:
+                last = run_one(confirm_study, started, make_objective(seeded))
+            except LoopContractError as exc:  # FAIL with its error: the candidate is dropped, as for any error
+                logger.warning("confirmation of trial %d on seed %d failed: %s", trial.number, seed, exc)
+                continue
+            if on_trial is not None:
+                on_trial(last)
+            what = f"trial {trial.number}" + (f" at {scale:g}x its lr" if scale != 1.0 else "")
+            logger.info("confirmation of %s on seed %d: %s %s", what, seed, last.state.name, last.value)
+            if last.state == TrialState.FAIL and not _dropped(last):
+                logger.warning("confirmation of %s on seed %d ended without a result; the next invocation trains it again", what, seed)
+    finally:
+        lock.close()
+
+
+def _next_run(config: StudyConfig, confirm_study: optuna.Study, picked, plan, tried: set, lock: ClaimLock):
+    """``(the next (candidate, seed, scale), its run started RUNNING here)``; ``(None, True)``: the rest waits on runs
+    other live processes train; ``(None, None)``: over. Under the claim lock: two invocations never train one run."""
+    with lock.held():
         # read before every run, not once: another invocation on the study may have trained (or dropped) a pair since;
         # a pair tried here that ended without a result or an error is left to the next invocation
         runs = confirm_study.get_trials(deepcopy=False)
-        done, following = _walk(
-            picked, runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"], steps=plan["steps"], slack=plan["slack"], skip=tried
-        )
+        running = [t for t in runs if t.state == TrialState.RUNNING]
+        if running and store.fail_stale_trials(confirm_study, retry=False, running=running):  # a gone process's: trained again
+            runs = confirm_study.get_trials(deepcopy=False)
+            running = [t for t in runs if t.state == TrialState.RUNNING]
+        busy = {(u.get(keys.CONFIRM_OF), u.get(keys.SEED), float(u.get(keys.LR_SCALE, 1.0))) for u in (t.user_attrs for t in running)}
+        done, following = _walk(picked, runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"],
+                                steps=plan["steps"], slack=plan["slack"], skip=tried | busy)  # fmt: skip
         if following is None:
-            _warn_if_seeds_change_nothing(config, done)
-            return
+            if not busy:
+                _warn_if_seeds_change_nothing(config, done)
+            return None, (True if busy else None)
         trial, seed, scale = following
         tried.add((trial.number, seed, scale))
-        seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
         attrs = {keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"}
         params = dict(trial.params)
         if scale != 1.0:
             params["lr"], attrs[keys.LR_SCALE] = trial.params["lr"] * scale, scale
-        try:
-            last = run_one(confirm_study, start_owned(confirm_study, params, attrs), make_objective(seeded))
-        except LoopContractError as exc:  # FAIL with its error: the candidate is dropped, as for any error
-            logger.warning("confirmation of trial %d on seed %d failed: %s", trial.number, seed, exc)
-            continue
-        if on_trial is not None:
-            on_trial(last)
-        what = f"trial {trial.number}" + (f" at {scale:g}x its lr" if scale != 1.0 else "")
-        logger.info("confirmation of %s on seed %d: %s %s", what, seed, last.state.name, last.value)
-        if last.state == TrialState.FAIL and not _dropped(last):
-            logger.warning("confirmation of %s on seed %d ended without a result; the next invocation trains it again", what, seed)
+        return following, start_owned(confirm_study, params, attrs)
 
 
 def _warn_if_seeds_change_nothing(config: StudyConfig, done: Sequence[Confirmation]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -491,3 +492,40 @@ def test_the_parent_run_says_when_the_export_is_its_trials_step_back() -> None:
     stepped = {"trial": 4, "value": 0.09, "confirmed": {"trial": 4, "mean": 0.09, "lr_scale": 0.49}}
     assert best_tags(stepped) == {keys.BEST_TRIAL: 4, keys.BEST_VALUE: 0.09, keys.BEST_LR_SCALE: "0.49"}  # best.lr is 0.49x trial 4's
     assert keys.BEST_LR_SCALE not in best_tags({"trial": 4, "value": 0.1, "confirmed": None}) and best_tags(None) == {}
+
+
+def test_a_run_another_live_process_is_training_is_waited_for_not_trained_twice(write_study, stores) -> None:
+    """Two invocations on one study both reach the confirmation: the second saw the first's RUNNING
+    run as a missing seed and trained it too (a walkthrough's finding: `confirm-3-seed1000` twice in
+    MLflow). A run RUNNING in a live process is now waited for, and each run is started under the
+    study's claim lock."""
+    import threading
+    import time
+
+    from autolr.claim import start_owned
+    from autolr.seeds import fresh_seed
+
+    path = _study(write_study, "shared-confirm", confirm_line="confirm: {top: 1, seeds: 2, step_back: false}")
+    url = stores["storage"]
+    config = load_study(path)
+    autolr.tune(dataclasses.replace(config, confirm=ConfirmConfig(enabled=False)), storage=url, tracking_uri=None, progress=False)
+    best = optuna.load_study(study_name="shared-confirm", storage=url).best_trial
+    other = confirm._open(config, url)  # "another process": its run of the first fresh seed, RUNNING in a live process (this one)
+    first = fresh_seed(config.seed, 1)
+    running = start_owned(other, dict(best.params), {keys.CONFIRM_OF: best.number, keys.SEED: first, keys.SOURCE: "confirm"})
+    finished = []
+
+    def finish_later() -> None:
+        time.sleep(3.0)
+        finished.append(time.monotonic())
+        other.tell(running, 0.123)
+
+    helper = threading.Thread(target=finish_later)
+    helper.start()
+    try:
+        result = autolr.tune(path, storage=url, tracking_uri=None, progress=False)
+    finally:
+        helper.join()
+    runs = optuna.load_study(study_name="shared-confirm.confirm", storage=url).trials
+    assert sorted((t.user_attrs[keys.SEED], t.state.name) for t in runs) == sorted([(first, "COMPLETE"), (fresh_seed(config.seed, 2), "COMPLETE")])
+    assert result.confirmed is not None and 0.123 in result.confirmed.values  # the other process's value counts, once
