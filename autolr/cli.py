@@ -265,7 +265,10 @@ def _summary(result, top: int = 5) -> str:
     if winner is not None:
         spread = f" +- {winner.std:.2g} over {len(winner.values)} seeds" if len(winner.values) > 1 else " on 1 fresh seed"
         what = f"trial {winner.trial}" + (f" at {_at(winner)}" if winner.lr_scale != 1.0 else "")
-        why = f"; a step back within {STEP_BACK_TOLERANCE:.0%} and one standard error of the rate above it is preferred: further from where training blows up"
+        above = min((c for c in result.confirmations if c.trial == winner.trial and c.lr_scale > winner.lr_scale), key=lambda c: c.lr_scale, default=None)
+        better = above is not None and above.mean is not None and (winner.mean < above.mean) == (result.direction == "minimize")
+        why = ("; better than the rate above it" if better else
+               f"; a step back within {STEP_BACK_TOLERANCE:.0%} and one standard error of the rate above it is preferred: further from where training blows up")  # fmt: skip
         why = why if winner.lr_scale != 1.0 else ""
         lines.append(f"winner on fresh seeds: {what}, {result.metric} = {winner.mean:.4g}{spread} (exported{why})")
     lines += loop_warnings(result.trials)

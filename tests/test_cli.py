@@ -403,3 +403,16 @@ def test_a_study_that_stops_short_of_its_target_says_why(write_study, stores, ca
     assert main(["tune", path, "--timeout", "0.001", *_args(stores)]) == 0  # the first trial still runs to its end
     out = capsys.readouterr().out
     assert ": --timeout 0.001 s ran out; re-run the same command to go on (confirmation runs once the target is reached)" in out
+
+
+@pytest.mark.parametrize(("values", "why"), [((0.11, 0.11, 0.112), "better than the rate above it"), ((0.161, 0.15, 0.161), "a step back within 3%")])
+def test_the_summary_says_why_a_step_back_was_exported(values, why: str) -> None:
+    """A step back exported because it was better says so; the tolerance is named only where it decided."""
+    from autolr.cli import _summary
+    from autolr.confirm import Confirmation
+    from autolr.result import TuneResult
+
+    winner = Confirmation(3, 0.10, (1000, 2000, 3000), (0.16, 0.15, 0.16), True)
+    back = Confirmation(3, 0.10, (1000, 2000, 3000), values, True, lr_scale=0.7, params={"lr": 0.07})
+    line = _summary(TuneResult("s", "sqlite://", None, "minimize", "val_loss", None, [], None, [winner, back])).splitlines()[-1]
+    assert line.startswith("winner on fresh seeds: trial 3 at 0.7x its lr (0.07)") and f"(exported; {why}" in line
