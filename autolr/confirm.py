@@ -1,34 +1,28 @@
 """Winners that hold: the top configurations of a search, trained again on fresh seeds.
 
-Every search trial trains from the study's seed (the same initial weights, the same batches; with
-``train.seed_per_trial`` each on its own, never one of the fresh seeds below), so the best
-single-seed value is the best *draw*, and part of its lead is that seed's luck (the winner's curse:
-on a digits MLP outside this repository, winners lost 8-30% when re-trained on fresh seeds).
-After the search reaches its target, the best configurations are trained on ``seeds`` fresh seeds
-each (by default a race within a quarter of the study's trials: :func:`_race`; with ``top`` given,
-exactly the ``top`` best: :func:`_fixed`); then the winner's *step back*, its configuration at
-``step_back`` (0.7) times its rate, on the same seeds, and again (0.49x, 0.343x) while each step is
-clearly better than the rate above it (:func:`_step_back`). The export names the configuration with
-the best mean over those seeds, or its last step back that is within :data:`STEP_BACK_TOLERANCE`
-of the rate above it and within that one's standard error, and holds the spread.
+Every search trial trains from the study's seed (the same weights and batches; with
+``train.seed_per_trial`` each on its own, never a fresh seed below), so the best single-seed value
+is the best *draw*, and part of its lead is luck (the winner's curse: on a digits MLP, winners lost
+8-30% on fresh seeds). After the search, the best configurations are trained on ``seeds`` fresh
+seeds each (by default a race within a quarter of the study's trials: :func:`_race`; with ``top``
+given, exactly those: :func:`_fixed`); then the winner's *step back*, at ``step_back`` (0.7) times
+its rate on the same seeds, again (0.49x, 0.343x) while each step is clearly better
+(:func:`_step_back`). The export names the best mean, or its last step back within
+:data:`STEP_BACK_TOLERANCE` and one standard error of the rate above it, with the spread.
 
-Why the step back: a rate's loss rises gently below the best rate and steeply above it, where
-training starts to blow up, and the spread between seeds grows there. A search picks its best draw,
-so its winners crowd against that edge, and three fresh seeds may not see how far a winner there
-can fall (``bench/efficiency.py``, digits deep, study seed 8: adam 0.0102 cosine confirmed at 1.05x
-the grid's pick and re-trained at 1.30x on other fresh seeds; its step back, 0.0071, at 0.94x and
-1.03x). Giving up at most 3% of the confirmed mean for a rate further from the edge is the trade.
+Why the step back: loss rises gently below the best rate and steeply above it, where the spread
+between seeds grows too, and a search's winners crowd against that edge (``bench/efficiency.py``,
+digits deep, seed 8: adam 0.0102 cosine confirmed at 1.05x the grid's pick, 1.30x on other fresh
+seeds; its step back 0.94x and 1.03x). At most 3% of the confirmed mean is given up for it.
 
-- The runs live in a sibling study ``<name>.confirm`` in the same storage (the search trial's
-  configuration fixed, with the trial it re-trains and its seed): an interrupted confirmation resumes
-  where it stopped, the search's sampler never sees them, and two invocations on one study share
-  them, each starting a run under the study's claim lock and waiting for those another one trains.
+- The runs live in a sibling study ``<name>.confirm`` (the search trial's configuration fixed, with
+  the trial it re-trains and its seed): an interrupted confirmation resumes, the search's sampler
+  never sees them, and invocations on one machine share them (:func:`_next_run`).
 - MLflow runs under the parent run, tagged ``autolr.role = confirm``, ``autolr.confirm_of``,
   ``autolr.seed`` (and a step back's ``autolr.lr_scale``).
 - A configuration that diverges (or fails) on a fresh seed is dropped: a winner that does not hold.
   Candidates that differ only in a rate within :data:`NEAR_DECADES` of a better one's are one.
-- With ``--jobs`` they run in the main process, after the workers; with ``lr: auto`` within the same
-  bounds; with every sampler.
+- With ``--jobs`` they run in the main process, after the workers; with every sampler and ``lr: auto``.
 """
 
 from __future__ import annotations
@@ -36,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Container, Sequence
@@ -44,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autolr import keys, store
+from autolr import keys, owner, store
 from autolr.claim import ClaimLock, start_owned
 from autolr.config import PruningConfig, StudyConfig
-from autolr.driver import INTERRUPTED, run_one
+from autolr.driver import INTERRUPTED, fail_interrupted, run_one
 from autolr.errors import LoopContractError
 from autolr.seeds import SEED_STRIDE, fresh_seed
 
@@ -415,22 +410,28 @@ def run_confirmation(
     confirm_study = _open(config, url)
     confirm_study.set_user_attr(keys.CONFIRM_PLAN, plan)
     picked, tried = candidates(study, plan["top"], near=plan["near"]), set()
-    lock = ClaimLock(url, confirm_study.study_name)
+    lock, waiting = ClaimLock(url, confirm_study.study_name), None
     try:
         while True:
             following, started = _next_run(config, confirm_study, picked, plan, tried, lock)
             if following is None:
-                if started is None:
-                    return
-                time.sleep(WAIT_S)  # what is left waits on runs another live process is training
-                continue
+                return
             trial, seed, scale = following
+            if not isinstance(started, optuna.Trial):  # the next run is another live process's on this machine: wait for it
+                if waiting != following:
+                    logger.warning("confirmation: waiting for trial %d's run on seed %d, which process %s trains", trial.number, seed, started)
+                waiting = following
+                time.sleep(WAIT_S)
+                continue
             seeded = dataclasses.replace(config, seed=seed, pruning=dataclasses.replace(config.pruning, curve="none"))
             try:
                 last = run_one(confirm_study, started, make_objective(seeded))
             except LoopContractError as exc:  # FAIL with its error: the candidate is dropped, as for any error
                 logger.warning("confirmation of trial %d on seed %d failed: %s", trial.number, seed, exc)
                 continue
+            except KeyboardInterrupt:  # before run_one's own guard (the objective's build): not left RUNNING for others to wait on
+                fail_interrupted(confirm_study, started)
+                raise
             if on_trial is not None:
                 on_trial(last)
             what = f"trial {trial.number}" + (f" at {scale:g}x its lr" if scale != 1.0 else "")
@@ -442,24 +443,25 @@ def run_confirmation(
 
 
 def _next_run(config: StudyConfig, confirm_study: optuna.Study, picked, plan, tried: set, lock: ClaimLock):
-    """``(the next (candidate, seed, scale), its run started RUNNING here)``; ``(None, True)``: the rest waits on runs
-    other live processes train; ``(None, None)``: over. Under the claim lock: two invocations never train one run."""
+    """``(next (candidate, seed, scale), its run started here)``; ``(that, the pid of another live process here that trains it)``;
+    ``(None, None)``: over. Under the claim lock: two invocations on one machine never train one run (another machine's: as before)."""
     with lock.held():
         # read before every run, not once: another invocation on the study may have trained (or dropped) a pair since;
         # a pair tried here that ended without a result or an error is left to the next invocation
         runs = confirm_study.get_trials(deepcopy=False)
         running = [t for t in runs if t.state == TrialState.RUNNING]
-        if running and store.fail_stale_trials(confirm_study, retry=False, running=running):  # a gone process's: trained again
+        if running and store.fail_stale_trials(confirm_study, retry=False, running=running):
             runs = confirm_study.get_trials(deepcopy=False)
-            running = [t for t in runs if t.state == TrialState.RUNNING]
-        busy = {(u.get(keys.CONFIRM_OF), u.get(keys.SEED), float(u.get(keys.LR_SCALE, 1.0))) for u in (t.user_attrs for t in running)}
         done, following = _walk(picked, runs, plan["seeds"], plan["budget"], config.direction, step_back=plan["step_back"],
-                                steps=plan["steps"], slack=plan["slack"], skip=tried | busy)  # fmt: skip
+                                steps=plan["steps"], slack=plan["slack"], skip=tried)  # fmt: skip
         if following is None:
-            if not busy:
-                _warn_if_seeds_change_nothing(config, done)
-            return None, (True if busy else None)
+            _warn_if_seeds_change_nothing(config, done)
+            return None, None
         trial, seed, scale = following
+        for u in (t.user_attrs for t in runs if t.state == TrialState.RUNNING):
+            who = u.get(keys.OWNER) if (u.get(keys.CONFIRM_OF), u.get(keys.SEED), float(u.get(keys.LR_SCALE, 1.0))) == (trial.number, seed, scale) else None
+            if owner.on_this_machine(who) and who["pid"] != os.getpid() and not owner.is_dead(who):
+                return following, who["pid"]
         tried.add((trial.number, seed, scale))
         attrs = {keys.CONFIRM_OF: trial.number, keys.SEED: seed, keys.SOURCE: "confirm"}
         params = dict(trial.params)
@@ -469,9 +471,7 @@ def _next_run(config: StudyConfig, confirm_study: optuna.Study, picked, plan, tr
 
 
 def _warn_if_seeds_change_nothing(config: StudyConfig, done: Sequence[Confirmation]) -> None:
-    """A configuration whose fresh seeds all gave exactly the same value was trained the same way
-    each time (a loop that calls ``torch.manual_seed(0)``, or nothing random in it): its spread of 0
-    says nothing about how the configuration holds."""
+    """Fresh seeds that all gave the same value trained the same run (``torch.manual_seed(0)`` in a loop): a spread of 0 says nothing."""
     same = next((c for c in done if len(c.values) > 1 and len(set(c.values)) == 1), None)
     if same is not None:
         logger.warning(

@@ -35,7 +35,7 @@ from autolr.errors import LoopContractError
 from autolr.retry import StorageFull, StorageUnavailable
 from autolr.workers import delivered
 
-__all__ = ["MAX_CONSECUTIVE_FAILS", "grid_exhausted", "run_one", "run_trials"]
+__all__ = ["MAX_CONSECUTIVE_FAILS", "fail_interrupted", "grid_exhausted", "run_one", "run_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run_trials(
             try:
                 last = run_one(study, trial, objective)
             except KeyboardInterrupt:  # also one landing before run_one's own handler: never left RUNNING
-                _interrupted(study, trial)
+                fail_interrupted(study, trial)
                 raise
             except LoopContractError as exc:
                 if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -109,7 +109,7 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
             raise
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial is FAIL and runs again at the next invocation
             delivered()
-            _interrupted(study, trial)
+            fail_interrupted(study, trial)
             raise
         except Exception as exc:  # noqa: BLE001 - a trial's error is the trial's; the study goes on
             logger.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc, exc_info=True)
@@ -117,7 +117,7 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
     return told if told is not None else study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def _interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
+def fail_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
     """A trial a stop signal ended: FAIL with :data:`INTERRUPTED`, and, when this call is the one that
     failed it, its configuration queued to run once more (:func:`autolr.store.queue_retry`), as a
     killed trial's is: a promising trial that a Ctrl-C or a batch scheduler's SIGTERM cut is not lost

@@ -494,14 +494,19 @@ def test_the_parent_run_says_when_the_export_is_its_trials_step_back() -> None:
     assert keys.BEST_LR_SCALE not in best_tags({"trial": 4, "value": 0.1, "confirmed": None}) and best_tags(None) == {}
 
 
-def test_a_run_another_live_process_is_training_is_waited_for_not_trained_twice(write_study, stores) -> None:
+@pytest.mark.parametrize("whose", ["another process", "this process"])
+def test_a_run_another_live_process_is_training_is_waited_for_not_trained_twice(write_study, stores, whose: str) -> None:
     """Two invocations on one study both reach the confirmation: the second saw the first's RUNNING
     run as a missing seed and trained it too (a walkthrough's finding: `confirm-3-seed1000` twice in
-    MLflow). A run RUNNING in a live process is now waited for, and each run is started under the
-    study's claim lock."""
+    MLflow). A run RUNNING in another live process of this machine is now waited for, and each run
+    is started under the study's claim lock. One this process left RUNNING (a Ctrl-C before its
+    training began, in a notebook) is nobody's to finish: it is trained again, never waited on."""
+    import subprocess
+    import sys
     import threading
     import time
 
+    from autolr import owner
     from autolr.claim import start_owned
     from autolr.seeds import fresh_seed
 
@@ -510,22 +515,26 @@ def test_a_run_another_live_process_is_training_is_waited_for_not_trained_twice(
     config = load_study(path)
     autolr.tune(dataclasses.replace(config, confirm=ConfirmConfig(enabled=False)), storage=url, tracking_uri=None, progress=False)
     best = optuna.load_study(study_name="shared-confirm", storage=url).best_trial
-    other = confirm._open(config, url)  # "another process": its run of the first fresh seed, RUNNING in a live process (this one)
+    other = confirm._open(config, url)  # its run of the first fresh seed, RUNNING in a live process
     first = fresh_seed(config.seed, 1)
     running = start_owned(other, dict(best.params), {keys.CONFIRM_OF: best.number, keys.SEED: first, keys.SOURCE: "confirm"})
-    finished = []
-
-    def finish_later() -> None:
-        time.sleep(3.0)
-        finished.append(time.monotonic())
-        other.tell(running, 0.123)
-
-    helper = threading.Thread(target=finish_later)
-    helper.start()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
+        if whose == "another process":
+            running.set_user_attr(keys.OWNER, {"machine": owner.this_process()["machine"], "pid": sleeper.pid, "start": owner._start_ticks(sleeper.pid)})
+        helper = threading.Thread(target=lambda: (time.sleep(3.0), other.tell(running, 0.123)) if whose == "another process" else None)
+        helper.start()
+        started = time.monotonic()
         result = autolr.tune(path, storage=url, tracking_uri=None, progress=False)
-    finally:
+        took = time.monotonic() - started
         helper.join()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
     runs = optuna.load_study(study_name="shared-confirm.confirm", storage=url).trials
-    assert sorted((t.user_attrs[keys.SEED], t.state.name) for t in runs) == sorted([(first, "COMPLETE"), (fresh_seed(config.seed, 2), "COMPLETE")])
-    assert result.confirmed is not None and 0.123 in result.confirmed.values  # the other process's value counts, once
+    done = sorted(t.user_attrs[keys.SEED] for t in runs if t.state.name == "COMPLETE")
+    assert done == [first, fresh_seed(config.seed, 2)], [(t.user_attrs[keys.SEED], t.state.name) for t in runs]  # each seed once
+    if whose == "another process":
+        assert result.confirmed is not None and 0.123 in result.confirmed.values and took >= 2.5  # waited, and its value counts
+    else:
+        assert result.confirmed is not None and 0.123 not in result.confirmed.values and took < 60  # trained again, not waited on
