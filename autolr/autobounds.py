@@ -98,8 +98,9 @@ class FindLrReport:
     def describe(self) -> str:
         """A short table, one optimizer a line, named as in the JSON, and what to do with it."""
         lines = [f"LR range test of study {self.study} (task {self.task}, for a run of {self.run_steps} steps)"]
+        w = max([10, *(len(name) for name in self.results)])  # schedulefree_adamw is 18 wide
         lines.append(
-            f"{'optimizer':<10} {'suggestion':>10} {'max_stable_lr':>13}  {'max_stable_lr_from':<20} {'search_bounds':<20} {'stable_lr .. unstable_lr':<24} steps"
+            f"{'optimizer':<{w}} {'suggestion':>10} {'max_stable_lr':>13}  {'max_stable_lr_from':<20} {'search_bounds':<20} {'stable_lr .. unstable_lr':<24} steps"
         )
         for name, r in self.results.items():
             unstable = f"{r.unstable_lr:.4g}" if r.unstable_lr is not None else "none"
@@ -107,7 +108,7 @@ class FindLrReport:
             limit = self.limit(name)
             cached = " (cached)" if self.cached[name] else ""
             lines.append(
-                f"{name:<10} {r.suggestion:>10.4g} {limit.lr:>13.4g}  {limit.source:<20} {f'{low:.4g} .. {high:.4g}':<20} "
+                f"{name:<{w}} {r.suggestion:>10.4g} {limit.lr:>13.4g}  {limit.source:<20} {f'{low:.4g} .. {high:.4g}':<20} "
                 f"{f'{r.stable_lr:.4g} .. {unstable}':<24} {r.steps}{cached}"
             )
         lines.append(self._advice())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import optuna
@@ -105,6 +106,10 @@ def test_find_lr_reports_the_suggestion_and_the_limit(write_study, stores):
     assert section["suggestion"] == data["suggestion"] and section["cached"] is False
     assert len(section["curve"]["lr"]) == len(section["curve"]["loss"]) > 0
     assert "train sgd at lr" in report.describe()
+    named = {"sgd": "sgd", "schedulefree_adamw": "sgd"}  # a name wider than the column's header: the columns still line up
+    wide = dataclasses.replace(report, **{f: {k: getattr(report, f)[v] for k, v in named.items()} for f in ("results", "bounds", "cached")})
+    header, *rows = wide.describe().splitlines()[1:4]
+    assert rows[0].index(f"{wide.suggestion:>10.4g}") == rows[1].index(f"{wide.suggestion:>10.4g}") == header.index("suggestion")
 
 
 def test_find_lr_on_a_study_whose_trials_stayed_low_says_their_limit_is_what_they_tried(write_study, stores):
