@@ -50,8 +50,9 @@ def in_stored_order(config: StudyConfig, study: optuna.Study) -> StudyConfig:
     """``config`` with each categorical's choices in the order ``study`` stored them, the file's new
     ones after (a file whose choices do not contain the stored ones is left as it is: the study's
     identity refuses it to ``tune``, and reading suggests nothing)."""
-    stored = _stored(study, suggested(config.search))
-    order = {name: _ordered(stored[name], given) for name, given in suggested(config.search).items() if name in stored}
+    given = suggested(config.search)
+    stored = _stored(study, given)
+    order = {name: _ordered(stored[name], choices) for name, choices in given.items() if name in stored}
     order = {name: choices for name, choices in order.items() if choices is not None}
     if not order:
         return config
@@ -70,8 +71,8 @@ def widen(study: optuna.Study, config: StudyConfig) -> list[str]:
     """Rewrite the distributions ``study``'s trials stored for each categorical that ``config`` widens
     (its choices contain the stored ones, and more) to the wider choices, the stored ones first; the
     names rewritten. A storage that is not a database Optuna's RDB storage reads is left as it is."""
-    backend = getattr(study._storage, "_backend", study._storage)  # Optuna puts a cache in front of an RDBStorage
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    backend = _rdb(study)
+    if backend is None:
         return []
     given = suggested(config.search)
     stored = _stored(study, given)
@@ -106,8 +107,8 @@ def _stored(study: optuna.Study, names: Mapping[str, tuple]) -> dict[str, tuple]
     """The choices ``study``'s trials stored for each of ``names`` (Optuna holds one set per name)."""
     if not names:
         return {}
-    backend = getattr(study._storage, "_backend", study._storage)
-    if isinstance(backend, optuna.storages.RDBStorage):  # one DISTINCT query, not every trial built
+    backend = _rdb(study)
+    if backend is not None:  # one DISTINCT query, not every trial built
         import sqlalchemy as sa
         from optuna.storages._rdb import models
 
@@ -123,6 +124,12 @@ def _stored(study: optuna.Study, names: Mapping[str, tuple]) -> dict[str, tuple]
     else:
         rows = [(name, d) for t in study.get_trials(deepcopy=False) for name, d in t.distributions.items() if name in names]
     return {name: tuple(d.choices) for name, d in rows if isinstance(d, CategoricalDistribution)}
+
+
+def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The RDB storage behind ``study`` (Optuna puts a cache in front of one), or None for another kind."""
+    backend = getattr(study._storage, "_backend", study._storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
 
 
 def _forget_cached_trials(study: optuna.Study) -> None:

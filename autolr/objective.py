@@ -145,6 +145,8 @@ class Objective:
         seed_everything(cfg.seed)
         returned = loop(handle)
         handle.finish()
+        if handle.schedule_steps not in (None, handle.steps):  # what the export's total_steps rebuilds (else the steps it ran: the same)
+            trial.set_user_attr(keys.SCHEDULE_STEPS, handle.schedule_steps)
         said = {kind: why for kind, why in (("schedule", handle.schedule_mismatch()), ("fault", handle.training_fault())) if why is not None}
         if said:  # on the trial, for the summary of tune and show, where a line in the log is easy to miss
             trial.set_user_attr(keys.LOOP_WARNINGS, said)

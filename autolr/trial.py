@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["Pruned", "Trial", "TrialPruned", "TrialReport"]
 
 SCHEDULE_UNDERRUN = 0.9  # a complete loop that ran fewer than this share of its schedule's steps is told so
+_GIVE_STEPS = "give the schedule (trial.build_scheduler, or an integration's optimizers(...)) the loop's number of optimizer steps"
 
 
 class TrialPruned(optuna.TrialPruned):
@@ -214,7 +215,6 @@ class Trial:
         trainer would; once the loop calls ``scheduler.report(metric)`` itself (before or after
         ``trial.epoch``), the schedule is the loop's to feed."""
         self._report.trial.set_user_attr(keys.STEPS, int(total_steps))
-        self._report.trial.set_user_attr(keys.SCHEDULE_STEPS, int(total_steps))  # what the export's total_steps rebuilds
         self._report.total_steps = int(total_steps)
         self._scheduler = self.run_config.build_scheduler(optimizer, total_steps, mode=self._mode)
         self._reports_seen, self._plateau_pending = 0, None
@@ -278,6 +278,11 @@ class Trial:
             except Diverged as exc:
                 raise self._diverged(exc) from None
 
+    @property
+    def schedule_steps(self) -> int | None:
+        """The optimizer steps the schedule was built over (None: no schedule built)."""
+        return self._scheduler.total_steps if self._scheduler is not None else None
+
     def schedule_mismatch(self) -> str | None:
         """Why the schedule and the loop's steps disagree, or None when they agree: the loop ran more
         ``trial.step`` calls than the ``total_steps`` it built the schedule for (the rate sat at the
@@ -292,11 +297,10 @@ class Trial:
         total, ran = self._scheduler.total_steps, self.steps
         if ran > total:
             return (f"the schedule was built for total_steps={total} and the loop ran {ran} steps: its rate held the schedule's "
-                    f"last value for the last {ran - total}; give the schedule (trial.build_scheduler, or an integration's optimizers(...)) the loop's number of optimizer steps")  # fmt: skip
+                    f"last value for the last {ran - total}; {_GIVE_STEPS}")  # fmt: skip
         if 0 < ran < SCHEDULE_UNDERRUN * total and self.run_config.schedule not in ("constant", "plateau"):  # a warmup alone ends early on
             return (f"the schedule was built for total_steps={total} and the loop ran {ran} steps ({ran / total:.0%}): its rate never "
-                    "reached the schedule's end; give the schedule (trial.build_scheduler, or an integration's optimizers(...)) the loop's number of optimizer steps "
-                    "(a loop that stops early by design, on a patience or a time budget, trains what it exports only as far as it ran)")  # fmt: skip
+                    f"reached the schedule's end; {_GIVE_STEPS} (a loop that stops early by design, on a patience or a time budget, trains what it exports only as far as it ran)")  # fmt: skip
         return None
 
     def training_fault(self) -> str | None:
